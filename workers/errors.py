@@ -1,0 +1,19 @@
+"""Errors a user can fix: the CLI prints them as one line and exits with `exit_code`.
+
+Every module raises a subclass of `UserError` for bad input (a missing dataset, an unknown
+arch, a malformed sweep, ...). The message must say what is wrong *and* how to fix it.
+"""
+
+
+class UserError(Exception):
+    """Bad input; shown to the user as a single line, exit code 2."""
+
+    exit_code = 2
+
+
+class DataError(UserError):
+    """The dataset is missing, corrupt, tampered with or in an unknown layout."""
+
+
+class ConfigError(UserError):
+    """An unknown name (arch, transform, preset, ...) or a malformed config or sweep."""
