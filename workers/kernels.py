@@ -1,0 +1,588 @@
+"""Infinite-width NNGP and NTK kernels of the paper's ReLU networks (NTK parameterisation).
+
+Conventions are neural-tangents' (v0.6.5, the paper's reference code), checked against golden
+fixtures in ``tests/fixtures/nt``: one kernel per logit, inputs NHWC, the input covariance of
+two images at pixels (a, a') is ``x[a] . x'[a'] / C``; a dense or 3x3 circular conv layer maps a
+covariance K to ``w_var * avg(K) + b_var`` (avg over the 3x3 window, the same offset applied to
+both pixels) and the NTK to ``w_var * avg(Theta) + K_new``; ReLU maps (K, Theta) with the
+arc-cosine kernels J1 and J0; the readout is a dense layer after flatten (fcn, vec, lcn: mean of
+the per-pixel covariance), global average pooling (gap: mean of the full covariance) or a k x k
+average pool with stride k followed by flatten (lapk).
+
+How it is computed (PERF_NOTES.md):
+
+* ``fcn`` needs one scalar per image pair per layer.
+* ``vec`` / ``lcn`` need only the per-pixel (diagonal) covariance, H*W entries per pair (they are
+  equal at infinite width: an unshared 3x3 layer propagates the diagonal exactly as a conv does).
+* ``gap`` / ``lapk`` need the full (HW x HW) covariance. It is stored by offset,
+  ``T[a, d] = K[a, a + d]`` (indices mod H, W), so the conv is an ordinary separable 3x3 box
+  filter over ``a`` for each fixed ``d``, and each block of offsets ``d`` propagates through all
+  layers independently of the others. The tile loops over (row block, column image, offset
+  block) with a working set of a few hundred KB, so the whole depth-L recursion runs in cache.
+  The per-pixel variances of the column image are carried in the same shifted layout
+  (``V2[a, d] = V(x')[a + d]``; the box filter commutes with the shift), so no gather is needed
+  inside the layer loop. Every readout (vec, lcn, gap, lap4, lap8) is a fixed linear functional
+  of ``T``, so one propagation serves all of them.
+* ReLU needs ``arccos(rho)`` per entry per layer; ``acos`` evaluates it with a polynomial
+  (``arccos(x) = sqrt(1 - x) * P(x)`` on [0, 1]) accurate to float32 / float64 rounding,
+  about 10x faster than XLA's ``arccos`` on CPU.
+* Entries where an image meets itself (the same image on both sides, same pixel) are set to
+  correlation exactly 1, so float32 diagonals do not pick up the ``sqrt(eps)`` error of the
+  arc-cosine singularity.
+
+Public API: ``kernel_matrix``, ``kernel_matrices``, ``kernel_tile``, ``plan_tiles``, ``acos``,
+``relu_kernels``, ``ARCHS``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Sequence
+from functools import cache, partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from workers.errors import ConfigError, DataError
+
+ARCHS: tuple[str, ...] = ("fcn", "lcn", "vec", "gap", "lap4", "lap8")
+_DIAG = ("vec", "lcn")
+_FULL = ("gap", "lap4", "lap8")
+
+# Default tile memory budget (bytes) of `kernel_matrices` / `plan_tiles`.
+DEFAULT_MEMORY_BYTES = 2 * 1024**3
+# Numbers per array in one full-covariance work item (rows x offsets x pixels); about a dozen
+# such arrays are live at once. On CPU this keeps an item in a core's L2 cache.
+_ITEM_ENTRIES_CPU = 2**16
+_ITEM_ENTRIES_GPU = 2**23
+# Largest tile side per path (rows = columns); keeps a tile a reasonable unit of work and retry.
+_MAX_SIDE = {"fcn": 8192, "diag": 2048, "full": 128}
+
+Array = Any
+
+
+# --------------------------------------------------------------------------------------------
+# arc-cosine
+
+
+@cache
+def _acos_coefficients(degree: int) -> tuple[float, ...]:
+    """Monomial coefficients (lowest first) of P with arccos(x) ~= sqrt(1 - x) P(x) on [0, 1].
+
+    P interpolates g(x) = arccos(x) / sqrt(1 - x), analytic on [0, 1] (its nearest singularity is
+    x = -1), at Chebyshev nodes; degree 8 reaches float32 rounding, degree 16 float64.
+    """
+    n = degree + 1
+    k = np.arange(n)
+    xs = 0.5 + 0.5 * np.cos(np.pi * (k + 0.5) / n)
+    gs = np.arccos(xs) / np.sqrt(1.0 - xs)
+    cheb = np.polynomial.chebyshev.chebfit(2.0 * xs - 1.0, gs, degree)
+    in_u = np.polynomial.Polynomial(np.polynomial.chebyshev.cheb2poly(cheb))
+    in_x = in_u(np.polynomial.Polynomial([-1.0, 2.0]))  # u = 2x - 1
+    return tuple(float(c) for c in in_x.coef)
+
+
+def acos(x: Array) -> Array:
+    """arccos(x) for x in [-1, 1], elementwise, any shape; float32 or float64.
+
+    ``sqrt(1 - |x|) * P(|x|)`` with ``P`` a polynomial (degree 8 in float32, 16 in float64),
+    reflected for x < 0; relative error at the dtype's rounding level (tested against
+    ``np.arccos``), and exact 0 at x = 1.
+    """
+    x = jnp.asarray(x)
+    degree = 16 if x.dtype == jnp.float64 else 8
+    coef = _acos_coefficients(degree)
+    ax = jnp.abs(x)
+    p = jnp.full_like(ax, coef[-1])
+    for c in coef[-2::-1]:
+        p = p * ax + c
+    r = jnp.sqrt(jnp.maximum(1.0 - ax, 0.0)) * p
+    return jnp.where(x < 0, math.pi - r, r)
+
+
+def relu_kernels(k: Array, t: Array, s1: Array, s2: Array, same: Array | None) -> tuple:
+    """One ReLU layer of the NNGP / NTK recursion, elementwise with broadcasting.
+
+    k: pre-activation covariance; t: NTK so far; s1, s2: standard deviations (square roots of
+    the variances) of the two sides at the same entries; same: boolean, True where the entry is
+    an image with itself at the same pixel (correlation set to exactly 1), or None.
+    Returns (E[relu(u) relu(v)], t * E[relu'(u) relu'(v)]) =
+    (s1 s2 (sin th + (pi - th) cos th) / (2 pi), t (pi - th) / (2 pi)), cos th = k / (s1 s2).
+    """
+    inv = (1.0 / s1) * (1.0 / s2)
+    rho = jnp.clip(k * inv, -1.0, 1.0)
+    if same is not None:
+        rho = jnp.where(same, jnp.ones_like(rho), rho)
+    theta = acos(rho)
+    sin = jnp.sqrt(jnp.maximum(1.0 - rho * rho, 0.0))
+    pi_minus = math.pi - theta
+    k_new = (s1 * s2) * (sin + pi_minus * rho) * (0.5 / math.pi)
+    t_new = t * pi_minus * (0.5 / math.pi)
+    return k_new, t_new
+
+
+def _box(x: Array, axes: tuple[int, int]) -> Array:
+    """Sum over the 3x3 circular window on two axes (separable: two 1-D 3-tap passes)."""
+    for ax in axes:
+        x = x + jnp.roll(x, 1, ax) + jnp.roll(x, -1, ax)
+    return x
+
+
+# --------------------------------------------------------------------------------------------
+# fcn
+
+
+@jax.jit
+def _fcn_tile(xr: Array, xc: Array, same: Array, w: Array, b: Array, depth: Array) -> Array:
+    """fcn kernels of a tile. xr (R, D), xc (Cn, D), same (R, Cn) -> (2, R, Cn) [nngp, ntk]."""
+    d = xr.shape[1]
+    k = xr @ xc.T / d
+    v1 = jnp.sum(xr * xr, axis=1, keepdims=True) / d
+    v2 = (jnp.sum(xc * xc, axis=1) / d)[None, :]
+    t = jnp.zeros_like(k)
+
+    def layer(_, carry):
+        k, t, v1, v2 = carry
+        k = w * k + b
+        t = w * t + k
+        v1 = w * v1 + b
+        v2 = w * v2 + b
+        k, t = relu_kernels(k, t, jnp.sqrt(v1), jnp.sqrt(v2), same)
+        return k, t, 0.5 * v1, 0.5 * v2
+
+    k, t, _, _ = lax.fori_loop(0, depth, layer, (k, t, v1, v2))
+    k = w * k + b
+    return jnp.stack([k, w * t + k])
+
+
+# --------------------------------------------------------------------------------------------
+# vec / lcn: per-pixel covariance only
+
+
+@jax.jit
+def _diag_tile(xr: Array, xc: Array, same: Array, w: Array, b: Array, depth: Array) -> Array:
+    """vec/lcn kernels. xr (R,H,W,C), xc (Cn,H,W,C), same (R,Cn) -> (2, R, Cn) [nngp, ntk].
+
+    Per-pixel arrays are laid out (H, W, R, Cn) so the 3x3 window moves whole blocks.
+    """
+    c = xr.shape[-1]
+    k = jnp.einsum("ihwc,jhwc->hwij", xr, xc) / c
+    v1 = jnp.einsum("ihwc,ihwc->hwi", xr, xr)[..., None] / c
+    v2 = jnp.einsum("jhwc,jhwc->hwj", xc, xc)[:, :, None, :] / c
+    t = jnp.zeros_like(k)
+    w9 = w / 9.0
+    same = same[None, None]
+
+    def layer(_, carry):
+        k, t, v1, v2 = carry
+        k = w9 * _box(k, (0, 1)) + b
+        t = w9 * _box(t, (0, 1)) + k
+        v1 = w9 * _box(v1, (0, 1)) + b
+        v2 = w9 * _box(v2, (0, 1)) + b
+        k, t = relu_kernels(k, t, jnp.sqrt(v1), jnp.sqrt(v2), same)
+        return k, t, 0.5 * v1, 0.5 * v2
+
+    k, t, _, _ = lax.fori_loop(0, depth, layer, (k, t, v1, v2))
+    k = w * jnp.mean(k, axis=(0, 1)) + b
+    return jnp.stack([k, w * jnp.mean(t, axis=(0, 1)) + k])
+
+
+# --------------------------------------------------------------------------------------------
+# gap / lap (and vec / lcn readouts of the same propagation): full covariance by offset
+
+
+def readout_weights(arch: str, h: int, w: int) -> np.ndarray:
+    """Linear readout functional of arch on the offset layout: (H, W, H*W) float64.
+
+    ``R(K) = sum_{a, d} weights[a, d] * K[a, a + d]`` equals neural-tangents' readout (before
+    the final dense layer): vec/lcn mean of the diagonal, gap mean of all entries, lapk the mean
+    over k x k pooled cells (VALID pooling, stride k) of the mean of K within the cell.
+    """
+    hw = h * w
+    if arch in _DIAG:
+        out = np.zeros((h, w, hw))
+        out[:, :, 0] = 1.0 / hw
+        return out
+    if arch == "gap":
+        return np.full((h, w, hw), 1.0 / hw**2)
+    if arch in ("lap4", "lap8"):
+        kk = int(arch[3:])
+        nh, nw = h // kk, w // kk
+        if nh == 0 or nw == 0:
+            raise ConfigError(
+                f"{arch} needs images of at least {kk}x{kk} pixels, got {h}x{w}; "
+                "use a larger image_size or another arch"
+            )
+        ah, aw = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+        dh, dw = np.divmod(np.arange(hw), w)
+        bh = (ah[..., None] + dh) % h
+        bw = (aw[..., None] + dw) % w
+        valid = (ah[..., None] < nh * kk) & (aw[..., None] < nw * kk)
+        same_cell = (ah[..., None] // kk == bh // kk) & (aw[..., None] // kk == bw // kk)
+        mask = valid & same_cell & (bh < nh * kk) & (bw < nw * kk)
+        return mask / (nh * nw * kk**4)
+    raise ConfigError(f"no spatial readout for arch {arch!r}")
+
+
+def _offset_index(h: int, w: int) -> np.ndarray:
+    """idx[a, d] = flat index of pixel a + d (mod H, W), shape (H*W, H*W) int32."""
+    ah, aw = np.divmod(np.arange(h * w), w)
+    dh, dw = np.divmod(np.arange(h * w), w)
+    return (((ah[:, None] + dh) % h) * w + (aw[:, None] + dw) % w).astype(np.int32)
+
+
+def _divisor_at_most(n: int, cap: int) -> int:
+    cap = max(1, min(n, cap))
+    return max(d for d in range(1, cap + 1) if n % d == 0)
+
+
+@partial(jax.jit, static_argnames=("rb", "dc"))
+def _full_tile(
+    xr: Array, xc: Array, same: Array, w: Array, b: Array, depth: Array,
+    wts: Array, idx: Array, *, rb: int, dc: int,
+) -> Array:
+    """Full-covariance kernels of a tile for several readouts at once.
+
+    xr (R, H, W, C) with R a multiple of rb; xc (Cn, H, W, C); same (R, Cn) bool;
+    wts (n_r, H, W, H*W) readout weights; idx (H*W, H*W) offset index.
+    Returns (n_r, 2, R, Cn): [nngp, ntk] per readout.
+    One work item = rb rows x one column image x dc offsets; arrays (H, W, rb, dc).
+    """
+    n_rows, h, wd, c = xr.shape
+    hw = h * wd
+    n_r = wts.shape[0]
+    n_chunks = hw // dc
+    w9 = w / 9.0
+    xr_b = xr.reshape(n_rows // rb, rb, hw, c)
+    same_b = same.reshape(n_rows // rb, rb, same.shape[1])
+    xc_f = xc.reshape(xc.shape[0], hw, c)
+
+    def item(xrb: Array, xcj: Array, samej: Array, c0: Array) -> Array:
+        ids = lax.dynamic_slice_in_dim(idx, c0, dc, axis=1)  # (hw, dc)
+        xs = xcj[ids]  # (hw, dc, c): x'[a + d]
+        k = jnp.einsum("iac,adc->aid", xrb, xs).reshape(h, wd, rb, dc) / c
+        v1 = (jnp.sum(xrb * xrb, axis=-1).T / c).reshape(h, wd, rb, 1)
+        v2 = (jnp.sum(xs * xs, axis=-1) / c).reshape(h, wd, 1, dc)
+        dpos = c0 + jnp.arange(dc)
+        same_m = (samej[:, None] & (dpos == 0)[None, :])[None, None]  # (1, 1, rb, dc)
+        t = jnp.zeros_like(k)
+
+        def layer(_, carry):
+            k, t, v1, v2 = carry
+            k = w9 * _box(k, (0, 1)) + b
+            t = w9 * _box(t, (0, 1)) + k
+            v1 = w9 * _box(v1, (0, 1)) + b
+            v2 = w9 * _box(v2, (0, 1)) + b
+            k, t = relu_kernels(k, t, jnp.sqrt(v1), jnp.sqrt(v2), same_m)
+            return k, t, 0.5 * v1, 0.5 * v2
+
+        k, t, _, _ = lax.fori_loop(0, depth, layer, (k, t, v1, v2))
+        wc = lax.dynamic_slice_in_dim(wts, c0, dc, axis=3)  # (n_r, h, w, dc)
+        return jnp.stack([jnp.einsum("hwid,rhwd->ri", k, wc),
+                          jnp.einsum("hwid,rhwd->ri", t, wc)], axis=1)  # (n_r, 2, rb)
+
+    def per_column(xrb: Array, sameb: Array) -> Array:
+        def one(args):
+            xcj, samej = args
+
+            def chunk(acc, c0):
+                return acc + item(xrb, xcj, samej, c0), None
+
+            acc0 = jnp.zeros((n_r, 2, rb), xr.dtype)
+            acc, _ = lax.scan(chunk, acc0, jnp.arange(n_chunks) * dc)
+            return acc
+
+        return lax.map(one, (xc_f, sameb.T))  # (Cn, n_r, 2, rb)
+
+    out = lax.map(lambda a: per_column(*a), (xr_b, same_b))  # (R/rb, Cn, n_r, 2, rb)
+    out = jnp.transpose(out, (2, 3, 0, 4, 1)).reshape(n_r, 2, n_rows, xc.shape[0])
+    k = w * out[:, 0] + b
+    return jnp.stack([k, w * out[:, 1] + k], axis=1)
+
+
+# --------------------------------------------------------------------------------------------
+# tiles
+
+
+def _check_archs(archs: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(archs, str):
+        archs = (archs,)
+    archs = tuple(dict.fromkeys(archs))
+    bad = [a for a in archs if a not in ARCHS]
+    if bad or not archs:
+        raise ConfigError(f"unknown arch {bad or archs}; choose from {', '.join(ARCHS)}")
+    return archs
+
+
+def _check_images(x: Any, name: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 4:
+        raise DataError(f"{name} must be images of shape (N, H, W, C), got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise DataError(f"{name} contains NaN or infinite values; clean the data first")
+    return x
+
+
+def _same_images(xr: np.ndarray, xc: np.ndarray) -> np.ndarray:
+    """same[i, j] = True where row image i and column image j are identical, (R, Cn) bool."""
+    hr = np.array([hash(np.ascontiguousarray(x).tobytes()) for x in xr])
+    hc = np.array([hash(np.ascontiguousarray(x).tobytes()) for x in xc])
+    same = hr[:, None] == hc[None, :]
+    for i, j in zip(*np.nonzero(same), strict=True):
+        same[i, j] = np.array_equal(xr[i], xc[j])
+    return same
+
+
+def _item_rows_offsets(hw: int, n_rows: int) -> tuple[int, int]:
+    """(rb, dc): rows and offsets of one full-covariance work item for this backend.
+
+    An item holds about a dozen arrays of rb * dc * hw numbers; on CPU they should stay in a
+    core's L2 cache, on an accelerator an item should be large enough to fill the device.
+    """
+    cpu = jax.default_backend() == "cpu"
+    entries = _ITEM_ENTRIES_CPU if cpu else _ITEM_ENTRIES_GPU
+    rb = max(1, min(n_rows, 8 if cpu else 64))
+    dc = _divisor_at_most(hw, max(1, entries // (hw * rb)))
+    return rb, dc
+
+
+def _dtype_context(dtype: Any):
+    dtype = np.dtype(dtype)
+    if dtype == np.float64:
+        return jax.enable_x64(True)
+    if dtype != np.float32:
+        raise ConfigError(f"dtype must be float32 or float64, got {dtype}")
+    return _nullcontext()
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def kernel_tile(
+    archs: Sequence[str],
+    x_rows: np.ndarray,
+    x_cols: np.ndarray,
+    *,
+    depth: int = 8,
+    w_var: float = 2.0,
+    b_var: float = 0.01,
+    dtype: Any = np.float32,
+) -> dict[str, dict[str, np.ndarray]]:
+    """NNGP and NTK of every arch in archs between x_rows (R, H, W, C) and x_cols (Cn, H, W, C).
+
+    A plain function of arrays (the unit the orchestrator ships as a task and caches).
+    Returns {arch: {"nngp": (R, Cn), "ntk": (R, Cn)}} numpy arrays of dtype.
+    One propagation of the conv stack serves every requested conv arch: if any of gap/lap4/lap8
+    is requested the full covariance is propagated and vec/lcn are read from its diagonal;
+    otherwise vec/lcn use the cheaper per-pixel propagation. fcn is its own (scalar) recursion.
+    """
+    archs = _check_archs(archs)
+    xr = _check_images(x_rows, "x_rows")
+    xc = _check_images(x_cols, "x_cols")
+    if xr.shape[1:] != xc.shape[1:]:
+        raise DataError(
+            f"x_rows and x_cols differ in image shape: {xr.shape[1:]} vs {xc.shape[1:]}"
+        )
+    if depth < 0:
+        raise ConfigError(f"depth must be >= 0, got {depth}")
+    n_rows, n_cols = xr.shape[0], xc.shape[0]
+    h, wd = xr.shape[1], xr.shape[2]
+    out: dict[str, dict[str, np.ndarray]] = {}
+    if n_rows == 0 or n_cols == 0:
+        empty = np.zeros((n_rows, n_cols), np.dtype(dtype))
+        return {a: {"nngp": empty.copy(), "ntk": empty.copy()} for a in archs}
+    same = _same_images(xr, xc)
+    with _dtype_context(dtype):
+        dt = jnp.dtype(dtype)
+        w = jnp.asarray(w_var, dt)
+        b = jnp.asarray(b_var, dt)
+        dep = jnp.asarray(depth, jnp.int32)
+        jsame = jnp.asarray(same)
+        if "fcn" in archs:
+            r = np.asarray(_fcn_tile(jnp.asarray(xr.reshape(n_rows, -1), dt),
+                                     jnp.asarray(xc.reshape(n_cols, -1), dt), jsame, w, b, dep))
+            out["fcn"] = {"nngp": r[0], "ntk": r[1]}
+        full = [a for a in archs if a in _FULL]
+        diag = [a for a in archs if a in _DIAG]
+        if full:
+            conv = full + diag
+            wts = np.stack([readout_weights(a, h, wd) for a in conv])
+            rb, dc = _item_rows_offsets(h * wd, n_rows)
+            pad = (-n_rows) % rb
+            xr_p = np.concatenate([xr, np.repeat(xr[:1], pad, 0)]) if pad else xr
+            same_p = np.concatenate([same, np.zeros((pad, n_cols), bool)]) if pad else same
+            r = np.asarray(_full_tile(
+                jnp.asarray(xr_p, dt), jnp.asarray(xc, dt), jnp.asarray(same_p), w, b, dep,
+                jnp.asarray(wts, dt), jnp.asarray(_offset_index(h, wd)), rb=rb, dc=dc,
+            ))[:, :, :n_rows]
+            for i, a in enumerate(conv):
+                out[a] = {"nngp": r[i, 0], "ntk": r[i, 1]}
+        elif diag:
+            r = np.asarray(_diag_tile(jnp.asarray(xr, dt), jnp.asarray(xc, dt), jsame, w, b, dep))
+            for a in diag:
+                out[a] = {"nngp": r[0], "ntk": r[1]}
+    return {a: {k: np.array(v, copy=True) for k, v in out[a].items()} for a in archs}
+
+
+def _path(archs: Sequence[str]) -> str:
+    if any(a in _FULL for a in archs):
+        return "full"
+    if any(a in _DIAG for a in archs):
+        return "diag"
+    return "fcn"
+
+
+def tile_bytes(
+    n_rows: int, n_cols: int, *, archs: Sequence[str], image_shape: Sequence[int],
+    itemsize: int = 4,
+) -> int:
+    """Estimated peak memory (bytes) of one `kernel_tile` call of n_rows x n_cols pairs."""
+    archs = _check_archs(archs)
+    h, w, c = (int(s) for s in image_shape)
+    hw, d = h * w, h * w * c
+    inputs = (n_rows + n_cols) * d * itemsize
+    total = inputs + 16 * n_rows * n_cols * itemsize  # outputs and (R, Cn) temporaries
+    if "fcn" in archs:
+        total += 10 * n_rows * n_cols * itemsize
+    path = _path(archs)
+    if path == "diag":
+        total += 14 * n_rows * n_cols * hw * itemsize
+    elif path == "full":
+        n_r = sum(a in _FULL or a in _DIAG for a in archs)
+        rb, dc = _item_rows_offsets(hw, n_rows)
+        total += (n_r * hw * hw + hw * hw) * itemsize + 4 * hw * hw  # readout weights, index
+        total += 16 * rb * dc * hw * itemsize + 2 * hw * dc * c * itemsize  # one work item
+    return int(total)
+
+
+def plan_tiles(
+    n_rows: int,
+    n_cols: int,
+    *,
+    archs: Sequence[str],
+    image_shape: Sequence[int],
+    memory_bytes: int = DEFAULT_MEMORY_BYTES,
+    symmetric: bool = False,
+    itemsize: int = 4,
+    max_side: int | None = None,
+) -> list[tuple[int, int, int, int]]:
+    """Cover an n_rows x n_cols kernel matrix with tiles (r0, r1, c0, c1) (half-open ranges).
+
+    Tiles are squares of the largest side (at most max_side, default per path: fcn 8192,
+    vec/lcn 2048, gap/lap 128) whose `tile_bytes` estimate fits in memory_bytes. With
+    symmetric=True (x2 is x1, n_rows == n_cols) only tiles on or above the diagonal (c0 >= r0)
+    are returned; the lower triangle is their transpose.
+    """
+    archs = _check_archs(archs)
+    if symmetric and n_rows != n_cols:
+        raise ConfigError(f"symmetric tiling needs a square matrix, got {n_rows} x {n_cols}")
+    cap = max_side or _MAX_SIDE[_path(archs)]
+    side = max(1, min(cap, max(n_rows, n_cols, 1)))
+
+    def fits(s: int) -> bool:
+        return tile_bytes(s, s, archs=archs, image_shape=image_shape,
+                          itemsize=itemsize) <= memory_bytes
+
+    while side > 1 and not fits(side):
+        side = max(1, side * 3 // 4)
+    if not fits(side):
+        need = tile_bytes(1, 1, archs=archs, image_shape=image_shape, itemsize=itemsize)
+        raise ConfigError(f"memory_bytes={memory_bytes} is below the {need} bytes one pair "
+                          "needs; raise memory_bytes")
+    tiles = []
+    for r0 in range(0, n_rows, side):
+        for c0 in range(0, n_cols, side):
+            if symmetric and c0 + side <= r0:
+                continue
+            tiles.append((r0, min(r0 + side, n_rows), c0, min(c0 + side, n_cols)))
+    return tiles
+
+
+def _default_map(fn: Callable[..., Any], kwargs_list: list[dict]) -> list:
+    return [fn(**kw) for kw in kwargs_list]
+
+
+def kernel_matrices(
+    archs: Sequence[str],
+    x1: np.ndarray,
+    x2: np.ndarray | None = None,
+    *,
+    depth: int = 8,
+    w_var: float = 2.0,
+    b_var: float = 0.01,
+    dtype: Any = np.float32,
+    memory_bytes: int = DEFAULT_MEMORY_BYTES,
+    map_tiles: Callable[[Callable[..., Any], list[dict]], list] | None = None,
+    progress: bool = False,
+) -> dict[str, dict[str, np.ndarray]]:
+    """NNGP and NTK matrices for several archs, computed tile by tile.
+
+    x1 (N1, H, W, C), x2 (N2, H, W, C) or None (x1 with itself: only the upper triangle of tiles
+    is computed and mirrored). map_tiles(fn, list_of_kwargs) -> list of fn(**kwargs) results
+    lets the caller run the tiles elsewhere (e.g. as Ray tasks); the default is a plain loop.
+    Returns {arch: {"nngp": (N1, N2), "ntk": (N1, N2)}} numpy arrays of dtype.
+    """
+    archs = _check_archs(archs)
+    x1 = _check_images(x1, "x1")
+    symmetric = x2 is None
+    x2a = x1 if symmetric else _check_images(x2, "x2")
+    if x1.shape[1:] != x2a.shape[1:]:
+        raise DataError(f"x1 and x2 differ in image shape: {x1.shape[1:]} vs {x2a.shape[1:]}")
+    n1, n2 = x1.shape[0], x2a.shape[0]
+    tiles = plan_tiles(n1, n2, archs=archs, image_shape=x1.shape[1:], memory_bytes=memory_bytes,
+                       symmetric=symmetric, itemsize=np.dtype(dtype).itemsize)
+    kwargs = [dict(archs=archs, x_rows=x1[r0:r1], x_cols=x2a[c0:c1], depth=depth, w_var=w_var,
+                   b_var=b_var, dtype=dtype) for r0, r1, c0, c1 in tiles]
+    if map_tiles is None:
+        if progress:
+            def map_tiles(fn, kws):  # noqa: ANN001, ANN202
+                res = []
+                for i, kw in enumerate(kws):
+                    res.append(fn(**kw))
+                    print(f"kernel tiles {i + 1}/{len(kws)}", file=sys.stderr, flush=True)
+                return res
+        else:
+            map_tiles = _default_map
+    results = map_tiles(kernel_tile, kwargs)
+    out = {a: {k: np.zeros((n1, n2), np.dtype(dtype)) for k in ("nngp", "ntk")} for a in archs}
+    for (r0, r1, c0, c1), res in zip(tiles, results, strict=True):
+        for a in archs:
+            for k in ("nngp", "ntk"):
+                out[a][k][r0:r1, c0:c1] = res[a][k]
+                if symmetric and c0 != r0:
+                    out[a][k][c0:c1, r0:r1] = res[a][k].T
+    if symmetric:
+        # Diagonal tiles are computed whole; mirror their upper triangle so the result is
+        # exactly symmetric (entries (i, j) and (j, i) differ only by float rounding).
+        for a in archs:
+            for k in ("nngp", "ntk"):
+                m = out[a][k]
+                iu = np.triu_indices(n1, 1)
+                m[(iu[1], iu[0])] = m[iu]
+    return out
+
+
+def kernel_matrix(
+    arch: str,
+    x1: np.ndarray,
+    x2: np.ndarray | None = None,
+    *,
+    depth: int = 8,
+    w_var: float = 2.0,
+    b_var: float = 0.01,
+    dtype: Any = np.float32,
+    memory_bytes: int = DEFAULT_MEMORY_BYTES,
+    map_tiles: Callable[[Callable[..., Any], list[dict]], list] | None = None,
+) -> dict[str, np.ndarray]:
+    """{"nngp": (N1, N2), "ntk": (N1, N2)} of one arch (see `kernel_matrices`)."""
+    return kernel_matrices([arch], x1, x2, depth=depth, w_var=w_var, b_var=b_var, dtype=dtype,
+                           memory_bytes=memory_bytes, map_tiles=map_tiles)[arch]
