@@ -1,0 +1,74 @@
+"""Fig. 2 of Xiao & Pennington (2022): inference x architecture x transformed data.
+
+3 x 6 x 5 = 90 cells: NTK (infinite-width kernel regression, one run per cell), NN and NN+
+(finite networks, SGD; NN+ = 8x learning rate + L2 1e-7), five seeds per finite cell; the seed
+is both the initialisation and the draw of the transform tau. Kernel cells that Theorem 4.1
+makes identical are computed once (``--no-dedupe`` to compute all).
+
+    python sweeps/fig2.py --preset smoke          # == symsweep run sweeps/fig2.py --preset smoke
+    symsweep run sweeps/fig2.py --preset cpu --data-dir ../shared/data
+    ray submit cluster/gpu.yaml sweeps/fig2.py -- --preset paper
+
+Presets:
+- smoke: synthetic 8x8 images, depth 2, narrow nets, 300 SGD steps, 256 train / 256 test
+  images; the whole grid finishes in minutes on 2 CPU cores. Success threshold lowered to 0
+  (nets are not trained to 95% in 300 steps): every completed run counts.
+- cpu: real CIFAR-10, class-balanced subsets (1,000 train / 500 test for kernels; 5,000 train
+  for finite nets), depth 8; gap/lap kernels on images average-pooled to 8x8 (their
+  full-covariance kernels are GPU work at 32x32), fcn/lcn/vec at 32x32.
+- paper: the paper's settings (45k/5k/10k, 32x32, depth 8, paper widths, 10^6 steps); GPUs.
+"""
+
+from orchestrator.spec import Preset, Sweep
+
+ARCHS = ["fcn", "lcn", "vec", "gap", "lap4", "lap8"]
+TRANSFORMS = ["identity", "shared_rotation", "pixel_rotation", "permutation", "global_rotation"]
+FULL_COV = ["gap", "lap4", "lap8"]
+
+SMOKE = Preset(
+    description="synthetic 8x8, depth 2, narrow nets, 300 steps; minutes on 2 cores",
+    config=dict(dataset="synthetic", image_size=8, train_size=256, val_size=64, test_size=256,
+                depth=2, w_var=2.0, b_var=0.01, max_steps=300, eval_every=100,
+                checkpoint_every=100, batch_size=40),
+    width=dict(fcn=64, lcn=4, vec=8, gap=8, lap4=8, lap8=8),
+    seeds=(0, 1, 2, 3, 4),
+    resources=dict(train=dict(cpu=1), kernel=dict(cpu=1)),
+    success_train_acc=0.0,
+    max_failures=2,
+)
+
+CPU = Preset(
+    description="CIFAR-10 subsets, depth 8; gap/lap kernels at 8x8, the rest at 32x32",
+    config=dict(dataset="cifar10", train_size=1000, val_size=0, test_size=500, depth=8,
+                w_var=2.0, b_var=0.01, max_steps=20000, eval_every=1000,
+                checkpoint_every=1000, batch_size=40),
+    width=dict(fcn=256, lcn=8, vec=32, gap=32, lap4=32, lap8=32),
+    rules=(
+        # finite nets see more data; kernels stay at 1,000 (an N^2 kernel on 2 cores)
+        ({"kind": "train"}, {"train_size": 5000, "val_size": 1000}),
+        ({"arch": FULL_COV}, {"image_size": 8}),
+    ),
+    resources=dict(train=dict(cpu=1), kernel=dict(cpu=1)),
+    success_train_acc=0.95,
+    max_failures=2,
+)
+
+PAPER = Preset(
+    description="the paper: 45k/5k/10k CIFAR-10 at 32x32, depth 8, paper widths, 1e6 steps",
+    config=dict(dataset="cifar10", val_size=5000, depth=8, w_var=2.0, b_var=0.01,
+                max_steps=1_000_000, eval_every=10_000, checkpoint_every=10_000, batch_size=40),
+    width=dict(fcn=1024, lcn=32, vec=128, gap=128, lap4=128, lap8=128),
+    resources=dict(train=dict(cpu=1, gpu=0.25), kernel=dict(cpu=1, tile_cpu=1, tile_gpu=1)),
+    success_train_acc=0.95,
+    max_failures=3,
+)
+
+SWEEP = Sweep(
+    name="fig2",
+    description=__doc__.splitlines()[0],
+    axes=dict(inference=["ntk", "nn", "nn_plus"], arch=ARCHS, transform=TRANSFORMS),
+    presets=dict(smoke=SMOKE, cpu=CPU, paper=PAPER),
+)
+
+if __name__ == "__main__":
+    raise SystemExit(SWEEP.main())
