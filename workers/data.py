@@ -1,0 +1,1013 @@
+"""Datasets: official CIFAR-10 (download, MD5, safe unpickling, cache), image folders, and a
+deterministic synthetic dataset; splits, class-balanced nested subsets, flips, per-channel
+standardisation, one-hot-minus-0.1 targets and the symmetry transform (PAPER_SETUP.md, "D").
+
+Entry point: `build_dataset(cfg) -> Dataset`.
+
+CIFAR-10 sources (`data_dir`, or the cache directory when `data_dir` is None):
+- the official `cifar-10-python.tar.gz` (MD5 c58f30108f718f92721af3b95e74349a, verified);
+- its unpacked `cifar-10-batches-py/` folder (the pickles are read with a restricted
+  unpickler that admits only dicts, lists, str, bytes, ints and plain numpy arrays);
+- an image-folder tree `train/<class>/*.png|jpg`, `test/<class>/...` (class folder names as in
+  `CLASSES`), or a `.tar`/`.tar.xz` of such a tree (e.g. the shared `cifar10-images.tar.xz`).
+When nothing is found, the official tarball is downloaded from `CIFAR10_URL` (environment
+variable `SYMSWEEP_CIFAR10_URL` overrides it, e.g. for a mirror) into the cache directory
+(`SYMSWEEP_CACHE`, default `~/.cache/symsweep`). Every source is converted once into one
+uint8 `.npz` cache (written to a temporary file, then renamed), which later runs load directly.
+
+Splits: official format: the first 45,000 images of the training set are the training split,
+the last 5,000 the validation split (the last tenth in general), the 10,000 test images the test
+split. An image folder has no official order: files are sorted by name within each class and
+the last tenth of each class's training files (500 of 5,000) is the validation split.
+
+Subsets: each split is put in a fixed class-balanced order (drawn from `subset_seed`: a random
+order within each class, then rounds that take one image of every class, the classes shuffled
+in each round); `train_size = m` takes the first m, so every prefix is as class-balanced as
+possible (exactly when m is a multiple of 10) and a smaller subset is a prefix of a larger one.
+
+Standardisation: per-channel mean and standard deviation of the whole training split (after
+average pooling, before flips), so they do not depend on `train_size` and nested subsets stay
+nested after standardisation. The transform tau is applied after standardisation, the same tau
+to train, validation and test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import io
+import json
+import os
+import pickle
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from workers.errors import ConfigError, DataError
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_TARBALL = "cifar-10-python.tar.gz"
+CIFAR10_BATCHES = "cifar-10-batches-py"
+CLASSES: tuple[str, ...] = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+NUM_CLASSES = len(CLASSES)
+DATASETS: tuple[str, ...] = ("synthetic", "cifar10")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm")
+CACHE_VERSION = 1
+# Synthetic split sizes when cfg leaves them out (a tenth of CIFAR-10's; any size is valid).
+SYNTHETIC_DEFAULT_SIZES = {"train": 4500, "val": 500, "test": 1000}
+
+# progress(stage, done, total): stage is a short label, total None when unknown.
+ProgressFn = Callable[[str, int, "int | None"], None]
+
+_HELP = (
+    "pass --data-dir (data_dir) pointing at cifar-10-python.tar.gz, an unpacked "
+    "cifar-10-batches-py/ folder, or an image folder with train/<class>/*.png|jpg and "
+    "test/<class>/... (or a .tar/.tar.xz of one), or use the synthetic dataset"
+)
+
+
+def _noop(stage: str, done: int, total: int | None) -> None:
+    return None
+
+
+# --------------------------------------------------------------------------- cache & download
+
+
+def default_cache_dir() -> Path:
+    """`$SYMSWEEP_CACHE`, else `~/.cache/symsweep`."""
+    env = os.environ.get("SYMSWEEP_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "symsweep"
+
+
+def _cache_dir(cache_dir: str | os.PathLike | None) -> Path:
+    return Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+
+
+def md5sum(path: str | os.PathLike, progress: ProgressFn | None = None) -> str:
+    """Hex MD5 digest of a file, read in 1 MiB chunks."""
+    progress = progress or _noop
+    h = hashlib.md5()
+    total = os.path.getsize(path)
+    done = 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+            done += len(chunk)
+            progress("verify md5", done, total)
+    return h.hexdigest()
+
+
+def download_cifar10(
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    url: str | None = None,
+    md5: str | None = None,
+    progress: ProgressFn | None = None,
+    timeout: float = 60.0,
+) -> Path:
+    """Download the official tarball into `cache_dir` and verify its MD5; returns its path.
+
+    The bytes go to a temporary file in `cache_dir` that is renamed only once the checksum
+    matches; on a mismatch or any error the temporary file is removed and `DataError` raised.
+    `url`/`md5` default to `CIFAR10_URL` (or `$SYMSWEEP_CIFAR10_URL`) and `CIFAR10_MD5`.
+    """
+    progress = progress or _noop
+    url = url or os.environ.get("SYMSWEEP_CIFAR10_URL") or CIFAR10_URL
+    md5 = (md5 or CIFAR10_MD5).lower()
+    cdir = _cache_dir(cache_dir)
+    try:
+        cdir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"cannot create cache directory {cdir} ({err}); pass --cache-dir") from err
+    dest = cdir / CIFAR10_TARBALL
+    fd, tmp = tempfile.mkstemp(dir=cdir, prefix=f".{CIFAR10_TARBALL}.", suffix=".part")
+    try:
+        h = hashlib.md5()
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as resp:
+                    total = resp.headers.get("Content-Length")
+                    total = int(total) if total and total.isdigit() else None
+                    done = 0
+                    for chunk in iter(lambda: resp.read(1 << 20), b""):
+                        out.write(chunk)
+                        h.update(chunk)
+                        done += len(chunk)
+                        progress("download", done, total)
+            except (urllib.error.URLError, OSError, ValueError) as err:
+                reason = getattr(err, "reason", err)
+                raise DataError(
+                    f"CIFAR-10 is not in the cache {cdir} and downloading {url} failed "
+                    f"({reason}); {_HELP}"
+                ) from err
+            out.flush()
+            os.fsync(out.fileno())
+        got = h.hexdigest()
+        if got != md5:
+            raise DataError(
+                f"downloaded {url} has MD5 {got}, expected {md5}: the download is corrupt or "
+                f"not the official CIFAR-10 archive and was removed; retry, or {_HELP}"
+            )
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return dest
+
+
+def _write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+# --------------------------------------------------------------------------- safe unpickling
+
+
+def _numpy_attr(module: str, name: str) -> Any:
+    """numpy's pickle helpers live in numpy._core (numpy >= 2) or numpy.core (numpy 1.x)."""
+    for mod in (module.replace("numpy.core", "numpy._core"), module):
+        try:
+            return getattr(importlib.import_module(mod), name)
+        except (ImportError, AttributeError):
+            continue
+    raise DataError(f"this numpy has no {module}.{name}")
+
+
+def _safe_dtype(*args: Any) -> np.dtype:
+    dt = np.dtype(*args)
+    if dt.hasobject:
+        raise pickle.UnpicklingError("object arrays are not allowed")
+    return dt
+
+
+def _latin1_encode(obj: Any, encoding: str = "utf-8") -> bytes:
+    # Python 3 pickles bytes at protocol <= 2 as _codecs.encode(str, 'latin1').
+    if not isinstance(obj, str) or encoding != "latin1":
+        raise pickle.UnpicklingError("_codecs.encode is only allowed for latin1 text")
+    return obj.encode("latin1")
+
+
+_ALLOWED_GLOBALS: dict[tuple[str, str], Callable[[], Any]] = {
+    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "dtype"): lambda: _safe_dtype,
+    ("_codecs", "encode"): lambda: _latin1_encode,
+}
+for _m in ("numpy.core.multiarray", "numpy._core.multiarray"):
+    _ALLOWED_GLOBALS[(_m, "_reconstruct")] = lambda: _numpy_attr(
+        "numpy.core.multiarray", "_reconstruct"
+    )
+for _m in ("numpy.core.numeric", "numpy._core.numeric"):
+    _ALLOWED_GLOBALS[(_m, "_frombuffer")] = lambda: _numpy_attr("numpy.core.numeric", "_frombuffer")
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only the globals plain numpy arrays need.
+
+    dicts, lists, str, bytes and ints are built by pickle opcodes without any global; the only
+    globals admitted are numpy's array reconstructors, `numpy.ndarray`, `numpy.dtype` (object
+    dtypes refused) and latin1 `_codecs.encode`. Anything else (e.g. `os.system` from a
+    tampered `__reduce__`) raises `pickle.UnpicklingError` before it could be called.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        getter = _ALLOWED_GLOBALS.get((module, name))
+        if getter is None:
+            raise pickle.UnpicklingError(
+                f"global {module}.{name} is not allowed (a CIFAR-10 batch holds only dicts, "
+                "lists, str, bytes, ints and numpy arrays)"
+            )
+        return getter()
+
+
+def load_cifar_batch(fileobj: io.BufferedIOBase | Any, name: str) -> dict[str, Any]:
+    """Read one CIFAR-10 python batch with `RestrictedUnpickler`; keys decoded to str.
+
+    Raises `DataError` (naming `name`) if the pickle needs anything beyond the allowed types or
+    is not a dict.
+    """
+    try:
+        obj = RestrictedUnpickler(fileobj, encoding="bytes").load()
+    except pickle.UnpicklingError as err:
+        raise DataError(
+            f"{name} is not a valid CIFAR-10 batch and was not loaded: {err}; the file may be "
+            f"tampered with; use the official {CIFAR10_TARBALL} (MD5 {CIFAR10_MD5})"
+        ) from err
+    except Exception as err:  # truncated or garbage file
+        raise DataError(
+            f"{name} is not a readable CIFAR-10 batch ({type(err).__name__}: {err}); "
+            f"re-download the official {CIFAR10_TARBALL}"
+        ) from err
+    if not isinstance(obj, dict):
+        raise DataError(f"{name} holds a {type(obj).__name__}, not a CIFAR-10 batch dict")
+    return {(k.decode("latin1") if isinstance(k, bytes) else str(k)): v for k, v in obj.items()}
+
+
+def _batch_arrays(batch: dict[str, Any], name: str) -> tuple[np.ndarray, np.ndarray]:
+    data, labels = batch.get("data"), batch.get("labels")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
+        raise DataError(f"{name}: 'data' must be a uint8 array (N, 3072); not a CIFAR-10 batch")
+    if data.shape[1] != 3 * 32 * 32 or not isinstance(labels, list | np.ndarray):
+        raise DataError(f"{name}: expected 'data' (N, 3072) and a 'labels' list")
+    lab = np.asarray(labels)
+    if lab.shape != (data.shape[0],) or not np.issubdtype(lab.dtype, np.integer):
+        raise DataError(f"{name}: 'labels' must be {data.shape[0]} integers")
+    if lab.size and (lab.min() < 0 or lab.max() >= NUM_CLASSES):
+        raise DataError(f"{name}: labels must lie in 0..9")
+    x = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(x), lab.astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- raw CIFAR-10
+
+
+@dataclass(frozen=True, eq=False)
+class RawCifar:
+    """Unstandardised CIFAR-10 splits: uint8 images (N, H, W, 3), uint8 labels (N,)."""
+
+    x_train: np.ndarray
+    labels_train: np.ndarray
+    x_val: np.ndarray
+    labels_val: np.ndarray
+    x_test: np.ndarray
+    labels_test: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+    def counts(self) -> dict[str, list[int]]:
+        """Images per class for each split (and for `train+val`, the official training set)."""
+        out = {
+            s: np.bincount(getattr(self, f"labels_{s}"), minlength=NUM_CLASSES).tolist()
+            for s in ("train", "val", "test")
+        }
+        out["train+val"] = [a + b for a, b in zip(out["train"], out["val"], strict=True)]
+        return out
+
+
+def _official_split(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
+    """First 90% (45k of 50k) train, last 10% (5k) validation, in the official order."""
+    n_val = len(x) // 10
+    n_tr = len(x) - n_val
+    return x[:n_tr], y[:n_tr], x[n_tr:], y[n_tr:]
+
+
+def _from_official_batches(
+    read: Callable[[str], Any], where: str, progress: ProgressFn
+) -> tuple[np.ndarray, ...]:
+    xs, ys = [], []
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for i, n in enumerate(names):
+        fobj = read(n)
+        if fobj is None:
+            raise DataError(f"{where} has no {n}; it is not a complete {CIFAR10_BATCHES}/ folder")
+        with fobj:
+            x, y = _batch_arrays(load_cifar_batch(fobj, f"{where}/{n}"), f"{where}/{n}")
+        xs.append(x)
+        ys.append(y)
+        progress("read batches", i + 1, len(names))
+    x_all, y_all = np.concatenate(xs[:5]), np.concatenate(ys[:5])
+    return (*_official_split(x_all, y_all), xs[5], ys[5])
+
+
+def _read_tarball(path: Path, progress: ProgressFn) -> tuple[np.ndarray, ...]:
+    got = md5sum(path, progress)
+    if got != CIFAR10_MD5:
+        raise DataError(
+            f"{path} has MD5 {got}, not the official {CIFAR10_MD5}: it is incomplete or not "
+            f"the official {CIFAR10_TARBALL}; re-download it, or pass an unpacked "
+            f"{CIFAR10_BATCHES}/ folder or an image folder as --data-dir"
+        )
+    try:
+        with tarfile.open(path, "r:gz") as tf:
+
+            def read(n: str) -> Any:
+                try:
+                    member = tf.getmember(f"{CIFAR10_BATCHES}/{n}")
+                except KeyError:
+                    return None
+                return tf.extractfile(member) if member.isfile() else None
+
+            return _from_official_batches(read, str(path), progress)
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise DataError(f"cannot read {path} as a gzip tarball ({err}); re-download it") from err
+
+
+def _read_batches_dir(path: Path, progress: ProgressFn) -> tuple[np.ndarray, ...]:
+    def read(n: str) -> Any:
+        p = path / n
+        return open(p, "rb") if p.is_file() else None  # noqa: SIM115 (closed by caller)
+
+    return _from_official_batches(read, str(path), progress)
+
+
+def _decode_image(data: bytes | Path, name: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        src = io.BytesIO(data) if isinstance(data, bytes) else data
+        with Image.open(src) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise DataError(f"cannot decode image {name} ({err}); remove or replace it") from err
+
+
+def _stack_split(
+    images: list[np.ndarray], labels: list[int], where: str
+) -> tuple[np.ndarray, np.ndarray]:
+    shapes = {im.shape for im in images}
+    if len(shapes) != 1:
+        raise DataError(
+            f"images under {where} have different sizes {sorted(shapes)[:3]}...; "
+            "all images must have the same height and width"
+        )
+    return np.stack(images), np.asarray(labels, dtype=np.uint8)
+
+
+def _assemble_folder(
+    files: dict[str, dict[str, list[str]]],
+    load: Callable[[str], np.ndarray],
+    where: str,
+    progress: ProgressFn,
+) -> tuple[np.ndarray, ...]:
+    """files[split][class] = names sorted; returns train/val/test arrays (val = last 10%)."""
+    for split in ("train", "test"):
+        missing = [c for c in CLASSES if not files.get(split, {}).get(c)]
+        if missing:
+            raise DataError(
+                f"{where}: no images in {split}/{missing[0]}/ (missing: {', '.join(missing)}); "
+                f"an image folder needs train/<class>/ and test/<class>/ for the classes "
+                f"{' '.join(CLASSES)}"
+            )
+        extra = sorted(set(files.get(split, {})) - set(CLASSES))
+        if extra:
+            raise DataError(
+                f"{where}: unknown class folder {split}/{extra[0]}/; expected only "
+                f"{' '.join(CLASSES)}"
+            )
+    order: list[tuple[str, int, str]] = []  # (part, label, name)
+    for c, cls in enumerate(CLASSES):
+        names = files["train"][cls]
+        n_val = len(names) // 10
+        order += [("train", c, n) for n in names[: len(names) - n_val]]
+        order += [("val", c, n) for n in names[len(names) - n_val :]]
+        order += [("test", c, n) for n in files["test"][cls]]
+    total = len(order)
+    images: list[np.ndarray] = [None] * total  # type: ignore[list-item]
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
+        for i, im in enumerate(pool.map(load, [n for _, _, n in order], chunksize=256)):
+            images[i] = im
+            if (i + 1) % 1000 == 0 or i + 1 == total:
+                progress("decode images", i + 1, total)
+    out: list[np.ndarray] = []
+    for part in ("train", "val", "test"):
+        idx = [i for i, o in enumerate(order) if o[0] == part]
+        if not idx:
+            out += [np.zeros((0, 32, 32, 3), np.uint8), np.zeros((0,), np.uint8)]
+            continue
+        out += list(_stack_split([images[i] for i in idx], [order[i][1] for i in idx], where))
+    shapes = {a.shape[1:] for a in out[0::2] if len(a)}
+    if len(shapes) != 1:
+        raise DataError(f"{where}: train and test images have different sizes {sorted(shapes)}")
+    return tuple(out)
+
+
+def _list_image_folder(root: Path) -> dict[str, dict[str, list[str]]]:
+    files: dict[str, dict[str, list[str]]] = {}
+    for split in ("train", "test"):
+        d = root / split
+        files[split] = {}
+        if not d.is_dir():
+            continue
+        for cdir in sorted(p for p in d.iterdir() if p.is_dir()):
+            names = sorted(str(p) for p in cdir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            files[split][cdir.name] = names
+    return files
+
+
+def _read_image_folder(path: Path, progress: ProgressFn) -> tuple[np.ndarray, ...]:
+    files = _list_image_folder(path)
+    return _assemble_folder(files, lambda n: _decode_image(Path(n), n), str(path), progress)
+
+
+def _split_class_name(member: str) -> tuple[str, str] | None:
+    parts = [p for p in member.split("/") if p not in ("", ".")]
+    if len(parts) >= 3 and parts[-3] in ("train", "test"):
+        return parts[-3], parts[-2]
+    return None
+
+
+def _read_image_tar(path: Path, progress: ProgressFn) -> tuple[np.ndarray, ...]:
+    blobs: dict[str, bytes] = {}
+    files: dict[str, dict[str, list[str]]] = {"train": {}, "test": {}}
+    try:
+        with tarfile.open(path, "r:*") as tf:
+            for member in tf:
+                if not member.isfile():
+                    continue
+                sc = _split_class_name(member.name)
+                if sc is None or Path(member.name).suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                f = tf.extractfile(member)
+                if f is None:
+                    continue
+                blobs[member.name] = f.read()
+                files[sc[0]].setdefault(sc[1], []).append(member.name)
+                if len(blobs) % 1000 == 0:
+                    progress("read archive", len(blobs), None)
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise DataError(f"cannot read image archive {path} ({err})") from err
+    for split in files.values():
+        for names in split.values():
+            names.sort()
+    return _assemble_folder(files, lambda n: _decode_image(blobs[n], n), str(path), progress)
+
+
+def _tar_kind(path: Path) -> str | None:
+    """'tarball' (official layout), 'image_tar' (train/<class>/...), or None."""
+    try:
+        with tarfile.open(path, "r:*") as tf:
+            for i, member in enumerate(tf):
+                name = member.name
+                if CIFAR10_BATCHES in name.split("/"):
+                    return "tarball"
+                if _split_class_name(name) is not None or name.split("/")[0] in ("train", "test"):
+                    return "image_tar"
+                if i > 50:
+                    break
+    except (tarfile.TarError, OSError, EOFError):
+        return None
+    return None
+
+
+def locate_source(data_dir: str | os.PathLike) -> tuple[str, Path]:
+    """Classify `data_dir`: ('tarball'|'batches'|'image_folder'|'image_tar', path).
+
+    Accepts the file itself or a folder that contains it. Raises `DataError` otherwise.
+    """
+    p = Path(data_dir).expanduser()
+    if not p.exists():
+        raise DataError(f"--data-dir {p} does not exist; {_HELP}")
+    if p.is_file():
+        kind = _tar_kind(p) if tarfile.is_tarfile(p) else None
+        if kind is None:
+            raise DataError(
+                f"{p} is neither the official {CIFAR10_TARBALL} nor a tar of "
+                f"an image folder; {_HELP}"
+            )
+        return kind, p.resolve()
+    if (p / "data_batch_1").is_file():
+        return "batches", p.resolve()
+    if (p / CIFAR10_BATCHES / "data_batch_1").is_file():
+        return "batches", (p / CIFAR10_BATCHES).resolve()
+    if (p / CIFAR10_TARBALL).is_file():
+        return "tarball", (p / CIFAR10_TARBALL).resolve()
+    if (p / "train").is_dir() and (p / "test").is_dir():
+        return "image_folder", p.resolve()
+    for name in ("cifar10-images.tar.xz", "cifar10-images.tar"):
+        if (p / name).is_file():
+            return "image_tar", (p / name).resolve()
+    raise DataError(
+        f"--data-dir {p} holds no CIFAR-10 (looked for data_batch_1, {CIFAR10_BATCHES}/, "
+        f"{CIFAR10_TARBALL}, train/ + test/ class folders, cifar10-images.tar.xz); {_HELP}"
+    )
+
+
+def _fingerprint(kind: str, path: Path) -> str:
+    """Identity of a source for cache reuse: path, sizes and modification times."""
+    if kind in ("tarball", "image_tar"):
+        st = path.stat()
+        items: Iterable[Any] = [(str(path), st.st_size, st.st_mtime_ns)]
+    elif kind == "batches":
+        items = [
+            (n, (path / n).stat().st_size, (path / n).stat().st_mtime_ns)
+            for n in sorted(os.listdir(path))
+            if n.startswith(("data_batch", "test_batch"))
+        ]
+    else:
+        items = []
+        for split in ("train", "test"):
+            for cdir in sorted((path / split).iterdir()):
+                if cdir.is_dir():
+                    items.append((split, cdir.name, len(os.listdir(cdir)), cdir.stat().st_mtime_ns))
+    return hashlib.sha256(json.dumps([kind, str(path), list(items)]).encode()).hexdigest()[:16]
+
+
+_READERS = {
+    "tarball": _read_tarball,
+    "batches": _read_batches_dir,
+    "image_folder": _read_image_folder,
+    "image_tar": _read_image_tar,
+}
+_SPLIT_NOTE = {
+    "tarball": "official order: train = first 45000 of the training set, val = last 5000",
+    "batches": "official order: train = first 45000 of the training set, val = last 5000",
+    "image_folder": "image folder: files sorted by name per class; val = last 10% of each class",
+    "image_tar": "image folder: files sorted by name per class; val = last 10% of each class",
+}
+
+
+def cache_path(kind: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Cache file for a source kind: `cifar10-official.npz` or `cifar10-images.npz`."""
+    tag = "official" if kind in ("tarball", "batches") else "images"
+    return _cache_dir(cache_dir) / f"cifar10-{tag}.npz"
+
+
+def _read_cache_meta(path: Path) -> dict | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta_json"]))
+    except Exception:
+        return None
+    return meta if meta.get("cache_version") == CACHE_VERSION else None
+
+
+def prepare_cifar10(
+    data_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    download: bool = True,
+    force: bool = False,
+    progress: ProgressFn | None = None,
+) -> Path:
+    """Make sure a CIFAR-10 `.npz` cache exists; returns its path.
+
+    With `data_dir`: read that source unless a cache built from the same (unchanged) source
+    exists. Without: use an existing cache (official first, then image-folder), else the
+    tarball in the cache dir, else download it (if `download`), else raise `DataError`.
+    """
+    progress = progress or _noop
+    cdir = _cache_dir(cache_dir)
+    if data_dir is None:
+        if not force:
+            for kind in ("tarball", "image_folder"):
+                cp = cache_path(kind, cdir)
+                if cp.is_file() and _read_cache_meta(cp) is not None:
+                    return cp
+        tb = cdir / CIFAR10_TARBALL
+        if not tb.is_file():
+            if not download:
+                raise DataError(f"CIFAR-10 is not in the cache {cdir} (download disabled); {_HELP}")
+            tb = download_cifar10(cdir, progress=progress)
+        kind, src = "tarball", tb
+    else:
+        kind, src = locate_source(data_dir)
+    fp = _fingerprint(kind, src)
+    cp = cache_path(kind, cdir)
+    if not force and cp.is_file():
+        meta = _read_cache_meta(cp)
+        if meta is not None and meta.get("fingerprint") == fp:
+            return cp
+    x_tr, y_tr, x_va, y_va, x_te, y_te = _READERS[kind](src, progress)
+    meta = {
+        "cache_version": CACHE_VERSION,
+        "source_kind": kind,
+        "source": str(src),
+        "fingerprint": fp,
+        "split": _SPLIT_NOTE[kind],
+        "classes": list(CLASSES),
+    }
+    progress("write cache", 0, 1)
+    _write_npz_atomic(
+        cp,
+        {
+            "x_train": x_tr,
+            "labels_train": y_tr,
+            "x_val": x_va,
+            "labels_val": y_va,
+            "x_test": x_te,
+            "labels_test": y_te,
+            "meta_json": np.array(json.dumps(meta)),
+        },
+    )
+    progress("write cache", 1, 1)
+    return cp
+
+
+_MEMO: dict[str, tuple[tuple[int, int], RawCifar]] = {}
+
+
+def load_cifar10(
+    data_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    download: bool = True,
+    progress: ProgressFn | None = None,
+) -> RawCifar:
+    """CIFAR-10 as uint8 arrays (see `prepare_cifar10` for where it comes from).
+
+    The last loaded cache is kept in memory (keyed by path, size and mtime).
+    """
+    cp = prepare_cifar10(data_dir, cache_dir, download=download, progress=progress)
+    st = cp.stat()
+    key = (st.st_size, st.st_mtime_ns)
+    hit = _MEMO.get(str(cp))
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    try:
+        with np.load(cp, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as err:
+        raise DataError(
+            f"cache {cp} is unreadable ({err}); delete it and run `symsweep data prepare` again"
+        ) from err
+    meta = json.loads(str(arrays.pop("meta_json")))
+    meta["cache"] = str(cp)
+    raw = RawCifar(meta=meta, **arrays)
+    _MEMO.clear()
+    _MEMO[str(cp)] = (key, raw)
+    return raw
+
+
+# --------------------------------------------------------------------------- synthetic data
+
+
+_SYN_BLOCK = 250  # images per random block; a multiple of 10 keeps every block balanced
+_SYN_STREAMS = {"train": 0, "val": 1, "test": 2, "stats": 3}
+
+
+def synthetic_motifs(seed: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class motifs (10, k, k, 3) of unit norm and class tints (10, 3) of unit norm.
+
+    A motif is a rank-2 colour texture sum_p t_p (x) c_p with zero-mean k x k textures t_p and
+    unit RGB colours c_p, so its average colour is zero: the class shows only in local
+    colour-texture patterns (plus a weak global tint, the part a dense model can read).
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 7919]))
+    t = rng.standard_normal((NUM_CLASSES, 2, k, k))
+    t -= t.mean(axis=(2, 3), keepdims=True)
+    t /= np.sqrt((t**2).sum(axis=(2, 3), keepdims=True))
+    col = rng.standard_normal((NUM_CLASSES, 2, 3))
+    col /= np.linalg.norm(col, axis=-1, keepdims=True)
+    m = np.einsum("cpij,cpk->cijk", t * np.array([1.0, 0.6])[None, :, None, None], col)
+    m /= np.sqrt((m**2).sum(axis=(1, 2, 3), keepdims=True))
+    tint = rng.standard_normal((NUM_CLASSES, 3))
+    tint /= np.linalg.norm(tint, axis=-1, keepdims=True)
+    return m, tint
+
+
+def synthetic_images(
+    n: int,
+    image_shape: tuple[int, int] = (32, 32),
+    *,
+    seed: int = 0,
+    split: str = "train",
+    subset_seed: int = 0,
+    amplitude: float = 4.0,
+    tint: float = 0.3,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first `n` images (n, H, W, 3) float32 and labels (n,) int of a synthetic stream.
+
+    Each image is i.i.d. N(0, 1) noise plus `max(2, H*W // 64)` copies of its class motif
+    (k x k, k = 3 below 16 pixels, else 5) and half as many motifs of random classes
+    (distractors), each at a uniform random position (wrapping around, like circular padding)
+    with amplitude `amplitude * U(0.5, 1.5)`, plus `tint` times the class tint colour at every
+    pixel. So the label is carried by local, translation-invariant colour-texture patterns.
+    Images come in blocks of 250 drawn from (seed, split, subset_seed, block): the stream is
+    deterministic and the first n images do not depend on n. Every run of 10 consecutive
+    images holds each class once.
+    """
+    h, w = int(image_shape[0]), int(image_shape[1])
+    k = 3 if min(h, w) < 16 else 5
+    motifs, tints = synthetic_motifs(seed, k)
+    n_true = max(2, h * w // 64)
+    n_dis = n_true // 2
+    xs, ys = [], []
+    for b in range(-(-n // _SYN_BLOCK)):
+        rng = np.random.default_rng(
+            np.random.SeedSequence([int(seed), _SYN_STREAMS[split], int(subset_seed), b])
+        )
+        m = _SYN_BLOCK
+        labels = np.concatenate([rng.permutation(NUM_CLASSES) for _ in range(m // NUM_CLASSES)])
+        x = rng.standard_normal((m, h, w, 3))
+        rows = np.arange(m)
+        for j in range(n_true + n_dis):
+            cls = labels if j < n_true else rng.integers(0, NUM_CLASSES, m)
+            ph, pw = rng.integers(0, h, m), rng.integers(0, w, m)
+            a = amplitude * rng.uniform(0.5, 1.5, m)[:, None] * 1.0
+            for di in range(k):
+                for dj in range(k):
+                    x[rows, (ph + di) % h, (pw + dj) % w, :] += a * motifs[cls, di, dj, :]
+        x += tint * tints[labels][:, None, None, :]
+        xs.append(x.astype(np.float32))
+        ys.append(labels)
+    if not xs:
+        return np.zeros((0, h, w, 3), np.float32), np.zeros((0,), np.int64)
+    return np.concatenate(xs)[:n], np.concatenate(ys)[:n].astype(np.int64)
+
+
+# --------------------------------------------------------------------------- building datasets
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """A ready-to-train dataset.
+
+    x_*: float32 (N, H, W, C), standardised with training statistics, then transformed.
+    y_*: float32 (N, 10), one-hot minus 0.1 (0.9 for the class, -0.1 elsewhere).
+    labels_*: int64 (N,). meta: provenance (source, sizes, statistics, transform, ...).
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    labels_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    labels_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    labels_test: np.ndarray
+    meta: dict
+
+
+def one_hot_targets(labels: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """(N,) int -> (N, K) float32 one-hot minus 0.1."""
+    labels = np.asarray(labels, dtype=np.int64)
+    return (np.eye(num_classes, dtype=np.float32)[labels] - np.float32(0.1)).astype(np.float32)
+
+
+def balanced_order(labels: np.ndarray, seed: int) -> np.ndarray:
+    """A class-balanced order of indices of `labels` (N,): prefixes are balanced.
+
+    Within each class, a random permutation (from `seed`); then rounds taking the next image of
+    every class that still has one, the classes in a random order each round.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 424242]))
+    rank = np.empty(len(labels), dtype=np.int64)
+    for c in range(NUM_CLASSES):
+        idx = np.flatnonzero(labels == c)
+        rank[idx[rng.permutation(len(idx))]] = np.arange(len(idx))
+    n_rounds = int(rank.max()) + 1 if len(rank) else 0
+    class_pos = (
+        np.stack([rng.permutation(NUM_CLASSES) for _ in range(n_rounds)])
+        if n_rounds
+        else np.zeros((0, NUM_CLASSES), np.int64)
+    )
+    key = rank * NUM_CLASSES + (class_pos[rank, labels] if len(rank) else 0)
+    return np.argsort(key, kind="stable")
+
+
+def _int_option(cfg: dict, key: str, default: int | None, minimum: int) -> int | None:
+    v = cfg.get(key, default)
+    if v is None:
+        return None
+    if (
+        isinstance(v, bool)
+        or not isinstance(v, int | float | np.integer | np.floating)
+        or float(v) != int(v)
+    ):
+        raise ConfigError(f"{key} must be an integer, got {v!r}")
+    if int(v) < minimum:
+        raise ConfigError(f"{key} must be at least {minimum}, got {int(v)}")
+    return int(v)
+
+
+def _image_hw(cfg: dict, native: tuple[int, int] | None) -> tuple[int, int]:
+    v = cfg.get("image_size")
+    if v is None:
+        return native or (32, 32)
+    hw = (v, v) if not isinstance(v, list | tuple) else tuple(v)
+    if len(hw) != 2 or any(
+        isinstance(s, bool) or not isinstance(s, int | np.integer) or s < 1 for s in hw
+    ):
+        raise ConfigError(f"image_size must be a positive int or [H, W], got {v!r}")
+    hw = (int(hw[0]), int(hw[1]))
+    if native is not None and (native[0] % hw[0] or native[1] % hw[1]):
+        raise ConfigError(
+            f"image_size {v!r} must divide the native size {native[0]}x{native[1]} "
+            "(images are average-pooled down to it), e.g. 16 or 8"
+        )
+    if native is None and min(hw) < 4:
+        raise ConfigError(f"synthetic image_size must be at least 4, got {v!r}")
+    return hw
+
+
+def avg_pool(x: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Average-pool (N, H, W, C) down to (N, h, w, C); h, w must divide H, W."""
+    n, h0, w0, c = x.shape
+    if (h0, w0) == tuple(hw):
+        return x
+    fh, fw = h0 // hw[0], w0 // hw[1]
+    return x.reshape(n, hw[0], fh, hw[1], fw, c).mean(axis=(2, 4), dtype=np.float32)
+
+
+def _to_float(x: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    out = [
+        avg_pool(x[s : s + 5000].astype(np.float32) / np.float32(255.0), hw)
+        for s in range(0, len(x), 5000)
+    ]
+    return np.concatenate(out) if out else np.zeros((0, *hw, x.shape[-1]), np.float32)
+
+
+def _channel_stats(x: np.ndarray, hw: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std (float64) of images (N, H, W, C), in chunks."""
+    s = np.zeros(x.shape[-1])
+    ss = np.zeros(x.shape[-1])
+    cnt = 0
+    for i in range(0, len(x), 5000):
+        chunk = x[i : i + 5000]
+        chunk = _to_float(chunk, hw) if hw is not None else chunk
+        c64 = chunk.astype(np.float64).reshape(-1, x.shape[-1])
+        s += c64.sum(0)
+        ss += (c64**2).sum(0)
+        cnt += len(c64)
+    mean = s / cnt
+    std = np.sqrt(np.maximum(ss / cnt - mean**2, 0.0))
+    return mean, np.where(std > 0, std, 1.0)
+
+
+def _take(labels: np.ndarray, size: int | None, seed: int, split: str, key: str) -> np.ndarray:
+    order = balanced_order(labels, seed)
+    if size is None:
+        return order
+    if size > len(labels):
+        raise ConfigError(
+            f"{key}={size} exceeds the {len(labels)} images of the {split} split; "
+            f"choose {key} <= {len(labels)}"
+        )
+    return order[:size]
+
+
+def build_dataset(cfg: dict) -> Dataset:
+    """Build the dataset a run trains and evaluates on (see the module docstring).
+
+    cfg keys (all optional, unknown keys ignored): dataset ('synthetic' | 'cifar10'),
+    data_dir, cache_dir, download (bool, default True), train_size, val_size, test_size,
+    image_size (int or [H, W]), flip, transform, transform_seed (default cfg['seed'] or 0),
+    path_t (float: use the Appendix-E path tau_t instead of `transform`), subset_seed,
+    synthetic_seed. Raises `ConfigError` for bad options and `DataError` for missing data.
+    """
+    name = cfg.get("dataset", "synthetic") or "synthetic"
+    if name not in DATASETS:
+        raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    train_size = _int_option(cfg, "train_size", None, 10)
+    val_size = _int_option(cfg, "val_size", None, 0)
+    test_size = _int_option(cfg, "test_size", None, 10)
+    subset_seed = _int_option(cfg, "subset_seed", 0, 0) or 0
+    seed = cfg.get("seed")
+    transform_seed = _int_option(cfg, "transform_seed", seed if seed is not None else 0, 0)
+    transform = cfg.get("transform", "identity") or "identity"
+    path_t = cfg.get("path_t")
+    flip = bool(cfg.get("flip", False))
+
+    # Resolve the transform name before touching data, so a typo fails fast.
+    from workers.transforms import TRANSFORMS, make_transform, path_transform
+
+    if path_t is None and transform not in TRANSFORMS:
+        raise ConfigError(
+            f"unknown transform {transform!r}; choose one of: {', '.join(TRANSFORMS)}"
+        )
+
+    meta: dict[str, Any] = {"dataset": name, "subset_seed": subset_seed, "flip": flip}
+    if name == "cifar10":
+        raw = load_cifar10(
+            cfg.get("data_dir"), cfg.get("cache_dir"), download=bool(cfg.get("download", True))
+        )
+        native = (raw.x_train.shape[1], raw.x_train.shape[2])
+        hw = _image_hw(cfg, native)
+        splits = {}
+        for split, size, key in (
+            ("train", train_size, "train_size"),
+            ("val", val_size, "val_size"),
+            ("test", test_size, "test_size"),
+        ):
+            lab = getattr(raw, f"labels_{split}")
+            idx = _take(lab, size, subset_seed, split, key)
+            splits[split] = (
+                _to_float(getattr(raw, f"x_{split}")[idx], hw),
+                lab[idx].astype(np.int64),
+            )
+        mean, std = _stats_cached(raw, hw)
+        meta |= {k: raw.meta.get(k) for k in ("source", "source_kind", "split", "cache")}
+        meta["standardisation"] = "per-channel mean/std of the full training split"
+    else:
+        hw = _image_hw(cfg, None)
+        syn_seed = _int_option(cfg, "synthetic_seed", 0, 0) or 0
+        sizes = {"train": train_size, "val": val_size, "test": test_size}
+        splits = {}
+        for split in ("train", "val", "test"):
+            n = sizes[split] if sizes[split] is not None else SYNTHETIC_DEFAULT_SIZES[split]
+            splits[split] = synthetic_images(
+                n,
+                hw,
+                seed=syn_seed,
+                split=split,
+                subset_seed=subset_seed if split == "train" else 0,
+            )
+        ref, _ = synthetic_images(1000, hw, seed=syn_seed, split="stats")
+        mean, std = _channel_stats(ref, None)
+        meta |= {
+            "source": f"synthetic(seed={syn_seed})",
+            "synthetic_seed": syn_seed,
+            "standardisation": "per-channel mean/std of 1000 reference training images",
+        }
+
+    image_shape = (hw[0], hw[1], 3)
+    if path_t is not None:
+        tau = path_transform(float(path_t), transform_seed, image_shape)
+        meta["path_t"] = float(path_t)
+    else:
+        tau = make_transform(transform, transform_seed, image_shape)
+    out: dict[str, np.ndarray] = {}
+    m32, s32 = mean.astype(np.float32), std.astype(np.float32)
+    for split, (x, lab) in splits.items():
+        x = (x - m32) / s32
+        if split == "train" and flip:
+            x = np.concatenate([x, x[:, :, ::-1, :]])
+            lab = np.concatenate([lab, lab])
+        out[f"x_{split}"] = np.ascontiguousarray(tau(x), dtype=np.float32)
+        out[f"labels_{split}"] = lab
+        out[f"y_{split}"] = one_hot_targets(lab)
+    meta |= {
+        "image_shape": list(image_shape),
+        "transform": tau.name,
+        "transform_seed": transform_seed,
+        "n_train": len(out["x_train"]),
+        "n_val": len(out["x_val"]),
+        "n_test": len(out["x_test"]),
+        "mean": mean.tolist(),
+        "std": std.tolist(),
+        "classes": list(CLASSES) if name == "cifar10" else [f"class{c}" for c in range(10)],
+    }
+    return Dataset(meta=meta, **out)
+
+
+_STATS: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _stats_cached(raw: RawCifar, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    key = (id(raw.x_train), raw.meta.get("fingerprint"), hw)
+    if key not in _STATS:
+        _STATS.clear()
+        _STATS[key] = _channel_stats(raw.x_train, hw)
+    return _STATS[key]
