@@ -1,0 +1,574 @@
+"""The SGD worker: finite networks trained as in the paper (inference `nn` and `nn_plus`).
+
+Loss per step on a batch B: 1/(2 K |B|) sum_{(x,y) in B} |f(x) - y|^2 + lambda/2 ||theta||^2
+(theta = all standardised parameters omega, beta of the NTK parameterisation), SGD with
+momentum 0.9 (optax), learning rate c * eta_0 with
+
+    eta_0 = 2 n K / lambda_max(Theta_hat),
+
+Theta_hat = sum_k J_k J_k^T the empirical NTK at initialisation on n training points, traced
+(summed) over the K logits, lambda_max averaged over a few initialisations. Numerically this is
+neural-tangents' `max_learning_rate(k)` with its default `y_train_size` applied to the kernel
+`k` of `empirical_ntk_fn(..., trace_axes=(-1,))` (which divides the trace by K):
+2 n / lambda_max(k).
+It is about K (1 + momentum) times below the rate where momentum SGD on this loss loses
+stability, which matches the paper's remark that 8 eta_0 is still 2-4x below the largest rate
+that trains (the per-logit reading 2 n K / lambda_max(k) diverges at 8x within a few steps).
+lambda_max is found by Lanczos iteration on NTK-vector products (J J^T u from one
+linearisation, never forming J), so it scales to the paper's widths.
+
+Determinism: the batch at step s is rows perm_e[(s mod S) B : (s mod S + 1) B] with
+e = s // S, S = N // B and perm_e a permutation drawn from fold_in(data_key, e); data_key comes
+from the seed. So the run is a pure function of (config, step) and a run split into pieces
+(checkpoints, resume) is bit-identical to an uninterrupted one.
+
+Entry points: `train(config, report)` = `workers.data.build_dataset(config)` + `train_arrays`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from workers.errors import ConfigError
+from workers.models import PAPER_WIDTHS, count_params, init_params, make_model
+
+Report = Callable[[dict, "str | None"], None]
+
+INFERENCES: tuple[str, ...] = ("nn", "nn_plus")
+# c (learning-rate factor) and lambda (L2) per inference algorithm (PAPER_SETUP.md, "I").
+INFERENCE_DEFAULTS: dict[str, dict[str, float]] = {
+    "nn": {"lr_factor": 1.0, "l2": 0.0},
+    "nn_plus": {"lr_factor": 8.0, "l2": 1e-7},
+}
+
+DEFAULTS: dict[str, Any] = {
+    "arch": "fcn",
+    "width": None,             # None: the paper width of the arch
+    "depth": 8,
+    "w_var": 2.0,
+    "b_var": 0.01,
+    "first_layer_init": "gaussian",
+    "inference": "nn",
+    "seed": 0,
+    "max_steps": 1_000_000,
+    "eval_every": 1000,
+    "checkpoint_every": None,  # None: no checkpoints
+    "batch_size": 40,
+    "momentum": 0.9,
+    "lr_factor": None,         # None: 1 (nn) or 8 (nn_plus)
+    "l2": None,                # None: 0 (nn) or 1e-7 (nn_plus)
+    "eta0": None,              # None: estimate from the empirical NTK
+    "eta0_samples": 256,       # n, training points for Theta_hat
+    "eta0_inits": 3,           # initialisations averaged
+    "eta0_seed": 0,            # the estimate is a property of the cell, not of the run seed
+    "train_eval_size": None,   # None: training accuracy on the full training set
+    "eval_batch_size": 500,
+    "diverge_loss": 1e4,       # a batch loss above this (or non-finite) counts as divergence
+    "early_stop_train_acc": 1.0,
+    "success_train_acc": 0.95,
+    "resume_from": None,
+    "work_dir": None,          # where checkpoints are written; None: a fresh temporary dir
+    "keep_checkpoints": 2,
+}
+
+# Config keys that must agree between a checkpoint and the run resuming from it.
+_SCIENTIFIC = ("arch", "width", "depth", "w_var", "b_var", "first_layer_init", "inference",
+               "seed", "batch_size", "momentum", "lr_factor", "l2", "dataset", "train_size",
+               "image_size", "flip", "transform", "transform_seed", "subset_seed")
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def resolve_config(config: dict) -> dict:
+    """Defaults filled in and values checked; raises ConfigError with a fix on bad input."""
+    cfg = {**DEFAULTS, **{k: v for k, v in config.items() if v is not None}}
+    if cfg["inference"] not in INFERENCES:
+        raise ConfigError(f"train() runs inference nn or nn_plus, got {cfg['inference']!r}; "
+                          "ntk/nngp are kernel regression (workers.regression)")
+    for k, v in INFERENCE_DEFAULTS[cfg["inference"]].items():
+        if config.get(k) is None:
+            cfg[k] = v
+    if cfg["arch"] not in PAPER_WIDTHS:
+        raise ConfigError(f"unknown arch {cfg['arch']!r}; use one of "
+                          f"{', '.join(PAPER_WIDTHS)}")
+    if cfg["width"] is None:
+        cfg["width"] = PAPER_WIDTHS[cfg["arch"]]
+    for k in ("max_steps", "eval_every", "batch_size", "eta0_samples", "eta0_inits",
+              "eval_batch_size"):
+        cfg[k] = int(cfg[k])
+    if cfg["max_steps"] < 0 or cfg["eval_every"] < 1 or cfg["batch_size"] < 1:
+        raise ConfigError("need max_steps >= 0, eval_every >= 1 and batch_size >= 1, got "
+                          f"{cfg['max_steps']}, {cfg['eval_every']}, {cfg['batch_size']}")
+    if cfg["checkpoint_every"] is not None:
+        cfg["checkpoint_every"] = int(cfg["checkpoint_every"])
+        if cfg["checkpoint_every"] < 1:
+            raise ConfigError(f"checkpoint_every must be >= 1 or None, got "
+                              f"{cfg['checkpoint_every']}")
+    if cfg["eta0"] is not None and not (float(cfg["eta0"]) > 0):
+        raise ConfigError(f"eta0 must be a positive number or None, got {cfg['eta0']!r}")
+    return cfg
+
+
+# ----------------------------------------------------------------------------- eta_0
+
+
+def ntk_matvec(apply_fn: Callable, params: Any, x: jax.Array) -> Callable[[jax.Array], jax.Array]:
+    """u (n,) -> Theta_hat u (n,), Theta_hat = sum_k J_k J_k^T the logit-traced empirical
+    NTK on x (n, H, W, C), J_k (n, P) the Jacobian of logit k. One linearisation is shared by
+    all products; each product costs K JVP + K VJP passes."""
+    out, f_jvp = jax.linearize(lambda p: apply_fn(p, x), params)
+    f_vjp = jax.linear_transpose(f_jvp, params)
+    k = out.shape[1]
+
+    def one(u: jax.Array, i: jax.Array) -> jax.Array:
+        ct = jnp.zeros_like(out).at[:, i].set(u.astype(out.dtype))
+        (g,) = f_vjp(ct)
+        return f_jvp(g)[:, i]
+
+    @jax.jit
+    def mv(u: jax.Array) -> jax.Array:
+        return jax.lax.map(lambda i: one(u, i), jnp.arange(k)).sum(0)
+
+    return mv
+
+
+def empirical_ntk(apply_fn: Callable, params: Any, x: jax.Array) -> jax.Array:
+    """Dense logit-traced empirical NTK (n, n) from explicit Jacobians (small nets only)."""
+    jac = jax.jacrev(lambda p: apply_fn(p, x))(params)          # leaves (n, K, *shape)
+    n, k = next(iter(jax.tree_util.tree_leaves(jac))).shape[:2]
+    flat = jnp.concatenate([j.reshape(n, k, -1) for j in jax.tree_util.tree_leaves(jac)], -1)
+    return jnp.einsum("ikp,jkp->ij", flat, flat)
+
+
+def lanczos_max_eig(matvec: Callable[[np.ndarray], np.ndarray], n: int, *,
+                    max_iter: int = 40, rtol: float = 1e-6, v0: np.ndarray | None = None
+                    ) -> float:
+    """Largest eigenvalue of a symmetric PSD (n, n) operator given by its products.
+
+    Lanczos with full re-orthogonalisation in float64 on the host; stops when the top Ritz value
+    changes by less than rtol (relative) or the Krylov space is exhausted.
+    """
+    v = np.ones(n) if v0 is None else np.asarray(v0, np.float64)
+    v = v / np.linalg.norm(v)
+    basis, alphas, betas = [v], [], []
+    prev = None
+    theta = 0.0
+    for it in range(min(max_iter, n)):
+        w = np.asarray(matvec(basis[-1]), np.float64)
+        alpha = float(w @ basis[-1])
+        alphas.append(alpha)
+        vs = np.stack(basis)
+        w = w - vs.T @ (vs @ w)
+        w = w - vs.T @ (vs @ w)
+        t = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
+        theta = float(np.linalg.eigvalsh(t)[-1])
+        beta = float(np.linalg.norm(w))
+        if prev is not None and abs(theta - prev) <= rtol * abs(theta):
+            break
+        if beta <= 1e-10 * max(abs(theta), 1e-30) or it == n - 1:
+            break
+        prev = theta
+        betas.append(beta)
+        basis.append(w / beta)
+    return theta
+
+
+def estimate_eta0(model: Any, x_sample: np.ndarray, *, inits: int = 3, seed: int = 0,
+                  max_iter: int = 40, rtol: float = 1e-6) -> dict:
+    """eta_0 = 2 n K / mean_init lambda_max(Theta_hat) on x_sample (n, H, W, C).
+
+    Returns {"eta0", "lambda_max" (list per init), "n", "seconds"}.
+    """
+    t0 = time.perf_counter()
+    x = jnp.asarray(x_sample, model.param_dtype)
+    n = x.shape[0]
+
+    def apply_fn(p: Any, xx: jax.Array) -> jax.Array:
+        return model.apply({"params": p}, xx)
+
+    lams = []
+    for i in range(int(inits)):
+        params = init_params(model, jax.random.fold_in(jax.random.key(seed), 10_000 + i),
+                             x.shape[1:])
+        mv = ntk_matvec(apply_fn, params, x)
+        lams.append(lanczos_max_eig(lambda u, mv=mv: np.asarray(mv(jnp.asarray(u, x.dtype))),
+                                    n, max_iter=max_iter, rtol=rtol))
+    k = model.num_classes
+    lam = float(np.mean(lams))
+    return {"eta0": 2.0 * n * k / lam, "lambda_max": lams, "n": int(n),
+            "seconds": time.perf_counter() - t0}
+
+
+# ----------------------------------------------------------------------------- the SGD loop
+
+
+class Trainer:
+    """Jit-compiled SGD on data kept on the device.
+
+    ``run(state, start_step, n_steps)`` does n_steps steps inside one `lax.while_loop` (one
+    compilation for any n_steps) and stops early at the first step whose batch loss is
+    non-finite or above ``diverge_loss``. ``state`` = {"params", "opt_state"}.
+    """
+
+    def __init__(self, model: Any, x_train: np.ndarray, y_train: np.ndarray, *, lr: float,
+                 batch_size: int = 40, momentum: float = 0.9, l2: float = 0.0, seed: int = 0,
+                 diverge_loss: float = 1e4, data_key: jax.Array | None = None) -> None:
+        self.model = model
+        dt = model.param_dtype
+        self.x = jnp.asarray(x_train, dt)
+        self.y = jnp.asarray(y_train, dt)
+        self.n = int(self.x.shape[0])
+        if self.n < 1:
+            raise ConfigError("the training set is empty; set train_size >= 1")
+        self.batch_size = min(int(batch_size), self.n)
+        self.steps_per_epoch = self.n // self.batch_size
+        self.lr, self.momentum, self.l2 = float(lr), float(momentum), float(l2)
+        self.tx = optax.sgd(self.lr, momentum=self.momentum if self.momentum else None)
+        self.data_key = (jax.random.fold_in(jax.random.key(int(seed)), 1)
+                         if data_key is None else data_key)
+        self.diverge_loss = float(diverge_loss)
+        self._run = jax.jit(self._run_impl, donate_argnums=(0,))
+        self._predict = jax.jit(lambda p, x: model.apply({"params": p}, x))
+
+    def apply(self, params: Any, x: jax.Array) -> jax.Array:
+        """Logits (N, K) for x (N, H, W, C)."""
+        return self.model.apply({"params": params}, x)
+
+    def init_state(self, params: Any) -> dict:
+        """A fresh optimiser state for (a copy of) params."""
+        params = jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True), params)
+        return {"params": params, "opt_state": self.tx.init(params)}
+
+    def loss(self, params: Any, xb: jax.Array, yb: jax.Array) -> jax.Array:
+        """1/(2 K B) sum |f(x) - y|^2 + l2/2 ||theta||^2 on a batch (B, H, W, C), (B, K)."""
+        f = self.apply(params, xb)
+        data = 0.5 * jnp.mean(jnp.square(f - yb))
+        if self.l2:
+            sq = sum(jnp.sum(jnp.square(p)) for p in jax.tree_util.tree_leaves(params))
+            data = data + 0.5 * self.l2 * sq
+        return data
+
+    def epoch_perm(self, epoch: jax.Array) -> jax.Array:
+        """The data order of an epoch: a permutation of range(N) from fold_in(data_key, e)."""
+        return jax.random.permutation(jax.random.fold_in(self.data_key, epoch), self.n)
+
+    def batch_indices(self, step: int) -> np.ndarray:
+        """Training rows used at a given step (for tests and the benchmark's bare loop)."""
+        e, pos = divmod(int(step), self.steps_per_epoch)
+        perm = np.asarray(self.epoch_perm(jnp.asarray(e)))
+        return perm[pos * self.batch_size:(pos + 1) * self.batch_size]
+
+    def _run_impl(self, state: dict, start: jax.Array, n_steps: jax.Array) -> tuple:
+        bs, spe = self.batch_size, self.steps_per_epoch
+        grad_fn = jax.value_and_grad(self.loss)
+
+        def cond(c: tuple) -> jax.Array:
+            return (c[0] < n_steps) & (c[4] < 0)
+
+        def body(c: tuple) -> tuple:
+            i, st, perm, loss_sum, bad_step, bad_loss = c
+            step = start + i
+            pos = step % spe
+            perm = jax.lax.cond((pos == 0) & (i > 0), lambda: self.epoch_perm(step // spe),
+                                lambda: perm)
+            idx = jax.lax.dynamic_slice(perm, (pos * bs,), (bs,))
+            loss, g = grad_fn(st["params"], self.x[idx], self.y[idx])
+            updates, opt_state = self.tx.update(g, st["opt_state"], st["params"])
+            params = optax.apply_updates(st["params"], updates)
+            bad = ~jnp.isfinite(loss) | (loss > self.diverge_loss)
+            bad_step = jnp.where(bad, step, bad_step)
+            bad_loss = jnp.where(bad, loss, bad_loss)
+            new = {"params": params, "opt_state": opt_state}
+            return i + 1, new, perm, loss_sum + jnp.where(bad, 0.0, loss), bad_step, bad_loss
+
+        dt = self.model.param_dtype
+        perm0 = self.epoch_perm(start // spe)
+        c0 = (jnp.asarray(0, jnp.int32), state, perm0, jnp.zeros((), dt),
+              jnp.asarray(-1, jnp.int32), jnp.zeros((), dt))
+        i, st, _, loss_sum, bad_step, bad_loss = jax.lax.while_loop(cond, body, c0)
+        return st, i, loss_sum, bad_step, bad_loss
+
+    def run(self, state: dict, start_step: int, n_steps: int) -> tuple[dict, dict]:
+        """Advance ``state`` (consumed: its buffers are donated) from start_step by n_steps.
+
+        Returns (new_state, info) with info = {"steps_done", "mean_loss", "bad_step" (-1 if
+        none), "bad_loss"}; after a bad step the loop stops and the state is not usable.
+        """
+        st, i, loss_sum, bad_step, bad_loss = self._run(
+            state, jnp.asarray(start_step, jnp.int32), jnp.asarray(n_steps, jnp.int32))
+        done = int(i) - (1 if int(bad_step) >= 0 else 0)
+        return st, {"steps_done": done, "mean_loss": float(loss_sum) / max(done, 1),
+                    "bad_step": int(bad_step), "bad_loss": float(bad_loss)}
+
+    def predict(self, params: Any, x: np.ndarray, batch: int = 500) -> np.ndarray:
+        """Logits (N, K) for x (N, H, W, C), in fixed-size padded batches (one compilation)."""
+        n = int(x.shape[0])
+        if n == 0:
+            return np.zeros((0, self.model.num_classes), np.float32)
+        b = min(batch, n)
+        outs = []
+        for s in range(0, n, b):
+            xb = np.asarray(x[s:s + b])
+            pad = b - xb.shape[0]
+            if pad:
+                xb = np.concatenate([xb, np.zeros((pad, *xb.shape[1:]), xb.dtype)])
+            outs.append(np.asarray(self._predict(params, jnp.asarray(xb, self.x.dtype)))[:b - pad])
+        return np.concatenate(outs)
+
+
+def _scores(logits: np.ndarray, y: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(accuracy, MSE) of logits (N, K) against targets y (N, K); MSE is the mean over N K."""
+    if logits.shape[0] == 0:
+        return float("nan"), float("nan")
+    acc = float(np.mean(np.argmax(logits, 1) == np.asarray(labels)))
+    mse = float(np.mean(np.square(logits - np.asarray(y, logits.dtype))))
+    return acc, mse
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _tree_to_arrays(tree: Any) -> dict[str, np.ndarray]:
+    return {f"a{i}": np.asarray(a) for i, a in enumerate(jax.tree_util.tree_leaves(tree))}
+
+
+def _arrays_to_tree(template: Any, arrays: Any) -> Any:
+    leaves, treedef = jax.tree_util.tree_flatten(template)
+    if len(arrays.files) != len(leaves):
+        raise ConfigError(f"checkpoint holds {len(arrays.files)} arrays, this model needs "
+                          f"{len(leaves)}; resume with the config that wrote it")
+    out = []
+    for i, leaf in enumerate(leaves):
+        a = arrays[f"a{i}"]
+        if a.shape != leaf.shape or a.dtype != leaf.dtype:
+            raise ConfigError(f"checkpoint array {i} is {a.dtype}{a.shape}, the model expects "
+                              f"{leaf.dtype}{leaf.shape}; resume with the config that wrote it")
+        out.append(jnp.asarray(a))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def save_checkpoint(directory: str, state: dict, meta: dict) -> str:
+    """Write state (params, opt_state) and meta (JSON) atomically to `directory`; returns it."""
+    parent = os.path.dirname(os.path.abspath(directory))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-ckpt-", dir=parent)
+    try:
+        np.savez(os.path.join(tmp, "state.npz"), **_tree_to_arrays(state))
+        with open(os.path.join(tmp, "meta.json"), "w") as fh:
+            json.dump(meta, fh)
+        if os.path.exists(directory):
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def load_checkpoint(directory: str, template: dict) -> tuple[dict, dict]:
+    """(state, meta) from a directory written by `save_checkpoint`; state shaped like template."""
+    sp, mp = os.path.join(directory, "state.npz"), os.path.join(directory, "meta.json")
+    if not (os.path.isfile(sp) and os.path.isfile(mp)):
+        raise ConfigError(f"resume_from={directory!r} is not a symsweep checkpoint (needs "
+                          "state.npz and meta.json); pass a directory reported by train()")
+    with open(mp) as fh:
+        meta = json.load(fh)
+    with np.load(sp) as arrays:
+        state = _arrays_to_tree(template, arrays)
+    return state, meta
+
+
+# ----------------------------------------------------------------------------- the worker
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (np.floating, np.integer, np.bool_)):
+        return v.item()
+    return v
+
+
+def train_arrays(config: dict, dataset: Any, report: Report | None = None, *,
+                 init: Any = None) -> dict:
+    """Train on an in-memory dataset (attributes x_/y_/labels_ train, val, test; x (N, H, W, C)
+    float, y (N, K) one-hot minus 0.1, labels (N,) int).
+
+    ``init`` optionally replaces the initial parameters drawn from the seed (Theorem 4.1 tests).
+    Returns the final metrics: status, success, best_test_acc, best_train_acc, best_step,
+    test_acc, test_mse, val_acc, val_mse, train_acc, train_loss, steps, eta0, lr, l2, error,
+    wall_s, n_params, eta0_seconds, history (list of the evaluation records) and checkpoint
+    (the last checkpoint directory or None).
+    """
+    t_start = time.perf_counter()
+    cfg = resolve_config(config)
+    image_shape = tuple(int(s) for s in np.shape(dataset.x_train)[1:])
+    num_classes = int(np.shape(dataset.y_train)[1])
+    model = make_model(cfg["arch"], cfg["width"], depth=cfg["depth"], w_var=cfg["w_var"],
+                       b_var=cfg["b_var"], first_layer_init=cfg["first_layer_init"],
+                       num_classes=num_classes)
+    sci = {k: _jsonable(cfg.get(k)) for k in _SCIENTIFIC}
+
+    root_key = jax.random.key(int(cfg["seed"]))
+    params0 = init if init is not None else init_params(
+        model, jax.random.fold_in(root_key, 0), image_shape)
+
+    resume_meta = None
+    if cfg["resume_from"]:
+        tx = optax.sgd(1.0, momentum=float(cfg["momentum"]) or None)
+        template = {"params": params0, "opt_state": tx.init(params0)}
+        state_r, resume_meta = load_checkpoint(str(cfg["resume_from"]), template)
+        diff = {k: (resume_meta["config"].get(k), sci.get(k)) for k in _SCIENTIFIC
+                if resume_meta["config"].get(k) != sci.get(k)}
+        if diff:
+            raise ConfigError(f"resume_from={cfg['resume_from']!r} was written by a different "
+                              f"config {diff}; resume with the same scientific settings")
+
+    eta0_info: dict = {"seconds": 0.0, "lambda_max": None}
+    if resume_meta is not None:
+        eta0 = float(resume_meta["eta0"])
+    elif cfg["eta0"] is not None:
+        eta0 = float(cfg["eta0"])
+    else:
+        n = min(cfg["eta0_samples"], int(np.shape(dataset.x_train)[0]))
+        rows = np.sort(np.random.default_rng(int(cfg["eta0_seed"])).choice(
+            np.shape(dataset.x_train)[0], n, replace=False))
+        eta0_info = estimate_eta0(model, np.asarray(dataset.x_train)[rows],
+                                  inits=cfg["eta0_inits"], seed=int(cfg["eta0_seed"]))
+        eta0 = eta0_info["eta0"]
+        if not math.isfinite(eta0) or eta0 <= 0:
+            raise ConfigError(f"eta_0 estimate is {eta0}; check the data (non-finite inputs?)")
+    lr = float(cfg["lr_factor"]) * eta0
+
+    trainer = Trainer(model, dataset.x_train, dataset.y_train, lr=lr,
+                      batch_size=cfg["batch_size"], momentum=cfg["momentum"], l2=cfg["l2"],
+                      seed=int(cfg["seed"]), diverge_loss=cfg["diverge_loss"])
+    n_train = trainer.n
+    if cfg["train_eval_size"] and int(cfg["train_eval_size"]) < n_train:
+        rows = np.sort(np.random.default_rng(int(cfg["seed"])).choice(
+            n_train, int(cfg["train_eval_size"]), replace=False))
+    else:
+        rows = np.arange(n_train)
+    x_tr_eval, y_tr_eval = np.asarray(dataset.x_train)[rows], np.asarray(dataset.y_train)[rows]
+    l_tr_eval = np.asarray(dataset.labels_train)[rows]
+
+    best = {"best_test_acc": float("nan"), "best_train_acc": float("nan"), "best_step": 0}
+    history: list[dict] = []
+    if resume_meta is not None:
+        state = state_r
+        step = int(resume_meta["step"])
+        best = resume_meta["best"]
+        history = resume_meta["history"]
+        trainer.data_key = jax.random.wrap_key_data(
+            jnp.asarray(np.asarray(resume_meta["data_key"], np.uint32)))
+    else:
+        state = trainer.init_state(params0)
+        step = 0
+
+    work_dir = cfg["work_dir"]
+    checkpointing = cfg["checkpoint_every"] is not None and (report is not None or work_dir)
+    if checkpointing and not work_dir:
+        work_dir = tempfile.mkdtemp(prefix="symsweep-train-")
+    written: list[str] = []
+    status, error, last_ckpt = "completed", None, None
+    last = history[-1] if history else {}
+    train_loss = float("nan")
+    ev, ck = cfg["eval_every"], cfg["checkpoint_every"]
+
+    def evaluate(params: Any, at: int, loss: float) -> dict:
+        tr = _scores(trainer.predict(params, x_tr_eval, cfg["eval_batch_size"]),
+                     y_tr_eval, l_tr_eval)
+        va = _scores(trainer.predict(params, dataset.x_val, cfg["eval_batch_size"]),
+                     dataset.y_val, dataset.labels_val)
+        te = _scores(trainer.predict(params, dataset.x_test, cfg["eval_batch_size"]),
+                     dataset.y_test, dataset.labels_test)
+        rec = {"step": at, "train_loss": loss, "train_acc": tr[0], "train_mse": tr[1],
+               "val_acc": va[0], "val_mse": va[1], "test_acc": te[0], "test_mse": te[1]}
+        if not best["best_test_acc"] >= te[0]:     # also true while best is nan
+            best["best_test_acc"], best["best_step"] = te[0], at
+        if not best["best_train_acc"] >= tr[0]:
+            best["best_train_acc"] = tr[0]
+        return {**rec, **best}
+
+    while step < cfg["max_steps"]:
+        nxt = min(cfg["max_steps"], (step // ev + 1) * ev)
+        if ck is not None:
+            nxt = min(nxt, (step // ck + 1) * ck)
+        state, info = trainer.run(state, step, nxt - step)
+        if info["bad_step"] >= 0:
+            status = "diverged"
+            kind = "non-finite" if not math.isfinite(info["bad_loss"]) else "exploding"
+            error = (f"{kind} training loss {info['bad_loss']:.4g} at step {info['bad_step']} "
+                     f"(lr {lr:.4g}); stopped")
+            step = info["bad_step"]
+            break
+        step = nxt
+        train_loss = info["mean_loss"]
+        metrics = None
+        if step % ev == 0 or step == cfg["max_steps"]:
+            last = evaluate(state["params"], step, train_loss)
+            history.append(last)
+            metrics = dict(last)
+        stop = bool(last) and last.get("step") == step and \
+            last["train_acc"] >= cfg["early_stop_train_acc"]
+        ckpt_dir = None
+        if checkpointing and ck is not None and step % ck == 0:
+            meta = {"step": step, "best": best, "history": history, "eta0": eta0,
+                    "config": sci,
+                    "data_key": np.asarray(jax.random.key_data(trainer.data_key)).tolist()}
+            ckpt_dir = save_checkpoint(os.path.join(work_dir, f"checkpoint_{step:09d}"),
+                                       state, meta)
+            last_ckpt = ckpt_dir
+            written.append(ckpt_dir)
+            if metrics is None:
+                metrics = {"step": step, "train_loss": train_loss, **best}
+        if report is not None and metrics is not None:
+            report({**metrics, "eta0": eta0, "lr": lr}, ckpt_dir)
+        keep = cfg["keep_checkpoints"]
+        while keep and len(written) > int(keep):
+            shutil.rmtree(written.pop(0), ignore_errors=True)
+        if stop:
+            break
+
+    final = last if last else {"train_acc": float("nan"), "train_mse": float("nan"),
+                               "val_acc": float("nan"), "val_mse": float("nan"),
+                               "test_acc": float("nan"), "test_mse": float("nan")}
+    best_train = best["best_train_acc"]
+    return {
+        "status": status,
+        "success": bool(best_train >= cfg["success_train_acc"]),
+        "best_test_acc": best["best_test_acc"],
+        "best_train_acc": best_train,
+        "best_step": best["best_step"],
+        "test_acc": final["test_acc"], "test_mse": final["test_mse"],
+        "val_acc": final["val_acc"], "val_mse": final["val_mse"],
+        "train_acc": final["train_acc"], "train_loss": final.get("train_loss", train_loss),
+        "steps": int(step), "eta0": eta0, "lr": lr, "l2": float(cfg["l2"]),
+        "eta0_seconds": eta0_info["seconds"], "eta0_lambda_max": eta0_info["lambda_max"],
+        "n_params": count_params(state["params"]), "error": error,
+        "wall_s": time.perf_counter() - t_start, "history": history, "checkpoint": last_ckpt,
+    }
+
+
+def train(config: dict, report: Report | None = None) -> dict:
+    """The worker entry point: build the dataset from config (workers.data.build_dataset) and
+    train on it; see `train_arrays` for the returned metrics and DEFAULTS for config keys."""
+    from workers.data import build_dataset
+
+    return train_arrays(config, build_dataset(config), report)
+
+
+__all__ = ["DEFAULTS", "INFERENCES", "Trainer", "empirical_ntk", "estimate_eta0",
+           "lanczos_max_eig", "load_checkpoint", "ntk_matvec", "save_checkpoint", "train",
+           "train_arrays", "resolve_config"]
