@@ -423,10 +423,10 @@ def load_sweep(path: str | Path) -> Sweep:
                           "...)")
     sw.source = str(p)
     try:  # workers defined in the sweep file must travel to Ray workers by value
-        import cloudpickle
+        from ray import cloudpickle
 
         cloudpickle.register_pickle_by_value(mod)
-    except Exception:  # pragma: no cover - cloudpickle always ships with ray
+    except Exception:  # pragma: no cover - ray always ships its cloudpickle
         pass
     return sw
 

@@ -1,0 +1,656 @@
+"""Run a sweep's trials as Ray Tune trials; kernel tiles as Ray tasks with a tile cache.
+
+Flow of `run_sweep`:
+1. expand the sweep (spec.py), take the driver lock of the sweep under the results root;
+2. write derived rows whose source already finished, and skip every trial with a finished
+   (completed / diverged) attempt: this is resume;
+3. start (or join, ``address='auto'``) Ray and run the remaining trials as one Tune
+   experiment of function trainables. Each trial calls its worker
+   (``workers.train.train`` or ``workers.kernel_trial.run_kernel_trial``) with a ``report``
+   callback that forwards metrics and checkpoints to ``ray.tune.report``; a retry
+   (``FailureConfig(max_failures)``) restores from ``ray.tune.get_checkpoint()``;
+4. every attempt, failed ones included, writes its own Parquet part file from inside the
+   trial (store.py), so a killed driver loses no finished trial; the driver mirrors the part
+   files to MLflow (tracking.py) and shows live progress.
+
+Fault injection (tests): ``fault={"crash_at_step": N, "trials": [ids] or None}`` (or the
+environment variables SYMSWEEP_CRASH_AT_STEP / SYMSWEEP_CRASH_TRIALS) makes the first attempt
+of the chosen trials raise `InjectedFault` once the worker reports step >= N (after that step's
+checkpoint is saved).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import io
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from orchestrator.spec import Sweep, Trial, count_kernel_computations
+from orchestrator.store import DONE_STATUSES, Store, now_utc, resolve_root
+
+log = logging.getLogger("symsweep")
+
+
+class InjectedFault(RuntimeError):
+    """Raised by the fault-injection switch; never raised in normal runs."""
+
+
+# ====================================================================== tile cache
+def _array_digest(a: Any) -> str:
+    arr = np.ascontiguousarray(np.asarray(a))
+    h = hashlib.sha256()
+    h.update(str((arr.dtype.str, arr.shape)).encode())
+    h.update(memoryview(arr).cast("B"))
+    return h.hexdigest()
+
+
+def _module_digest(fn: Callable) -> str:
+    """Hash of the source file defining fn: tiles computed by older code are not reused."""
+    try:
+        path = inspect.getsourcefile(fn)
+        with open(path, "rb") as f:  # type: ignore[arg-type]
+            return hashlib.sha256(f.read()).hexdigest()[:16]
+    except (TypeError, OSError):
+        return "nosource"
+
+
+def tile_key(fn: Callable, kwargs: Mapping[str, Any], _memo: dict[int, str] | None = None) -> str:
+    """Content hash of one tile: the function (name and source), every argument, arrays by
+    their bytes. Equal inputs give equal keys in every process and every sweep."""
+    memo = {} if _memo is None else _memo
+    h = hashlib.sha256()
+    h.update(f"{fn.__module__}.{fn.__qualname__}:{_module_digest(fn)}".encode())
+    for k in sorted(kwargs):
+        v = kwargs[k]
+        if isinstance(v, np.ndarray) or hasattr(v, "__array__") and hasattr(v, "shape"):
+            d = memo.get(id(v))
+            if d is None:
+                d = memo[id(v)] = _array_digest(v)
+            h.update(f"|{k}=array:{d}".encode())
+        else:
+            h.update(f"|{k}={v!r}".encode())
+    return h.hexdigest()[:32]
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, np.ndarray]:
+    if isinstance(obj, Mapping):
+        out: dict[str, np.ndarray] = {}
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}d:{k}/"))
+        return out
+    if isinstance(obj, list | tuple):
+        out = {}
+        for i, v in enumerate(obj):
+            out.update(_flatten(v, f"{prefix}{'t' if isinstance(obj, tuple) else 'l'}:{i}/"))
+        return out
+    return {prefix.rstrip("/") or "a:": np.asarray(obj)}
+
+
+def _unflatten(flat: Mapping[str, np.ndarray]) -> Any:
+    if list(flat) == ["a:"]:
+        return flat["a:"]
+    root: dict[str, Any] = {}
+    for key, arr in flat.items():
+        parts = key.split("/")
+        node = root
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = arr
+
+    def build(node: Any) -> Any:
+        if not isinstance(node, dict):
+            return node
+        kinds = {k.split(":", 1)[0] for k in node}
+        items = {k.split(":", 1)[1]: build(v) for k, v in node.items()}
+        if kinds == {"d"}:
+            return items
+        seq = [items[str(i)] for i in range(len(items))]
+        return tuple(seq) if kinds == {"t"} else seq
+
+    return build(root)
+
+
+class TileCache:
+    """Content-addressed tile results under ``<results>/tiles/<key>.npz`` (local or URI)."""
+
+    def __init__(self, root: str):
+        self.fs, base = resolve_root(root)
+        self.dir = f"{base}/tiles"
+
+    def get(self, key: str) -> Any | None:
+        try:
+            with self.fs.open_input_file(f"{self.dir}/{key}.npz") as f:
+                data = f.read()
+            with np.load(io.BytesIO(data)) as z:
+                return _unflatten({k: z[k] for k in z.files})
+        except (FileNotFoundError, OSError):
+            return None
+        except Exception as ex:  # a corrupt tile is recomputed, and said so
+            log.warning("tile %s unreadable (%s); recomputing", key, ex)
+            return None
+
+    def put(self, key: str, value: Any) -> None:
+        buf = io.BytesIO()
+        np.savez(buf, **_flatten(value))
+        self.fs.create_dir(self.dir, recursive=True)
+        tmp = f"{self.dir}/.{key}.{os.getpid()}.{time.monotonic_ns()}.tmp"
+        with self.fs.open_output_stream(tmp) as f:
+            f.write(buf.getvalue())
+        self.fs.move(tmp, f"{self.dir}/{key}.npz")
+
+
+def _run_tile(fn: Callable, names: list[str], *values: Any) -> Any:
+    return fn(**dict(zip(names, values, strict=True)))
+
+
+@dataclass
+class TileMapper:
+    """``map_tiles(fn, list_of_kwargs) -> list`` for the kernel engine: cached tiles are
+    loaded, the others run as Ray tasks (at most ``inflight`` at a time; in-process when Ray
+    is not initialised) and each is stored as soon as it finishes, so a crash keeps them."""
+
+    cache: TileCache | None
+    inflight: int = 1
+    num_gpus: float = 0.0
+    use_ray: bool = True
+    hits: int = 0
+    computed: int = 0
+    stats: dict[str, float] = field(default_factory=dict)
+
+    def __call__(self, fn: Callable, kwargs_list: list[Mapping[str, Any]]) -> list[Any]:
+        memo: dict[int, str] = {}
+        keys = [tile_key(fn, kw, memo) for kw in kwargs_list]
+        out: list[Any] = [None] * len(keys)
+        todo = []
+        for i, k in enumerate(keys):
+            v = self.cache.get(k) if self.cache is not None else None
+            if v is None:
+                todo.append(i)
+            else:
+                out[i] = v
+                self.hits += 1
+        if not todo:
+            return out
+        ray_ok = False
+        if self.use_ray:
+            import ray
+
+            ray_ok = ray.is_initialized()
+        if not ray_ok:
+            for i in todo:
+                out[i] = fn(**kwargs_list[i])
+                self._store(keys[i], out[i])
+            return out
+        import ray
+
+        remote = ray.remote(_run_tile).options(
+            num_cpus=0 if self.num_gpus == 0 else 1, num_gpus=self.num_gpus, max_retries=2)
+        refs_by_id: dict[int, Any] = {}
+
+        def submit(i: int) -> Any:
+            kw = kwargs_list[i]
+            names, vals = list(kw), []
+            for n in names:
+                v = kw[n]
+                if isinstance(v, np.ndarray) and v.nbytes > 100_000:
+                    if id(v) not in refs_by_id:
+                        refs_by_id[id(v)] = ray.put(v)
+                    v = refs_by_id[id(v)]
+                vals.append(v)
+            return remote.remote(fn, names, *vals)
+
+        pending: dict[Any, int] = {}
+        queue = list(todo)
+        while queue or pending:
+            while queue and len(pending) < max(1, self.inflight):
+                i = queue.pop(0)
+                pending[submit(i)] = i
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for r in ready:
+                i = pending.pop(r)
+                out[i] = ray.get(r)
+                self._store(keys[i], out[i])
+        return out
+
+    def _store(self, key: str, value: Any) -> None:
+        self.computed += 1
+        if self.cache is not None:
+            self.cache.put(key, value)
+
+
+# ====================================================================== trial function
+def _scalars(d: Mapping[str, Any]) -> dict[str, float | int | str | None]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, bool):
+            out[k] = int(v)
+        elif isinstance(v, int | float | str) or v is None:
+            out[k] = v
+        elif isinstance(v, np.generic) and np.ndim(v) == 0:
+            out[k] = v.item()
+    return out
+
+
+def _row(trial: Trial, ctx: Mapping[str, Any], attempt: int, started, result: Mapping[str, Any],
+         status: str, error: str | None, wall_s: float) -> dict[str, Any]:
+    import json
+
+    c = trial.config
+    node = None
+    try:
+        import ray
+
+        if ray.is_initialized():
+            node = ray.get_runtime_context().get_node_id()
+    except Exception:
+        node = None
+    return {
+        "sweep": ctx["sweep"], "trial_id": trial.trial_id, "attempt": attempt,
+        "preset": ctx["preset"], "kind": trial.kind, "arch": c.get("arch"),
+        "inference": c.get("inference"), "transform": c.get("transform"), "seed": c.get("seed"),
+        "width": c.get("width"), "depth": c.get("depth"), "dataset": c.get("dataset"),
+        "image_size": c.get("image_size"), "train_size": result.get("train_size",
+                                                                    c.get("train_size")),
+        "test_size": result.get("test_size", c.get("test_size")), "status": status,
+        "best_test_acc": result.get("best_test_acc"), "test_acc": result.get("test_acc"),
+        "test_mse": result.get("test_mse"), "val_acc": result.get("val_acc"),
+        "train_acc": result.get("train_acc"), "steps": result.get("steps"),
+        "eta0": result.get("eta0"), "wall_s": wall_s, "error": error,
+        "derived_from": trial.derived_from, "started_at": started, "finished_at": now_utc(),
+        "code_version": ctx.get("code_version"), "node": node, "host": socket.gethostname(),
+        "config_json": json.dumps(c, sort_keys=True),
+        "metrics_json": json.dumps(_scalars(result), sort_keys=True, default=str),
+    }
+
+
+def _default_worker(kind: str) -> Callable[..., dict]:
+    if kind == "train":
+        from workers.train import train
+
+        return train
+    from workers.kernel_trial import run_kernel_trial
+
+    return run_kernel_trial
+
+
+def _fault_fires(fault: Mapping[str, Any] | None, trial_id: str, attempt: int, step: int) -> bool:
+    if not fault or fault.get("crash_at_step") is None:
+        return False
+    ids = fault.get("trials")
+    if ids and not any(trial_id.startswith(t) for t in ids):
+        return False
+    return attempt in fault.get("attempts", [1]) and step >= int(fault["crash_at_step"])
+
+
+def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., dict], *,
+                  report_fn: Callable[[dict, str | None], None] | None = None,
+                  restore_dir: str | None = None) -> dict[str, Any]:
+    """Run one attempt of ``trial`` with ``worker`` and write its part file (also when it
+    fails, then re-raise). ``report_fn(metrics, checkpoint_dir)`` receives every report
+    (Tune's, inside a trial). Returns the worker's final metrics. No Ray needed."""
+    store = Store(ctx["results"], ctx["sweep"])
+    attempt = store.next_attempt(trial.trial_id)
+    started = now_utc()
+    t0 = time.time()
+    wcfg = dict(trial.config)
+    for k in ("data_dir", "cache_dir"):
+        if ctx.get(k):
+            wcfg[k] = ctx[k]
+    if trial.kind == "train":
+        wcfg["resume_from"] = restore_dir
+    history: list[dict[str, Any]] = []
+    fault = ctx.get("fault")
+
+    def report(metrics: dict, checkpoint_dir: str | None = None) -> None:
+        m = _scalars(metrics)
+        history.append(m)
+        if report_fn is not None:
+            report_fn(m, checkpoint_dir)
+        step = int(m.get("step", m.get("steps", len(history))) or 0)
+        if _fault_fires(fault, trial.trial_id, attempt, step):
+            raise InjectedFault(f"injected crash at step {step} (attempt {attempt})")
+
+    kwargs: dict[str, Any] = {}
+    mapper = None
+    if trial.kind == "kernel" and "map_tiles" in inspect.signature(worker).parameters:
+        r = trial.resources
+        mapper = TileMapper(TileCache(ctx["tiles_root"]) if ctx.get("tiles_root") else None,
+                            inflight=max(1, int(r.get("cpu", 1) if not r.get("tile_gpu")
+                                                else r.get("tile_cpu", 1))),
+                            num_gpus=float(r.get("tile_gpu", 0.0)))
+        kwargs["map_tiles"] = mapper
+    try:
+        result = dict(worker(wcfg, report, **kwargs) or {})
+    except Exception as ex:
+        msg = f"{type(ex).__name__}: {ex}".splitlines()[0][:500]
+        store.write_attempt(_row(trial, ctx, attempt, started, {}, "failed", msg,
+                                 time.time() - t0), history)
+        raise
+    if mapper is not None:
+        result.setdefault("tiles_cached", mapper.hits)
+        result.setdefault("tiles_computed", mapper.computed)
+    status = result.get("status") or "completed"
+    if status not in ("completed", "diverged"):
+        status = "failed"
+    store.write_attempt(_row(trial, ctx, attempt, started, result, status, result.get("error"),
+                             float(result.get("wall_s") or (time.time() - t0))), history)
+    return result
+
+
+def tune_trainable(config: dict, workers: Mapping[str, Callable] | None = None) -> None:
+    """The Tune function trainable: config = {"trial": Trial dict, "ctx": run context}."""
+    from ray import tune
+
+    trial = Trial.from_dict(config["trial"])
+    ctx = config["ctx"]
+    worker = (workers or {}).get(trial.kind) or _default_worker(trial.kind)
+
+    def report_fn(metrics: dict, checkpoint_dir: str | None) -> None:
+        ck = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        tune.report({k: v for k, v in metrics.items() if v is not None}, checkpoint=ck)
+
+    restore_dir = None
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        restore_dir = tempfile.mkdtemp(prefix="symsweep-restore-")
+        ckpt.to_directory(restore_dir)
+    try:
+        result = execute_trial(trial, ctx, worker, report_fn=report_fn, restore_dir=restore_dir)
+    finally:
+        if restore_dir:
+            shutil.rmtree(restore_dir, ignore_errors=True)
+    final = {k: v for k, v in _scalars(result).items() if v is not None}
+    final["trial_finished"] = 1
+    tune.report(final)
+
+
+# ====================================================================== derived rows
+def materialize_derived(store: Store, trials: list[Trial], ctx: Mapping[str, Any],
+                        only_source: str | None = None) -> int:
+    """Write a row for every derived trial whose source has a finished attempt and which has
+    none itself; metrics are copied from the source's latest row. Returns rows written."""
+    derived = [t for t in trials if t.derived_from and
+               (only_source is None or t.derived_from == only_source)]
+    if not derived:
+        return 0
+    df, _ = store.latest()
+    rows = {r["trial_id"]: r for r in df.to_dict("records")}
+    n = 0
+    for t in derived:
+        mine = rows.get(t.trial_id)
+        if mine is not None and mine["status"] in DONE_STATUSES:
+            continue
+        src = rows.get(t.derived_from)
+        if src is None or src["status"] not in DONE_STATUSES:
+            continue
+        import json
+
+        metrics = json.loads(src.get("metrics_json") or "{}")
+        r = _row(t, ctx, store.next_attempt(t.trial_id), now_utc(), metrics, src["status"],
+                 src.get("error"), 0.0)
+        for k in ("best_test_acc", "test_acc", "test_mse", "val_acc", "train_acc", "steps",
+                  "eta0", "train_size", "test_size"):
+            r[k] = None if _isnan(src.get(k)) else src.get(k)
+        store.write_attempt(r, [])
+        n += 1
+    return n
+
+
+def _isnan(v: Any) -> bool:
+    try:
+        return v is None or bool(np.isnan(v))
+    except TypeError:
+        return False
+
+
+# ====================================================================== driver
+def code_version() -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, text=True,
+                             capture_output=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=here, text=True, capture_output=True, timeout=5).stdout
+        return (rev or "unknown") + ("-dirty" if dirty.strip() else "")
+    except Exception:
+        return "unknown"
+
+
+@dataclass
+class RunSummary:
+    total: int
+    skipped: int
+    launched: int
+    derived_written: int
+    completed: int = 0
+    diverged: int = 0
+    failed: int = 0
+    retries: int = 0
+    wall_s: float = 0.0
+    kernel_cells: int = 0
+    kernel_computations: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def _ray_env(trials: list[Trial]) -> dict[str, str]:
+    env = {"RAY_CHDIR_TO_TRIAL_DIR": "0", "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+           "TF_CPP_MIN_LOG_LEVEL": "3"}
+    if all(t.resources.get("gpu", 0) == 0 and t.resources.get("tile_gpu", 0) == 0
+           for t in trials):
+        threads = max(1, int(min((t.resources.get("cpu", 1) for t in trials), default=1)))
+        env["XLA_FLAGS"] = ("--xla_cpu_multi_thread_eigen=false "
+                            f"intra_op_parallelism_threads={threads}")
+        env["OMP_NUM_THREADS"] = str(threads)
+        env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
+def ensure_ray(address: str | None, num_cpus: int | None, env: Mapping[str, str]) -> bool:
+    """Start embedded Ray (or connect to ``address``) unless already initialised; returns
+    True when this call started it (the caller then shuts it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    kw: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.WARNING,
+                              log_to_driver=False, runtime_env={"env_vars": dict(env)},
+                              ignore_reinit_error=True)
+    if address:
+        ray.init(address=address, **kw)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kw)
+    return True
+
+
+def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: str | None = None,
+              mlflow_uri: str | None = None, dedupe: bool = True,
+              max_failures: int | None = None, data_dir: str | None = None,
+              cache_dir: str | None = None, only: Mapping[str, list[str]] | None = None,
+              progress: bool = True, num_cpus: int | None = None,
+              fault: Mapping[str, Any] | None = None, tracking: bool = True,
+              console: Any = None) -> RunSummary:
+    """Run (or resume) ``sweep`` at ``preset``: everything without a finished attempt."""
+    t_start = time.time()
+    trials = sweep.expand(preset, dedupe=dedupe)
+    if only:
+        trials = [t for t in trials if all(str(t.config.get(k)) in v for k, v in only.items())]
+        keep = {t.trial_id for t in trials}
+        # a derived cell whose source was filtered away is computed itself
+        trials = [t if (t.derived_from is None or t.derived_from in keep) else
+                  Trial(t.trial_id, t.kind, t.config, t.resources, None) for t in trials]
+    cells, comps = count_kernel_computations(trials)
+    store = Store(results, sweep.name)
+    p = sweep.preset(preset)
+    lock, note = store.acquire_lock()
+    summary = RunSummary(total=len(trials), skipped=0, launched=0, derived_written=0,
+                         kernel_cells=cells, kernel_computations=comps)
+    if note:
+        summary.notes.append(note)
+        log.warning(note)
+    if fault is None and os.environ.get("SYMSWEEP_CRASH_AT_STEP"):
+        ids = [s for s in os.environ.get("SYMSWEEP_CRASH_TRIALS", "").split(",") if s]
+        fault = {"crash_at_step": int(os.environ["SYMSWEEP_CRASH_AT_STEP"]), "trials": ids}
+    fs_root = results if "://" in results else os.path.abspath(results)
+    ctx = {"results": fs_root, "sweep": sweep.name, "preset": preset,
+           "code_version": code_version(), "tiles_root": fs_root,
+           "data_dir": os.path.abspath(data_dir) if data_dir else None,
+           "cache_dir": os.path.abspath(cache_dir) if cache_dir else None,
+           "fault": dict(fault) if fault else None}
+    tracker = None
+    stop_hb = threading.Event()
+
+    def heartbeat() -> None:
+        while not stop_hb.wait(30):
+            try:
+                store.heartbeat(lock)
+            except Exception:
+                pass
+
+    hb = threading.Thread(target=heartbeat, daemon=True)
+    hb.start()
+    started_ray = False
+    try:
+        store.write_manifest({
+            "sweep": sweep.name, "preset": preset, "source": sweep.source, "dedupe": dedupe,
+            "only": dict(only) if only else None, "results": fs_root,
+            "success_train_acc": p.success_train_acc, "data_dir": ctx["data_dir"],
+            "cache_dir": ctx["cache_dir"], "written_at": now_utc().isoformat(),
+            "trials": [t.to_dict() for t in trials],
+        })
+        if tracking:
+            from orchestrator.tracking import Tracker
+
+            tracker = Tracker(store, mlflow_uri=mlflow_uri, preset=preset)
+            tracker.start()
+        summary.derived_written += materialize_derived(store, trials, ctx)
+        done = store.done_ids()
+        todo = [t for t in trials if t.derived_from is None and t.trial_id not in done]
+        summary.skipped = sum(1 for t in trials if t.trial_id in done)
+        summary.launched = len(todo)
+        if todo:
+            env = _ray_env(todo)
+            os.environ.update({k: v for k, v in env.items() if k.startswith(("RAY_", "TUNE"))})
+            started_ray = ensure_ray(address, num_cpus, env)
+            _run_tune(sweep, todo, trials, ctx, store, summary, tracker,
+                      max_failures if max_failures is not None else p.max_failures, progress,
+                      console)
+        summary.derived_written += materialize_derived(store, trials, ctx)
+    finally:
+        stop_hb.set()
+        if tracker is not None:
+            tracker.stop()
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+        store.release_lock(lock)
+    summary.wall_s = time.time() - t_start
+    return summary
+
+
+def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, store: Store,
+              summary: RunSummary, tracker: Any, max_failures: int, progress: bool,
+              console: Any) -> None:
+    import ray
+    from ray import tune
+
+    from orchestrator.tracking import ProgressCallback
+
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "100")
+    for name in ("ray.tune", "ray.train", "ray.air"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    order = sorted(todo, key=lambda t: 0 if t.kind == "kernel" else 1)
+    has_derived = {t.derived_from for t in trials if t.derived_from}
+
+    def resources(config: dict) -> Any:
+        r = config["trial"]["resources"]
+        if config["trial"]["kind"] == "kernel" and r.get("tile_gpu", 0) > 0:
+            return tune.PlacementGroupFactory(
+                [{"CPU": max(r.get("cpu", 1), 0.01)},
+                 {"CPU": r.get("tile_cpu", 1), "GPU": r["tile_gpu"]}])
+        bundle = {"CPU": r.get("cpu", 1)}
+        if r.get("gpu", 0) > 0:
+            bundle["GPU"] = r["gpu"]
+        return tune.PlacementGroupFactory([bundle])
+
+    def on_complete(trial_id: str) -> None:
+        if trial_id in has_derived:
+            summary.derived_written += materialize_derived(store, trials, ctx,
+                                                           only_source=trial_id)
+        if tracker is not None:
+            tracker.poke()
+
+    cb = ProgressCallback(total=len(todo), title=f"{sweep.name} [{ctx['preset']}]",
+                          on_attempt_end=on_complete, enabled=progress, console=console)
+    trainable = tune.with_resources(
+        tune.with_parameters(tune_trainable, workers=dict(sweep.workers or {})), resources)
+    storage = os.path.join(ctx["results"], sweep.name, "_tune") if "://" not in ctx["results"] \
+        else f"{ctx['results']}/{sweep.name}/_tune"
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search([t.to_dict() for t in order]), "ctx": ctx},
+        tune_config=tune.TuneConfig(
+            reuse_actors=True,
+            trial_name_creator=lambda t: t.config["trial"]["trial_id"],
+            trial_dirname_creator=lambda t: t.config["trial"]["trial_id"],
+        ),
+        run_config=tune.RunConfig(
+            name=f"{ctx['preset']}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+            storage_path=storage,
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=[cb],
+            verbose=0,
+            log_to_file=False,
+        ),
+    )
+    try:
+        with cb:
+            grid = tuner.fit()
+    except ray.exceptions.RaySystemError as ex:  # pragma: no cover - cluster trouble
+        raise RuntimeError(f"Ray failed: {ex}") from ex
+    del grid  # the store, not Tune's result files, is the record
+    summary.retries = cb.retries
+    summary.failed = cb.failed
+    ids = {t.trial_id for t in todo}
+    df, _ = store.latest()
+    st = df[df["trial_id"].isin(ids)]["status"]
+    summary.completed = int((st == "completed").sum())
+    summary.diverged = int((st == "diverged").sum())
+
+
+def run_local(sweep: Sweep, preset: str, *, results: str, dedupe: bool = True,
+              only: Mapping[str, list[str]] | None = None) -> list[dict[str, Any]]:
+    """Run every unfinished trial in this process without Ray (debugging aid, also used by
+    tests to compare with the Ray path). Returns the workers' results."""
+    trials = sweep.expand(preset, dedupe=dedupe)
+    if only:
+        trials = [t for t in trials if all(str(t.config.get(k)) in v for k, v in only.items())]
+    store = Store(results, sweep.name)
+    fs_root = results if "://" in results else os.path.abspath(results)
+    ctx = {"results": fs_root, "sweep": sweep.name, "preset": preset,
+           "code_version": code_version(), "tiles_root": fs_root, "fault": None}
+    done = store.done_ids()
+    out = []
+    for t in trials:
+        if t.derived_from is None and t.trial_id not in done:
+            worker = (sweep.workers or {}).get(t.kind) or _default_worker(t.kind)
+            out.append(execute_trial(t, ctx, worker))
+    materialize_derived(store, trials, ctx)
+    return out

@@ -1,0 +1,280 @@
+"""MLflow mirror of the results store, and the live progress view of a running sweep.
+
+The Parquet part files are the source of truth; `Tracker` mirrors each of them (one per trial
+attempt) into MLflow exactly once: experiment = sweep, run = attempt, params = the trial's
+config, metrics = its per-step history plus the final metrics, tags = trial_id, status,
+preset, attempt, part file, and the config as the artifact ``config.json``. Mirroring runs in a
+background thread of the driver (SQLite wants a single writer) and re-syncs at start, so
+attempts finished while a killed driver could not log them appear after `resume`. An MLflow
+failure logs a warning and never stops a sweep.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from orchestrator.store import Store
+
+log = logging.getLogger("symsweep")
+
+
+def default_mlflow_uri(store: Store) -> str:
+    """sqlite:///<results>/mlflow.db for a local results root, else a local ./mlflow.db."""
+    import pyarrow.fs as pafs
+
+    if isinstance(store.fs, pafs.LocalFileSystem):
+        Path(store.base).mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{store.base}/mlflow.db"
+    return f"sqlite:///{Path('mlflow.db').resolve()}"
+
+
+def _ms(ts: Any) -> int:
+    try:
+        return int(ts.timestamp() * 1000)
+    except Exception:
+        return int(time.time() * 1000)
+
+
+class Tracker:
+    """Mirror a sweep's part files into MLflow (see module docstring)."""
+
+    def __init__(self, store: Store, *, mlflow_uri: str | None = None, preset: str | None = None):
+        self.store = store
+        self.uri = mlflow_uri or default_mlflow_uri(store)
+        self.preset = preset
+        self._logged: set[str] | None = None
+        self._exp_id: str | None = None
+        self._event = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._warned = False
+        self.logged_runs = 0
+        for name in ("alembic", "mlflow", "sqlalchemy"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+    # ------------------------------------------------------------------ thread control
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="mlflow-sync")
+        self._thread.start()
+
+    def poke(self) -> None:
+        self._event.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._event.set()
+        if self._thread is not None:
+            self._thread.join(timeout=600)
+        self.sync()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.sync()
+            self._event.wait(15)
+            self._event.clear()
+
+    # ------------------------------------------------------------------ sync
+    def sync(self) -> int:
+        """Log every part file not yet in MLflow; returns how many runs were created."""
+        try:
+            return self._sync()
+        except Exception as ex:
+            if not self._warned:
+                log.warning("MLflow tracking at %s failed (%s: %s); the sweep goes on, results "
+                            "are in Parquet", self.uri, type(ex).__name__, ex)
+                self._warned = True
+            return 0
+
+    def _client(self) -> Any:
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(tracking_uri=self.uri)
+
+    def _experiment(self, client: Any) -> str:
+        if self._exp_id is None:
+            exp = client.get_experiment_by_name(self.store.sweep)
+            if exp is None:
+                art = None
+                if self.uri.startswith("sqlite:///"):
+                    art = (Path(self.store.base) / "mlartifacts").resolve().as_uri()
+                self._exp_id = client.create_experiment(self.store.sweep, artifact_location=art)
+            else:
+                self._exp_id = exp.experiment_id
+        return self._exp_id
+
+    def _existing(self, client: Any, exp_id: str) -> set[str]:
+        names: set[str] = set()
+        token = None
+        while True:
+            page = client.search_runs([exp_id], max_results=5000, page_token=token)
+            names.update(r.data.tags.get("part_file", "") for r in page)
+            token = page.token
+            if not token:
+                return names
+
+    def _sync(self) -> int:
+        parts = self.store.parts()
+        if self._logged is not None and all(p.name in self._logged for p in parts):
+            return 0
+        client = self._client()
+        exp_id = self._experiment(client)
+        if self._logged is None:
+            self._logged = self._existing(client, exp_id)
+        n = 0
+        for p in parts:
+            if p.name in self._logged:
+                continue
+            try:
+                row, hist = self.store.read_part(p.name)
+            except Exception:  # corrupt part: `status` reports it; nothing to mirror
+                self._logged.add(p.name)
+                continue
+            self._log_run(client, exp_id, p.name, row, hist)
+            self._logged.add(p.name)
+            n += 1
+        self.logged_runs += n
+        return n
+
+    def _log_run(self, client: Any, exp_id: str, part: str, row: dict, hist: list[dict]) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        cfg = json.loads(row.get("config_json") or "{}")
+        tags = {"trial_id": row["trial_id"], "status": row["status"],
+                "preset": str(row.get("preset") or self.preset), "attempt": str(row["attempt"]),
+                "part_file": part, "sweep": row["sweep"], "kind": str(row.get("kind")),
+                "code_version": str(row.get("code_version")), "host": str(row.get("host"))}
+        if row.get("derived_from"):
+            tags["derived_from"] = row["derived_from"]
+        if row.get("error"):
+            tags["error"] = str(row["error"])[:5000]
+        name = (f"{cfg.get('inference')}-{cfg.get('arch')}-{cfg.get('transform')}"
+                f"-s{cfg.get('seed')}-a{row['attempt']}")
+        run = client.create_run(exp_id, start_time=_ms(row.get("started_at")), tags=tags,
+                                run_name=name)
+        rid = run.info.run_id
+        params = [Param(k, str(v)[:6000]) for k, v in sorted(cfg.items())]
+        ts = _ms(row.get("finished_at"))
+        metrics = [Metric(h["metric"], float(h["value"]), ts, int(h["step"])) for h in hist]
+        final_step = int(row.get("steps") or 0)
+        for k in ("best_test_acc", "test_acc", "test_mse", "val_acc", "train_acc", "wall_s",
+                  "eta0"):
+            v = row.get(k)
+            if v is not None and v == v:
+                metrics.append(Metric(f"final_{k}", float(v), ts, final_step))
+        for i in range(0, max(len(params), 1), 100):
+            client.log_batch(rid, params=params[i:i + 100])
+        for i in range(0, len(metrics), 1000):
+            client.log_batch(rid, metrics=metrics[i:i + 1000])
+        client.log_batch(rid, tags=[RunTag("mlflow.note.content",
+                                           f"symsweep part file {part}")])
+        client.log_text(rid, json.dumps(cfg, indent=1, sort_keys=True), "config.json")
+        client.set_terminated(rid, status="FINISHED" if row["status"] != "failed" else "FAILED",
+                              end_time=ts)
+
+
+# ====================================================================== progress
+def _tune_callback_base() -> type:
+    from ray.tune import Callback
+
+    return Callback
+
+
+class ProgressCallback(_tune_callback_base()):  # type: ignore[misc]
+    """Tune callback: counts done / running / failed / retried trials, ETA, live rich view."""
+
+    def __init__(self, *, total: int, title: str, on_attempt_end: Callable[[str], None],
+                 enabled: bool = True, console: Any = None):
+        self.total = total
+        self.title = title
+        self.on_attempt_end = on_attempt_end
+        self.enabled = enabled
+        self.console = console
+        self.running: set[str] = set()
+        self.done = 0
+        self.failed = 0
+        self.retries = 0
+        self.t0: float | None = None
+        self._live: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks with the experiment state; the driver-side hooks and the
+        # live view stay behind.
+        state = dict(self.__dict__)
+        state.update(on_attempt_end=lambda _tid: None, console=None, _live=None)
+        return state
+
+    @staticmethod
+    def _id(trial: Any) -> str:
+        return trial.config["trial"]["trial_id"]
+
+    def render(self) -> Any:
+        from rich.table import Table
+
+        finished = self.done + self.failed
+        el = time.time() - self.t0 if self.t0 else 0.0
+        eta = "?"
+        if finished and el > 0:
+            eta_s = (self.total - finished) * el / finished
+            eta = time.strftime("%H:%M:%S", time.gmtime(eta_s))
+        t = Table(title=self.title, show_edge=False)
+        for c in ("done", "running", "failed", "pending", "retries", "elapsed", "ETA"):
+            t.add_column(c, justify="right")
+        pending = self.total - finished - len(self.running)
+        t.add_row(str(self.done), str(len(self.running)), str(self.failed), str(pending),
+                  str(self.retries), time.strftime("%H:%M:%S", time.gmtime(el)), eta)
+        return t
+
+    def __enter__(self) -> ProgressCallback:
+        if self.enabled:
+            from rich.live import Live
+
+            self._live = Live(self.render(), console=self.console, refresh_per_second=2,
+                              transient=False)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._live is not None:
+            self._live.update(self.render())
+            self._live.__exit__(*exc)
+            self._live = None
+
+    def _refresh(self) -> None:
+        if self._live is not None:
+            self._live.update(self.render())
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self.t0 is None:
+            self.t0 = time.time()
+        self.running.add(self._id(trial))
+        self._refresh()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.running.discard(self._id(trial))
+        self.done += 1
+        self._end(trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.running.discard(self._id(trial))
+        self.failed += 1
+        self._end(trial)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.retries += 1
+        self._end(trial)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self._refresh()
+
+    def _end(self, trial: Any) -> None:
+        try:
+            self.on_attempt_end(self._id(trial))
+        except Exception as ex:  # never let bookkeeping kill the sweep
+            log.warning("after trial %s: %s", self._id(trial), ex)
+        self._refresh()
