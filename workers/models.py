@@ -34,6 +34,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from workers.errors import ConfigError
 
@@ -189,10 +190,39 @@ def make_model(arch: str, width: int, *, depth: int = 8, w_var: float = 2.0,
                    num_classes=int(num_classes), param_dtype=param_dtype)
 
 
-def init_params(model: Network, key: Array, image_shape: Sequence[int]) -> dict:
-    """Initial parameters for inputs of shape (H, W, C)."""
-    x = jnp.zeros((1, *image_shape), model.param_dtype)
-    return model.init(key, x)["params"]
+def init_params(model: Network, seed: int | Sequence[int] | Array,
+                image_shape: Sequence[int]) -> dict:
+    """Initial parameters for inputs of shape (H, W, C): every omega and beta i.i.d. N(0, 1)
+    (the first layer's omega uniform on [-sqrt 3, sqrt 3] when ``first_layer_init='uniform'``).
+
+    Drawn with numpy from ``SeedSequence(seed)`` (an int, a tuple of ints, or a jax key whose
+    key data is used), leaf by leaf in pytree order: identical on every backend and free of XLA
+    compilation (an XLA threefry initialiser takes seconds to compile on a CPU). The
+    distribution is exactly that of ``model.init``.
+    """
+    if isinstance(seed, jax.Array):
+        entropy = [int(v) for v in np.asarray(jax.random.key_data(seed)).ravel()]
+    elif isinstance(seed, (int, np.integer)):
+        entropy = [int(seed)]
+    else:
+        entropy = [int(v) for v in seed]
+    shape = (1, *(int(s) for s in image_shape))
+    abstract = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros(shape, model.param_dtype)))["params"]
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(entropy)))
+    first = "layer_0" if model.depth > 0 else "readout"
+
+    def draw(path: tuple, leaf: jax.ShapeDtypeStruct) -> Array:
+        names = [getattr(k, "key", None) for k in path]
+        dt = np.dtype(leaf.dtype)
+        if model.first_layer_init == "uniform" and names == [first, "kernel"]:
+            a = rng.uniform(-math.sqrt(3.0), math.sqrt(3.0), leaf.shape)
+        else:
+            a = rng.standard_normal(leaf.shape, dtype=np.float64 if dt == np.float64
+                                    else np.float32)
+        return jnp.asarray(a.astype(dt, copy=False))
+
+    return jax.tree_util.tree_map_with_path(draw, abstract)
 
 
 def count_params(params: Any) -> int:

@@ -86,7 +86,8 @@ DEFAULTS: dict[str, Any] = {
 # Config keys that must agree between a checkpoint and the run resuming from it.
 _SCIENTIFIC = ("arch", "width", "depth", "w_var", "b_var", "first_layer_init", "inference",
                "seed", "batch_size", "momentum", "lr_factor", "l2", "dataset", "train_size",
-               "image_size", "flip", "transform", "transform_seed", "subset_seed")
+               "image_size", "flip", "transform", "transform_seed", "subset_seed", "path_t",
+               "val_size", "test_size", "synthetic_seed")
 
 
 # ----------------------------------------------------------------------------- config
@@ -201,8 +202,7 @@ def estimate_eta0(model: Any, x_sample: np.ndarray, *, inits: int = 3, seed: int
 
     lams = []
     for i in range(int(inits)):
-        params = init_params(model, jax.random.fold_in(jax.random.key(seed), 10_000 + i),
-                             x.shape[1:])
+        params = init_params(model, (int(seed), 10_000 + i), x.shape[1:])
         mv = ntk_matvec(apply_fn, params, x)
         lams.append(lanczos_max_eig(lambda u, mv=mv: np.asarray(mv(jnp.asarray(u, x.dtype))),
                                     n, max_iter=max_iter, rtol=rtol))
@@ -420,9 +420,8 @@ def train_arrays(config: dict, dataset: Any, report: Report | None = None, *,
                        num_classes=num_classes)
     sci = {k: _jsonable(cfg.get(k)) for k in _SCIENTIFIC}
 
-    root_key = jax.random.key(int(cfg["seed"]))
-    params0 = init if init is not None else init_params(
-        model, jax.random.fold_in(root_key, 0), image_shape)
+    params0 = init if init is not None else init_params(model, (int(cfg["seed"]), 0),
+                                                        image_shape)
 
     resume_meta = None
     if cfg["resume_from"]:
