@@ -56,8 +56,9 @@ _FULL = ("gap", "lap4", "lap8")
 # Default tile memory budget (bytes) of `kernel_matrices` / `plan_tiles`.
 DEFAULT_MEMORY_BYTES = 2 * 1024**3
 # Numbers per array in one full-covariance work item (rows x offsets x pixels); about a dozen
-# such arrays are live at once. On CPU this keeps an item in a core's L2 cache.
-_ITEM_ENTRIES_CPU = 2**16
+# such arrays are live at once. On CPU this keeps an item within the L2/L3 caches (measured
+# best of 2^13..2^20 for vec and gap at 32x32 on this machine).
+_ITEM_ENTRIES_CPU = 2**18
 _ITEM_ENTRIES_GPU = 2**23
 # Largest tile side per path (rows = columns); keeps a tile a reasonable unit of work and retry.
 _MAX_SIDE = {"fcn": 8192, "diag": 2048, "full": 128}
@@ -69,38 +70,57 @@ Array = Any
 # arc-cosine
 
 
-@cache
-def _acos_coefficients(degree: int) -> tuple[float, ...]:
-    """Monomial coefficients (lowest first) of P with arccos(x) ~= sqrt(1 - x) P(x) on [0, 1].
-
-    P interpolates g(x) = arccos(x) / sqrt(1 - x), analytic on [0, 1] (its nearest singularity is
-    x = -1), at Chebyshev nodes; degree 8 reaches float32 rounding, degree 16 float64.
-    """
+def _cheb_fit(fn: Callable[[np.ndarray], np.ndarray], degree: int) -> tuple[float, ...]:
+    """Monomial coefficients (lowest first) of the Chebyshev interpolant of fn on [0, 1]."""
     n = degree + 1
-    k = np.arange(n)
-    xs = 0.5 + 0.5 * np.cos(np.pi * (k + 0.5) / n)
-    gs = np.arccos(xs) / np.sqrt(1.0 - xs)
-    cheb = np.polynomial.chebyshev.chebfit(2.0 * xs - 1.0, gs, degree)
+    xs = 0.5 + 0.5 * np.cos(np.pi * (np.arange(n) + 0.5) / n)
+    cheb = np.polynomial.chebyshev.chebfit(2.0 * xs - 1.0, fn(xs), degree)
     in_u = np.polynomial.Polynomial(np.polynomial.chebyshev.cheb2poly(cheb))
-    in_x = in_u(np.polynomial.Polynomial([-1.0, 2.0]))  # u = 2x - 1
-    return tuple(float(c) for c in in_x.coef)
+    return tuple(float(c) for c in in_u(np.polynomial.Polynomial([-1.0, 2.0])).coef)
+
+
+def _p_fn(x: np.ndarray) -> np.ndarray:
+    return np.arccos(x) / np.sqrt(1.0 - x)
+
+
+def _r_fn(x: np.ndarray) -> np.ndarray:
+    return (np.sqrt(1.0 + x) - x * _p_fn(x)) / (1.0 - x)
+
+
+@cache
+def _poly_coefficients(degree: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Coefficients of P and R on [0, 1] (lowest first), interpolated at Chebyshev nodes.
+
+    P(x) = arccos(x) / sqrt(1 - x) and R(x) = (sqrt(1 + x) - x P(x)) / (1 - x) are analytic on
+    [0, 1] (nearest singularity x = -1; R lies in [0.94, 1]), so degree 7 reaches float32
+    rounding and degree 16 float64. With r = |rho|, s = sqrt(1 - r):
+    arccos(r) = s P(r) and sin(theta) + (pi - theta) rho = s^3 R(r) + pi max(rho, 0).
+    """
+    return _cheb_fit(_p_fn, degree), _cheb_fit(_r_fn, degree)
+
+
+def _degree(dtype: Any) -> int:
+    return 16 if dtype == jnp.float64 else 7
+
+
+def _horner(coef: Sequence[float], x: Array) -> Array:
+    p = jnp.full_like(x, coef[-1])
+    for c in coef[-2::-1]:
+        p = p * x + c
+    return p
 
 
 def acos(x: Array) -> Array:
     """arccos(x) for x in [-1, 1], elementwise, any shape; float32 or float64.
 
-    ``sqrt(1 - |x|) * P(|x|)`` with ``P`` a polynomial (degree 8 in float32, 16 in float64),
+    ``sqrt(1 - |x|) * P(|x|)`` with a polynomial P (degree 7 in float32, 16 in float64),
     reflected for x < 0; relative error at the dtype's rounding level (tested against
-    ``np.arccos``), and exact 0 at x = 1.
+    ``np.arccos``), exactly 0 at x = 1; about 10x faster than XLA's ``arccos`` on CPU.
     """
     x = jnp.asarray(x)
-    degree = 16 if x.dtype == jnp.float64 else 8
-    coef = _acos_coefficients(degree)
+    pc, _ = _poly_coefficients(_degree(x.dtype))
     ax = jnp.abs(x)
-    p = jnp.full_like(ax, coef[-1])
-    for c in coef[-2::-1]:
-        p = p * ax + c
-    r = jnp.sqrt(jnp.maximum(1.0 - ax, 0.0)) * p
+    r = jnp.sqrt(jnp.maximum(1.0 - ax, 0.0)) * _horner(pc, ax)
     return jnp.where(x < 0, math.pi - r, r)
 
 
@@ -112,17 +132,21 @@ def relu_kernels(k: Array, t: Array, s1: Array, s2: Array, same: Array | None) -
     an image with itself at the same pixel (correlation set to exactly 1), or None.
     Returns (E[relu(u) relu(v)], t * E[relu'(u) relu'(v)]) =
     (s1 s2 (sin th + (pi - th) cos th) / (2 pi), t (pi - th) / (2 pi)), cos th = k / (s1 s2).
+    One square root per entry: with r = |cos th|, s = sqrt(1 - r), arccos(r) = s P(r) and
+    sin th + (pi - th) cos th = s^3 R(r) + pi max(cos th, 0) (see `_poly_coefficients`).
     """
-    inv = (1.0 / s1) * (1.0 / s2)
-    rho = jnp.clip(k * inv, -1.0, 1.0)
+    pc, rc = _poly_coefficients(_degree(k.dtype))
+    rho = jnp.clip(k * ((1.0 / s1) * (1.0 / s2)), -1.0, 1.0)
     if same is not None:
         rho = jnp.where(same, jnp.ones_like(rho), rho)
-    theta = acos(rho)
-    sin = jnp.sqrt(jnp.maximum(1.0 - rho * rho, 0.0))
-    pi_minus = math.pi - theta
-    k_new = (s1 * s2) * (sin + pi_minus * rho) * (0.5 / math.pi)
-    t_new = t * pi_minus * (0.5 / math.pi)
-    return k_new, t_new
+    r = jnp.abs(rho)
+    u = 1.0 - r
+    s = jnp.sqrt(u)
+    a = s * _horner(pc, r)  # arccos(|rho|)
+    pi_minus = jnp.where(rho >= 0, math.pi - a, a)  # pi - theta
+    j1 = s * u * _horner(rc, r) + math.pi * jnp.maximum(rho, 0.0)
+    c = 0.5 / math.pi
+    return (s1 * s2) * j1 * c, t * pi_minus * c
 
 
 def _box(x: Array, axes: tuple[int, int]) -> Array:
@@ -160,22 +184,19 @@ def _fcn_tile(xr: Array, xc: Array, same: Array, w: Array, b: Array, depth: Arra
 
 
 # --------------------------------------------------------------------------------------------
-# vec / lcn: per-pixel covariance only
+# conv stack on one work item
 
 
-@jax.jit
-def _diag_tile(xr: Array, xc: Array, same: Array, w: Array, b: Array, depth: Array) -> Array:
-    """vec/lcn kernels. xr (R,H,W,C), xc (Cn,H,W,C), same (R,Cn) -> (2, R, Cn) [nngp, ntk].
+def _propagate(k: Array, v1: Array, v2: Array, same: Array, w: Array, b: Array,
+               depth: Array) -> tuple[Array, Array]:
+    """depth x (3x3 circular conv + ReLU) on one work item; returns (nngp, ntk) covariances.
 
-    Per-pixel arrays are laid out (H, W, R, Cn) so the 3x3 window moves whole blocks.
+    k (H, W, m, n): input covariances, spatial axes first; v1 (H, W, m, 1), v2 (H, W, 1, n):
+    the two sides' variances at the same entries (they propagate through the same conv since
+    the conv commutes with a fixed spatial shift); same (1, 1, m, n) bool.
     """
-    c = xr.shape[-1]
-    k = jnp.einsum("ihwc,jhwc->hwij", xr, xc) / c
-    v1 = jnp.einsum("ihwc,ihwc->hwi", xr, xr)[..., None] / c
-    v2 = jnp.einsum("jhwc,jhwc->hwj", xc, xc)[:, :, None, :] / c
-    t = jnp.zeros_like(k)
     w9 = w / 9.0
-    same = same[None, None]
+    t = jnp.zeros_like(k)
 
     def layer(_, carry):
         k, t, v1, v2 = carry
@@ -187,8 +208,41 @@ def _diag_tile(xr: Array, xc: Array, same: Array, w: Array, b: Array, depth: Arr
         return k, t, 0.5 * v1, 0.5 * v2
 
     k, t, _, _ = lax.fori_loop(0, depth, layer, (k, t, v1, v2))
-    k = w * jnp.mean(k, axis=(0, 1)) + b
-    return jnp.stack([k, w * jnp.mean(t, axis=(0, 1)) + k])
+    return k, t
+
+
+# --------------------------------------------------------------------------------------------
+# vec / lcn: per-pixel covariance only
+
+
+@partial(jax.jit, static_argnames=("rb", "cb"))
+def _diag_tile(xr: Array, xc: Array, same: Array, w: Array, b: Array, depth: Array,
+               *, rb: int, cb: int) -> Array:
+    """vec/lcn kernels. xr (R,H,W,C), xc (Cn,H,W,C), same (R,Cn) -> (2, R, Cn) [nngp, ntk].
+
+    R and Cn are multiples of rb and cb; work items of rb x cb pairs, arrays (H, W, rb, cb).
+    """
+    n_rows, h, wd, c = xr.shape
+    n_cols = xc.shape[0]
+    xr_b = xr.reshape(n_rows // rb, rb, h, wd, c)
+    xc_b = xc.reshape(n_cols // cb, cb, h, wd, c)
+    same_b = same.reshape(n_rows // rb, rb, n_cols // cb, cb).transpose(0, 2, 1, 3)
+
+    def item(xi: Array, xj: Array, sij: Array) -> Array:
+        k = jnp.einsum("ihwc,jhwc->hwij", xi, xj) / c
+        v1 = jnp.einsum("ihwc,ihwc->hwi", xi, xi)[..., None] / c
+        v2 = jnp.einsum("jhwc,jhwc->hwj", xj, xj)[:, :, None, :] / c
+        k, t = _propagate(k, v1, v2, sij[None, None], w, b, depth)
+        return jnp.stack([jnp.mean(k, axis=(0, 1)), jnp.mean(t, axis=(0, 1))])  # (2, rb, cb)
+
+    def row(args):
+        xi, si = args
+        return lax.map(lambda a: item(xi, *a), (xc_b, si))  # (Cn/cb, 2, rb, cb)
+
+    out = lax.map(row, (xr_b, same_b))  # (R/rb, Cn/cb, 2, rb, cb)
+    out = out.transpose(2, 0, 3, 1, 4).reshape(2, n_rows, n_cols)
+    k = w * out[0] + b
+    return jnp.stack([k, w * out[1] + k])
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,7 +310,6 @@ def _full_tile(
     hw = h * wd
     n_r = wts.shape[0]
     n_chunks = hw // dc
-    w9 = w / 9.0
     xr_b = xr.reshape(n_rows // rb, rb, hw, c)
     same_b = same.reshape(n_rows // rb, rb, same.shape[1])
     xc_f = xc.reshape(xc.shape[0], hw, c)
@@ -269,18 +322,7 @@ def _full_tile(
         v2 = (jnp.sum(xs * xs, axis=-1) / c).reshape(h, wd, 1, dc)
         dpos = c0 + jnp.arange(dc)
         same_m = (samej[:, None] & (dpos == 0)[None, :])[None, None]  # (1, 1, rb, dc)
-        t = jnp.zeros_like(k)
-
-        def layer(_, carry):
-            k, t, v1, v2 = carry
-            k = w9 * _box(k, (0, 1)) + b
-            t = w9 * _box(t, (0, 1)) + k
-            v1 = w9 * _box(v1, (0, 1)) + b
-            v2 = w9 * _box(v2, (0, 1)) + b
-            k, t = relu_kernels(k, t, jnp.sqrt(v1), jnp.sqrt(v2), same_m)
-            return k, t, 0.5 * v1, 0.5 * v2
-
-        k, t, _, _ = lax.fori_loop(0, depth, layer, (k, t, v1, v2))
+        k, t = _propagate(k, v1, v2, same_m, w, b, depth)
         wc = lax.dynamic_slice_in_dim(wts, c0, dc, axis=3)  # (n_r, h, w, dc)
         return jnp.stack([jnp.einsum("hwid,rhwd->ri", k, wc),
                           jnp.einsum("hwid,rhwd->ri", t, wc)], axis=1)  # (n_r, 2, rb)
@@ -350,6 +392,25 @@ def _item_rows_offsets(hw: int, n_rows: int) -> tuple[int, int]:
     return rb, dc
 
 
+def _diag_item(hw: int, n_rows: int, n_cols: int) -> tuple[int, int]:
+    """(rb, cb): row and column images of one per-pixel work item (rb * cb * hw numbers)."""
+    cpu = jax.default_backend() == "cpu"
+    pairs = max(1, (_ITEM_ENTRIES_CPU if cpu else _ITEM_ENTRIES_GPU) // hw)
+    side = 1 << max(0, int(math.log2(pairs)) // 2)
+    cb = min(n_cols, side)
+    rb = min(n_rows, max(1, pairs // cb))
+    return rb, cb
+
+
+def _pad_rows(x: np.ndarray, same: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pad x (N, ...) and same (N, K) along axis 0 to a multiple of m (repeats, never 'same')."""
+    pad = (-x.shape[0]) % m
+    if not pad:
+        return x, same
+    return (np.concatenate([x, np.repeat(x[:1], pad, 0)]),
+            np.concatenate([same, np.zeros((pad, same.shape[1]), bool)]))
+
+
 def _dtype_context(dtype: Any):
     dtype = np.dtype(dtype)
     if dtype == np.float64:
@@ -417,9 +478,7 @@ def kernel_tile(
             conv = full + diag
             wts = np.stack([readout_weights(a, h, wd) for a in conv])
             rb, dc = _item_rows_offsets(h * wd, n_rows)
-            pad = (-n_rows) % rb
-            xr_p = np.concatenate([xr, np.repeat(xr[:1], pad, 0)]) if pad else xr
-            same_p = np.concatenate([same, np.zeros((pad, n_cols), bool)]) if pad else same
+            xr_p, same_p = _pad_rows(xr, same, rb)
             r = np.asarray(_full_tile(
                 jnp.asarray(xr_p, dt), jnp.asarray(xc, dt), jnp.asarray(same_p), w, b, dep,
                 jnp.asarray(wts, dt), jnp.asarray(_offset_index(h, wd)), rb=rb, dc=dc,
@@ -427,9 +486,13 @@ def kernel_tile(
             for i, a in enumerate(conv):
                 out[a] = {"nngp": r[i, 0], "ntk": r[i, 1]}
         elif diag:
-            r = np.asarray(_diag_tile(jnp.asarray(xr, dt), jnp.asarray(xc, dt), jsame, w, b, dep))
+            rb, cb = _diag_item(h * wd, n_rows, n_cols)
+            xr_p, same_p = _pad_rows(xr, same, rb)
+            xc_p, same_p = _pad_rows(xc, same_p.T, cb)
+            r = np.asarray(_diag_tile(jnp.asarray(xr_p, dt), jnp.asarray(xc_p, dt),
+                                      jnp.asarray(same_p.T), w, b, dep, rb=rb, cb=cb))
             for a in diag:
-                out[a] = {"nngp": r[0], "ntk": r[1]}
+                out[a] = {"nngp": r[0, :n_rows, :n_cols], "ntk": r[1, :n_rows, :n_cols]}
     return {a: {k: np.array(v, copy=True) for k, v in out[a].items()} for a in archs}
 
 
