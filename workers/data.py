@@ -715,6 +715,15 @@ def synthetic_motifs(seed: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     return m, tint
 
 
+def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Spatially correlated Gaussian noise (N, H, W, C) of unit variance: white noise blurred
+    twice by a circular 3x3 box (a 5x5 tent), divided by its exact std 19/81."""
+    x = rng.standard_normal(shape)
+    for _ in range(2):
+        x = sum(np.roll(x, (i, j), axis=(1, 2)) for i in (-1, 0, 1) for j in (-1, 0, 1)) / 9.0
+    return x * (81.0 / 19.0)
+
+
 def synthetic_images(
     n: int,
     image_shape: tuple[int, int] = (32, 32),
@@ -723,15 +732,17 @@ def synthetic_images(
     split: str = "train",
     subset_seed: int = 0,
     amplitude: float = 4.0,
-    tint: float = 0.3,
+    tint: float = 0.6,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The first `n` images (n, H, W, 3) float32 and labels (n,) int of a synthetic stream.
 
-    Each image is i.i.d. N(0, 1) noise plus `max(2, H*W // 64)` copies of its class motif
-    (k x k, k = 3 below 16 pixels, else 5) and half as many motifs of random classes
-    (distractors), each at a uniform random position (wrapping around, like circular padding)
-    with amplitude `amplitude * U(0.5, 1.5)`, plus `tint` times the class tint colour at every
-    pixel. So the label is carried by local, translation-invariant colour-texture patterns.
+    Background (class-independent, image-like): a smooth grey luminance field (std 0.8), a
+    smooth colour field (std 0.3 per channel) and white noise (std 0.25). On it: `max(2,
+    H*W // 64)` copies of the image's class motif (k x k, k = 3 below 16 pixels, else 5) and
+    half as many motifs of random classes (distractors), each at a uniform random position
+    (wrapping around, like circular padding) with amplitude `amplitude * U(0.5, 1.5)`; plus
+    `tint` times the class tint colour at every pixel (a weak global cue a dense model can
+    use). The label is mostly carried by local, translation-invariant colour-texture patterns.
     Images come in blocks of 250 drawn from (seed, split, subset_seed, block): the stream is
     deterministic and the first n images do not depend on n. Every run of 10 consecutive
     images holds each class once.
@@ -748,12 +759,13 @@ def synthetic_images(
         )
         m = _SYN_BLOCK
         labels = np.concatenate([rng.permutation(NUM_CLASSES) for _ in range(m // NUM_CLASSES)])
-        x = rng.standard_normal((m, h, w, 3))
+        x = 0.8 * _smooth_field(rng, (m, h, w, 1)) + 0.3 * _smooth_field(rng, (m, h, w, 3))
+        x += 0.25 * rng.standard_normal((m, h, w, 3))
         rows = np.arange(m)
         for j in range(n_true + n_dis):
             cls = labels if j < n_true else rng.integers(0, NUM_CLASSES, m)
             ph, pw = rng.integers(0, h, m), rng.integers(0, w, m)
-            a = amplitude * rng.uniform(0.5, 1.5, m)[:, None] * 1.0
+            a = amplitude * rng.uniform(0.5, 1.5, m)[:, None]
             for di in range(k):
                 for dj in range(k):
                     x[rows, (ph + di) % h, (pw + dj) % w, :] += a * motifs[cls, di, dj, :]
@@ -985,7 +997,9 @@ def build_dataset(cfg: dict) -> Dataset:
         if split == "train" and flip:
             x = np.concatenate([x, x[:, :, ::-1, :]])
             lab = np.concatenate([lab, lab])
-        out[f"x_{split}"] = np.ascontiguousarray(tau(x), dtype=np.float32)
+        # (an empty split, e.g. val_size=0, skips tau: reshape(0, -1) is ambiguous)
+        x = tau(x) if len(x) else x
+        out[f"x_{split}"] = np.ascontiguousarray(x, dtype=np.float32)
         out[f"labels_{split}"] = lab
         out[f"y_{split}"] = one_hot_targets(lab)
     meta |= {
