@@ -3,7 +3,7 @@
 `fig2_cells` aggregates the latest attempt of every trial into cells (inference, arch,
 transform): mean and sample std of ``best_test_acc`` over *successful* runs, with counts
 (successful / finished). A run succeeds when it completed and, for finite networks, its
-training accuracy reached the preset's ``success_train_acc`` (0.95 in the paper). Kernel cells
+best training accuracy reached the preset's ``success_train_acc`` (0.95 in the paper). Kernel cells
 succeed when they completed. `fig2_layout` lays the cells out like the paper's Fig. 2 (rows =
 inference x arch, columns = transforms) and `plot_fig2` draws its three panels (NTK, NN, NN+).
 """
@@ -29,7 +29,8 @@ def successful(df: pd.DataFrame, success_train_acc: float) -> pd.Series:
         return pd.Series([], dtype=bool)
     ok = df["status"].eq("completed")
     finite = df["kind"].eq("train")
-    train_ok = df["train_acc"].fillna(-1.0) >= success_train_acc
+    best_train = df["best_train_acc"] if "best_train_acc" in df else df["train_acc"]
+    train_ok = best_train.fillna(df["train_acc"]).fillna(-1.0) >= success_train_acc
     return ok & (~finite | train_ok)
 
 

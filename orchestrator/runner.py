@@ -268,6 +268,7 @@ def _row(trial: Trial, ctx: Mapping[str, Any], attempt: int, started, result: Ma
         "best_test_acc": result.get("best_test_acc"), "test_acc": result.get("test_acc"),
         "test_mse": result.get("test_mse"), "val_acc": result.get("val_acc"),
         "train_acc": result.get("train_acc"), "steps": result.get("steps"),
+        "best_train_acc": result.get("best_train_acc", result.get("train_acc")),
         "eta0": result.get("eta0"), "wall_s": wall_s, "error": error,
         "derived_from": trial.derived_from, "started_at": started, "finished_at": now_utc(),
         "code_version": ctx.get("code_version"), "node": node, "host": socket.gethostname(),
@@ -402,7 +403,7 @@ def materialize_derived(store: Store, trials: list[Trial], ctx: Mapping[str, Any
         r = _row(t, ctx, store.next_attempt(t.trial_id), now_utc(), metrics, src["status"],
                  src.get("error"), 0.0)
         for k in ("best_test_acc", "test_acc", "test_mse", "val_acc", "train_acc", "steps",
-                  "eta0", "train_size", "test_size"):
+                  "best_train_acc", "eta0", "train_size", "test_size"):
             r[k] = None if _isnan(src.get(k)) else src.get(k)
         store.write_attempt(r, [])
         n += 1

@@ -62,9 +62,20 @@ CONFIG_TYPES: dict[str, type] = {
     "diag_reg": float,
     "tile_memory_bytes": int,
     "kernel_dtype": str,
+    "first_layer_init": str,
+    "momentum": float,
+    "eta0_inits": int,
+    "eta0_seed": int,
+    "train_eval_size": int,
+    "eval_batch_size": int,
+    "diverge_loss": float,
+    "early_stop_train_acc": float,
+    "path_t": float,
+    "keep_checkpoints": int,
 }
 # Keys that say *where* things are, not *what* is computed: excluded from trial_id.
-RUNTIME_KEYS = frozenset({"data_dir", "cache_dir", "tile_memory_bytes"})
+RUNTIME_KEYS = frozenset({"data_dir", "cache_dir", "tile_memory_bytes", "keep_checkpoints",
+                          "eval_batch_size"})
 AXIS_NAMES = ("inference", "arch", "transform")
 RESOURCE_KEYS = {"cpu": float, "gpu": float, "tile_cpu": float, "tile_gpu": float}
 TRIAL_KINDS = ("train", "kernel")
@@ -342,7 +353,10 @@ class Sweep:
                             fields.update(cfg)
                     if kind == "kernel":
                         for k in ("width", "max_steps", "eval_every", "checkpoint_every",
-                                  "batch_size", "lr_factor", "l2", "eta0", "eta0_samples"):
+                                  "batch_size", "lr_factor", "l2", "eta0", "eta0_samples",
+                                  "first_layer_init", "momentum", "eta0_inits", "eta0_seed",
+                                  "train_eval_size", "eval_batch_size", "diverge_loss",
+                                  "early_stop_train_acc", "keep_checkpoints"):
                             cfg.pop(k, None)
                     elif "width" not in cfg:
                         raise ConfigError(f"sweep.presets.{preset}.width: no width for {arch}")

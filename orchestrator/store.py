@@ -55,6 +55,7 @@ TRIAL_SCHEMA = pa.schema([
     ("test_mse", pa.float64()),
     ("val_acc", pa.float64()),
     ("train_acc", pa.float64()),
+    ("best_train_acc", pa.float64()),
     ("steps", pa.int64()),
     ("eta0", pa.float64()),
     ("wall_s", pa.float64()),
