@@ -183,8 +183,12 @@ def show(
                 ax.set_title(classes[int(labels[c])], fontsize=8)
             if c == 0:
                 ax.set_ylabel(name.replace("_", "\n"), fontsize=8)
-    src = ds.meta.get("source", "")
-    fig.suptitle(f"{ds.meta['dataset']} ({src}), tau seed {seed}", fontsize=8)
+    h, w, _ = ds.meta["image_shape"]
+    fig.suptitle(
+        f"{ds.meta['dataset']}: {ds.meta.get('source', '')}, {h}x{w}, tau seed {seed}; "
+        "display = clip(mean + std * z)",
+        fontsize=8,
+    )
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -53,6 +53,10 @@ def test_official_tarball_is_verified_and_read_exactly(mini_cifar, tmp_path, mon
     # a folder holding the tarball is accepted too
     raw2 = load_cifar10(mini_cifar["tarball"].parent, tmp_path / "cache2")
     _assert_official_split(raw2, mini_cifar["arrays"])
+    # the same content from another layout has the same content hash
+    raw3 = load_cifar10(mini_cifar["batches"], tmp_path / "cache3")
+    assert raw3.meta["content_sha256"] == raw.meta["content_sha256"]
+    assert raw3.meta["source_kind"] == "batches"
 
 
 def test_tarball_with_wrong_md5_is_refused(mini_cifar, tmp_path):
@@ -380,6 +384,34 @@ def test_path_transform_option():
 def test_bad_config_is_a_config_error(cfg, match):
     with pytest.raises(ConfigError, match=match):
         build_dataset({"train_size": 10, "val_size": 0, "test_size": 10} | cfg)
+
+
+def test_seeds_flip_validation_and_data_id():
+    base = {"train_size": 20, "val_size": 10, "test_size": 10, "image_size": 6}
+    a = build_dataset(base)
+    same = build_dataset(base | {"seed": None, "transform_seed": None, "flip": None})
+    np.testing.assert_array_equal(same.x_train, a.x_train)
+    assert same.meta["data_id"] == a.meta["data_id"]
+    changes = [
+        {},
+        {"train_size": 30},
+        {"flip": True},
+        {"transform": "permutation"},
+        {"transform": "permutation", "seed": 1},
+        {"synthetic_seed": 1},
+        {"subset_seed": 1},
+        {"image_size": 8},
+    ]
+    assert len({build_dataset(base | ch).meta["data_id"] for ch in changes}) == len(changes)
+    # transform_seed defaults to seed; an explicit transform_seed wins
+    b = build_dataset(base | {"transform": "permutation", "seed": 4})
+    c = build_dataset(base | {"transform": "permutation", "transform_seed": 4, "seed": 9})
+    np.testing.assert_array_equal(b.x_train, c.x_train)
+    assert not np.array_equal(b.x_train, build_dataset(base | {"transform": "permutation"}).x_train)
+    with pytest.raises(ConfigError, match="flip must be true or false"):
+        build_dataset(base | {"flip": "yes"})
+    with pytest.raises(ConfigError, match="path_t must be a number"):
+        build_dataset(base | {"path_t": "half"})
 
 
 def test_bad_cifar_sizes(mini_cifar, tmp_path):

@@ -74,6 +74,7 @@ NUM_CLASSES = len(CLASSES)
 DATASETS: tuple[str, ...] = ("synthetic", "cifar10")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm")
 CACHE_VERSION = 1
+SYNTHETIC_VERSION = 1  # bump whenever synthetic_images changes its output
 # Synthetic split sizes when cfg leaves them out (a tenth of CIFAR-10's; any size is valid).
 SYNTHETIC_DEFAULT_SIZES = {"train": 4500, "val": 500, "test": 1000}
 
@@ -628,8 +629,12 @@ def prepare_cifar10(
         if meta is not None and meta.get("fingerprint") == fp:
             return cp
     x_tr, y_tr, x_va, y_va, x_te, y_te = _READERS[kind](src, progress)
+    digest = hashlib.sha256()
+    for a in (x_tr, y_tr, x_va, y_va, x_te, y_te):
+        digest.update(np.ascontiguousarray(a).tobytes())
     meta = {
         "cache_version": CACHE_VERSION,
+        "content_sha256": digest.hexdigest(),
         "source_kind": kind,
         "source": str(src),
         "fingerprint": fp,
@@ -926,11 +931,23 @@ def build_dataset(cfg: dict) -> Dataset:
     val_size = _int_option(cfg, "val_size", None, 0)
     test_size = _int_option(cfg, "test_size", None, 10)
     subset_seed = _int_option(cfg, "subset_seed", 0, 0) or 0
-    seed = cfg.get("seed")
-    transform_seed = _int_option(cfg, "transform_seed", seed if seed is not None else 0, 0)
+    seed = _int_option(cfg, "seed", None, 0)
+    transform_seed = _int_option(cfg, "transform_seed", None, 0)
+    if transform_seed is None:
+        transform_seed = seed if seed is not None else 0
     transform = cfg.get("transform", "identity") or "identity"
     path_t = cfg.get("path_t")
-    flip = bool(cfg.get("flip", False))
+    if path_t is not None:
+        try:
+            path_t = float(path_t)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"path_t must be a number in [0, 1], got {path_t!r}") from err
+    flip = cfg.get("flip", False)
+    if flip is None:
+        flip = False
+    if not isinstance(flip, bool | int | np.integer) or flip not in (0, 1):
+        raise ConfigError(f"flip must be true or false, got {flip!r}")
+    flip = bool(flip)
 
     # Resolve the transform name before touching data, so a typo fails fast.
     from workers.transforms import TRANSFORMS, make_transform, path_transform
@@ -943,7 +960,9 @@ def build_dataset(cfg: dict) -> Dataset:
     meta: dict[str, Any] = {"dataset": name, "subset_seed": subset_seed, "flip": flip}
     if name == "cifar10":
         raw = load_cifar10(
-            cfg.get("data_dir"), cfg.get("cache_dir"), download=bool(cfg.get("download", True))
+            cfg.get("data_dir") or None,
+            cfg.get("cache_dir") or None,
+            download=bool(cfg.get("download", True)),
         )
         native = (raw.x_train.shape[1], raw.x_train.shape[2])
         hw = _image_hw(cfg, native)
@@ -961,6 +980,7 @@ def build_dataset(cfg: dict) -> Dataset:
             )
         mean, std = _stats_cached(raw, hw)
         meta |= {k: raw.meta.get(k) for k in ("source", "source_kind", "split", "cache")}
+        content = f"cifar10:{raw.meta.get('content_sha256')}"
         meta["standardisation"] = "per-channel mean/std of the full training split"
     else:
         hw = _image_hw(cfg, None)
@@ -978,6 +998,7 @@ def build_dataset(cfg: dict) -> Dataset:
             )
         ref, _ = synthetic_images(1000, hw, seed=syn_seed, split="stats")
         mean, std = _channel_stats(ref, None)
+        content = f"synthetic-v{SYNTHETIC_VERSION}:{syn_seed}"
         meta |= {
             "source": f"synthetic(seed={syn_seed})",
             "synthetic_seed": syn_seed,
@@ -1011,6 +1032,24 @@ def build_dataset(cfg: dict) -> Dataset:
         "n_test": len(out["x_test"]),
         "mean": mean.tolist(),
         "std": std.tolist(),
+        # A stable identity of exactly these arrays (for caching kernels and results): the
+        # source content plus every option that changes the output.
+        "data_id": hashlib.sha256(
+            json.dumps(
+                [
+                    content,
+                    len(splits["train"][1]),
+                    len(splits["val"][1]),
+                    len(splits["test"][1]),
+                    subset_seed,
+                    list(hw),
+                    flip,
+                    tau.name,
+                    transform_seed,
+                    meta.get("path_t"),
+                ]
+            ).encode()
+        ).hexdigest()[:16],
         "classes": list(CLASSES) if name == "cifar10" else [f"class{c}" for c in range(10)],
     }
     return Dataset(meta=meta, **out)
