@@ -160,6 +160,18 @@ def test_restricted_unpickler_reads_numpy_arrays(protocol):
     assert got["labels"] == [1, 2] and got["name"] == b"x" and got["s"] == "y"
 
 
+def test_restricted_unpickler_reads_numpy_1_module_names():
+    """The official batches were written by numpy 1.x: numpy.core.multiarray._reconstruct."""
+    import io
+
+    arr = np.arange(3072 * 2, dtype=np.uint8).reshape(2, 3072) % 251
+    raw = pickle.dumps({b"data": arr, b"labels": [3, 4]}, protocol=2)
+    assert b"cnumpy._core.multiarray\n_reconstruct" in raw
+    old = raw.replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+    got = RestrictedUnpickler(io.BytesIO(old), encoding="bytes").load()
+    np.testing.assert_array_equal(got[b"data"], arr)
+
+
 def test_truncated_batch_is_a_data_error(mini_cifar, tmp_path):
     p = mini_cifar["batches"] / "test_batch"
     p.write_bytes(p.read_bytes()[:1000])

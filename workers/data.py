@@ -34,6 +34,7 @@ to train, validation and test.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib
 import io
@@ -996,8 +997,7 @@ def build_dataset(cfg: dict) -> Dataset:
                 split=split,
                 subset_seed=subset_seed if split == "train" else 0,
             )
-        ref, _ = synthetic_images(1000, hw, seed=syn_seed, split="stats")
-        mean, std = _channel_stats(ref, None)
+        mean, std = _synthetic_stats(syn_seed, hw)
         content = f"synthetic-v{SYNTHETIC_VERSION}:{syn_seed}"
         meta |= {
             "source": f"synthetic(seed={syn_seed})",
@@ -1056,6 +1056,13 @@ def build_dataset(cfg: dict) -> Dataset:
 
 
 _STATS: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+
+@functools.lru_cache(maxsize=8)
+def _synthetic_stats(seed: int, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean/std of 1000 reference images of the synthetic stream 'stats'."""
+    ref, _ = synthetic_images(1000, hw, seed=seed, split="stats")
+    return _channel_stats(ref, None)
 
 
 def _stats_cached(raw: RawCifar, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
