@@ -7,6 +7,7 @@ import hashlib
 import os
 import pickle
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,7 @@ def test_download_checks_md5_then_caches(mini_cifar, tmp_path, monkeypatch):
     assert sorted(p.name for p in cache.iterdir()) == [
         "cifar-10-python.tar.gz",
         "cifar10-official.npz",
+        "cifar10.lock",
     ]
     assert (cache / "cifar-10-python.tar.gz").read_bytes() == mini_cifar["tarball"].read_bytes()
     # later runs use the cache: no tarball, no network needed
@@ -92,7 +94,7 @@ def test_download_with_wrong_checksum_leaves_nothing(mini_cifar, tmp_path, monke
     cache = tmp_path / "cache"
     with pytest.raises(DataError, match=r"MD5 .*expected c58f30108f718f92721af3b95e74349a"):
         prepare_cifar10(None, cache)
-    assert list(cache.iterdir()) == []
+    assert [p.name for p in cache.iterdir()] == ["cifar10.lock"]  # no tarball, no .part
 
 
 def test_no_data_and_no_network_is_one_clear_line(tmp_path):
@@ -102,7 +104,7 @@ def test_no_data_and_no_network_is_one_clear_line(tmp_path):
     assert "\n" not in msg
     for needle in ("--data-dir", "cifar-10-python.tar.gz", "cifar-10-batches-py", "image folder"):
         assert needle in msg
-    assert list((tmp_path / "empty").iterdir()) == []
+    assert [p.name for p in (tmp_path / "empty").iterdir()] == ["cifar10.lock"]
     with pytest.raises(DataError, match="download disabled"):
         prepare_cifar10(None, tmp_path / "empty", download=False)
 
@@ -256,7 +258,34 @@ def test_cache_reused_rebuilt_on_change_and_written_atomically(tmp_path, monkeyp
     monkeypatch.setattr(np, "savez", boom)
     with pytest.raises(OSError, match="disk full"):
         prepare_cifar10(root, cache, force=True)
-    assert sorted(p.name for p in cache.iterdir()) == ["cifar10-images.npz"]  # old file kept
+    # the old cache is kept and no temporary file is left
+    assert sorted(p.name for p in cache.iterdir()) == ["cifar10-images.npz", "cifar10.lock"]
+
+
+def test_concurrent_prepares_build_the_cache_once(tmp_path, monkeypatch):
+    import threading
+
+    root = tmp_path / "imgs"
+    write_image_folder(root, n_train=2, n_test=1)
+    calls = []
+    real = data._READERS["image_folder"]
+
+    def slow_reader(path, progress):
+        calls.append(path)
+        time.sleep(0.3)
+        return real(path, progress)
+
+    monkeypatch.setitem(data._READERS, "image_folder", slow_reader)
+    out = []
+    threads = [
+        threading.Thread(target=lambda: out.append(prepare_cifar10(root, tmp_path / "c")))
+        for _ in range(3)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(out) == 3 and len(set(out)) == 1
 
 
 # ----------------------------------------------------------------------------- subsets & build

@@ -45,7 +45,7 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -619,16 +619,50 @@ def prepare_cifar10(
         if not tb.is_file():
             if not download:
                 raise DataError(f"CIFAR-10 is not in the cache {cdir} (download disabled); {_HELP}")
-            tb = download_cifar10(cdir, progress=progress)
+            with _cache_lock(cdir):
+                if not tb.is_file():
+                    download_cifar10(cdir, progress=progress)
         kind, src = "tarball", tb
     else:
         kind, src = locate_source(data_dir)
     fp = _fingerprint(kind, src)
     cp = cache_path(kind, cdir)
-    if not force and cp.is_file():
-        meta = _read_cache_meta(cp)
-        if meta is not None and meta.get("fingerprint") == fp:
+
+    def fresh() -> bool:
+        meta = _read_cache_meta(cp) if cp.is_file() else None
+        return meta is not None and meta.get("fingerprint") == fp
+
+    if not force and fresh():
+        return cp
+    with _cache_lock(cdir):
+        if not force and fresh():  # another process built it while we waited
             return cp
+        _build_cache(kind, src, fp, cp, progress)
+    return cp
+
+
+@contextlib.contextmanager
+def _cache_lock(cdir: Path) -> Iterator[None]:
+    """Exclusive lock on `cdir/cifar10.lock` (POSIX flock), so that concurrent runs build the
+    cache (or download) once; the others wait and then find it."""
+    try:
+        cdir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"cannot create cache directory {cdir} ({err}); pass --cache-dir") from err
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: atomic renames still keep the cache consistent
+        yield
+        return
+    with open(cdir / "cifar10.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _build_cache(kind: str, src: Path, fp: str, cp: Path, progress: ProgressFn) -> None:
     x_tr, y_tr, x_va, y_va, x_te, y_te = _READERS[kind](src, progress)
     digest = hashlib.sha256()
     for a in (x_tr, y_tr, x_va, y_va, x_te, y_te):
@@ -656,7 +690,6 @@ def prepare_cifar10(
         },
     )
     progress("write cache", 1, 1)
-    return cp
 
 
 _MEMO: dict[str, tuple[tuple[int, int], RawCifar]] = {}
