@@ -378,15 +378,20 @@ def save_checkpoint(directory: str, state: dict, meta: dict) -> str:
     return directory
 
 
-def load_checkpoint(directory: str, template: dict) -> tuple[dict, dict]:
-    """(state, meta) from a directory written by `save_checkpoint`; state shaped like template."""
+def load_checkpoint_meta(directory: str) -> dict:
+    """The JSON metadata of a checkpoint directory (step, best metrics, config, ...)."""
     sp, mp = os.path.join(directory, "state.npz"), os.path.join(directory, "meta.json")
     if not (os.path.isfile(sp) and os.path.isfile(mp)):
         raise ConfigError(f"resume_from={directory!r} is not a symsweep checkpoint (needs "
                           "state.npz and meta.json); pass a directory reported by train()")
     with open(mp) as fh:
-        meta = json.load(fh)
-    with np.load(sp) as arrays:
+        return json.load(fh)
+
+
+def load_checkpoint(directory: str, template: dict) -> tuple[dict, dict]:
+    """(state, meta) from a directory written by `save_checkpoint`; state shaped like template."""
+    meta = load_checkpoint_meta(directory)
+    with np.load(os.path.join(directory, "state.npz")) as arrays:
         state = _arrays_to_tree(template, arrays)
     return state, meta
 
@@ -425,14 +430,15 @@ def train_arrays(config: dict, dataset: Any, report: Report | None = None, *,
 
     resume_meta = None
     if cfg["resume_from"]:
-        tx = optax.sgd(1.0, momentum=float(cfg["momentum"]) or None)
-        template = {"params": params0, "opt_state": tx.init(params0)}
-        state_r, resume_meta = load_checkpoint(str(cfg["resume_from"]), template)
+        resume_meta = load_checkpoint_meta(str(cfg["resume_from"]))
         diff = {k: (resume_meta["config"].get(k), sci.get(k)) for k in _SCIENTIFIC
                 if resume_meta["config"].get(k) != sci.get(k)}
         if diff:
             raise ConfigError(f"resume_from={cfg['resume_from']!r} was written by a different "
                               f"config {diff}; resume with the same scientific settings")
+        tx = optax.sgd(1.0, momentum=float(cfg["momentum"]) or None)
+        template = {"params": params0, "opt_state": tx.init(params0)}
+        state_r, resume_meta = load_checkpoint(str(cfg["resume_from"]), template)
 
     eta0_info: dict = {"seconds": 0.0, "lambda_max": None}
     if resume_meta is not None:
@@ -569,5 +575,5 @@ def train(config: dict, report: Report | None = None) -> dict:
 
 
 __all__ = ["DEFAULTS", "INFERENCES", "Trainer", "empirical_ntk", "estimate_eta0",
-           "lanczos_max_eig", "load_checkpoint", "ntk_matvec", "save_checkpoint", "train",
-           "train_arrays", "resolve_config"]
+           "lanczos_max_eig", "load_checkpoint", "load_checkpoint_meta", "ntk_matvec",
+           "resolve_config", "save_checkpoint", "train", "train_arrays"]

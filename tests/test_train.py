@@ -1,0 +1,240 @@
+"""The SGD worker: eta_0 against direct eigen-decompositions and a closed form, the SGD update
+against a numpy implementation, data order, early stopping, divergence, kill-and-resume."""
+
+import math
+from types import SimpleNamespace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from workers.errors import ConfigError
+from workers.models import init_params, make_model
+from workers.train import (
+    Trainer,
+    empirical_ntk,
+    estimate_eta0,
+    lanczos_max_eig,
+    ntk_matvec,
+    train,
+    train_arrays,
+)
+
+H, W, C, K = 8, 8, 3, 10
+
+
+_PROTOTYPES = np.random.default_rng(123).standard_normal((K, H, W, C)).astype(np.float32)
+
+
+def _split(rng, n, noise):
+    labels = np.arange(n) % K
+    x = _PROTOTYPES[labels] + noise * rng.standard_normal((n, H, W, C)).astype(np.float32)
+    y = np.eye(K, dtype=np.float32)[labels] - 0.1
+    return x, y, labels
+
+
+def tiny_dataset(n_train=60, n_test=40, noise=1.0, seed=0):
+    """Class prototypes plus Gaussian noise, 8x8x3: learnable in a few hundred steps."""
+    rng = np.random.default_rng(seed)
+    xt, yt, lt = _split(rng, n_train, noise)
+    xv, yv, lv = _split(rng, 20, noise)
+    xs, ys, ls = _split(rng, n_test, noise)
+    return SimpleNamespace(x_train=xt, y_train=yt, labels_train=lt, x_val=xv, y_val=yv,
+                           labels_val=lv, x_test=xs, y_test=ys, labels_test=ls, meta={})
+
+
+BASE = dict(arch="fcn", width=64, depth=1, eta0_samples=32, eta0_inits=1, batch_size=10)
+
+
+def _apply(model):
+    return lambda p, x: model.apply({"params": p}, x)
+
+
+# ----------------------------------------------------------------------------- eta_0
+
+
+@pytest.mark.parametrize("arch", ["fcn", "lcn", "gap"])
+def test_ntk_matvec_and_lanczos_match_a_direct_eigendecomposition(arch):
+    model = make_model(arch, 4, depth=1 if arch == "lcn" else 2)
+    params = init_params(model, 3, (H, W, C))
+    x = jnp.asarray(tiny_dataset().x_train[:12])
+    dense = np.asarray(empirical_ntk(_apply(model), params, x), np.float64)
+    assert np.allclose(dense, dense.T, rtol=1e-5, atol=1e-5 * np.abs(dense).max())
+    mv = ntk_matvec(_apply(model), params, x)
+    u = np.random.default_rng(0).standard_normal(12)
+    np.testing.assert_allclose(np.asarray(mv(jnp.asarray(u, jnp.float32))), dense @ u,
+                               rtol=1e-4, atol=1e-4 * np.abs(dense @ u).max())
+    lam = lanczos_max_eig(lambda v: np.asarray(mv(jnp.asarray(v, jnp.float32))), 12)
+    assert lam == pytest.approx(np.linalg.eigvalsh(dense)[-1], rel=1e-4)
+
+
+def test_lanczos_finds_the_top_eigenvalue_of_a_known_spectrum():
+    rng = np.random.default_rng(1)
+    q, _ = np.linalg.qr(rng.standard_normal((50, 50)))
+    evals = np.linspace(0.1, 1.0, 50)
+    evals[-1] = 1.3  # gap of 0.3 to the next: converges in few iterations
+    a = (q * evals) @ q.T
+    assert lanczos_max_eig(lambda v: a @ v, 50, rtol=1e-12) == pytest.approx(1.3, rel=1e-9)
+    assert lanczos_max_eig(lambda v: a @ v, 50) == pytest.approx(1.3, rel=1e-5)
+
+
+def test_eta0_of_a_linear_model_matches_the_closed_form():
+    """depth 0: f(x) = sqrt(w_var/d) x.omega + sqrt(b_var) beta, so Theta_hat = K (w_var x.x'/d
+    + b_var) exactly, whatever the initialisation; eta_0 = 2 n K / lambda_max."""
+    x = tiny_dataset().x_train[:20].astype(np.float64)
+    model = make_model("fcn", 1, depth=0, w_var=2.0, b_var=0.01)
+    flat = x.reshape(20, -1)
+    theta = K * (2.0 * flat @ flat.T / flat.shape[1] + 0.01)
+    expected = 2 * 20 * K / np.linalg.eigvalsh(theta)[-1]
+    got = estimate_eta0(model, x.astype(np.float32), inits=2)
+    assert got["eta0"] == pytest.approx(expected, rel=1e-4)
+    assert len(got["lambda_max"]) == 2 and got["n"] == 20
+
+
+# ----------------------------------------------------------------------------- SGD
+
+
+def test_sgd_steps_match_a_numpy_implementation_of_the_paper_update():
+    """Linear model (depth 0): loss 1/(2KB) sum |f - y|^2 + l2/2 |theta|^2, momentum 0.9."""
+    ds = tiny_dataset(n_train=30)
+    model = make_model("fcn", 1, depth=0)
+    params = init_params(model, 7, (H, W, C))
+    lr, l2, mom = 0.05, 1e-2, 0.9
+    tr = Trainer(model, ds.x_train, ds.y_train, lr=lr, batch_size=8, momentum=mom, l2=l2,
+                 seed=4)
+    state, info = tr.run(tr.init_state(params), 0, 7)
+    assert info["steps_done"] == 7 and info["bad_step"] == -1
+
+    d = H * W * C
+    wk = np.asarray(params["readout"]["kernel"], np.float64)
+    bk = np.asarray(params["readout"]["bias"], np.float64)
+    vw, vb = np.zeros_like(wk), np.zeros_like(bk)
+    a, s = math.sqrt(2.0 / d), math.sqrt(0.01)
+    for step in range(7):
+        idx = tr.batch_indices(step)
+        xb = ds.x_train[idx].reshape(len(idx), -1).astype(np.float64)
+        r = a * xb @ wk + s * bk - ds.y_train[idx]
+        gw = a * xb.T @ r / (K * len(idx)) + l2 * wk
+        gb = s * r.sum(0) / (K * len(idx)) + l2 * bk
+        vw, vb = gw + mom * vw, gb + mom * vb
+        wk, bk = wk - lr * vw, bk - lr * vb
+    np.testing.assert_allclose(np.asarray(state["params"]["readout"]["kernel"]), wk,
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(state["params"]["readout"]["bias"]), bk,
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_batch_order_is_a_permutation_per_epoch_and_a_function_of_seed_and_step():
+    ds = tiny_dataset(n_train=60)
+    model = make_model("fcn", 2, depth=1)
+    tr = Trainer(model, ds.x_train, ds.y_train, lr=0.1, batch_size=10, seed=3)
+    epoch0 = np.concatenate([tr.batch_indices(s) for s in range(6)])
+    epoch1 = np.concatenate([tr.batch_indices(s) for s in range(6, 12)])
+    assert sorted(epoch0) == list(range(60)) and sorted(epoch1) == list(range(60))
+    assert not np.array_equal(epoch0, epoch1)
+    tr2 = Trainer(model, ds.x_train, ds.y_train, lr=0.1, batch_size=10, seed=3)
+    assert np.array_equal(tr2.batch_indices(9), tr.batch_indices(9))
+    tr3 = Trainer(model, ds.x_train, ds.y_train, lr=0.1, batch_size=10, seed=4)
+    assert not np.array_equal(tr3.batch_indices(9), tr.batch_indices(9))
+
+
+def test_a_run_split_into_pieces_is_bit_identical():
+    ds = tiny_dataset(n_train=50)
+    model = make_model("gap", 4, depth=2)
+    params = init_params(model, 1, (H, W, C))
+    tr = Trainer(model, ds.x_train, ds.y_train, lr=0.3, batch_size=10, l2=1e-3, seed=2)
+    whole, _ = tr.run(tr.init_state(params), 0, 23)
+    part = tr.init_state(params)
+    for a, b in ((0, 4), (4, 5), (9, 14)):   # crosses epoch boundaries (5 steps per epoch)
+        part, info = tr.run(part, a, b)
+        assert info["steps_done"] == b
+    for u, v in zip(jax.tree_util.tree_leaves(whole), jax.tree_util.tree_leaves(part),
+                    strict=True):
+        assert np.array_equal(np.asarray(u), np.asarray(v))
+
+
+# ----------------------------------------------------------------------------- the worker
+
+
+def test_training_learns_and_stops_early_at_full_training_accuracy():
+    ds = tiny_dataset()
+    res = train_arrays({**BASE, "inference": "nn", "max_steps": 2000, "eval_every": 20}, ds)
+    assert res["status"] == "completed" and res["error"] is None
+    assert res["train_acc"] == 1.0 and res["success"]
+    assert res["steps"] < 2000 and res["steps"] % 20 == 0        # stopped at an evaluation
+    assert res["history"][-1]["step"] == res["steps"]
+    assert all(h["train_acc"] < 1.0 for h in res["history"][:-1])
+    assert res["best_test_acc"] >= 0.25                           # chance is 0.1
+    assert res["best_test_acc"] == max(h["test_acc"] for h in res["history"])
+    assert res["lr"] == res["eta0"] and res["l2"] == 0.0
+
+
+def test_divergence_is_reported_with_step_and_reason():
+    res = train_arrays({**BASE, "eta0": 1e4, "max_steps": 100, "eval_every": 10},
+                       tiny_dataset())
+    assert res["status"] == "diverged" and not res["success"]
+    assert res["steps"] < 10
+    assert f"at step {res['steps']}" in res["error"]
+    assert "loss" in res["error"]
+
+
+def test_killed_and_resumed_run_ends_with_the_metrics_of_an_uninterrupted_run(tmp_path):
+    ds = tiny_dataset()
+    cfg = {**BASE, "arch": "gap", "width": 4, "eta0_samples": 16, "inference": "nn_plus",
+           "max_steps": 60,
+           "eval_every": 10, "checkpoint_every": 15, "early_stop_train_acc": 2.0}
+
+    full_reports = []
+    full = train_arrays({**cfg, "work_dir": str(tmp_path / "a")}, ds,
+                        lambda m, d: full_reports.append((m["step"], d)))
+    assert [s for s, _ in full_reports] == [10, 15, 20, 30, 40, 45, 50, 60]
+    assert [s for s, d in full_reports if d] == [15, 30, 45, 60]
+
+    class Killed(Exception):
+        pass
+
+    seen = []
+
+    def dying(metrics, ckpt):
+        seen.append(ckpt)
+        if metrics["step"] == 30:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_arrays({**cfg, "work_dir": str(tmp_path / "b")}, ds, dying)
+    ckpt = seen[-1]
+    assert ckpt is not None and ckpt.endswith("checkpoint_000000030")
+    resumed = train_arrays({**cfg, "work_dir": str(tmp_path / "c"), "resume_from": ckpt}, ds)
+    for key in ("status", "best_test_acc", "best_train_acc", "best_step", "test_acc",
+                "test_mse", "val_acc", "train_acc", "train_loss", "steps", "eta0", "lr",
+                "history"):
+        assert resumed[key] == full[key], key
+    assert full["steps"] == 60
+
+
+def test_resume_with_a_different_config_is_refused(tmp_path):
+    ds = tiny_dataset()
+    cfg = {**BASE, "max_steps": 10, "eval_every": 10, "checkpoint_every": 10,
+           "work_dir": str(tmp_path)}
+    res = train_arrays(cfg, ds)
+    with pytest.raises(ConfigError, match="different config"):
+        train_arrays({**cfg, "width": 32, "seed": 5, "resume_from": res["checkpoint"]}, ds)
+    with pytest.raises(ConfigError, match="not a symsweep checkpoint"):
+        train_arrays({**cfg, "resume_from": str(tmp_path / "nope")}, ds)
+
+
+def test_bad_inference_is_a_config_error():
+    with pytest.raises(ConfigError, match="nn or nn_plus"):
+        train_arrays({**BASE, "inference": "ntk"}, tiny_dataset())
+
+
+def test_train_on_the_synthetic_dataset_end_to_end():
+    cfg = {**BASE, "dataset": "synthetic", "image_size": 8, "train_size": 100,
+           "test_size": 50, "val_size": 20, "max_steps": 40, "eval_every": 20,
+           "inference": "nn_plus", "lr_factor": 1.0}
+    res = train(cfg)
+    assert res["status"] == "completed" and res["steps"] in (20, 40)
+    assert 0.0 <= res["test_acc"] <= 1.0 and math.isfinite(res["test_mse"])
+    assert res["eta0"] > 0 and res["n_params"] > 0
+    assert res["lr"] == res["eta0"] and res["l2"] == 1e-7   # lr_factor overridden, l2 kept
