@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test test-slow lint bench clean
+.PHONY: demo test test-slow test-cluster lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# multi-node Ray cluster on loopback (three `ray start` nodes, one killed mid-sweep); ~2 min
+test-cluster: $(STAMP)
+	SYMSWEEP_TEST_CLUSTER=1 $(BIN)/python -m pytest -q -rA -m cluster tests/test_cluster_loopback.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
