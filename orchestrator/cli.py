@@ -186,9 +186,10 @@ def status(
         con.print(f"failed {r.trial_id} ({r.inference} {r.arch} {r.transform} s{r.seed}) "
                   f"attempt {r.attempt}: {r.error}")
     if corrupt:
-        con.print(f"[red]{len(corrupt)} CORRUPT part file(s), not read:[/]")
+        print(f"{len(corrupt)} CORRUPT part file(s), not read (delete them and run "
+              f"`symsweep resume {sweep}` to recompute):")
         for name, err in corrupt:
-            con.print(f"  {store.trials_dir}/{name}: {err}")
+            print(f"  {store.trials_dir}/{name}: {err}")
         raise typer.Exit(1)
 
 

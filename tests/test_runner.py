@@ -243,3 +243,71 @@ def test_killed_driver_resumes_only_missing_trials(ray_session, tmp_path):
     assert a[["n_success", "n_finished"]].equals(b[["n_success", "n_finished"]])
     np.testing.assert_array_equal(a["mean"].to_numpy(), b["mean"].to_numpy())
     np.testing.assert_array_equal(a["std"].to_numpy(), b["std"].to_numpy())
+
+
+def _tiny_kernel_sweep(archs: list[str]):
+    from orchestrator.spec import Preset, Sweep
+
+    return Sweep(name="tiny", axes=dict(
+        inference=["ntk"], arch=archs,
+        transform=["identity", "shared_rotation", "pixel_rotation", "permutation",
+                   "global_rotation"]),
+        presets=dict(smoke=Preset(config=dict(dataset="synthetic", image_size=8, train_size=64,
+                                              val_size=0, test_size=64, depth=2))))
+
+
+@pytest.mark.parametrize("archs", [
+    ["fcn", "lcn", "vec", "gap"],
+    pytest.param(["fcn", "lcn", "vec", "gap", "lap4", "lap8"], marks=pytest.mark.slow),
+])
+def test_dedupe_gives_identical_numbers_for_derived_cells(tmp_path, archs):
+    """Real data + kernels, in-process: the grid computed with de-duplication (Theorem 4.1
+    groups computed once) equals the grid with every cell computed."""
+    sw = _tiny_kernel_sweep(archs)
+    a, b = tmp_path / "dedupe", tmp_path / "all"
+    run_local(sw, "smoke", results=str(a), dedupe=True)
+    run_local(sw, "smoke", results=str(b), dedupe=False)
+    da, db = _rows(a, "tiny"), _rows(b, "tiny")
+    assert len(da) == len(db) == 5 * len(archs) and (da.index.sort_values() ==
+                                                    db.index.sort_values()).all()
+    derived = da[da["derived_from"].notna()]
+    n_groups = 1 + 3 + 4 * (len(archs) - 3)
+    assert len(derived) == 5 * len(archs) - n_groups
+    assert db["derived_from"].isna().all()
+    for tid, r in derived.iterrows():
+        assert r["test_acc"] == db.loc[tid, "test_acc"]
+        assert r["train_acc"] == db.loc[tid, "train_acc"]
+        assert r["test_mse"] == pytest.approx(db.loc[tid, "test_mse"], rel=1e-5, abs=0)
+    # and the groups are real: a pixel-rotated gap kernel is not the identity one
+    g = db[db["arch"] == "gap"].set_index("transform")
+    assert g.loc["pixel_rotation", "test_mse"] != pytest.approx(g.loc["identity", "test_mse"],
+                                                                rel=1e-3)
+
+
+def test_real_workers_end_to_end(ray_session, tmp_path, capsys):
+    """The fig2 sweep file at the smoke preset, restricted to fcn x {identity, permutation}
+    for NTK and NN: real data, kernels (tiles as Ray tasks) and SGD through Tune, then the
+    table and the plot from the CLI."""
+    from orchestrator.cli import main
+
+    res = tmp_path / "res"
+    sw = load_sweep(REPO / "sweeps" / "fig2.py")
+    only = {"inference": ["ntk", "nn"], "arch": ["fcn"],
+            "transform": ["identity", "permutation"]}
+    s = run_sweep(sw, "smoke", results=str(res), progress=False, only=only)
+    assert s.total == 12 and s.launched == 11 and s.derived_written == 1 and s.failed == 0
+    df = _rows(res, "fig2")
+    assert len(df) == 12 and set(df["status"]) <= {"completed", "diverged"}
+    k = df[df["kind"] == "kernel"].set_index("transform")
+    assert k.loc["permutation", "derived_from"] == df[(df["kind"] == "kernel") & (
+        df["transform"] == "identity")].index[0]
+    assert k.loc["permutation", "test_acc"] == k.loc["identity", "test_acc"]
+    assert 0.2 < k.loc["identity", "test_acc"] <= 1.0  # 10 classes: well above chance
+    nn = df[df["kind"] == "train"]
+    assert (nn["steps"] > 0).all() and nn["eta0"].notna().all()
+    assert list((res / "tiles").glob("*.npz"))
+    assert main(["table", "fig2", "--results", str(res)]) == 0
+    out = capsys.readouterr().out
+    assert "NTK" in out and "(5/5)" in out
+    assert main(["plot", "fig2", "--results", str(res)]) == 0
+    assert (res / "fig2" / "fig2.png").stat().st_size > 10_000

@@ -1,0 +1,200 @@
+"""Results store (Parquet parts, latest-attempt view, corrupt files, lock), tile cache,
+derived rows, Fig. 2 aggregation and plot, MLflow mirror. No Ray."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from orchestrator.analysis import fig2_cells, fig2_layout, plot_fig2
+from orchestrator.runner import TileCache, TileMapper, materialize_derived, tile_key
+from orchestrator.spec import Trial
+from orchestrator.store import Store, connect
+from workers.errors import ConfigError
+
+
+def row(tid: str, attempt: int = 1, status: str = "completed", acc: float = 0.5, **kw):
+    t = dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=attempt)
+    base = dict(trial_id=tid, attempt=attempt, preset="smoke", kind="train", arch="vec",
+                inference="nn", transform="identity", seed=0, width=8, status=status,
+                best_test_acc=acc, test_acc=acc, train_acc=1.0, best_train_acc=1.0,
+                started_at=t, finished_at=t, metrics_json=json.dumps({"best_test_acc": acc}))
+    base.update(kw)
+    return base
+
+
+def test_part_files_latest_view_and_history(tmp_path):
+    st = Store(str(tmp_path), "s")
+    assert st.next_attempt("a") == 1
+    st.write_attempt(row("a", 1, "failed", acc=None, error="boom"),
+                     [{"step": 10, "test_acc": 0.2, "flag": True}])
+    assert st.next_attempt("a") == 2
+    st.write_attempt(row("a", 2, acc=0.6), [{"step": 10, "test_acc": 0.3},
+                                            {"step": 20, "test_acc": 0.6}])
+    st.write_attempt(row("b", 1, acc=0.4))
+    # one file per attempt, no temporary names left, hidden names ignored
+    names = sorted(os.listdir(st.trials_dir))
+    assert len(names) == 3 and all(n.endswith(".parquet") and not n.startswith(".")
+                                   for n in names)
+    (tmp_path / "s" / "trials" / ".half-written.parquet.tmp").write_bytes(b"PAR1")
+    df, corrupt = st.latest()
+    assert corrupt == [] and sorted(df["trial_id"]) == ["a", "b"]
+    a = df.set_index("trial_id").loc["a"]
+    assert a["attempt"] == 2 and a["status"] == "completed" and a["best_test_acc"] == 0.6
+    assert st.done_ids() == {"a", "b"}
+    con, corrupt = connect(str(tmp_path))
+    assert con.execute("select count(*) from trials_all").fetchone()[0] == 3
+    assert con.execute("select count(*) from trials").fetchone()[0] == 2
+    h = con.execute("select attempt, step, value from history where trial_id='a' and "
+                    "metric='test_acc' order by attempt, step").fetchall()
+    assert h == [(1, 10, 0.2), (2, 10, 0.3), (2, 20, 0.6)]
+    with pytest.raises(ValueError, match="status"):
+        st.write_attempt(row("c", status="done"))
+
+
+def test_corrupt_part_is_reported_not_read(tmp_path):
+    st = Store(str(tmp_path), "s")
+    st.write_attempt(row("a"))
+    path = st.write_attempt(row("b"))
+    with open(path, "r+b") as f:  # damage the footer
+        f.seek(-12, os.SEEK_END)
+        f.write(struct.pack("<q", 123456789))
+    df, corrupt = st.latest()
+    assert list(df["trial_id"]) == ["a"]
+    assert len(corrupt) == 1 and corrupt[0][0] == os.path.basename(path)
+    # b is not done: a resume re-runs it
+    assert st.done_ids() == {"a"}
+
+
+def test_lock_names_live_driver_and_takes_over_dead_one(tmp_path):
+    st = Store(str(tmp_path), "s")
+    lock, note = st.acquire_lock()
+    assert note is None
+    with pytest.raises(ConfigError) as ei:
+        Store(str(tmp_path), "s").acquire_lock()
+    msg = str(ei.value)
+    assert f"pid {os.getpid()}" in msg and lock["started_at"] in msg and lock["host"] in msg
+    st.release_lock(lock)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with open(st.lock_path, "w") as f:
+        json.dump({**lock, "pid": dead.pid, "token": "old"}, f)
+    lock2, note = st.acquire_lock()
+    assert note is not None and "stale" in note and str(dead.pid) in note
+    st.release_lock(lock2)
+    assert st.read_lock() is None
+
+
+def test_tile_cache_is_content_addressed(tmp_path):
+    calls = []
+
+    def tile(x, y, scale):
+        calls.append(1)
+        return {"a": {"nngp": np.outer(x, y) * scale, "ntk": np.outer(x, y)}}
+
+    x, y = np.arange(3.0), np.ones(2)
+    assert tile_key(tile, dict(x=x, y=y, scale=2)) == tile_key(tile, dict(x=x.copy(), y=y,
+                                                                          scale=2))
+    assert tile_key(tile, dict(x=x, y=y, scale=2)) != tile_key(tile, dict(x=x + 1e-12, y=y,
+                                                                          scale=2))
+    assert tile_key(tile, dict(x=x, y=y, scale=2)) != tile_key(tile, dict(x=x, y=y, scale=3))
+    m = TileMapper(TileCache(str(tmp_path)), use_ray=False)
+    kws = [dict(x=x + i, y=y, scale=2.0) for i in range(4)]
+    first = m(tile, kws)
+    assert len(calls) == 4 and len(list((tmp_path / "tiles").glob("*.npz"))) == 4
+    m2 = TileMapper(TileCache(str(tmp_path)), use_ray=False)
+    again = m2(tile, kws)
+    assert len(calls) == 4 and m2.hits == 4 and m2.computed == 0
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a["a"]["nngp"], b["a"]["nngp"])
+        np.testing.assert_array_equal(a["a"]["ntk"], b["a"]["ntk"])
+    # a corrupt tile is recomputed, not trusted
+    victim = sorted((tmp_path / "tiles").glob("*.npz"))[0]
+    victim.write_bytes(b"garbage")
+    m3 = TileMapper(TileCache(str(tmp_path)), use_ray=False)
+    m3(tile, kws)
+    assert m3.computed == 1 and m3.hits == 3
+
+
+def test_derived_rows_copy_the_source(tmp_path):
+    st = Store(str(tmp_path), "s")
+    res = {"cpu": 1.0}
+    src = Trial("src", "kernel", {"arch": "fcn", "inference": "ntk", "transform": "identity",
+                                  "seed": 0}, res)
+    der = Trial("der", "kernel", {"arch": "fcn", "inference": "ntk", "transform": "permutation",
+                                  "seed": 0}, res, derived_from="src")
+    ctx = {"sweep": "s", "preset": "smoke", "code_version": "x"}
+    assert materialize_derived(st, [src, der], ctx) == 0  # source not finished yet
+    st.write_attempt(row("src", kind="kernel", arch="fcn", inference="ntk", acc=0.37,
+                         test_mse=0.08))
+    assert materialize_derived(st, [src, der], ctx) == 1
+    assert materialize_derived(st, [src, der], ctx) == 0  # never twice
+    df = st.latest()[0].set_index("trial_id")
+    d = df.loc["der"]
+    assert d["derived_from"] == "src" and d["transform"] == "permutation"
+    assert d["best_test_acc"] == 0.37 and d["test_mse"] == 0.08 and d["status"] == "completed"
+
+
+def test_fig2_cells_mean_std_counts_and_success(tmp_path):
+    import pandas as pd
+
+    rows = [row(f"n{i}", acc=a, seed=i, best_train_acc=bt) for i, (a, bt) in
+            enumerate([(0.5, 1.0), (0.7, 0.99), (0.9, 0.5)])]  # the third did not train
+    rows.append(row("d", status="diverged", acc=0.1, seed=4))
+    rows.append(row("k", kind="kernel", inference="ntk", acc=0.4, best_train_acc=None,
+                    train_acc=None))
+    cells = fig2_cells(pd.DataFrame(rows), success_train_acc=0.95)
+    nn = cells[cells["inference"] == "nn"].iloc[0]
+    assert nn["n_success"] == 2 and nn["n_finished"] == 4
+    assert nn["mean"] == pytest.approx(0.6) and nn["std"] == pytest.approx(np.std([.5, .7],
+                                                                                 ddof=1))
+    k = cells[cells["inference"] == "ntk"].iloc[0]
+    assert k["n_success"] == 1 and k["mean"] == pytest.approx(0.4) and k["std"] == 0
+    assert list(cells["inference"]) == ["ntk", "nn"]  # paper order
+    lay = fig2_layout(cells)
+    assert lay.loc[("NN", "vec"), "identity"] == "60.0 ± 14.1 (2/4)"
+    assert lay.loc[("NTK", "vec"), "identity"] == "40.0 (1/1)"
+    out = plot_fig2(cells, tmp_path / "f.png")
+    from PIL import Image
+
+    im = Image.open(out)
+    assert im.size[0] > 2 * im.size[1] * 0.9  # two panels side by side
+    assert math.isnan(fig2_cells(pd.DataFrame([row("x", best_train_acc=0.1)]), 0.95)["mean"][0])
+
+
+def test_mlflow_mirror_once_per_attempt_and_never_fatal(tmp_path, caplog):
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.tracking import Tracker
+
+    st = Store(str(tmp_path), "s")
+    st.write_attempt(row("a", 1, "failed", acc=None, error="boom",
+                         config_json=json.dumps({"arch": "vec", "seed": 0})),
+                     [{"step": 5, "test_acc": 0.1}])
+    st.write_attempt(row("a", 2, config_json=json.dumps({"arch": "vec", "seed": 0})),
+                     [{"step": 5, "test_acc": 0.1}, {"step": 10, "test_acc": 0.5}])
+    tr = Tracker(st, preset="smoke")
+    assert tr.uri == f"sqlite:///{tmp_path}/mlflow.db"
+    assert tr.sync() == 2 and tr.sync() == 0
+    assert Tracker(st).sync() == 0  # a new driver finds them logged
+    c = MlflowClient(tr.uri)
+    runs = c.search_runs([c.get_experiment_by_name("s").experiment_id])
+    assert sorted((r.data.tags["attempt"], r.data.tags["status"], r.info.status)
+                  for r in runs) == [("1", "failed", "FAILED"), ("2", "completed", "FINISHED")]
+    r2 = next(r for r in runs if r.data.tags["attempt"] == "2")
+    assert r2.data.tags["trial_id"] == "a" and r2.data.tags["preset"] == "smoke"
+    assert r2.data.params == {"arch": "vec", "seed": "0"}
+    assert [(m.step, m.value) for m in c.get_metric_history(r2.info.run_id, "test_acc")] == \
+        [(5, 0.1), (10, 0.5)]
+    art = c.download_artifacts(r2.info.run_id, "config.json", str(tmp_path / "dl"))
+    assert json.load(open(art)) == {"arch": "vec", "seed": 0}
+    bad = Tracker(st, mlflow_uri="nosuchscheme://nowhere")
+    assert bad.sync() == 0 and "MLflow tracking" in caplog.text
