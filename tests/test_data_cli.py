@@ -95,3 +95,24 @@ def test_show_bad_flags(tmp_path, capsys, args, match):
     rc = main(["data", "show", "--out", str(tmp_path / "x.png"), *args])
     lines = _error_lines(capsys.readouterr().err)
     assert rc == 2 and len(lines) == 1 and match in lines[0]
+
+
+def test_prepare_bad_sources_exit_2(mini_cifar, tmp_path, capsys):
+    import pickle
+
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    cases = []
+    # the tarball is not the official one (its MD5 differs)
+    cases.append(
+        ([str(mini_cifar["tarball"])], "not the official c58f30108f718f92721af3b95e74349a")
+    )
+    # a tampered batch
+    (mini_cifar["batches"] / "data_batch_2").write_bytes(
+        pickle.dumps({b"data": print, b"labels": []}, protocol=2)
+    )
+    cases.append(([str(mini_cifar["batches"])], "print is not allowed"))
+    cases.append(([str(tmp_path / "nowhere")], "does not exist"))
+    for args, match in cases:
+        rc = main(["data", "prepare", "--data-dir", *args, *cache])
+        lines = _error_lines(capsys.readouterr().err)
+        assert rc == 2 and len(lines) == 1 and match in lines[0], (args, lines)
