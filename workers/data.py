@@ -350,24 +350,27 @@ def _read_tarball(path: Path, progress: ProgressFn) -> tuple[np.ndarray, ...]:
             f"{CIFAR10_BATCHES}/ folder or an image folder as --data-dir"
         )
     try:
+        # one sequential pass over the gzip stream (no seeking back), nothing written to disk
+        blobs: dict[str, bytes] = {}
         with tarfile.open(path, "r:gz") as tf:
-
-            def read(n: str) -> Any:
-                try:
-                    member = tf.getmember(f"{CIFAR10_BATCHES}/{n}")
-                except KeyError:
-                    return None
-                return tf.extractfile(member) if member.isfile() else None
-
-            return _from_official_batches(read, str(path), progress)
+            for member in tf:
+                parts = member.name.split("/")
+                if member.isfile() and len(parts) == 2 and parts[0] == CIFAR10_BATCHES:
+                    f = tf.extractfile(member)
+                    if f is not None:
+                        blobs[parts[1]] = f.read()
+                        progress("unpack", len(blobs), None)
     except (tarfile.TarError, OSError, EOFError) as err:
         raise DataError(f"cannot read {path} as a gzip tarball ({err}); re-download it") from err
+    return _from_official_batches(
+        lambda n: io.BytesIO(blobs[n]) if n in blobs else None, str(path), progress
+    )
 
 
 def _read_batches_dir(path: Path, progress: ProgressFn) -> tuple[np.ndarray, ...]:
     def read(n: str) -> Any:
         p = path / n
-        return open(p, "rb") if p.is_file() else None  # noqa: SIM115 (closed by caller)
+        return open(p, "rb") if p.is_file() else None  # closed by the caller
 
     return _from_official_batches(read, str(path), progress)
 
@@ -379,7 +382,7 @@ def _decode_image(data: bytes | Path, name: str) -> np.ndarray:
         src = io.BytesIO(data) if isinstance(data, bytes) else data
         with Image.open(src) as im:
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as err:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as err:
         raise DataError(f"cannot decode image {name} ({err}); remove or replace it") from err
 
 
