@@ -1,0 +1,180 @@
+"""The cluster-launcher configs in cluster/: Ray's own validation, shell syntax, and the
+security / storage / install promises docs/cluster.md makes about them."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = ROOT / "cluster"
+CONFIGS = {"gpu.yaml": "aws", "gcp-gpu.yaml": "gcp", "local.yaml": "local"}
+
+
+def _load(name: str) -> dict:
+    return yaml.safe_load((CLUSTER / name).read_text())
+
+
+def _prepared(name: str) -> dict:
+    from ray.autoscaler._private.util import prepare_config
+
+    return prepare_config(_load(name))
+
+
+def _commands(cfg: dict) -> list[str]:
+    keys = ("initialization_commands", "setup_commands", "head_setup_commands",
+            "worker_setup_commands", "head_start_ray_commands", "worker_start_ray_commands")
+    return [c for k in keys for c in cfg.get(k, [])]
+
+
+def _exports(cfg: dict) -> dict[str, str]:
+    text = " ".join(cfg["setup_commands"])
+    return dict(re.findall(r"export (\w+)=([^'\s]+)", text))
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_ray_accepts_the_config(name):
+    """The launcher's own path: prepare_config (defaults merged) then validate_config."""
+    from ray.autoscaler._private.util import validate_config
+
+    cfg = _prepared(name)
+    validate_config(cfg)
+    assert cfg["provider"]["type"] == CONFIGS[name]
+
+
+def test_validation_is_not_vacuous():
+    """The same validator rejects a config with a misspelt top-level key."""
+    import jsonschema
+    from ray.autoscaler._private.util import validate_config
+
+    cfg = _prepared("gpu.yaml")
+    cfg["setup_comands"] = []
+    with pytest.raises(jsonschema.ValidationError):
+        validate_config(cfg)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_every_command_is_valid_bash(name):
+    for cmd in _commands(_load(name)):
+        r = subprocess.run(["bash", "-n", "-c", cmd], capture_output=True, text=True)
+        assert r.returncode == 0, f"{name}: bash rejects {cmd!r}: {r.stderr}"
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_nothing_public_and_no_secrets(name):
+    raw = (CLUSTER / name).read_text()
+    cfg = _load(name)
+    cmds = _commands(cfg)
+    # no credentials of any kind in the file
+    assert not re.search(r"AKIA[0-9A-Z]{16}|BEGIN [A-Z ]*PRIVATE KEY|"
+                         r"(secret|password|token|private_key_id)\w*\s*[:=]\s*['\"]?\w{12,}",
+                         raw, re.I)
+    assert "RAY_AUTH_TOKEN=" not in raw
+    for forbidden in ("0.0.0.0", "--dashboard-host=0", "--host 0"):
+        assert not any(forbidden in c for c in cmds), f"{name}: {forbidden} in a command"
+    head_start = " ".join(cfg["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head_start
+    assert re.search(r"mlflow server --host 127\.0\.0\.1 --port 5000", head_start)
+    # every Ray node runs with token authentication, the token synced from the user's machine
+    starts = [c for c in cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"]
+              if "ray start" in c]
+    assert len(starts) == 2 and all("RAY_AUTH_MODE=token" in c for c in starts)
+    assert cfg["file_mounts"].get("~/.ray/auth_token") == "~/.ray/auth_token"
+    assert _exports(cfg)["RAY_AUTH_MODE"] == "token"
+
+
+def test_aws_security_group_opens_only_ssh():
+    """Ray's AWS provider gives the group it creates two inbound rules, ssh (tcp 22) and
+    traffic between the group's members, plus the config's IpPermissions: those must open
+    nothing but port 22, and no node may bring its own groups."""
+    cfg = _load("gpu.yaml")
+    sg = cfg["provider"]["security_group"]
+    assert sg["GroupName"]
+    for rule in sg.get("IpPermissions", []):
+        assert rule["FromPort"] == rule["ToPort"] == 22, rule
+    for node in cfg["available_node_types"].values():
+        assert "SecurityGroupIds" not in node["node_config"]
+
+
+def test_gcp_nodes_use_the_ssh_only_network():
+    cfg = _load("gcp-gpu.yaml")
+    raw = (CLUSTER / "gcp-gpu.yaml").read_text()
+    for node in cfg["available_node_types"].values():
+        nets = [i["network"] for i in node["node_config"]["networkInterfaces"]]
+        assert nets == ["global/networks/symsweep-net"]
+    assert re.search(r"firewall-rules create symsweep-ssh --network symsweep-net\s*\\\s*#?\s*"
+                     r"--allow tcp:22 ", raw)
+    assert not re.search(r"firewall-rules create .*--allow (?!tcp:22 )[^\n]*"
+                         r"--source-ranges 0\.0\.0\.0/0", raw)
+
+
+@pytest.mark.parametrize("name,scheme", [("gpu.yaml", "s3://"), ("gcp-gpu.yaml", "gs://")])
+def test_results_on_object_storage_and_mlflow_on_the_head(name, scheme):
+    cfg = _load(name)
+    env = _exports(cfg)
+    assert env["SYMSWEEP_RESULTS"].startswith(scheme)
+    assert env["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5000"
+    assert env["RAY_ADDRESS"] == "auto"
+    head_start = " ".join(cfg["head_start_ray_commands"])
+    assert f"--artifacts-destination {scheme}" in head_start
+    # the bucket the results go to is the bucket MLflow artifacts go to
+    bucket = env["SYMSWEEP_RESULTS"][len(scheme):].split("/")[0]
+    assert f"{scheme}{bucket}/" in head_start
+    # pyarrow, which the results store uses, understands the scheme
+    import pyarrow.fs as pafs
+
+    fs_name = {"s3://": "S3FileSystem", "gs://": "GcsFileSystem"}[scheme]
+    assert hasattr(pafs, fs_name)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_project_installed_with_gpu_extra_from_the_synced_tree(name):
+    cfg = _load(name)
+    assert cfg["file_mounts"]["~/symsweep"] == "."
+    assert ".gitignore" in cfg.get("rsync_filter", [])
+    install = [c for c in cfg["setup_commands"] if "pip install" in c]
+    assert len(install) == 1 and "cd ~/symsweep" in install[0] and '-e ".[gpu]"' in install[0]
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert any("jax[cuda" in d for d in extras["gpu"])
+
+
+@pytest.mark.parametrize("name", ["gpu.yaml", "gcp-gpu.yaml"])
+def test_cloud_layout(name):
+    """CPU head that runs no trial, autoscaling GPU workers, the container's Ray = ours."""
+    import ray
+
+    cfg = _prepared(name)
+    nodes = cfg["available_node_types"]
+    head = nodes[cfg["head_node_type"]]
+    assert head["resources"].get("CPU") == 0 and not head["resources"].get("GPU")
+    workers = [n for k, n in nodes.items() if k != cfg["head_node_type"]]
+    assert len(workers) == 1 and workers[0]["min_workers"] == 0
+    assert workers[0]["max_workers"] >= 1
+    image = cfg["docker"]["image"]
+    assert image.startswith(f"rayproject/ray:{ray.__version__}-py3")
+    assert image.endswith("-gpu")
+    py = re.search(r"-py3(\d+)-", image).group(1)
+    assert int(py) >= 11
+
+
+def test_sweep_file_takes_ray_submit_arguments():
+    """`ray submit cfg sweeps/fig2.py -- --preset paper ...` runs `python fig2.py ...` on the
+    head, with or without the `--`; the sweep file must accept both."""
+    for sep in (["--"], []):
+        r = subprocess.run([sys.executable, "sweeps/fig2.py", *sep, "--preset", "paper",
+                            "--address", "auto", "--results", "s3://bucket/results",
+                            "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert "fig2 [paper]" in r.stdout
+    r = subprocess.run([sys.executable, "sweeps/fig2.py", "--", "--preset", "papr",
+                        "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "papr" in r.stderr
