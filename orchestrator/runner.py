@@ -165,6 +165,7 @@ class TileMapper:
     cache: TileCache | None
     inflight: int = 1
     num_gpus: float = 0.0
+    num_cpus: float = 1.0
     use_ray: bool = True
     hits: int = 0
     computed: int = 0
@@ -196,8 +197,12 @@ class TileMapper:
             return out
         import ray
 
+        # CPU-only: the trial's own CPU bundle covers its tiles (num_cpus=0, at most
+        # `inflight` at a time), so a trial never waits on CPUs it holds itself. GPU tiles
+        # run in the trial's tile bundle (placement-group capture).
         remote = ray.remote(_run_tile).options(
-            num_cpus=0 if self.num_gpus == 0 else 1, num_gpus=self.num_gpus, max_retries=2)
+            num_cpus=0 if self.num_gpus == 0 else self.num_cpus, num_gpus=self.num_gpus,
+            max_retries=2)
         refs_by_id: dict[int, Any] = {}
 
         def submit(i: int) -> Any:
@@ -331,7 +336,8 @@ def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., di
         mapper = TileMapper(TileCache(ctx["tiles_root"]) if ctx.get("tiles_root") else None,
                             inflight=max(1, int(r.get("cpu", 1) if not r.get("tile_gpu")
                                                 else r.get("tile_cpu", 1))),
-                            num_gpus=float(r.get("tile_gpu", 0.0)))
+                            num_gpus=float(r.get("tile_gpu", 0.0)),
+                            num_cpus=float(r.get("tile_cpu", 1.0)))
         kwargs["map_tiles"] = mapper
     try:
         result = dict(worker(wcfg, report, **kwargs) or {})
@@ -493,6 +499,11 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
         # a derived cell whose source was filtered away is computed itself
         trials = [t if (t.derived_from is None or t.derived_from in keep) else
                   Trial(t.trial_id, t.kind, t.config, t.resources, None) for t in trials]
+    for t in trials:  # paths in a preset are relative to where the driver runs
+        for k in ("data_dir", "cache_dir"):
+            v = t.config.get(k)
+            if isinstance(v, str) and "://" not in v and not os.path.isabs(v):
+                t.config[k] = os.path.abspath(os.path.expanduser(v))
     cells, comps = count_kernel_computations(trials)
     store = Store(results, sweep.name)
     p = sweep.preset(preset)
@@ -576,7 +587,10 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "100")
     for name in ("ray.tune", "ray.train", "ray.air"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    order = sorted(todo, key=lambda t: 0 if t.kind == "kernel" else 1)
+    # kernels first; cells sharing tiles (gap/lap4/lap8 of one transform) far apart, so that
+    # the second finds the first's tiles in the cache instead of computing them concurrently
+    order = sorted(todo, key=lambda t: (t.kind != "kernel", t.config.get("arch") not in
+                                        ("gap", "lap4", "lap8"), t.config.get("arch")))
     has_derived = {t.derived_from for t in trials if t.derived_from}
 
     def resources(config: dict) -> Any:

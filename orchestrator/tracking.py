@@ -94,6 +94,8 @@ class Tracker:
     def _client(self) -> Any:
         from mlflow.tracking import MlflowClient
 
+        for name in ("alembic", "mlflow", "sqlalchemy"):  # mlflow sets INFO on import
+            logging.getLogger(name).setLevel(logging.WARNING)
         return MlflowClient(tracking_uri=self.uri)
 
     def _experiment(self, client: Any) -> str:

@@ -30,7 +30,8 @@ SMOKE = Preset(
     description="synthetic 8x8, depth 2, narrow nets, 400 steps; minutes on 2 cores",
     config=dict(dataset="synthetic", image_size=8, train_size=256, val_size=64, test_size=256,
                 depth=2, w_var=2.0, b_var=0.01, max_steps=400, eval_every=100,
-                checkpoint_every=200, batch_size=40, eta0_samples=64, eta0_inits=1),
+                checkpoint_every=250, batch_size=40, eta0_samples=64, eta0_inits=1),
+    rules=(({"kind": "kernel"}, {"val_size": 0}),),  # Fig. 2 needs no kernel validation
     width=dict(fcn=64, lcn=4, vec=8, gap=8, lap4=8, lap8=8),
     seeds=(0, 1, 2, 3, 4),
     resources=dict(train=dict(cpu=1), kernel=dict(cpu=1)),
@@ -40,7 +41,9 @@ SMOKE = Preset(
 
 CPU = Preset(
     description="CIFAR-10 subsets, depth 8; gap/lap kernels at 8x8, the rest at 32x32",
-    config=dict(dataset="cifar10", train_size=1000, val_size=0, test_size=500, depth=8,
+    # data_dir: the shared CIFAR-10 copy, relative to the repository (--data-dir overrides)
+    config=dict(dataset="cifar10", data_dir="../shared/data", train_size=1000, val_size=0,
+                test_size=500, depth=8,
                 w_var=2.0, b_var=0.01, max_steps=20000, eval_every=1000,
                 checkpoint_every=1000, batch_size=40),
     width=dict(fcn=256, lcn=8, vec=32, gap=32, lap4=32, lap8=32),
