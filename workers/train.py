@@ -27,6 +27,7 @@ Entry points: `train(config, report)` = `workers.data.build_dataset(config)` + `
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -34,6 +35,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import jax
@@ -126,24 +128,28 @@ def resolve_config(config: dict) -> dict:
 # ----------------------------------------------------------------------------- eta_0
 
 
+@functools.lru_cache(maxsize=16)
+def _compiled_ntk_matvec(apply_fn: Callable) -> Callable:
+    def mv(params: Any, x: jax.Array, u: jax.Array) -> jax.Array:
+        out, f_jvp = jax.linearize(lambda p: apply_fn(p, x), params)
+        f_vjp = jax.linear_transpose(f_jvp, params)
+
+        def one(i: jax.Array) -> jax.Array:
+            ct = jnp.zeros_like(out).at[:, i].set(u.astype(out.dtype))
+            (g,) = f_vjp(ct)
+            return f_jvp(g)[:, i]
+
+        return jax.lax.map(one, jnp.arange(out.shape[1])).sum(0)
+
+    return jax.jit(mv)
+
+
 def ntk_matvec(apply_fn: Callable, params: Any, x: jax.Array) -> Callable[[jax.Array], jax.Array]:
-    """u (n,) -> Theta_hat u (n,), Theta_hat = sum_k J_k J_k^T the logit-traced empirical
-    NTK on x (n, H, W, C), J_k (n, P) the Jacobian of logit k. One linearisation is shared by
-    all products; each product costs K JVP + K VJP passes."""
-    out, f_jvp = jax.linearize(lambda p: apply_fn(p, x), params)
-    f_vjp = jax.linear_transpose(f_jvp, params)
-    k = out.shape[1]
-
-    def one(u: jax.Array, i: jax.Array) -> jax.Array:
-        ct = jnp.zeros_like(out).at[:, i].set(u.astype(out.dtype))
-        (g,) = f_vjp(ct)
-        return f_jvp(g)[:, i]
-
-    @jax.jit
-    def mv(u: jax.Array) -> jax.Array:
-        return jax.lax.map(lambda i: one(u, i), jnp.arange(k)).sum(0)
-
-    return mv
+    """u (n,) -> Theta_hat u (n,), Theta_hat = sum_k J_k J_k^T the logit-traced empirical NTK
+    on x (n, H, W, C), J_k (n, P) the Jacobian of logit k. Each product costs one forward pass
+    plus K JVP and K VJP passes; one compilation per (apply_fn, shapes), shared by all inits."""
+    mv = _compiled_ntk_matvec(apply_fn)
+    return lambda u: mv(params, x, u)
 
 
 def empirical_ntk(apply_fn: Callable, params: Any, x: jax.Array) -> jax.Array:
@@ -187,6 +193,12 @@ def lanczos_max_eig(matvec: Callable[[np.ndarray], np.ndarray], n: int, *,
     return theta
 
 
+@functools.lru_cache(maxsize=32)
+def _model_apply_fn(model: Any) -> Callable:
+    """A stable (cacheable) apply function per model."""
+    return lambda p, x: model.apply({"params": p}, x)
+
+
 def estimate_eta0(model: Any, x_sample: np.ndarray, *, inits: int = 3, seed: int = 0,
                   max_iter: int = 40, rtol: float = 1e-6) -> dict:
     """eta_0 = 2 n K / mean_init lambda_max(Theta_hat) on x_sample (n, H, W, C).
@@ -197,9 +209,7 @@ def estimate_eta0(model: Any, x_sample: np.ndarray, *, inits: int = 3, seed: int
     x = jnp.asarray(x_sample, model.param_dtype)
     n = x.shape[0]
 
-    def apply_fn(p: Any, xx: jax.Array) -> jax.Array:
-        return model.apply({"params": p}, xx)
-
+    apply_fn = _model_apply_fn(model)
     lams = []
     for i in range(int(inits)):
         params = init_params(model, (int(seed), 10_000 + i), x.shape[1:])
@@ -215,12 +225,77 @@ def estimate_eta0(model: Any, x_sample: np.ndarray, *, inits: int = 3, seed: int
 # ----------------------------------------------------------------------------- the SGD loop
 
 
+def _sgd(lr: Any, momentum: Any) -> optax.GradientTransformation:
+    """The paper's optimiser: heavy-ball SGD, v = g + m v, theta -= lr v (optax.sgd)."""
+    return optax.sgd(lr, momentum=momentum)
+
+
+def batch_loss(model: Any, params: Any, xb: jax.Array, yb: jax.Array, l2: Any) -> jax.Array:
+    """1/(2 K B) sum |f(x) - y|^2 + l2/2 ||theta||^2 on a batch (B, H, W, C), (B, K)."""
+    f = model.apply({"params": params}, xb)
+    data = 0.5 * jnp.mean(jnp.square(f - yb))
+    if isinstance(l2, (int, float)) and l2 == 0:
+        return data
+    sq = sum(jnp.sum(jnp.square(p)) for p in jax.tree_util.tree_leaves(params))
+    return data + 0.5 * l2 * sq
+
+
+def _epoch_perm(data_key: jax.Array, epoch: jax.Array, n: int) -> jax.Array:
+    return jax.random.permutation(jax.random.fold_in(data_key, epoch), n)
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_run(model: Any, n: int, bs: int, use_momentum: bool, use_l2: bool) -> Callable:
+    """One compiled SGD loop per (model, N, B, momentum or not, L2 or not); data, key and
+    hyper-parameters are arguments, so trainers differing only in those share the compilation
+    and the data are never baked into the program as constants."""
+    spe = n // bs
+
+    def run(state: dict, x: jax.Array, y: jax.Array, data_key: jax.Array, hp: dict,
+            start: jax.Array, n_steps: jax.Array) -> tuple:
+        tx = _sgd(hp["lr"], hp["momentum"] if use_momentum else None)
+        grad_fn = jax.value_and_grad(partial(batch_loss, model))
+
+        def cond(c: tuple) -> jax.Array:
+            return (c[0] < n_steps) & (c[4] < 0)
+
+        def body(c: tuple) -> tuple:
+            i, st, perm, loss_sum, bad_step, bad_loss = c
+            step = start + i
+            pos = step % spe
+            perm = jax.lax.cond((pos == 0) & (i > 0),
+                                lambda: _epoch_perm(data_key, step // spe, n), lambda: perm)
+            idx = jax.lax.dynamic_slice(perm, (pos * bs,), (bs,))
+            loss, g = grad_fn(st["params"], x[idx], y[idx], hp["l2"] if use_l2 else 0.0)
+            updates, opt_state = tx.update(g, st["opt_state"], st["params"])
+            params = optax.apply_updates(st["params"], updates)
+            bad = ~jnp.isfinite(loss) | (loss > hp["diverge_loss"])
+            bad_step = jnp.where(bad, step, bad_step)
+            bad_loss = jnp.where(bad, loss, bad_loss)
+            new = {"params": params, "opt_state": opt_state}
+            return i + 1, new, perm, loss_sum + jnp.where(bad, 0.0, loss), bad_step, bad_loss
+
+        dt = x.dtype
+        c0 = (jnp.asarray(0, jnp.int32), state, _epoch_perm(data_key, start // spe, n),
+              jnp.zeros((), dt), jnp.asarray(-1, jnp.int32), jnp.zeros((), dt))
+        i, st, _, loss_sum, bad_step, bad_loss = jax.lax.while_loop(cond, body, c0)
+        return st, i, loss_sum, bad_step, bad_loss
+
+    return jax.jit(run, donate_argnums=(0,))
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_apply(model: Any) -> Callable:
+    return jax.jit(lambda p, x: model.apply({"params": p}, x))
+
+
 class Trainer:
     """Jit-compiled SGD on data kept on the device.
 
     ``run(state, start_step, n_steps)`` does n_steps steps inside one `lax.while_loop` (one
-    compilation for any n_steps) and stops early at the first step whose batch loss is
-    non-finite or above ``diverge_loss``. ``state`` = {"params", "opt_state"}.
+    compilation for any n_steps, shared by trainers of the same model and data shape) and stops
+    at the first step whose batch loss is non-finite or above ``diverge_loss``.
+    ``state`` = {"params", "opt_state"}.
     """
 
     def __init__(self, model: Any, x_train: np.ndarray, y_train: np.ndarray, *, lr: float,
@@ -236,16 +311,17 @@ class Trainer:
         self.batch_size = min(int(batch_size), self.n)
         self.steps_per_epoch = self.n // self.batch_size
         self.lr, self.momentum, self.l2 = float(lr), float(momentum), float(l2)
-        self.tx = optax.sgd(self.lr, momentum=self.momentum if self.momentum else None)
+        self.tx = _sgd(self.lr, self.momentum or None)
         self.data_key = (jax.random.fold_in(jax.random.key(int(seed)), 1)
                          if data_key is None else data_key)
         self.diverge_loss = float(diverge_loss)
-        self._run = jax.jit(self._run_impl, donate_argnums=(0,))
-        self._predict = jax.jit(lambda p, x: model.apply({"params": p}, x))
+        self._run = _compiled_run(model, self.n, self.batch_size, bool(self.momentum),
+                                  bool(self.l2))
+        self._predict = _compiled_apply(model)
 
     def apply(self, params: Any, x: jax.Array) -> jax.Array:
         """Logits (N, K) for x (N, H, W, C)."""
-        return self.model.apply({"params": params}, x)
+        return self._predict(params, x)
 
     def init_state(self, params: Any) -> dict:
         """A fresh optimiser state for (a copy of) params."""
@@ -254,16 +330,11 @@ class Trainer:
 
     def loss(self, params: Any, xb: jax.Array, yb: jax.Array) -> jax.Array:
         """1/(2 K B) sum |f(x) - y|^2 + l2/2 ||theta||^2 on a batch (B, H, W, C), (B, K)."""
-        f = self.apply(params, xb)
-        data = 0.5 * jnp.mean(jnp.square(f - yb))
-        if self.l2:
-            sq = sum(jnp.sum(jnp.square(p)) for p in jax.tree_util.tree_leaves(params))
-            data = data + 0.5 * self.l2 * sq
-        return data
+        return batch_loss(self.model, params, xb, yb, self.l2)
 
     def epoch_perm(self, epoch: jax.Array) -> jax.Array:
         """The data order of an epoch: a permutation of range(N) from fold_in(data_key, e)."""
-        return jax.random.permutation(jax.random.fold_in(self.data_key, epoch), self.n)
+        return _epoch_perm(self.data_key, epoch, self.n)
 
     def batch_indices(self, step: int) -> np.ndarray:
         """Training rows used at a given step (for tests and the benchmark's bare loop)."""
@@ -271,44 +342,19 @@ class Trainer:
         perm = np.asarray(self.epoch_perm(jnp.asarray(e)))
         return perm[pos * self.batch_size:(pos + 1) * self.batch_size]
 
-    def _run_impl(self, state: dict, start: jax.Array, n_steps: jax.Array) -> tuple:
-        bs, spe = self.batch_size, self.steps_per_epoch
-        grad_fn = jax.value_and_grad(self.loss)
-
-        def cond(c: tuple) -> jax.Array:
-            return (c[0] < n_steps) & (c[4] < 0)
-
-        def body(c: tuple) -> tuple:
-            i, st, perm, loss_sum, bad_step, bad_loss = c
-            step = start + i
-            pos = step % spe
-            perm = jax.lax.cond((pos == 0) & (i > 0), lambda: self.epoch_perm(step // spe),
-                                lambda: perm)
-            idx = jax.lax.dynamic_slice(perm, (pos * bs,), (bs,))
-            loss, g = grad_fn(st["params"], self.x[idx], self.y[idx])
-            updates, opt_state = self.tx.update(g, st["opt_state"], st["params"])
-            params = optax.apply_updates(st["params"], updates)
-            bad = ~jnp.isfinite(loss) | (loss > self.diverge_loss)
-            bad_step = jnp.where(bad, step, bad_step)
-            bad_loss = jnp.where(bad, loss, bad_loss)
-            new = {"params": params, "opt_state": opt_state}
-            return i + 1, new, perm, loss_sum + jnp.where(bad, 0.0, loss), bad_step, bad_loss
-
-        dt = self.model.param_dtype
-        perm0 = self.epoch_perm(start // spe)
-        c0 = (jnp.asarray(0, jnp.int32), state, perm0, jnp.zeros((), dt),
-              jnp.asarray(-1, jnp.int32), jnp.zeros((), dt))
-        i, st, _, loss_sum, bad_step, bad_loss = jax.lax.while_loop(cond, body, c0)
-        return st, i, loss_sum, bad_step, bad_loss
-
     def run(self, state: dict, start_step: int, n_steps: int) -> tuple[dict, dict]:
         """Advance ``state`` (consumed: its buffers are donated) from start_step by n_steps.
 
         Returns (new_state, info) with info = {"steps_done", "mean_loss", "bad_step" (-1 if
         none), "bad_loss"}; after a bad step the loop stops and the state is not usable.
         """
+        dt = self.x.dtype
+        hp = {k: jnp.asarray(v, dt) for k, v in (("lr", self.lr), ("momentum", self.momentum),
+                                                  ("l2", self.l2),
+                                                  ("diverge_loss", self.diverge_loss))}
         st, i, loss_sum, bad_step, bad_loss = self._run(
-            state, jnp.asarray(start_step, jnp.int32), jnp.asarray(n_steps, jnp.int32))
+            state, self.x, self.y, self.data_key, hp, jnp.asarray(start_step, jnp.int32),
+            jnp.asarray(n_steps, jnp.int32))
         done = int(i) - (1 if int(bad_step) >= 0 else 0)
         return st, {"steps_done": done, "mean_loss": float(loss_sum) / max(done, 1),
                     "bad_step": int(bad_step), "bad_loss": float(bad_loss)}
