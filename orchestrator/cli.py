@@ -56,7 +56,7 @@ def _print_summary(summary, console) -> None:
 
 def _run(sweep, preset: str, results: str, address: str | None, mlflow_uri: str | None,
          dedupe: bool, max_failures: int | None, data_dir: str | None, cache_dir: str | None,
-         only: dict | None, num_cpus: int | None, progress: bool) -> int:
+         only: dict | None, num_cpus: int | None, progress: bool, report: bool = True) -> int:
     from rich.console import Console
 
     from orchestrator.runner import run_sweep
@@ -67,6 +67,12 @@ def _run(sweep, preset: str, results: str, address: str | None, mlflow_uri: str 
                         cache_dir=cache_dir, only=only, num_cpus=num_cpus,
                         progress=progress and console.is_terminal, console=console)
     _print_summary(summary, console)
+    if report:
+        try:
+            table(sweep.name, results, "best_test_acc", "text")
+            plot(sweep.name, results, None, "best_test_acc")
+        except ConfigError as ex:  # e.g. nothing finished
+            console.print(f"no table: {ex}")
     return 0 if summary.failed == 0 else 1
 
 
@@ -88,6 +94,7 @@ def run(
     num_cpus: int = typer.Option(None, help="CPUs for embedded Ray (default: all)"),
     progress: bool = typer.Option(True, help="Live progress view"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and list, run nothing"),
+    report: bool = typer.Option(True, help="Print the table and write the plot at the end"),
 ) -> None:
     """Run a sweep (or the unfinished part of it) as Ray Tune trials."""
     from orchestrator.spec import count_kernel_computations, load_sweep
@@ -102,7 +109,7 @@ def run(
               f"{kinds['train']} finite runs); kernel computations {comps} of {cells}")
         raise typer.Exit(0)
     code = _run(sweep, preset, results, address, mlflow_uri, not no_dedupe, max_failures,
-                data_dir, cache_dir, _parse_only(only), num_cpus, progress)
+                data_dir, cache_dir, _parse_only(only), num_cpus, progress, report)
     raise typer.Exit(code)
 
 
@@ -115,6 +122,7 @@ def resume(
     max_failures: int = typer.Option(None, help="Retries per trial"),
     num_cpus: int = typer.Option(None, help="CPUs for embedded Ray"),
     progress: bool = typer.Option(True, help="Live progress view"),
+    report: bool = typer.Option(True, help="Print the table and write the plot at the end"),
 ) -> None:
     """Re-run only the trials of the last `run` of SWEEP that have no finished attempt."""
     from orchestrator.spec import load_sweep
@@ -127,7 +135,7 @@ def resume(
     sw = load_sweep(m["source"])
     code = _run(sw, m["preset"], results, address, mlflow_uri, bool(m.get("dedupe", True)),
                 max_failures, m.get("data_dir"), m.get("cache_dir"), m.get("only"), num_cpus,
-                progress)
+                progress, report)
     raise typer.Exit(code)
 
 

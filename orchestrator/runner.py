@@ -75,7 +75,9 @@ def tile_key(fn: Callable, kwargs: Mapping[str, Any], _memo: dict[int, str] | No
     h.update(f"{fn.__module__}.{fn.__qualname__}:{_module_digest(fn)}".encode())
     for k in sorted(kwargs):
         v = kwargs[k]
-        if isinstance(v, np.ndarray) or hasattr(v, "__array__") and hasattr(v, "shape"):
+        if isinstance(v, type):  # e.g. dtype=np.float32: by name (a class has __array__ too)
+            h.update(f"|{k}=type:{v.__module__}.{v.__qualname__}".encode())
+        elif isinstance(v, np.ndarray) or hasattr(v, "__array__") and hasattr(v, "shape"):
             d = memo.get(id(v))
             if d is None:
                 d = memo[id(v)] = _array_digest(v)

@@ -106,6 +106,13 @@ def test_tile_cache_is_content_addressed(tmp_path):
     assert tile_key(tile, dict(x=x, y=y, scale=2)) != tile_key(tile, dict(x=x + 1e-12, y=y,
                                                                           scale=2))
     assert tile_key(tile, dict(x=x, y=y, scale=2)) != tile_key(tile, dict(x=x, y=y, scale=3))
+    # stable across processes, also for a dtype argument (a class, not an array)
+    code = ("import numpy as np; from orchestrator.runner import tile_key; "
+            "from workers.kernels import kernel_tile; print(tile_key(kernel_tile, dict("
+            "archs=('gap',), x_rows=np.ones((2, 4, 4, 3), np.float32), dtype=np.float32)))")
+    keys = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True).stdout for _ in range(2)}
+    assert len(keys) == 1 and len(keys.pop().strip()) == 32
     m = TileMapper(TileCache(str(tmp_path)), use_ray=False)
     kws = [dict(x=x + i, y=y, scale=2.0) for i in range(4)]
     first = m(tile, kws)
