@@ -146,3 +146,26 @@ def test_bad_names_raise_config_errors():
         make_model("fcn", 4, first_layer_init="orthogonal")
     with pytest.raises(ConfigError, match="width"):
         make_model("fcn", 0)
+
+
+@pytest.mark.parametrize("arch", ["vec", "gap"])
+def test_wide_conv_nets_match_the_analytic_nngp_and_ntk_of_workers_kernels(arch):
+    """Same conventions as the infinite-width kernels (readout scaling, flatten, pooling):
+    the Monte-Carlo NNGP over inits x logits and the per-logit empirical NTK of one wide net
+    match `workers.kernels.kernel_matrix` within their sampling/finite-width error."""
+    from workers.kernels import kernel_matrix
+    from workers.train import empirical_ntk
+
+    x = _x(3, seed=9)
+    ref = kernel_matrix(arch, x, depth=2)
+    model = make_model(arch, 128, depth=2)
+    apply = jax.jit(lambda p, x: model.apply({"params": p}, x))
+    f = np.concatenate([np.asarray(apply(init_params(model, s, (H, W, C)), x), np.float64)
+                        for s in range(16)], axis=1)                 # 160 draws
+    nngp = f @ f.T / f.shape[1]
+    np.testing.assert_allclose(nngp / ref["nngp"], 1.0, atol=0.3)
+    assert np.trace(nngp) / np.trace(ref["nngp"]) == pytest.approx(1.0, abs=0.15)
+    params = init_params(model, 99, (H, W, C))
+    ntk = np.asarray(empirical_ntk(lambda p, x: model.apply({"params": p}, x), params,
+                                   jnp.asarray(x))) / 10            # per logit
+    np.testing.assert_allclose(ntk / ref["ntk"], 1.0, atol=0.2)
