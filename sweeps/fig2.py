@@ -10,9 +10,9 @@ makes identical are computed once (``--no-dedupe`` to compute all).
     ray submit cluster/gpu.yaml sweeps/fig2.py -- --preset paper
 
 Presets:
-- smoke: synthetic 8x8 images, depth 2, narrow nets, 400 SGD steps (eta_0 from 64 points,
+- smoke: synthetic 8x8 images, depth 2, narrow nets, 300 SGD steps (eta_0 from 64 points,
   1 init), 256 train / 256 test images; the whole grid finishes in minutes on 2 CPU cores.
-  Success threshold lowered to 0 (nets do not reach 95% in 400 steps): every completed run
+  Success threshold lowered to 0 (nets do not reach 95% in 300 steps): every completed run
   counts.
 - cpu: real CIFAR-10, class-balanced subsets (1,000 train / 500 test for kernels; 5,000 train
   for finite nets), depth 8; gap/lap kernels on images average-pooled to 8x8 (their
@@ -27,10 +27,10 @@ TRANSFORMS = ["identity", "shared_rotation", "pixel_rotation", "permutation", "g
 FULL_COV = ["gap", "lap4", "lap8"]
 
 SMOKE = Preset(
-    description="synthetic 8x8, depth 2, narrow nets, 400 steps; minutes on 2 cores",
+    description="synthetic 8x8, depth 2, narrow nets, 300 steps; minutes on 2 cores",
     config=dict(dataset="synthetic", image_size=8, train_size=256, val_size=64, test_size=256,
-                depth=2, w_var=2.0, b_var=0.01, max_steps=400, eval_every=100,
-                checkpoint_every=250, batch_size=40, eta0_samples=64, eta0_inits=1),
+                depth=2, w_var=2.0, b_var=0.01, max_steps=300, eval_every=100,
+                checkpoint_every=200, batch_size=40, eta0_samples=64, eta0_inits=1),
     rules=(({"kind": "kernel"}, {"val_size": 0}),),  # Fig. 2 needs no kernel validation
     width=dict(fcn=64, lcn=4, vec=8, gap=8, lap4=8, lap8=8),
     seeds=(0, 1, 2, 3, 4),
