@@ -16,7 +16,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/symsweep data show --out results/demo/transforms.png
+	$(BIN)/symsweep run sweeps/fig2.py --preset smoke
 
 test: $(STAMP)
 	$(BIN)/ruff check .
