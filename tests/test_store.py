@@ -205,3 +205,30 @@ def test_mlflow_mirror_once_per_attempt_and_never_fatal(tmp_path, caplog):
     assert json.load(open(art)) == {"arch": "vec", "seed": 0}
     bad = Tracker(st, mlflow_uri="nosuchscheme://nowhere")
     assert bad.sync() == 0 and "MLflow tracking" in caplog.text
+
+
+def test_crashed_kernel_computation_keeps_finished_tiles(tmp_path):
+    calls = []
+
+    def tile(i, crash_at):
+        if i == crash_at:
+            raise RuntimeError("node lost")
+        calls.append(i)
+        return np.full((2, 2), float(i))
+
+    kws = [dict(i=i, crash_at=3) for i in range(5)]
+    with pytest.raises(RuntimeError):
+        TileMapper(TileCache(str(tmp_path)), use_ray=False)(tile, kws)
+    assert calls == [0, 1, 2]
+    # the retry (here: same tiles, no crash) computes only the missing ones
+    calls.clear()
+    m = TileMapper(TileCache(str(tmp_path)), use_ray=False)
+
+    def tile_ok(i, crash_at):
+        calls.append(i)
+        return np.full((2, 2), float(i))
+
+    tile_ok.__qualname__ = tile.__qualname__  # same function identity as the crashed run
+    out = m(tile_ok, kws)
+    assert calls == [3, 4] and m.hits == 3
+    assert [float(o[0, 0]) for o in out] == [0.0, 1.0, 2.0, 3.0, 4.0]
