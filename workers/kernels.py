@@ -379,15 +379,32 @@ def _same_images(xr: np.ndarray, xc: np.ndarray) -> np.ndarray:
     return same
 
 
+# Tiles are padded to a multiple of this many rows and columns, so that ragged edge tiles and
+# small matrices reuse the same compiled code (at most 7 wasted rows / columns per tile).
+_PAD = 8
+
+
+def _padded(n: int) -> int:
+    return -(-n // _PAD) * _PAD
+
+
+def _pow2_divisor(n: int, cap: int) -> int:
+    """Largest power of two <= cap dividing n."""
+    m = 1
+    while m * 2 <= cap and n % (m * 2) == 0:
+        m *= 2
+    return m
+
+
 def _item_rows_offsets(hw: int, n_rows: int) -> tuple[int, int]:
     """(rb, dc): rows and offsets of one full-covariance work item for this backend.
 
-    An item holds about a dozen arrays of rb * dc * hw numbers; on CPU they should stay in a
-    core's L2 cache, on an accelerator an item should be large enough to fill the device.
+    An item holds about a dozen arrays of rb * dc * hw numbers; on CPU they should stay in the
+    caches, on an accelerator an item should be large enough to fill the device.
     """
     cpu = jax.default_backend() == "cpu"
     entries = _ITEM_ENTRIES_CPU if cpu else _ITEM_ENTRIES_GPU
-    rb = max(1, min(n_rows, 8 if cpu else 64))
+    rb = _pow2_divisor(_padded(n_rows), 8 if cpu else 64)
     dc = _divisor_at_most(hw, max(1, entries // (hw * rb)))
     return rb, dc
 
@@ -397,8 +414,8 @@ def _diag_item(hw: int, n_rows: int, n_cols: int) -> tuple[int, int]:
     cpu = jax.default_backend() == "cpu"
     pairs = max(1, (_ITEM_ENTRIES_CPU if cpu else _ITEM_ENTRIES_GPU) // hw)
     side = 1 << max(0, int(math.log2(pairs)) // 2)
-    cb = min(n_cols, side)
-    rb = min(n_rows, max(1, pairs // cb))
+    cb = _pow2_divisor(_padded(n_cols), side)
+    rb = _pow2_divisor(_padded(n_rows), max(1, pairs // cb))
     return rb, cb
 
 
@@ -462,6 +479,9 @@ def kernel_tile(
         empty = np.zeros((n_rows, n_cols), np.dtype(dtype))
         return {a: {"nngp": empty.copy(), "ntk": empty.copy()} for a in archs}
     same = _same_images(xr, xc)
+    xr, same = _pad_rows(xr, same, _PAD)
+    xc, same_t = _pad_rows(xc, same.T, _PAD)
+    same = same_t.T
     with _dtype_context(dtype):
         dt = jnp.dtype(dtype)
         w = jnp.asarray(w_var, dt)
@@ -469,8 +489,8 @@ def kernel_tile(
         dep = jnp.asarray(depth, jnp.int32)
         jsame = jnp.asarray(same)
         if "fcn" in archs:
-            r = np.asarray(_fcn_tile(jnp.asarray(xr.reshape(n_rows, -1), dt),
-                                     jnp.asarray(xc.reshape(n_cols, -1), dt), jsame, w, b, dep))
+            r = np.asarray(_fcn_tile(jnp.asarray(xr.reshape(len(xr), -1), dt),
+                                     jnp.asarray(xc.reshape(len(xc), -1), dt), jsame, w, b, dep))
             out["fcn"] = {"nngp": r[0], "ntk": r[1]}
         full = [a for a in archs if a in _FULL]
         diag = [a for a in archs if a in _DIAG]
@@ -478,22 +498,20 @@ def kernel_tile(
             conv = full + diag
             wts = np.stack([readout_weights(a, h, wd) for a in conv])
             rb, dc = _item_rows_offsets(h * wd, n_rows)
-            xr_p, same_p = _pad_rows(xr, same, rb)
             r = np.asarray(_full_tile(
-                jnp.asarray(xr_p, dt), jnp.asarray(xc, dt), jnp.asarray(same_p), w, b, dep,
+                jnp.asarray(xr, dt), jnp.asarray(xc, dt), jsame, w, b, dep,
                 jnp.asarray(wts, dt), jnp.asarray(_offset_index(h, wd)), rb=rb, dc=dc,
-            ))[:, :, :n_rows]
+            ))
             for i, a in enumerate(conv):
                 out[a] = {"nngp": r[i, 0], "ntk": r[i, 1]}
         elif diag:
             rb, cb = _diag_item(h * wd, n_rows, n_cols)
-            xr_p, same_p = _pad_rows(xr, same, rb)
-            xc_p, same_p = _pad_rows(xc, same_p.T, cb)
-            r = np.asarray(_diag_tile(jnp.asarray(xr_p, dt), jnp.asarray(xc_p, dt),
-                                      jnp.asarray(same_p.T), w, b, dep, rb=rb, cb=cb))
+            r = np.asarray(_diag_tile(jnp.asarray(xr, dt), jnp.asarray(xc, dt), jsame, w, b, dep,
+                                      rb=rb, cb=cb))
             for a in diag:
-                out[a] = {"nngp": r[0, :n_rows, :n_cols], "ntk": r[1, :n_rows, :n_cols]}
-    return {a: {k: np.array(v, copy=True) for k, v in out[a].items()} for a in archs}
+                out[a] = {"nngp": r[0], "ntk": r[1]}
+    return {a: {k: np.array(v[:n_rows, :n_cols], copy=True) for k, v in out[a].items()}
+            for a in archs}
 
 
 def _path(archs: Sequence[str]) -> str:
