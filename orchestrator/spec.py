@@ -72,10 +72,14 @@ CONFIG_TYPES: dict[str, type] = {
     "early_stop_train_acc": float,
     "path_t": float,
     "keep_checkpoints": int,
+    "tile_side": int,
+    "store_predictions": bool,
 }
 # Keys that say *where* things are, not *what* is computed: excluded from trial_id.
+# tile_side: kernel tile side (fixed across m so nested subsets share tiles; figure sweeps);
+# store_predictions: also save the test predictions as an artifact (runner.py).
 RUNTIME_KEYS = frozenset({"data_dir", "cache_dir", "tile_memory_bytes", "keep_checkpoints",
-                          "eval_batch_size"})
+                          "eval_batch_size", "tile_side", "store_predictions"})
 AXIS_NAMES = ("inference", "arch", "transform")
 RESOURCE_KEYS = {"cpu": float, "gpu": float, "tile_cpu": float, "tile_gpu": float}
 TRIAL_KINDS = ("train", "kernel")
