@@ -83,6 +83,7 @@ DEFAULTS: dict[str, Any] = {
     "resume_from": None,
     "work_dir": None,          # where checkpoints are written; None: a fresh temporary dir
     "keep_checkpoints": 2,
+    "store_predictions": False,  # also return the final test predictions ("predictions")
 }
 
 # Config keys that must agree between a checkpoint and the run resuming from it.
@@ -460,7 +461,8 @@ def train_arrays(config: dict, dataset: Any, report: Report | None = None, *,
     Returns the final metrics: status, success, best_test_acc, best_train_acc, best_step,
     test_acc, test_mse, val_acc, val_mse, train_acc, train_loss, steps, eta0, lr, l2, error,
     wall_s, n_params, eta0_seconds, history (list of the evaluation records) and checkpoint
-    (the last checkpoint directory or None).
+    (the last checkpoint directory or None); with config ``store_predictions`` also
+    predictions, the final model's test outputs (N_test, K) float32.
     """
     t_start = time.perf_counter()
     cfg = resolve_config(config)
@@ -596,7 +598,7 @@ def train_arrays(config: dict, dataset: Any, report: Report | None = None, *,
                                "val_acc": float("nan"), "val_mse": float("nan"),
                                "test_acc": float("nan"), "test_mse": float("nan")}
     best_train = best["best_train_acc"]
-    return {
+    out = {
         "status": status,
         "success": bool(best_train >= cfg["success_train_acc"]),
         "best_test_acc": best["best_test_acc"],
@@ -610,6 +612,10 @@ def train_arrays(config: dict, dataset: Any, report: Report | None = None, *,
         "n_params": count_params(state["params"]), "error": error,
         "wall_s": time.perf_counter() - t_start, "history": history, "checkpoint": last_ckpt,
     }
+    if cfg.get("store_predictions"):  # final-model test predictions (N_test, K), for ensembles
+        out["predictions"] = trainer.predict(state["params"], dataset.x_test,
+                                             cfg["eval_batch_size"]).astype(np.float32)
+    return out
 
 
 def train(config: dict, report: Report | None = None) -> dict:
