@@ -348,6 +348,9 @@ def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., di
         store.write_attempt(_row(trial, ctx, attempt, started, {}, "failed", msg,
                                  time.time() - t0), history)
         raise
+    preds = result.pop("predictions", None)
+    if preds is not None:  # per-trial test predictions (e.g. Fig. S1 ensembles) as an artifact
+        result["predictions_path"] = save_predictions(store, trial.trial_id, attempt, preds)
     if mapper is not None:
         result.setdefault("tiles_cached", mapper.hits)
         result.setdefault("tiles_computed", mapper.computed)
@@ -357,6 +360,25 @@ def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., di
     store.write_attempt(_row(trial, ctx, attempt, started, result, status, result.get("error"),
                              float(result.get("wall_s") or (time.time() - t0))), history)
     return result
+
+
+def predictions_path(store: Store, trial_id: str, attempt: int) -> str:
+    """Where an attempt's test predictions live: <root>/<sweep>/predictions/<id>-a<n>.npy."""
+    return f"{store.dir}/predictions/{trial_id}-a{attempt}.npy"
+
+
+def save_predictions(store: Store, trial_id: str, attempt: int, preds: Any) -> str:
+    """Write a worker's ``predictions`` (N_test, K) as float32 .npy (temporary name, then
+    rename); returns the path (relative to the store's filesystem)."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(preds, dtype=np.float32))
+    path = predictions_path(store, trial_id, attempt)
+    store.fs.create_dir(f"{store.dir}/predictions", recursive=True)
+    tmp = f"{store.dir}/predictions/.{trial_id}-a{attempt}.{os.getpid()}.tmp"
+    with store.fs.open_output_stream(tmp) as f:
+        f.write(buf.getvalue())
+    store.fs.move(tmp, path)
+    return path
 
 
 def tune_trainable(config: dict, workers: Mapping[str, Callable] | None = None) -> None:
