@@ -50,7 +50,7 @@ def test_cpu_preset_rules_downsample_full_covariance_kernels():
             assert t.config["image_size"] == 8
         else:
             assert "image_size" not in t.config
-        assert t.config["train_size"] == (5000 if t.kind == "train" else 1000)
+        assert t.config["train_size"] == (5000 if t.kind == "train" else 500)
         assert t.config["dataset"] == "cifar10"
 
 
@@ -71,7 +71,7 @@ def test_trial_id_is_a_stable_hash_of_the_scientific_config_only():
     a = sw.expand("smoke")
     assert [t.trial_id for t in a] == [t.trial_id for t in sw.expand("smoke")]
     p = sw.presets["smoke"]
-    alt = Preset(config={**p.config, "w_var": 2}, width=p.width, seeds=p.seeds,
+    alt = Preset(config={**p.config, "w_var": 2}, width=p.width, seeds=p.seeds, rules=p.rules,
                  resources={"train": {"cpu": 2}}, success_train_acc=0.5)
     sw2 = Sweep(name="other", axes=sw.axes, presets={"smoke": alt})
     assert [t.trial_id for t in sw2.expand("smoke")] == [t.trial_id for t in a]
