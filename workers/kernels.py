@@ -604,12 +604,16 @@ def kernel_matrices(
     memory_bytes: int = DEFAULT_MEMORY_BYTES,
     map_tiles: Callable[[Callable[..., Any], list[dict]], list] | None = None,
     progress: bool = False,
+    max_side: int | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """NNGP and NTK matrices for several archs, computed tile by tile.
 
     x1 (N1, H, W, C), x2 (N2, H, W, C) or None (x1 with itself: only the upper triangle of tiles
     is computed and mirrored). map_tiles(fn, list_of_kwargs) -> list of fn(**kwargs) results
     lets the caller run the tiles elsewhere (e.g. as Ray tasks); the default is a plain loop.
+    max_side caps the tile side (see `plan_tiles`): a fixed side makes the tiles of a prefix
+    x1[:m] a subset of those of x1[:2m] (when side divides m), so nested training sets share
+    cached tiles (learning curves).
     Returns {arch: {"nngp": (N1, N2), "ntk": (N1, N2)}} numpy arrays of dtype.
     """
     archs = _check_archs(archs)
@@ -620,7 +624,8 @@ def kernel_matrices(
         raise DataError(f"x1 and x2 differ in image shape: {x1.shape[1:]} vs {x2a.shape[1:]}")
     n1, n2 = x1.shape[0], x2a.shape[0]
     tiles = plan_tiles(n1, n2, archs=archs, image_shape=x1.shape[1:], memory_bytes=memory_bytes,
-                       symmetric=symmetric, itemsize=np.dtype(dtype).itemsize)
+                       symmetric=symmetric, itemsize=np.dtype(dtype).itemsize,
+                       max_side=max_side)
     kwargs = [dict(archs=archs, x_rows=x1[r0:r1], x_cols=x2a[c0:c1], depth=depth, w_var=w_var,
                    b_var=b_var, dtype=dtype) for r0, r1, c0, c1 in tiles]
     if map_tiles is None:
