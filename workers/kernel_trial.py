@@ -88,7 +88,7 @@ def run_kernel_trial(config: Mapping[str, Any],
                      map_tiles: Callable[[Callable[..., Any], list[dict]], list] | None = None,
                      ) -> dict[str, Any]:
     """One NTK/NNGP cell. config: arch, inference ('ntk' | 'nngp'), depth, w_var, b_var,
-    optional diag_reg, tile_memory_bytes, kernel_dtype ('float32' | 'float64'), plus the
+    optional diag_reg, tile_memory_bytes, tile_side, kernel_dtype ('float32' | 'float64'), plus the
     `workers.data.build_dataset` keys. Returns the metrics of the module docstring."""
     from workers.data import build_dataset
     from workers.kernels import kernel_matrices
@@ -104,6 +104,8 @@ def run_kernel_trial(config: Mapping[str, Any],
                               b_var=float(config.get("b_var", 0.01)), map_tiles=map_tiles)
     if config.get("tile_memory_bytes"):
         kw["memory_bytes"] = int(config["tile_memory_bytes"])
+    if config.get("tile_side"):  # fixed tiles: nested subsets reuse cached tiles
+        kw["max_side"] = int(config["tile_side"])
     if config.get("kernel_dtype"):
         kw["dtype"] = np.dtype(config["kernel_dtype"]).type
     # gap/lap4/lap8 share one full-covariance propagation: computing the three readouts
