@@ -12,6 +12,7 @@ import sys
 import typer
 
 from orchestrator.data_cli import app as data_app
+from orchestrator.plan import plan as plan_cmd
 from workers.errors import ConfigError, UserError
 
 app = typer.Typer(
@@ -22,6 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data_app, name="data")
+app.command("plan")(plan_cmd)
 
 RESULTS_HELP = "Results root: a directory or a pyarrow URI (s3://, gs://)."
 _ONLY_OPT = typer.Option(None, help="Restrict to FIELD=V1,V2 (repeatable), e.g. --only "
