@@ -55,7 +55,8 @@ from workers.errors import ConfigError
 
 CIFAR_SIZES = {"train": 45_000, "val": 5_000, "test": 10_000}
 ETA0_INITS, ETA0_SAMPLES, LANCZOS_ITERS, NUM_CLASSES = 3, 256, 40, 10
-_PROBE_SIDE = {"fcn": 64, "diag": 8, "full": 2}
+# side of the first (probe) tile timed per arch: fcn pairs are cheap, gap/lap pairs dear
+_PROBE_SIDE = {"fcn": 64, "lcn": 8, "vec": 8, "gap": 2, "lap4": 2, "lap8": 2}
 
 
 # ====================================================================== trial shapes
@@ -90,15 +91,22 @@ def kernel_key(cfg: Mapping[str, Any]) -> tuple:
             str(cfg.get("kernel_dtype") or "float32"))
 
 
+def tile_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The `workers.kernels.plan_tiles` options a kernel trial with this config uses."""
+    from workers.kernels import DEFAULT_MEMORY_BYTES
+
+    return dict(archs=[cfg["arch"]], image_shape=image_shape(cfg),
+                memory_bytes=int(cfg.get("tile_memory_bytes") or DEFAULT_MEMORY_BYTES),
+                itemsize=np.dtype(cfg.get("kernel_dtype") or "float32").itemsize,
+                max_side=int(cfg["tile_side"]) if cfg.get("tile_side") else None)
+
+
 def kernel_pairs(cfg: Mapping[str, Any]) -> tuple[int, int]:
     """(image pairs, tiles) a kernel cell computes, from `workers.kernels.plan_tiles`."""
-    from workers.kernels import DEFAULT_MEMORY_BYTES, plan_tiles
+    from workers.kernels import plan_tiles
 
     n = data_sizes(cfg)
-    shape = image_shape(cfg)
-    kw = dict(archs=[cfg["arch"]], image_shape=shape,
-              memory_bytes=int(cfg.get("tile_memory_bytes") or DEFAULT_MEMORY_BYTES),
-              itemsize=np.dtype(cfg.get("kernel_dtype") or "float32").itemsize)
+    kw = tile_options(cfg)
     pairs = tiles = 0
     for rows, sym in ((n["train"], True), (n["test"], False), (n["val"], False)):
         if rows == 0 or n["train"] == 0:
@@ -168,10 +176,10 @@ def measure_train(key: tuple, *, steps: int = 200, budget_s: float = 30.0) -> Un
         raise RuntimeError(f"timing run of {arch} diverged; cannot time it")
     if unit.steps_timed < steps:
         unit.notes.append(f"{unit.steps_timed} of {steps} steps timed (budget {budget_s:g} s)")
-    xb = trainer.x[:batch]
-    _block(trainer._predict(state["params"], xb))          # compile
+    xb = x[:batch]
+    trainer.predict(state["params"], xb, batch)              # compile
     t0 = time.perf_counter()
-    _block(trainer._predict(state["params"], xb))
+    trainer.predict(state["params"], xb, batch)
     unit.fwd_s_per_image = (time.perf_counter() - t0) / batch
     # eta_0: one Lanczos product Theta_hat u (K JVPs + K VJPs) on 8 images; again on the
     # full eta_0 sample when that fits in the budget, else scaled linearly to it
@@ -203,12 +211,12 @@ def _time_matvec(model: Any, params: Any, x: np.ndarray) -> float:
 def measure_kernel(key: tuple, *, max_side: int, budget_s: float = 30.0,
                    solve_n: int = 1000) -> Unit:
     """Seconds per image pair of a kernel tile and of one regression solve at solve_n."""
-    from workers.kernels import _path, kernel_tile
+    from workers.kernels import kernel_tile
     from workers.regression import kernel_predict
 
     _, arch, depth, h, dtype = key
     rng = np.random.default_rng(0)
-    probe = max(1, min(_PROBE_SIDE[_path([arch])], max_side))
+    probe = max(1, min(_PROBE_SIDE[arch], max_side))
 
     def timed(side: int) -> tuple[float, float]:
         x = rng.standard_normal((2 * side, h, h, 3)).astype(np.float32)
@@ -244,7 +252,7 @@ def measure_kernel(key: tuple, *, max_side: int, budget_s: float = 30.0,
 def measure_units(trials: Iterable[Trial], *, steps: int = 200, budget_s: float = 30.0,
                   solve_n: int = 1000, log: Any = None) -> dict[tuple, Unit]:
     """Measure every distinct unit the (computed) trials need, once each."""
-    from workers.kernels import _MAX_SIDE, _path
+    from workers.kernels import plan_tiles
 
     units: dict[tuple, Unit] = {}
     for t in trials:
@@ -256,8 +264,9 @@ def measure_units(trials: Iterable[Trial], *, steps: int = 200, budget_s: float 
             if key not in units:
                 if log:
                     log(f"timing kernel tile: {c['arch']} depth {key[2]} {key[3]}x{key[3]}")
-                n = data_sizes(c)["train"]
-                side = min(_MAX_SIDE[_path([c["arch"]])], max(n, 1))
+                n = max(data_sizes(c)["train"], 1)
+                r0, r1, _, _ = plan_tiles(n, n, symmetric=True, **tile_options(c))[0]
+                side = r1 - r0    # the side of the trial's own tiles
                 units[key] = measure_kernel(key, max_side=side, budget_s=budget_s,
                                             solve_n=min(solve_n, max(n, 2)))
         else:
