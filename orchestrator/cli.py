@@ -250,16 +250,34 @@ def _cells(results: str, sweep: str, metric: str):
     return fig2_cells(df, float(m.get("success_train_acc", 0.95)), metric), m
 
 
+_FIT_FIRST_OPT = typer.Option(None, help="Learning curves (fig4, figS6): points in the first "
+                              "power-law segment (default: the sweep file's)")
+_FIT_LAST_OPT = typer.Option(None, help="Learning curves: points in the last segment")
+
+
+def _fit_opts(first: object, last: object) -> dict:
+    """Segment lengths given on the command line (ints; anything else, e.g. when a command is
+    called as a function with its defaults, means 'the sweep file's default')."""
+    return {k: v for k, v in (("first", first), ("last", last)) if isinstance(v, int)}
+
+
 @app.command()
 def table(
     sweep: str = typer.Argument("fig2", help="Sweep name"),
     results: str = typer.Option("results", help=RESULTS_HELP),
     metric: str = typer.Option("best_test_acc", help="Column to aggregate"),
     fmt: str = typer.Option("text", "--format", help="text | csv"),
+    fit_first: int = _FIT_FIRST_OPT,
+    fit_last: int = _FIT_LAST_OPT,
 ) -> None:
-    """Fig. 2 table: mean ± std of the metric over successful seeds (in %), with counts."""
+    """Fig. 2 table: mean ± std of the metric over successful seeds (in %), with counts.
+    Other figures (fig3, fig4, figS1, figS5, figS6) print their own tables (figures.py)."""
     from orchestrator.analysis import fig2_layout
+    from orchestrator.figures import FIGURES, figure_table
 
+    if sweep in FIGURES:
+        print(figure_table(sweep, results, fmt=fmt, **_fit_opts(fit_first, fit_last)), end="")
+        return
     cells, m = _cells(results, sweep, metric)
     if fmt == "csv":
         print(cells.to_csv(index=False), end="")
@@ -280,10 +298,17 @@ def plot(
     results: str = typer.Option("results", help=RESULTS_HELP),
     out: str = typer.Option(None, help="PNG path (default <results>/<sweep>/<sweep>.png)"),
     metric: str = typer.Option("best_test_acc", help="Column to plot"),
+    fit_first: int = _FIT_FIRST_OPT,
+    fit_last: int = _FIT_LAST_OPT,
 ) -> None:
-    """Fig. 2 figure: panels NTK, NN, NN+; bars per arch and transform."""
+    """Fig. 2 figure: panels NTK, NN, NN+; bars per arch and transform. Other figures
+    (fig3, fig4, figS1, figS5, figS6) draw their own plots (figures.py)."""
     from orchestrator.analysis import plot_fig2
+    from orchestrator.figures import FIGURES, figure_plot
 
+    if sweep in FIGURES:
+        print(f"wrote {figure_plot(sweep, results, out, **_fit_opts(fit_first, fit_last))}")
+        return
     cells, m = _cells(results, sweep, metric)
     path = out or f"{results.rstrip('/')}/{sweep}/{sweep}.png"
     p = plot_fig2(cells, path, title=f"{sweep} [{m['preset']}]: {metric}")
