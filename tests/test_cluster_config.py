@@ -133,6 +133,9 @@ def test_results_on_object_storage_and_mlflow_on_the_head(name, scheme):
 
     fs_name = {"s3://": "S3FileSystem", "gs://": "GcsFileSystem"}[scheme]
     assert hasattr(pafs, fs_name)
+    # MLflow's server needs the bucket's client library to store artifacts there
+    client = {"s3://": "boto3", "gs://": "google-cloud-storage"}[scheme]
+    assert any(f"pip install -q {client}" in c for c in cfg["head_setup_commands"])
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
