@@ -1,0 +1,114 @@
+"""Fig. S1 (Appendix E) of Xiao & Pennington (2022): along the rotation path tau_t.
+
+tau_t = exp(-t A) with a random skew-symmetric 3x3 A_alpha per pixel (t = 0 is the identity,
+t = 1 deep inside O(3)^d). For each width n and t on an even grid in [0, 1], VEC_n is trained
+with NN+ on tau_t-transformed data from 10 initialisations (seeds: init and the path's A);
+GAP_n (same widths, untransformed data, same seeds) and VEC_inf (NTK regression; O(3)^d-invariant,
+so t does not matter) are the references. Every trial stores its test predictions
+(``store_predictions``: <results>/figS1/predictions/<trial_id>-a<attempt>.npy) and the analysis
+combines them: ensemble accuracy of VEC_n^tau_t, S-Dist(VEC_n^tau_t, GAP_n) and
+S-Dist(VEC_n^tau_t, VEC_inf), the mean over initialisations taken before the distance.
+Paper: accuracy and the distance to GAP_n get worse with n and t; the distance to VEC_inf shrinks.
+
+    symsweep run sweeps/figS1.py --preset smoke ; symsweep table figS1 ; symsweep plot figS1
+
+Presets:
+- smoke: synthetic 8x8, depth 2, widths 4 and 8, t in {0, 0.5, 1}, 3 seeds, 300 steps.
+- cpu: CIFAR-10 pooled to 8x8, depth 8, widths 8..32, t in {0, 0.25, ..., 1}, 5 seeds,
+  2,000 train / 500 test, 2,000 steps.
+- paper: 45k/5k/10k at 32x32, depth 8, widths 64..512, t in {0, 0.25, ..., 1}, 10 seeds.
+"""
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from orchestrator.figures import CompositeSweep
+from orchestrator.spec import Preset, Sweep
+
+WIDTHS = {"smoke": [4, 8], "cpu": [8, 16, 32], "paper": [64, 128, 256, 512]}
+TIMES = {"smoke": [0.0, 0.5, 1.0], "cpu": [0.0, 0.25, 0.5, 0.75, 1.0],
+         "paper": [0.0, 0.25, 0.5, 0.75, 1.0]}
+
+
+def kernel_with_predictions(config: Mapping[str, Any],
+                            report: Callable[[dict, str | None], None] | None = None, *,
+                            map_tiles: Callable | None = None) -> dict[str, Any]:
+    """`workers.kernel_trial.run_kernel_trial`, plus (with ``store_predictions``) the test
+    predictions (N_test, K) of the trial's kernel under ``predictions``; the second pass over
+    the kernel reads the tiles the first one cached."""
+    import numpy as np
+
+    from workers.data import build_dataset
+    from workers.kernel_trial import FULL_COV, run_kernel_trial
+    from workers.kernels import kernel_matrices
+    from workers.regression import kernel_predict
+
+    result = run_kernel_trial(config, report, map_tiles=map_tiles)
+    if not config.get("store_predictions"):
+        return result
+    arch, inference = config["arch"], config.get("inference", "ntk")
+    ds = build_dataset(dict(config))
+    kw: dict[str, Any] = dict(depth=int(config.get("depth", 8)),
+                              w_var=float(config.get("w_var", 2.0)),
+                              b_var=float(config.get("b_var", 0.01)), map_tiles=map_tiles)
+    if config.get("tile_memory_bytes"):
+        kw["memory_bytes"] = int(config["tile_memory_bytes"])
+    if config.get("kernel_dtype"):
+        kw["dtype"] = np.dtype(config["kernel_dtype"]).type
+    if config.get("tile_side"):
+        kw["max_side"] = int(config["tile_side"])
+    archs = list(FULL_COV) if arch in FULL_COV else [arch]
+    k_tr = kernel_matrices(archs, ds.x_train, None, **kw)[arch][inference]
+    k_te = kernel_matrices(archs, ds.x_test, ds.x_train, **kw)[arch][inference]
+    reg = {} if config.get("diag_reg") is None else {"diag_reg": config["diag_reg"]}
+    result["predictions"] = np.asarray(kernel_predict(k_tr, k_te, ds.y_train, **reg))
+    return result
+
+
+SMOKE = Preset(
+    description="synthetic 8x8, depth 2, widths 4, 8, t 0/0.5/1, 3 seeds, 300 steps",
+    config=dict(dataset="synthetic", image_size=8, train_size=256, val_size=0, test_size=256,
+                depth=2, w_var=2.0, b_var=0.01, max_steps=300, eval_every=100,
+                checkpoint_every=300, batch_size=40, eta0_samples=64, eta0_inits=1,
+                store_predictions=True),
+    width={"vec": 8, "gap": 8}, seeds=(0, 1, 2),
+    resources=dict(train=dict(cpu=1), kernel=dict(cpu=1)),
+    success_train_acc=0.0,  # 300 steps do not reach 95% train accuracy: every run counts
+)
+CPU = Preset(
+    description="CIFAR-10 pooled to 8x8, depth 8, widths 8..32, 5 t, 5 seeds, 2000 steps",
+    config=dict(dataset="cifar10", data_dir="../shared/data", image_size=8, train_size=2000,
+                val_size=0, test_size=500, depth=8, w_var=2.0, b_var=0.01, max_steps=2000,
+                eval_every=500, checkpoint_every=1000, batch_size=40, eta0_samples=128,
+                eta0_inits=1, train_eval_size=1000, store_predictions=True),
+    width={"vec": 16, "gap": 16}, seeds=(0, 1, 2, 3, 4),
+    resources=dict(train=dict(cpu=1), kernel=dict(cpu=1)),
+    success_train_acc=0.0,
+)
+PAPER = Preset(
+    description="the paper: 45k/5k/10k at 32x32, depth 8, widths 64..512, 10 inits, 1e6 steps",
+    config=dict(dataset="cifar10", val_size=5000, depth=8, w_var=2.0, b_var=0.01,
+                max_steps=1_000_000, eval_every=10_000, checkpoint_every=10_000, batch_size=40,
+                store_predictions=True),
+    width={"vec": 128, "gap": 128}, seeds=tuple(range(10)),
+    resources=dict(train=dict(cpu=1, gpu=0.25), kernel=dict(cpu=1, tile_cpu=1, tile_gpu=1)),
+    success_train_acc=0.95, max_failures=3,
+)
+PRESETS = dict(smoke=SMOKE, cpu=CPU, paper=PAPER)
+
+VEC_PATH = Sweep(name="figS1", presets=PRESETS, axes=dict(
+    inference=["nn_plus"], arch=["vec"], transform=["identity"], width=WIDTHS["paper"],
+    path_t=TIMES["paper"]))
+GAP = Sweep(name="figS1", presets=PRESETS, axes=dict(
+    inference=["nn_plus"], arch=["gap"], transform=["identity"], width=WIDTHS["paper"]))
+VEC_INF = Sweep(name="figS1", presets=PRESETS, axes=dict(
+    inference=["ntk"], arch=["vec"], transform=["identity"]))
+
+SWEEP = CompositeSweep(
+    "figS1", [VEC_PATH, GAP, VEC_INF], description=__doc__.splitlines()[0],
+    workers={"kernel": kernel_with_predictions},
+    preset_axes={p: {"width": WIDTHS[p], "path_t": TIMES[p]} for p in PRESETS},
+)
+
+if __name__ == "__main__":
+    raise SystemExit(SWEEP.main())
