@@ -359,6 +359,7 @@ class Plan:
     gpus: int
     device_factor: float
     wall: dict[str, float]
+    load: float = 0.0       # highest 1-minute load average seen while measuring
 
     def device_hours(self) -> float:
         return sum(c.gpu_s for c in self.costs) / self.device_factor / 3600
@@ -381,6 +382,7 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         return {"sweep": self.sweep, "preset": self.preset, "gpus": self.gpus,
+                "load_average": self.load,
                 "device_factor": self.device_factor, "device_hours": self.device_hours(),
                 "cpu_solve_hours": self.cpu_solve_hours(), "wall": self.wall,
                 "units": [{**asdict(u), "key": list(u.key)} for u in self.units.values()],
@@ -419,11 +421,20 @@ def make_plan(sweep: Sweep, preset: str, *, gpus: int = 8, device_factor: float 
         if not trials:
             raise ConfigError("--only leaves no trial to plan")
     units = dict(units or {})
-    units.update(measure_units([t for t in trials if _key(t) not in units], steps=steps,
-                               budget_s=budget_s, solve_n=solve_n, log=log))
+    todo = [t for t in trials if _key(t) not in units]
+    load = _load()
+    units.update(measure_units(todo, steps=steps, budget_s=budget_s, solve_n=solve_n, log=log))
+    load = max(load, _load()) if todo else 0.0
     costs = [trial_cost(t, units) for t in trials]
     return Plan(sweep.name, preset, costs, units, gpus, device_factor,
-                wall_time(costs, gpus, device_factor))
+                wall_time(costs, gpus, device_factor), load)
+
+
+def _load() -> float:
+    try:
+        return float(os.getloadavg()[0])
+    except (OSError, AttributeError):  # pragma: no cover - not on Linux/macOS
+        return 0.0
 
 
 def _key(t: Trial) -> tuple:
@@ -463,6 +474,11 @@ def format_plans(plans: list[Plan]) -> str:
     out.append(f"symsweep plan: measured on {platform.node()} ({cpu}, {os.cpu_count()} CPUs), "
                f"{_device_desc()}; device factor {first.device_factor:g} (device time = "
                f"measured time / factor); {first.gpus} GPU(s)")
+    load = max(p.load for p in plans)
+    if load > (os.cpu_count() or 1):
+        out.append(f"WARNING: load average {load:.1f} on {os.cpu_count()} CPUs while measuring: "
+                   "other processes shared the CPUs, so the times below are inflated; measure "
+                   "on an idle machine for a tighter plan")
     out.append("")
     out.append("Measured unit costs (warm, compile excluded):")
     seen: set[tuple] = set()

@@ -175,3 +175,17 @@ def test_plan_bad_input_is_one_line_exit_2(tmp_path, capsys, extra, msg):
                  "--only", "arch=fcn", *extra])
     err = capsys.readouterr().err
     assert code == 2 and msg in err and len(err.strip().splitlines()) == 1
+
+
+def test_busy_machine_is_flagged():
+    import os
+
+    from orchestrator.plan import Plan, format_plans
+
+    costs = [_cost(3600.0)]
+    quiet = Plan("fig2", "smoke", costs, {}, 1, 1.0, wall_time(costs, 1, 1.0), load=0.0)
+    busy = Plan("fig2", "smoke", costs, {}, 1, 1.0, wall_time(costs, 1, 1.0),
+                load=4.0 * (os.cpu_count() or 1))
+    assert "WARNING: load average" not in format_plans([quiet])
+    text = format_plans([busy])
+    assert "WARNING: load average" in text and "figure total: 1.0 h device time" in text
