@@ -176,3 +176,16 @@ def test_wrong_image_shape_is_a_clear_error():
         tau(np.zeros((2, 8, 8, 3)))
     with pytest.raises(ConfigError, match="image_shape must be"):
         make_transform("identity", 0, (8, 8))
+
+
+@pytest.mark.parametrize("name", TRANSFORMS)
+def test_empty_batch(name):
+    y = make_transform(name, 0, SHAPE)(np.zeros((0, *SHAPE), np.float32))
+    assert y.shape == (0, *SHAPE) and y.dtype == np.float32
+
+
+def test_memoised_draws_are_read_only():
+    tau = make_transform("global_rotation", 0, SHAPE)
+    assert make_transform("global_rotation", 0, SHAPE) is tau
+    with pytest.raises(ValueError):
+        tau.O[0, 0] = 1.0

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -111,9 +112,9 @@ class Transform:
             qs = self.Qs.reshape(h, w, c, c).astype(dt)
             return np.einsum("hwij,nhwj->nhwi", qs, x)
         if self.perm is not None:
-            return x.reshape(n, -1)[:, self.perm].reshape(x.shape)
+            return x.reshape(n, h * w * c)[:, self.perm].reshape(x.shape)
         if self.O is not None:
-            flat = x.reshape(n, -1)
+            flat = x.reshape(n, h * w * c)
             ot = self.O.T.astype(dt)
             out = np.empty_like(flat)
             for s in range(0, n, _CHUNK):
@@ -143,13 +144,19 @@ def make_transform(
 ) -> Transform:
     """Draw the fixed tau of group `transform` from `seed` (same seed, same tau).
 
-    Raises `ConfigError` for an unknown name, listing the valid ones.
+    Raises `ConfigError` for an unknown name, listing the valid ones. Draws are memoised per
+    process: the 3072 x 3072 QR of a CIFAR global rotation costs seconds, and one process
+    (a trial, a test session) often needs the same tau for several datasets.
     """
     if transform not in TRANSFORMS:
         raise ConfigError(
             f"unknown transform {transform!r}; choose one of: {', '.join(TRANSFORMS)}"
         )
-    shape = _check_shape(image_shape)
+    return _draw(transform, int(seed), _check_shape(image_shape))
+
+
+@lru_cache(maxsize=8)
+def _draw(transform: str, seed: int, shape: tuple[int, int, int]) -> Transform:
     h, w, c = shape
     rng = _rng(transform, seed)
     kw: dict = {}
@@ -161,6 +168,8 @@ def make_transform(
         kw["perm"] = rng.permutation(h * w * c)
     elif transform == "global_rotation":
         kw["O"] = haar_orthogonal(rng, h * w * c)
+    for arr in kw.values():
+        arr.flags.writeable = False  # shared by every caller of the memoised draw
     return Transform(transform, int(seed), shape, **kw)
 
 
