@@ -318,7 +318,7 @@ def plot(
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     try:
-        app(args=argv, standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False)
     except UserError as err:
         print(f"symsweep: error: {err}", file=sys.stderr)
         return err.exit_code
@@ -336,7 +336,9 @@ def main(argv: list[str] | None = None) -> int:
             print("Aborted.", file=sys.stderr)
             return 130
         raise
-    return 0
+    # with standalone_mode=False click returns the code of a `typer.Exit(code)` instead of
+    # raising it
+    return rv if isinstance(rv, int) else 0
 
 
 def console() -> None:
