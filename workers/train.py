@@ -257,16 +257,11 @@ def _compiled_run(model: Any, n: int, bs: int, use_momentum: bool, use_l2: bool)
         tx = _sgd(hp["lr"], hp["momentum"] if use_momentum else None)
         grad_fn = jax.value_and_grad(partial(batch_loss, model))
 
-        def cond(c: tuple) -> jax.Array:
-            return (c[0] < n_steps) & (c[4] < 0)
+        end = start + n_steps
 
-        def body(c: tuple) -> tuple:
-            i, st, perm, loss_sum, bad_step, bad_loss = c
-            step = start + i
-            pos = step % spe
-            perm = jax.lax.cond((pos == 0) & (i > 0),
-                                lambda: _epoch_perm(data_key, step // spe, n), lambda: perm)
-            idx = jax.lax.dynamic_slice(perm, (pos * bs,), (bs,))
+        def step_fn(perm: jax.Array, c: tuple) -> tuple:
+            step, st, loss_sum, bad_step, bad_loss = c
+            idx = jax.lax.dynamic_slice(perm, ((step % spe) * bs,), (bs,))
             loss, g = grad_fn(st["params"], x[idx], y[idx], hp["l2"] if use_l2 else 0.0)
             updates, opt_state = tx.update(g, st["opt_state"], st["params"])
             params = optax.apply_updates(st["params"], updates)
@@ -274,13 +269,21 @@ def _compiled_run(model: Any, n: int, bs: int, use_momentum: bool, use_l2: bool)
             bad_step = jnp.where(bad, step, bad_step)
             bad_loss = jnp.where(bad, loss, bad_loss)
             new = {"params": params, "opt_state": opt_state}
-            return i + 1, new, perm, loss_sum + jnp.where(bad, 0.0, loss), bad_step, bad_loss
+            return step + 1, new, loss_sum + jnp.where(bad, 0.0, loss), bad_step, bad_loss
+
+        def epoch_fn(c: tuple) -> tuple:
+            # one epoch (or the part of it inside [start, end)): the permutation is drawn once
+            epoch = c[0] // spe
+            perm = _epoch_perm(data_key, epoch, n)
+            stop = jnp.minimum(end, (epoch + 1) * spe)
+            return jax.lax.while_loop(lambda c: (c[0] < stop) & (c[3] < 0),
+                                      partial(step_fn, perm), c)
 
         dt = x.dtype
-        c0 = (jnp.asarray(0, jnp.int32), state, _epoch_perm(data_key, start // spe, n),
-              jnp.zeros((), dt), jnp.asarray(-1, jnp.int32), jnp.zeros((), dt))
-        i, st, _, loss_sum, bad_step, bad_loss = jax.lax.while_loop(cond, body, c0)
-        return st, i, loss_sum, bad_step, bad_loss
+        c0 = (start, state, jnp.zeros((), dt), jnp.asarray(-1, jnp.int32), jnp.zeros((), dt))
+        step, st, loss_sum, bad_step, bad_loss = jax.lax.while_loop(
+            lambda c: (c[0] < end) & (c[3] < 0), epoch_fn, c0)
+        return st, step - start, loss_sum, bad_step, bad_loss
 
     return jax.jit(run, donate_argnums=(0,))
 
