@@ -203,6 +203,10 @@ def main() -> None:
     peak = machine_gflops()
 
     lines = [
+        "`.venv/bin/python benchmarks/kernels.py` (about 15-30 minutes here, most of it "
+        "neural-tangents on gap/lap; `--quick` for a smoke run). Method and flop count: see the "
+        "script's docstring.",
+        "",
         f"Depth {DEPTH}, 32x32x3, float32, NNGP + NTK, warm; "
         f"measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on "
         f"{os.cpu_count()} CPU cores (shared machine: other jobs were running, so absolute "
