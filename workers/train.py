@@ -201,7 +201,7 @@ def _model_apply_fn(model: Any) -> Callable:
 
 
 def estimate_eta0(model: Any, x_sample: np.ndarray, *, inits: int = 3, seed: int = 0,
-                  max_iter: int = 40, rtol: float = 1e-6) -> dict:
+                  max_iter: int = 40, rtol: float = 1e-4) -> dict:
     """eta_0 = 2 n K / mean_init lambda_max(Theta_hat) on x_sample (n, H, W, C).
 
     Returns {"eta0", "lambda_max" (list per init), "n", "seconds"}.

@@ -1,0 +1,169 @@
+"""Benchmark the SGD worker: steps/s of symsweep's training loop against a bare hand-written jit
+loop of the same model, side by side, per arch at the paper's widths; and eta_0 per arch on a
+real CIFAR-10 sample with the time its estimate takes.
+
+    .venv/bin/python benchmarks/train.py --data-dir ../shared/data            # all archs
+    .venv/bin/python benchmarks/train.py --archs fcn lcn --steps fcn=400 lcn=20
+
+Both loops run the same model, loss (1/(2KB) sum |f - y|^2 + lambda/2 |theta|^2, nn_plus
+settings), optimiser (optax SGD, momentum 0.9), batch 40 and batch order; each is compiled and
+warmed up first, then timed in alternation (bare, symsweep, bare, symsweep, ...) so that load
+from other processes hits both alike; the table reports the best of the repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from workers.models import ARCHS, PAPER_WIDTHS, count_params, init_params, make_model
+from workers.train import Trainer, estimate_eta0
+
+# default step counts: a few seconds to a minute per timed repeat on 2 CPU cores
+DEFAULT_STEPS = {"fcn": 100, "lcn": 4, "vec": 2, "gap": 2, "lap4": 2, "lap8": 2}
+
+
+def load_images(data_dir: str | None, n: int, image_size: int) -> tuple[np.ndarray, np.ndarray,
+                                                                         str]:
+    """(x (n, S, S, 3), y (n, 10), source) from CIFAR-10 if available, else synthetic."""
+    from workers.data import build_dataset
+
+    cfg = dict(train_size=n, val_size=0, test_size=10, image_size=image_size)
+    if data_dir:
+        ds = build_dataset({**cfg, "dataset": "cifar10", "data_dir": data_dir})
+        return ds.x_train, ds.y_train, "cifar10"
+    ds = build_dataset({**cfg, "dataset": "synthetic"})
+    return ds.x_train, ds.y_train, "synthetic"
+
+
+def bare_loop(model, x, y, idx, *, lr, l2, momentum=0.9):
+    """The reference: a plain jit-compiled fori_loop over precomputed batch indices idx (S, B)."""
+    tx = optax.sgd(lr, momentum=momentum)
+
+    def loss(p, xb, yb):
+        f = model.apply({"params": p}, xb)
+        sq = sum(jnp.sum(p_ ** 2) for p_ in jax.tree_util.tree_leaves(p))
+        return 0.5 * jnp.mean((f - yb) ** 2) + 0.5 * l2 * sq
+
+    @jax.jit
+    def run(params, opt_state, x, y, idx):
+        def body(i, c):
+            p, o = c
+            g = jax.grad(loss)(p, x[idx[i]], y[idx[i]])
+            u, o = tx.update(g, o, p)
+            return optax.apply_updates(p, u), o
+        return jax.lax.fori_loop(0, idx.shape[0], body, (params, opt_state))
+
+    return run, tx
+
+
+def _block(tree):
+    jax.tree_util.tree_map(lambda a: a.block_until_ready(), tree)
+
+
+def bench_arch(arch: str, x: np.ndarray, y: np.ndarray, steps: int, repeats: int,
+               eta0_samples: int, eta0_inits: int) -> dict:
+    width = PAPER_WIDTHS[arch]
+    model = make_model(arch, width, depth=8)
+    params = init_params(model, 0, x.shape[1:])
+    out = {"arch": arch, "width": width, "params": count_params(params), "steps": steps}
+
+    t0 = time.perf_counter()
+    est = estimate_eta0(model, x[:eta0_samples], inits=eta0_inits, seed=0)
+    out.update(eta0=est["eta0"], eta0_s=time.perf_counter() - t0, eta0_n=est["n"],
+               eta0_inits=eta0_inits, lambda_max=est["lambda_max"])
+    lr, l2 = 8 * est["eta0"], 1e-7
+
+    tr = Trainer(model, x, y, lr=lr, batch_size=40, momentum=0.9, l2=l2, seed=0,
+                 diverge_loss=float("inf"))
+    idx = jnp.asarray(np.stack([tr.batch_indices(s) for s in range(steps)]))
+    bare, tx = bare_loop(model, tr.x, tr.y, idx, lr=lr, l2=l2)
+
+    # compile + warm up both (one full run each, not timed)
+    t = time.perf_counter()
+    st, _ = tr.run(tr.init_state(params), 0, steps)
+    _block(st)
+    out["compile_symsweep_s"] = time.perf_counter() - t
+    p0 = jax.tree_util.tree_map(jnp.array, params)
+    t = time.perf_counter()
+    pb, _ = bare(p0, tx.init(p0), tr.x, tr.y, idx)
+    _block(pb)
+    out["compile_bare_s"] = time.perf_counter() - t
+    # same trajectory (same steps, same batches): a check that both time the same work
+    out["max_param_diff"] = float(max(
+        np.max(np.abs(np.asarray(a) - np.asarray(b)))
+        for a, b in zip(jax.tree_util.tree_leaves(st["params"]), jax.tree_util.tree_leaves(pb),
+                        strict=True)))
+
+    # wall time and process CPU time (all threads): on a shared machine the CPU time is the
+    # stable measure of the work done, the wall time depends on what else runs
+    wall = {"sym": [], "bare": []}
+    cpu = {"sym": [], "bare": []}
+    for _ in range(repeats):
+        p = jax.tree_util.tree_map(jnp.array, params)
+        o = tx.init(p)
+        t, c = time.perf_counter(), time.process_time()
+        _block(bare(p, o, tr.x, tr.y, idx))
+        wall["bare"].append(time.perf_counter() - t)
+        cpu["bare"].append(time.process_time() - c)
+        state = tr.init_state(params)
+        t, c = time.perf_counter(), time.process_time()
+        state, info = tr.run(state, 0, steps)     # includes the host sync for info
+        _block(state)
+        wall["sym"].append(time.perf_counter() - t)
+        cpu["sym"].append(time.process_time() - c)
+    out["symsweep_steps_s"] = steps / min(wall["sym"])
+    out["bare_steps_s"] = steps / min(wall["bare"])
+    out["symsweep_cpu_s_per_step"] = min(cpu["sym"]) / steps
+    out["bare_cpu_s_per_step"] = min(cpu["bare"]) / steps
+    out["overhead_wall_pct"] = 100.0 * (min(wall["sym"]) / min(wall["bare"]) - 1.0)
+    out["overhead_cpu_pct"] = 100.0 * (min(cpu["sym"]) / min(cpu["bare"]) - 1.0)
+    out["wall"], out["cpu"] = wall, cpu
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--archs", nargs="+", default=list(ARCHS))
+    ap.add_argument("--steps", nargs="*", default=[], help="per-arch step counts, e.g. fcn=400")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--train-size", type=int, default=2000)
+    ap.add_argument("--data-dir", default=None, help="CIFAR-10 source (else synthetic data)")
+    ap.add_argument("--eta0-samples", type=int, default=16)
+    ap.add_argument("--eta0-inits", type=int, default=1)
+    ap.add_argument("--json", default=None, help="also write the rows to this file")
+    a = ap.parse_args(argv)
+    steps = dict(DEFAULT_STEPS)
+    steps.update({k: int(v) for k, v in (s.split("=") for s in a.steps)})
+    x, y, source = load_images(a.data_dir, a.train_size, a.image_size)
+    print(f"# data: {source} {x.shape}, backend {jax.default_backend()}, "
+          f"devices {jax.devices()}", flush=True)
+    rows = []
+    hdr = ("| arch | width | params | steps | symsweep steps/s (wall) | bare steps/s (wall) | "
+           "overhead wall | CPU s/step symsweep | CPU s/step bare | overhead CPU | eta_0 | "
+           "eta_0 time (n, inits) |")
+    print(hdr + "\n|" + "---|" * 12, flush=True)
+    for arch in a.archs:
+        r = bench_arch(arch, x, y, steps[arch], a.repeats, a.eta0_samples, a.eta0_inits)
+        rows.append(r)
+        print(f"| {arch} | {r['width']} | {r['params']:,} | {r['steps']} | "
+              f"{r['symsweep_steps_s']:.3g} | {r['bare_steps_s']:.3g} | "
+              f"{r['overhead_wall_pct']:+.1f}% | {r['symsweep_cpu_s_per_step']:.3g} | "
+              f"{r['bare_cpu_s_per_step']:.3g} | {r['overhead_cpu_pct']:+.1f}% | "
+              f"{r['eta0']:.4g} | {r['eta0_s']:.0f} s "
+              f"({r['eta0_n']}, {r['eta0_inits']}) |", flush=True)
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump({"source": source, "shape": list(x.shape), "rows": rows}, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
