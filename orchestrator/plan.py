@@ -17,7 +17,7 @@ Projection per trial (an upper bound where runs can stop early):
 
 * finite run: eta_0 estimate + max_steps x step + (max_steps // eval_every) x (train + val +
   test images) x forward. eta_0 (`workers.train` defaults: 3 inits, n = 256 images): one
-  NTK-vector product is timed (on 256 images, or on 8 and scaled when slow) and counted 41
+  NTK-vector product is timed (on 256 images, or on 2 and scaled when slow) and counted 41
   times per init (a linearisation plus at most 40 Lanczos products: a bound, Lanczos usually
   stops sooner). Runs that reach 100% training accuracy stop earlier; NN+'s L2 term is not
   timed separately.
@@ -55,6 +55,7 @@ from workers.errors import ConfigError
 
 CIFAR_SIZES = {"train": 45_000, "val": 5_000, "test": 10_000}
 ETA0_INITS, ETA0_SAMPLES, LANCZOS_ITERS, NUM_CLASSES = 3, 256, 40, 10
+ETA0_PROBE = 2  # images of the first timed NTK-vector product
 # side of the first (probe) tile timed per arch: fcn pairs are cheap, gap/lap pairs dear
 _PROBE_SIDE = {"fcn": 64, "lcn": 8, "vec": 8, "gap": 2, "lap4": 2, "lap8": 2}
 
@@ -181,16 +182,16 @@ def measure_train(key: tuple, *, steps: int = 200, budget_s: float = 30.0) -> Un
     t0 = time.perf_counter()
     trainer.predict(state["params"], xb, batch)
     unit.fwd_s_per_image = (time.perf_counter() - t0) / batch
-    # eta_0: one Lanczos product Theta_hat u (K JVPs + K VJPs) on 8 images; again on the
-    # full eta_0 sample when that fits in the budget, else scaled linearly to it
+    # eta_0: one Lanczos product Theta_hat u (K JVPs + K VJPs) on ETA0_PROBE images; again on
+    # the full eta_0 sample when that fits in the budget, else scaled linearly to it
     n_full = ETA0_SAMPLES
-    t8 = _time_matvec(model, state["params"], np.resize(x, (8, *x.shape[1:])))
-    if t8 * n_full / 8 * 3 < budget_s:
+    t_probe = _time_matvec(model, state["params"], np.resize(x, (ETA0_PROBE, *x.shape[1:])))
+    if t_probe * n_full / ETA0_PROBE * 3 < budget_s:
         unit.matvec_s = _time_matvec(model, state["params"],
                                      np.resize(x, (n_full, *x.shape[1:])))
     else:
-        unit.matvec_s = t8 * n_full / 8
-        unit.notes.append(f"eta_0 product timed on 8 images, scaled to {n_full}")
+        unit.matvec_s = t_probe * n_full / ETA0_PROBE
+        unit.notes.append(f"eta_0 product timed on {ETA0_PROBE} images, scaled to {n_full}")
     return unit
 
 
