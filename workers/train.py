@@ -465,7 +465,10 @@ def train_arrays(config: dict, dataset: Any, report: Report | None = None, *,
     test_acc, test_mse, val_acc, val_mse, train_acc, train_loss, steps, eta0, lr, l2, error,
     wall_s, n_params, eta0_seconds, history (list of the evaluation records) and checkpoint
     (the last checkpoint directory or None); with config ``store_predictions`` also
-    predictions, the final model's test outputs (N_test, K) float32.
+    predictions, the final model's test outputs (N_test, K) float32. ``train_loss`` is the
+    mean objective (data loss plus the L2 term, about 5e-8 * n_params for nn_plus) over the
+    steps since the previous evaluation; ``*_mse`` are means over N x K entries of
+    (f(x) - y)^2; accuracies and MSEs of an empty split (e.g. val_size=0) are NaN.
     """
     t_start = time.perf_counter()
     cfg = resolve_config(config)
