@@ -216,10 +216,8 @@ def fig3_table(df: pd.DataFrame, m: Mapping[str, Any], fmt: str = "text", **_: A
             s = sub[sub["inference"] == inf]
             if s["width"].isna().all():
                 r = s.iloc[0]
-                tab[f"{LABELS[inf]} (VEC_inf)"] = {
-                    f"n={w}": format_cell(r["mean"], r["std"], r["n_success"], r["n_finished"])
-                    for w in widths[:1]} | {"level": format_cell(
-                        r["mean"], r["std"], r["n_success"], r["n_finished"])}
+                tab[f"{LABELS[inf]} (VEC_inf)"] = {"level": format_cell(
+                    r["mean"], r["std"], r["n_success"], r["n_finished"])}
                 continue
             tab[LABELS[inf]] = {f"n={int(r.width)}": format_cell(r.mean, r.std, r.n_success,
                                                                  r.n_finished)

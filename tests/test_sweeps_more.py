@@ -59,7 +59,8 @@ def run_subset(sweep: Sweep, preset: str, results: Path, keep=lambda t: True,
     return out
 
 
-FAST = {"max_steps": 40, "eval_every": 20, "checkpoint_every": 40}
+# few steps and a given eta_0 (its estimate is tested in test_train.py): compile time dominates
+FAST = {"max_steps": 40, "eval_every": 20, "checkpoint_every": 40, "eta0": 0.02}
 
 
 # ---------------------------------------------------------------------------- expansion
