@@ -179,6 +179,15 @@ def _plt() -> Any:
     return plt
 
 
+def _loglog(ax: Any) -> None:
+    """Log-log axes with labels on the major (decade) ticks only (minor labels overlap)."""
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _title(sweep: str, m: Mapping[str, Any], what: str) -> str:
     return f"{sweep} [{m.get('preset')}]: {what}"
 
@@ -391,8 +400,7 @@ def curves_plot(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path,
             _draw_fit(ax, fits["first"], col, "--")
             _draw_fit(ax, fits["last"], col, ":")
     for ax, q in zip(axes, ("test error (1 - best test accuracy)", "test MSE"), strict=True):
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        _loglog(ax)
         ax.set_xlabel("training-set size m")
         ax.set_ylabel(q)
         ax.grid(alpha=0.3, which="both")
@@ -454,8 +462,7 @@ def figS6_plot(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path,
                 f = segment_fits(g["m"], g[q], first=2, last=2)["all"]
                 lab = f"{SHORT_T[tr]} {f.slope:+.2f}" if f is not None else SHORT_T[tr]
                 ax.plot(g["m"], g[q], "o-", ms=3, color=colors[tr], label=lab)
-            ax.set_xscale("log")
-            ax.set_yscale("log")
+            _loglog(ax)
             ax.grid(alpha=0.3, which="both")
             ax.legend(fontsize=6)
             if i == 0:
