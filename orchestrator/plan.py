@@ -17,10 +17,10 @@ Projection per trial (an upper bound where runs can stop early):
 
 * finite run: eta_0 estimate + max_steps x step + (max_steps // eval_every) x (train + val +
   test images) x forward. eta_0 (`workers.train` defaults: 3 inits, n = 256 images): one
-  NTK-vector product is timed (on 256 images, or on 2 and scaled when slow) and counted 41
-  times per init (a linearisation plus at most 40 Lanczos products: a bound, Lanczos usually
-  stops sooner). Runs that reach 100% training accuracy stop earlier; NN+'s L2 term is not
-  timed separately.
+  NTK-vector product is timed (on 256 images, or on 2 and 8 and extended along that line
+  when slow) and counted 41 times per init (a linearisation plus at most 40 Lanczos
+  products: a bound, Lanczos usually stops sooner). Runs that reach 100% training accuracy
+  stop earlier; NN+'s L2 term is not timed separately.
 * kernel cell: pairs x pair-time, the pairs being those of the tiles
   `workers.kernels.plan_tiles` lays out for train x train (upper triangle), test x train and
   val x train; plus two regression solves (NNGP and NTK) scaled as (N / solve_n)^3. The solves
@@ -182,16 +182,20 @@ def measure_train(key: tuple, *, steps: int = 200, budget_s: float = 30.0) -> Un
     t0 = time.perf_counter()
     trainer.predict(state["params"], xb, batch)
     unit.fwd_s_per_image = (time.perf_counter() - t0) / batch
-    # eta_0: one Lanczos product Theta_hat u (K JVPs + K VJPs) on ETA0_PROBE images; again on
-    # the full eta_0 sample when that fits in the budget, else scaled linearly to it
-    n_full = ETA0_SAMPLES
-    t_probe = _time_matvec(model, state["params"], np.resize(x, (ETA0_PROBE, *x.shape[1:])))
-    if t_probe * n_full / ETA0_PROBE * 3 < budget_s:
+    # eta_0: one Lanczos product Theta_hat u (K JVPs + K VJPs) on the full eta_0 sample when
+    # that fits in the budget; else timed on ETA0_PROBE and 4 x ETA0_PROBE images and
+    # extrapolated along the line through both (a fixed per-product cost is not scaled up)
+    n_full, n1, n2 = ETA0_SAMPLES, ETA0_PROBE, 4 * ETA0_PROBE
+    t1 = _time_matvec(model, state["params"], np.resize(x, (n1, *x.shape[1:])))
+    if t1 * n_full / n1 * 3 < budget_s:
         unit.matvec_s = _time_matvec(model, state["params"],
                                      np.resize(x, (n_full, *x.shape[1:])))
     else:
-        unit.matvec_s = t_probe * n_full / ETA0_PROBE
-        unit.notes.append(f"eta_0 product timed on {ETA0_PROBE} images, scaled to {n_full}")
+        t2 = _time_matvec(model, state["params"], np.resize(x, (n2, *x.shape[1:])))
+        slope = max(t2 - t1, 0.0) / (n2 - n1)
+        unit.matvec_s = t2 + slope * (n_full - n2)
+        unit.notes.append(f"eta_0 product timed on {n1} and {n2} images ({t1:.3g} s, "
+                          f"{t2:.3g} s), extended to {n_full} along that line")
     return unit
 
 
