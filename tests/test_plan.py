@@ -119,7 +119,7 @@ def test_measured_step_time_predicts_an_independent_run():
     from workers.train import Trainer
 
     key = ("train", "fcn", 32, 2, 8, 40)
-    u = measure_train(key, steps=10, budget_s=5.0)
+    u = measure_train(key, steps=50, budget_s=5.0)
     assert u.step_s > 0 and u.fwd_s_per_image > 0 and u.matvec_s > 0 and u.steps_timed >= 1
     rng = np.random.default_rng(1)
     x = rng.standard_normal((400, 8, 8, 3)).astype(np.float32)
@@ -134,8 +134,10 @@ def test_measured_step_time_predicts_an_independent_run():
         st, info = tr.run(st, 0, 200)
         float(info["mean_loss"])
         best = min(best, time.perf_counter() - t0)
+    # wide bounds: other processes share this machine's CPUs and shift either timing; a wrong
+    # normalisation (per call instead of per step, steps miscounted) is off by >= 50x
     ratio = 200 * u.step_s / best
-    assert 0.2 < ratio < 5.0, (u.step_s, best)
+    assert 0.1 < ratio < 10.0, (u.step_s, best)
 
 
 def test_plan_command_smoke_end_to_end(tmp_path, capsys):
