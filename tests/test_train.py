@@ -47,6 +47,10 @@ def tiny_dataset(n_train=60, n_test=40, noise=1.0, seed=0):
 BASE = dict(arch="fcn", width=64, depth=1, eta0_samples=32, eta0_inits=1, batch_size=10)
 
 
+def _leaves(tree):
+    return [np.asarray(a) for a in jax.tree_util.tree_leaves(tree)]
+
+
 def _apply(model):
     return lambda p, x: model.apply({"params": p}, x)
 
@@ -102,9 +106,14 @@ def test_sgd_steps_match_a_numpy_implementation_of_the_paper_update():
     params = init_params(model, 7, (H, W, C))
     lr, l2, mom = 0.05, 1e-2, 0.9
     tr = Trainer(model, ds.x_train, ds.y_train, lr=lr, batch_size=8, momentum=mom, l2=l2,
-                 seed=4)
+                 seed=4, loop="device")
     state, info = tr.run(tr.init_state(params), 0, 7)
     assert info["steps_done"] == 7 and info["bad_step"] == -1
+    tr_host = Trainer(model, ds.x_train, ds.y_train, lr=lr, batch_size=8, momentum=mom, l2=l2,
+                      seed=4, loop="host")
+    state_host, _ = tr_host.run(tr_host.init_state(params), 0, 7)
+    for u, v in zip(_leaves(state), _leaves(state_host), strict=True):
+        np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6)
 
     d = H * W * C
     wk = np.asarray(params["readout"]["kernel"], np.float64)
@@ -139,11 +148,13 @@ def test_batch_order_is_a_permutation_per_epoch_and_a_function_of_seed_and_step(
     assert not np.array_equal(tr3.batch_indices(9), tr.batch_indices(9))
 
 
-def test_a_run_split_into_pieces_is_bit_identical():
+@pytest.mark.parametrize("loop", ["host", "device"])
+def test_a_run_split_into_pieces_is_bit_identical(loop):
     ds = tiny_dataset(n_train=50)
     model = make_model("gap", 4, depth=2)
     params = init_params(model, 1, (H, W, C))
-    tr = Trainer(model, ds.x_train, ds.y_train, lr=0.3, batch_size=10, l2=1e-3, seed=2)
+    tr = Trainer(model, ds.x_train, ds.y_train, lr=0.3, batch_size=10, l2=1e-3, seed=2,
+                 loop=loop)
     whole, _ = tr.run(tr.init_state(params), 0, 23)
     part = tr.init_state(params)
     for a, b in ((0, 4), (4, 5), (9, 14)):   # crosses epoch boundaries (5 steps per epoch)
