@@ -68,7 +68,7 @@ def _block(tree):
 
 
 def bench_arch(arch: str, x: np.ndarray, y: np.ndarray, steps: int, repeats: int,
-               eta0_samples: int, eta0_inits: int) -> dict:
+               eta0_samples: int, eta0_inits: int, loop: str = "device") -> dict:
     width = PAPER_WIDTHS[arch]
     model = make_model(arch, width, depth=8)
     params = init_params(model, 0, x.shape[1:])
@@ -81,7 +81,7 @@ def bench_arch(arch: str, x: np.ndarray, y: np.ndarray, steps: int, repeats: int
     lr, l2 = 8 * est["eta0"], 1e-7
 
     tr = Trainer(model, x, y, lr=lr, batch_size=40, momentum=0.9, l2=l2, seed=0,
-                 diverge_loss=float("inf"))
+                 diverge_loss=float("inf"), loop=loop)
     idx = jnp.asarray(np.stack([tr.batch_indices(s) for s in range(steps)]))
     bare, tx = bare_loop(model, tr.x, tr.y, idx, lr=lr, l2=l2)
 
@@ -139,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eta0-samples", type=int, default=16)
     ap.add_argument("--eta0-inits", type=int, default=1)
     ap.add_argument("--json", default=None, help="also write the rows to this file")
+    ap.add_argument("--loop", default="device", choices=["device", "host"],
+                    help="symsweep's loop mode; device matches the bare in-jit loop (on CPU, "
+                         "convs inside loops are ~25x slower, so train() uses host there)")
     a = ap.parse_args(argv)
     steps = dict(DEFAULT_STEPS)
     steps.update({k: int(v) for k, v in (s.split("=") for s in a.steps)})
@@ -151,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
            "eta_0 time (n, inits) |")
     print(hdr + "\n|" + "---|" * 12, flush=True)
     for arch in a.archs:
-        r = bench_arch(arch, x, y, steps[arch], a.repeats, a.eta0_samples, a.eta0_inits)
+        r = bench_arch(arch, x, y, steps[arch], a.repeats, a.eta0_samples, a.eta0_inits,
+                       a.loop)
         rows.append(r)
         print(f"| {arch} | {r['width']} | {r['params']:,} | {r['steps']} | "
               f"{r['symsweep_steps_s']:.3g} | {r['bare_steps_s']:.3g} | "
