@@ -82,10 +82,12 @@ def _run(sweep, preset: str, results: str, address: str | None, mlflow_uri: str 
 def run(
     sweep_file: str = typer.Argument(..., help="Sweep file, e.g. sweeps/fig2.py"),
     preset: str = typer.Option("smoke", help="smoke | cpu | paper"),
-    results: str = typer.Option("results", help=RESULTS_HELP),
-    address: str = typer.Option(None, help="Ray address ('auto' on a cluster); default: "
+    results: str = typer.Option("results", envvar="SYMSWEEP_RESULTS", help=RESULTS_HELP),
+    address: str = typer.Option(None, envvar="RAY_ADDRESS",
+                                help="Ray address ('auto' on a cluster); default: "
                                 "start Ray on this machine"),
-    mlflow_uri: str = typer.Option(None, help="MLflow tracking URI (default "
+    mlflow_uri: str = typer.Option(None, envvar="MLFLOW_TRACKING_URI",
+                                   help="MLflow tracking URI (default "
                                    "sqlite:///<results>/mlflow.db)"),
     no_dedupe: bool = typer.Option(False, "--no-dedupe", help="Compute every kernel cell, "
                                    "even those Theorem 4.1 makes equal"),
@@ -118,9 +120,11 @@ def run(
 @app.command()
 def resume(
     sweep: str = typer.Argument(..., help="Sweep name, e.g. fig2"),
-    results: str = typer.Option("results", help=RESULTS_HELP),
-    address: str = typer.Option(None, help="Ray address ('auto' on a cluster)"),
-    mlflow_uri: str = typer.Option(None, help="MLflow tracking URI"),
+    results: str = typer.Option("results", envvar="SYMSWEEP_RESULTS", help=RESULTS_HELP),
+    address: str = typer.Option(None, envvar="RAY_ADDRESS",
+                                help="Ray address ('auto' on a cluster)"),
+    mlflow_uri: str = typer.Option(None, envvar="MLFLOW_TRACKING_URI",
+                                   help="MLflow tracking URI"),
     max_failures: int = typer.Option(None, help="Retries per trial"),
     num_cpus: int = typer.Option(None, help="CPUs for embedded Ray"),
     progress: bool = typer.Option(True, help="Live progress view"),
@@ -153,7 +157,7 @@ def _manifest_or_fail(results: str, sweep: str) -> dict:
 @app.command()
 def status(
     sweep: str = typer.Argument(..., help="Sweep name, e.g. fig2"),
-    results: str = typer.Option("results", help=RESULTS_HELP),
+    results: str = typer.Option("results", envvar="SYMSWEEP_RESULTS", help=RESULTS_HELP),
 ) -> None:
     """Done / failed / missing trials of SWEEP, corrupt part files, the live driver."""
     from rich.console import Console
@@ -207,7 +211,7 @@ def status(
 def query(
     sql: str = typer.Argument(..., help="SQL over views trials (latest attempt per trial), "
                               "trials_all, history"),
-    results: str = typer.Option("results", help=RESULTS_HELP),
+    results: str = typer.Option("results", envvar="SYMSWEEP_RESULTS", help=RESULTS_HELP),
     sweep: list[str] = _SWEEPS_OPT,
     fmt: str = typer.Option("table", "--format", help="table | csv | json"),
 ) -> None:
@@ -264,7 +268,7 @@ def _fit_opts(first: object, last: object) -> dict:
 @app.command()
 def table(
     sweep: str = typer.Argument("fig2", help="Sweep name"),
-    results: str = typer.Option("results", help=RESULTS_HELP),
+    results: str = typer.Option("results", envvar="SYMSWEEP_RESULTS", help=RESULTS_HELP),
     metric: str = typer.Option("best_test_acc", help="Column to aggregate"),
     fmt: str = typer.Option("text", "--format", help="text | csv"),
     fit_first: int = _FIT_FIRST_OPT,
@@ -295,7 +299,7 @@ def table(
 @app.command()
 def plot(
     sweep: str = typer.Argument("fig2", help="Sweep name"),
-    results: str = typer.Option("results", help=RESULTS_HELP),
+    results: str = typer.Option("results", envvar="SYMSWEEP_RESULTS", help=RESULTS_HELP),
     out: str = typer.Option(None, help="PNG path (default <results>/<sweep>/<sweep>.png)"),
     metric: str = typer.Option("best_test_acc", help="Column to plot"),
     fit_first: int = _FIT_FIRST_OPT,

@@ -416,7 +416,8 @@ def load_sweep(path: str | Path) -> Sweep:
     """Import a sweep file and return its `Sweep` (the module-level ``SWEEP`` or ``sweep``)."""
     p = Path(path)
     if not p.exists():
-        cand = Path("sweeps") / f"{p.name}.py"
+        # a bare name ("fig2") or a file copied elsewhere ("~/fig2.py", as `ray submit` does)
+        cand = Path("sweeps") / (p.name if p.suffix == ".py" else f"{p.name}.py")
         if cand.exists():
             p = cand
         else:

@@ -106,3 +106,21 @@ def test_errors_are_one_line_exit_2(results, tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("symsweep: error: ") and err.count("\n") == 1, (argv, err)
+
+
+def test_results_root_defaults_to_the_cluster_environment(tmp_path, monkeypatch, capsys):
+    """On a cluster the head exports SYMSWEEP_RESULTS, so `ray submit ... -- --preset paper`
+    needs no --results; an explicit flag still wins."""
+    root = tmp_path / "bucket"
+    monkeypatch.setenv("SYMSWEEP_RESULTS", str(root))
+    assert main(["status", "fig2"]) == 2
+    assert str(root) in capsys.readouterr().err
+    assert main(["status", "fig2", "--results", str(tmp_path / "other")]) == 2
+    assert str(tmp_path / "other") in capsys.readouterr().err
+
+
+def test_sweep_file_copied_elsewhere_falls_back_to_the_repository_copy(monkeypatch):
+    """`ray submit` copies the sweep file to ~/fig2.py; the manifest may name that copy."""
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    assert load_sweep("/nonexistent/place/fig2.py").name == "fig2"
+    assert load_sweep("fig2").name == "fig2"
