@@ -1,5 +1,5 @@
 """The cluster-launcher configs in cluster/: Ray's own validation, shell syntax, and the
-security / storage / install promises docs/cluster.md makes about them."""
+security / storage / install promises README.md ("Running on a cluster") makes about them."""
 
 from __future__ import annotations
 
