@@ -19,50 +19,12 @@ Presets:
 - paper: 45k/5k/10k at 32x32, depth 8, widths 64..512, t in {0, 0.25, ..., 1}, 10 seeds.
 """
 
-from collections.abc import Callable, Mapping
-from typing import Any
-
 from orchestrator.figures import CompositeSweep
 from orchestrator.spec import Preset, Sweep
 
 WIDTHS = {"smoke": [4, 8], "cpu": [8, 16, 32], "paper": [64, 128, 256, 512]}
 TIMES = {"smoke": [0.0, 0.5, 1.0], "cpu": [0.0, 0.25, 0.5, 0.75, 1.0],
          "paper": [0.0, 0.25, 0.5, 0.75, 1.0]}
-
-
-def kernel_with_predictions(config: Mapping[str, Any],
-                            report: Callable[[dict, str | None], None] | None = None, *,
-                            map_tiles: Callable | None = None) -> dict[str, Any]:
-    """`workers.kernel_trial.run_kernel_trial`, plus (with ``store_predictions``) the test
-    predictions (N_test, K) of the trial's kernel under ``predictions``; the second pass over
-    the kernel reads the tiles the first one cached."""
-    import numpy as np
-
-    from workers.data import build_dataset
-    from workers.kernel_trial import FULL_COV, run_kernel_trial
-    from workers.kernels import kernel_matrices
-    from workers.regression import kernel_predict
-
-    result = run_kernel_trial(config, report, map_tiles=map_tiles)
-    if not config.get("store_predictions"):
-        return result
-    arch, inference = config["arch"], config.get("inference", "ntk")
-    ds = build_dataset(dict(config))
-    kw: dict[str, Any] = dict(depth=int(config.get("depth", 8)),
-                              w_var=float(config.get("w_var", 2.0)),
-                              b_var=float(config.get("b_var", 0.01)), map_tiles=map_tiles)
-    if config.get("tile_memory_bytes"):
-        kw["memory_bytes"] = int(config["tile_memory_bytes"])
-    if config.get("kernel_dtype"):
-        kw["dtype"] = np.dtype(config["kernel_dtype"]).type
-    if config.get("tile_side"):
-        kw["max_side"] = int(config["tile_side"])
-    archs = list(FULL_COV) if arch in FULL_COV else [arch]
-    k_tr = kernel_matrices(archs, ds.x_train, None, **kw)[arch][inference]
-    k_te = kernel_matrices(archs, ds.x_test, ds.x_train, **kw)[arch][inference]
-    reg = {} if config.get("diag_reg") is None else {"diag_reg": config["diag_reg"]}
-    result["predictions"] = np.asarray(kernel_predict(k_tr, k_te, ds.y_train, **reg))
-    return result
 
 
 SMOKE = Preset(
@@ -106,7 +68,6 @@ VEC_INF = Sweep(name="figS1", presets=PRESETS, axes=dict(
 
 SWEEP = CompositeSweep(
     "figS1", [VEC_PATH, GAP, VEC_INF], description=__doc__.splitlines()[0],
-    workers={"kernel": kernel_with_predictions},
     preset_axes={p: {"width": WIDTHS[p], "path_t": TIMES[p]} for p in PRESETS},
 )
 

@@ -132,6 +132,12 @@ def run_kernel_trial(config: Mapping[str, Any],
     for k, v in ms[other].items():
         if k != "finite":
             result[f"{other}_{k}"] = v
+    if config.get("store_predictions"):  # Fig. S1 combines the test predictions of trials
+        from workers.regression import kernel_predict
+
+        reg = {} if config.get("diag_reg") is None else {"diag_reg": config["diag_reg"]}
+        result["predictions"] = np.asarray(
+            kernel_predict(k_tr[inference], k_te[inference], ds.y_train, **reg))
     result["wall_s"] = time.time() - t0
     if report is not None:
         report({"step": 0, "test_acc": result["test_acc"], "test_mse": result["test_mse"],
