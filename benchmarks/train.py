@@ -42,8 +42,13 @@ def load_images(data_dir: str | None, n: int, image_size: int) -> tuple[np.ndarr
     return ds.x_train, ds.y_train, "synthetic"
 
 
-def bare_loop(model, x, y, idx, *, lr, l2, momentum=0.9):
-    """The reference: a plain jit-compiled fori_loop over precomputed batch indices idx (S, B)."""
+def bare_loop(model, x, y, idx, *, lr, l2, momentum=0.9, loop="device"):
+    """The reference: plain jit-compiled SGD over precomputed batch indices idx (S, B).
+
+    loop="device": one `fori_loop` over all S steps in one compiled call. loop="host": a
+    compiled step called S times from Python (the only fast form for convolutions on XLA's
+    CPU backend, see `workers.train.Trainer`).
+    """
     tx = optax.sgd(lr, momentum=momentum)
 
     def loss(p, xb, yb):
@@ -51,13 +56,25 @@ def bare_loop(model, x, y, idx, *, lr, l2, momentum=0.9):
         sq = sum(jnp.sum(p_ ** 2) for p_ in jax.tree_util.tree_leaves(p))
         return 0.5 * jnp.mean((f - yb) ** 2) + 0.5 * l2 * sq
 
+    def step(p, o, x, y, ix):
+        g = jax.grad(loss)(p, x[ix], y[ix])
+        u, o = tx.update(g, o, p)
+        return optax.apply_updates(p, u), o
+
+    if loop == "host":
+        jstep = jax.jit(step, donate_argnums=(0, 1))
+
+        def run(params, opt_state, x, y, idx):
+            for i in range(idx.shape[0]):
+                params, opt_state = jstep(params, opt_state, x, y, idx[i])
+            return params, opt_state
+        return run, tx
+
     @jax.jit
     def run(params, opt_state, x, y, idx):
         def body(i, c):
             p, o = c
-            g = jax.grad(loss)(p, x[idx[i]], y[idx[i]])
-            u, o = tx.update(g, o, p)
-            return optax.apply_updates(p, u), o
+            return step(p, o, x, y, idx[i])
         return jax.lax.fori_loop(0, idx.shape[0], body, (params, opt_state))
 
     return run, tx
@@ -83,7 +100,8 @@ def bench_arch(arch: str, x: np.ndarray, y: np.ndarray, steps: int, repeats: int
     tr = Trainer(model, x, y, lr=lr, batch_size=40, momentum=0.9, l2=l2, seed=0,
                  diverge_loss=float("inf"), loop=loop)
     idx = jnp.asarray(np.stack([tr.batch_indices(s) for s in range(steps)]))
-    bare, tx = bare_loop(model, tr.x, tr.y, idx, lr=lr, l2=l2)
+    bare, tx = bare_loop(model, tr.x, tr.y, idx, lr=lr, l2=l2, loop=tr.loop)
+    out["loop"] = tr.loop
 
     # compile + warm up both (one full run each, not timed)
     t = time.perf_counter()
@@ -139,9 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eta0-samples", type=int, default=16)
     ap.add_argument("--eta0-inits", type=int, default=1)
     ap.add_argument("--json", default=None, help="also write the rows to this file")
-    ap.add_argument("--loop", default="device", choices=["device", "host"],
-                    help="symsweep's loop mode; device matches the bare in-jit loop (on CPU, "
-                         "convs inside loops are ~25x slower, so train() uses host there)")
+    ap.add_argument("--loop", default="auto", choices=["auto", "device", "host"],
+                    help="loop mode of both symsweep's Trainer and the bare loop: device = all "
+                         "steps in one compiled loop, host = one compiled step per call; auto "
+                         "(train()'s default) is host on CPU, where XLA runs convolutions inside "
+                         "loops ~25x slower, and device elsewhere")
     a = ap.parse_args(argv)
     steps = dict(DEFAULT_STEPS)
     steps.update({k: int(v) for k, v in (s.split("=") for s in a.steps)})
@@ -149,15 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# data: {source} {x.shape}, backend {jax.default_backend()}, "
           f"devices {jax.devices()}", flush=True)
     rows = []
-    hdr = ("| arch | width | params | steps | symsweep steps/s (wall) | bare steps/s (wall) | "
-           "overhead wall | CPU s/step symsweep | CPU s/step bare | overhead CPU | eta_0 | "
-           "eta_0 time (n, inits) |")
-    print(hdr + "\n|" + "---|" * 12, flush=True)
+    hdr = ("| arch | loop | width | params | steps | symsweep steps/s (wall) | "
+           "bare steps/s (wall) | overhead wall | CPU s/step symsweep | CPU s/step bare | "
+           "overhead CPU | eta_0 | eta_0 time (n, inits) |")
+    print(hdr + "\n|" + "---|" * 13, flush=True)
     for arch in a.archs:
         r = bench_arch(arch, x, y, steps[arch], a.repeats, a.eta0_samples, a.eta0_inits,
                        a.loop)
         rows.append(r)
-        print(f"| {arch} | {r['width']} | {r['params']:,} | {r['steps']} | "
+        print(f"| {arch} | {r['loop']} | {r['width']} | {r['params']:,} | {r['steps']} | "
               f"{r['symsweep_steps_s']:.3g} | {r['bare_steps_s']:.3g} | "
               f"{r['overhead_wall_pct']:+.1f}% | {r['symsweep_cpu_s_per_step']:.3g} | "
               f"{r['bare_cpu_s_per_step']:.3g} | {r['overhead_cpu_pct']:+.1f}% | "
