@@ -52,11 +52,11 @@ def fake_train(config, report=None):
                         test_acc=float("nan"), test_mse=float("nan"), train_acc=0.1)
         acc = _base(config) + 0.1 * s / steps
         best = max(best, acc)
-        d = tempfile.mkdtemp(prefix="fake-ck-")
-        with open(os.path.join(d, "state.json"), "w") as f:
-            json.dump(dict(step=s, best=best), f)
-        if report:
-            report(dict(step=s, test_acc=acc, train_acc=1.0), d)
+        with tempfile.TemporaryDirectory(prefix="fake-ck-") as d:  # Tune copies it in report
+            with open(os.path.join(d, "state.json"), "w") as f:
+                json.dump(dict(step=s, best=best), f)
+            if report:
+                report(dict(step=s, test_acc=acc, train_acc=1.0), d)
     return dict(status="completed", best_test_acc=best, test_acc=acc, test_mse=1 - acc,
                 val_acc=acc, train_acc=1.0, steps=steps, eta0=0.5, resumed_from=start)
 

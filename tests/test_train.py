@@ -2,6 +2,8 @@
 against a numpy implementation, data order, early stopping, divergence, kill-and-resume."""
 
 import math
+import os
+import tempfile
 from types import SimpleNamespace
 
 import jax
@@ -249,3 +251,32 @@ def test_train_on_the_synthetic_dataset_end_to_end():
     assert 0.0 <= res["test_acc"] <= 1.0 and math.isfinite(res["test_mse"])
     assert res["eta0"] > 0 and res["n_params"] > 0
     assert res["lr"] == res["eta0"] and res["l2"] == 1e-7   # lr_factor overridden, l2 kept
+
+
+def test_checkpoints_in_a_temporary_dir_are_removed_when_the_run_ends(tmp_path, monkeypatch):
+    # Without work_dir only the report callback sees the checkpoints (Tune copies each one as
+    # it is reported); a dir left per run would fill a node's disk over a paper-scale sweep.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    seen = []
+
+    def copy_on_report(metrics, ckpt):
+        if ckpt:
+            assert os.path.isdir(ckpt)  # alive while the callback runs
+            seen.append(ckpt)
+
+    res = train_arrays({**BASE, "max_steps": 20, "eval_every": 10, "checkpoint_every": 10},
+                       tiny_dataset(), copy_on_report)
+    assert len(seen) == 2 and res["checkpoint"] is None
+    assert all(c.startswith(str(tmp_path)) for c in seen)
+    assert list(tmp_path.iterdir()) == []
+
+    class Killed(Exception):
+        pass
+
+    def dying(metrics, ckpt):
+        raise Killed
+
+    with pytest.raises(Killed):
+        train_arrays({**BASE, "max_steps": 20, "eval_every": 10, "checkpoint_every": 10},
+                     tiny_dataset(), dying)
+    assert list(tmp_path.iterdir()) == []

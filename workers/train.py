@@ -81,7 +81,8 @@ DEFAULTS: dict[str, Any] = {
     "early_stop_train_acc": 1.0,
     "success_train_acc": 0.95,
     "resume_from": None,
-    "work_dir": None,          # where checkpoints are written; None: a fresh temporary dir
+    "work_dir": None,          # where checkpoints are written; None: a temporary dir, removed
+                               # at the end (the report callback must copy what it keeps)
     "keep_checkpoints": 2,
     "store_predictions": False,  # also return the final test predictions ("predictions")
 }
@@ -586,7 +587,8 @@ def train_arrays(config: dict, dataset: Any, report: Report | None = None, *,
 
     work_dir = cfg["work_dir"]
     checkpointing = cfg["checkpoint_every"] is not None and (report is not None or work_dir)
-    if checkpointing and not work_dir:
+    own_dir = bool(checkpointing and not work_dir)
+    if own_dir:  # only the report callback sees these checkpoints (Tune copies them at once)
         work_dir = tempfile.mkdtemp(prefix="symsweep-train-")
     written: list[str] = []
     status, error, last_ckpt = "completed", None, None
@@ -609,45 +611,50 @@ def train_arrays(config: dict, dataset: Any, report: Report | None = None, *,
             best["best_train_acc"] = tr[0]
         return {**rec, **best}
 
-    while step < cfg["max_steps"]:
-        nxt = min(cfg["max_steps"], (step // ev + 1) * ev)
-        if ck is not None:
-            nxt = min(nxt, (step // ck + 1) * ck)
-        state, info = trainer.run(state, step, nxt - step)
-        if info["bad_step"] >= 0:
-            status = "diverged"
-            kind = "non-finite" if not math.isfinite(info["bad_loss"]) else "exploding"
-            error = (f"{kind} training loss {info['bad_loss']:.4g} at step {info['bad_step']} "
-                     f"(lr {lr:.4g}); stopped")
-            step = info["bad_step"]
-            break
-        step = nxt
-        train_loss = info["mean_loss"]
-        metrics = None
-        if step % ev == 0 or step == cfg["max_steps"]:
-            last = evaluate(state["params"], step, train_loss)
-            history.append(last)
-            metrics = dict(last)
-        stop = bool(last) and last.get("step") == step and \
-            last["train_acc"] >= cfg["early_stop_train_acc"]
-        ckpt_dir = None
-        if checkpointing and ck is not None and step % ck == 0:
-            meta = {"step": step, "best": best, "history": history, "eta0": eta0,
-                    "config": sci,
-                    "data_key": np.asarray(jax.random.key_data(trainer.data_key)).tolist()}
-            ckpt_dir = save_checkpoint(os.path.join(work_dir, f"checkpoint_{step:09d}"),
-                                       state, meta)
-            last_ckpt = ckpt_dir
-            written.append(ckpt_dir)
-            if metrics is None:
-                metrics = {"step": step, "train_loss": train_loss, **best}
-        if report is not None and metrics is not None:
-            report({**metrics, "eta0": eta0, "lr": lr}, ckpt_dir)
-        keep = cfg["keep_checkpoints"]
-        while keep and len(written) > int(keep):
-            shutil.rmtree(written.pop(0), ignore_errors=True)
-        if stop:
-            break
+    try:
+        while step < cfg["max_steps"]:
+            nxt = min(cfg["max_steps"], (step // ev + 1) * ev)
+            if ck is not None:
+                nxt = min(nxt, (step // ck + 1) * ck)
+            state, info = trainer.run(state, step, nxt - step)
+            if info["bad_step"] >= 0:
+                status = "diverged"
+                kind = "non-finite" if not math.isfinite(info["bad_loss"]) else "exploding"
+                error = (f"{kind} training loss {info['bad_loss']:.4g} at step {info['bad_step']} "
+                         f"(lr {lr:.4g}); stopped")
+                step = info["bad_step"]
+                break
+            step = nxt
+            train_loss = info["mean_loss"]
+            metrics = None
+            if step % ev == 0 or step == cfg["max_steps"]:
+                last = evaluate(state["params"], step, train_loss)
+                history.append(last)
+                metrics = dict(last)
+            stop = bool(last) and last.get("step") == step and \
+                last["train_acc"] >= cfg["early_stop_train_acc"]
+            ckpt_dir = None
+            if checkpointing and ck is not None and step % ck == 0:
+                meta = {"step": step, "best": best, "history": history, "eta0": eta0,
+                        "config": sci,
+                        "data_key": np.asarray(jax.random.key_data(trainer.data_key)).tolist()}
+                ckpt_dir = save_checkpoint(os.path.join(work_dir, f"checkpoint_{step:09d}"),
+                                           state, meta)
+                last_ckpt = ckpt_dir
+                written.append(ckpt_dir)
+                if metrics is None:
+                    metrics = {"step": step, "train_loss": train_loss, **best}
+            if report is not None and metrics is not None:
+                report({**metrics, "eta0": eta0, "lr": lr}, ckpt_dir)
+            keep = cfg["keep_checkpoints"]
+            while keep and len(written) > int(keep):
+                shutil.rmtree(written.pop(0), ignore_errors=True)
+            if stop:
+                break
+    finally:
+        if own_dir:  # a temporary dir per run would otherwise fill a node's disk
+            shutil.rmtree(work_dir, ignore_errors=True)
+            last_ckpt = None
 
     final = last if last else {"train_acc": float("nan"), "train_mse": float("nan"),
                                "val_acc": float("nan"), "val_mse": float("nan"),
@@ -665,7 +672,8 @@ def train_arrays(config: dict, dataset: Any, report: Report | None = None, *,
         "steps": int(step), "eta0": eta0, "lr": lr, "l2": float(cfg["l2"]),
         "eta0_seconds": eta0_info["seconds"], "eta0_lambda_max": eta0_info["lambda_max"],
         "n_params": count_params(state["params"]), "error": error,
-        "wall_s": time.perf_counter() - t_start, "history": history, "checkpoint": last_ckpt,
+        "wall_s": time.perf_counter() - t_start, "history": history,
+        "checkpoint": last_ckpt,  # the last checkpoint's dir (None unless work_dir was given)
     }
     if cfg.get("store_predictions"):  # final-model test predictions (N_test, K), for ensembles
         out["predictions"] = trainer.predict(state["params"], dataset.x_test,
