@@ -167,6 +167,30 @@ def test_a_run_split_into_pieces_is_bit_identical(loop):
         assert np.array_equal(np.asarray(u), np.asarray(v))
 
 
+def test_host_and_device_loops_report_the_same_divergence_step():
+    # The host loop reads losses in groups of host_sync_every steps; it must still name the
+    # first bad step, as the device loop does, wherever that step falls in a group.
+    ds = tiny_dataset(n_train=50)
+    model = make_model("fcn", 8, depth=2)
+    params = init_params(model, 1, (H, W, C))
+    seen = set()
+    for lr, limit in ((62.0, 10.0), (70.0, 1e2), (70.0, 1e4), (500.0, 1e2)):
+        tr = Trainer(model, ds.x_train, ds.y_train, lr=lr, batch_size=10, seed=2,
+                     diverge_loss=limit, loop="device")
+        ref = tr.run(tr.init_state(params), 3, 60)[1]
+        assert ref["bad_step"] >= 3
+        for every in (1, 3, 16):
+            tr = Trainer(model, ds.x_train, ds.y_train, lr=lr, batch_size=10, seed=2,
+                         diverge_loss=limit, loop="host")
+            tr.host_sync_every = every
+            info = tr.run(tr.init_state(params), 3, 60)[1]
+            assert (info["bad_step"], info["steps_done"]) == (ref["bad_step"], ref["steps_done"])
+            np.testing.assert_allclose(info["bad_loss"], ref["bad_loss"], rtol=1e-4)
+            np.testing.assert_allclose(info["mean_loss"], ref["mean_loss"], rtol=1e-5)
+            seen.add((ref["bad_step"] - 3) % every)
+    assert len(seen) > 2  # bad steps at several positions inside a group
+
+
 # ----------------------------------------------------------------------------- the worker
 
 

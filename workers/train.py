@@ -395,21 +395,32 @@ class Trainer:
         return st, {"steps_done": done, "mean_loss": float(loss_sum) / max(done, 1),
                     "bad_step": int(bad_step), "bad_loss": float(bad_loss)}
 
+    # steps dispatched between two reads of the losses: reading a loss waits for its step, so
+    # reading every step would keep JAX from queueing the next step while this one runs
+    host_sync_every = 16
+
     def _run_host(self, state: dict, start: int, n_steps: int, hp: dict) -> tuple[dict, dict]:
         bs, spe = self.batch_size, self.steps_per_epoch
         perm, epoch, loss_sum, done = None, -1, 0.0, 0
-        for step in range(start, start + n_steps):
+        pending: list[jax.Array] = []
+        end = start + n_steps
+        for step in range(start, end):
             if step // spe != epoch:
                 epoch = step // spe
                 perm = self.epoch_perm(jnp.asarray(epoch))
             pos = step % spe
             state, loss = self._step(state, self.x, self.y, perm[pos * bs:(pos + 1) * bs], hp)
-            loss = float(loss)
-            if not math.isfinite(loss) or loss > self.diverge_loss:
-                return state, {"steps_done": done, "mean_loss": loss_sum / max(done, 1),
-                               "bad_step": step, "bad_loss": loss}
-            loss_sum += loss
-            done += 1
+            pending.append(loss)
+            if len(pending) < self.host_sync_every and step + 1 < end:
+                continue
+            # steps after a bad one ran on a broken state; the caller discards it
+            for loss in map(float, jax.device_get(pending)):
+                if not math.isfinite(loss) or loss > self.diverge_loss:
+                    return state, {"steps_done": done, "mean_loss": loss_sum / max(done, 1),
+                                   "bad_step": start + done, "bad_loss": loss}
+                loss_sum += loss
+                done += 1
+            pending = []
         return state, {"steps_done": done, "mean_loss": loss_sum / max(done, 1),
                        "bad_step": -1, "bad_loss": 0.0}
 
