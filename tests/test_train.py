@@ -15,6 +15,8 @@ from workers.errors import ConfigError
 from workers.models import init_params, make_model
 from workers.train import (
     Trainer,
+    _grad_and_data_loss,
+    batch_loss,
     empirical_ntk,
     estimate_eta0,
     lanczos_max_eig,
@@ -134,6 +136,22 @@ def test_sgd_steps_match_a_numpy_implementation_of_the_paper_update():
                                rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(np.asarray(state["params"]["readout"]["bias"]), bk,
                                rtol=1e-4, atol=1e-5)
+
+
+def test_the_loops_step_on_the_full_objective_and_monitor_its_data_term():
+    ds = tiny_dataset(n_train=20)
+    model = make_model("gap", 4, depth=1)
+    params = init_params(model, 3, (H, W, C))
+    xb, yb, l2 = jnp.asarray(ds.x_train[:8]), jnp.asarray(ds.y_train[:8]), 0.05
+    g, data = _grad_and_data_loss(model)(params, xb, yb, l2)
+    g_ref = jax.grad(lambda p: batch_loss(model, p, xb, yb, l2))(params)
+    for u, v in zip(_leaves(g), _leaves(g_ref), strict=True):
+        np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(data, batch_loss(model, params, xb, yb, 0.0), rtol=1e-6)
+    assert float(batch_loss(model, params, xb, yb, l2)) > float(data) + 1e-3  # l2 is not in it
+    res = train_arrays({**BASE, "inference": "nn_plus", "l2": 1e-3, "max_steps": 10,
+                        "eval_every": 10}, ds)
+    assert res["history"][-1]["l2_term"] > 0
 
 
 def test_batch_order_is_a_permutation_per_epoch_and_a_function_of_seed_and_step():

