@@ -69,13 +69,20 @@ def _run(sweep, preset: str, results: str, address: str | None, mlflow_uri: str 
                         cache_dir=cache_dir, only=only, num_cpus=num_cpus,
                         progress=progress and console.is_terminal, console=console)
     _print_summary(summary, console)
+    # Tune stops on Ctrl-C (or SIGTERM) and returns normally: trials it had not finished
+    # have no row, so say so and fail, rather than print a partial table as if it were all
+    unfinished = summary.launched - summary.completed - summary.diverged - summary.failed
+    if unfinished > 0:
+        console.print(f"{unfinished} of {summary.launched} launched trials did not finish "
+                      f"(interrupted?); `symsweep resume {sweep.name} --results {results}` "
+                      "runs only those")
     if report:
         try:
             table(sweep.name, results, "best_test_acc", "text")
             plot(sweep.name, results, None, "best_test_acc")
         except ConfigError as ex:  # e.g. nothing finished
             console.print(f"no table: {ex}")
-    return 0 if summary.failed == 0 else 1
+    return 0 if summary.failed == 0 and unfinished <= 0 else 1
 
 
 @app.command()

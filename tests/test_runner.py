@@ -256,6 +256,30 @@ def test_killed_driver_resumes_only_missing_trials(ray_session, tmp_path, capsys
     np.testing.assert_array_equal(a["std"].to_numpy(), b["std"].to_numpy())
 
 
+def test_interrupted_driver_says_what_is_left_and_fails(ray_session, tmp_path):
+    """Ctrl-C: Tune stops its trials and returns normally. The driver must not pass that off
+    as a finished sweep: it names the unfinished trials, the resume command, and exits 1."""
+    sweep_file = write_fake(tmp_path, sleep=0.15)
+    res = tmp_path / "interrupted"
+    address = ray_session.get_runtime_context().gcs_address
+    proc = subprocess.Popen(
+        [sys.executable, str(sweep_file), "--preset", "smoke", "--results", str(res),
+         "--no-progress", "--no-report", "--address", address],
+        cwd=REPO, env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True, start_new_session=True)
+    st = Store(str(res), "fake")
+    deadline = time.time() + 120
+    while time.time() < deadline and len(st.parts()) < 4:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err[-2000:]
+    err = " ".join(err.split())
+    assert "launched trials did not finish" in err
+    assert f"symsweep resume fake --results {res}" in err
+    assert not Path(st.lock_path).exists()  # the lock is released for the resume
+
+
 def _tiny_kernel_sweep(archs: list[str]):
     from orchestrator.spec import Preset, Sweep
 
