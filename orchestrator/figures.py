@@ -334,17 +334,18 @@ def _analysis_of(m: Mapping[str, Any]) -> dict:
 
 
 def _points_and_fits(df: pd.DataFrame, m: Mapping[str, Any], first: int | None,
-                     last: int | None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Learning-curve points and their segment fits (first/last default to the sweep's)."""
+                     last: int | None) -> tuple[pd.DataFrame, pd.DataFrame, int, int]:
+    """Learning-curve points, their segment fits, and the segment lengths used (first/last
+    default to the sweep's)."""
     first, last = _fit_defaults({"analysis": _analysis_of(m)}, first, last)
     pts = curve_points(df)
-    return pts, curve_fits(pts, first, last)
+    return pts, curve_fits(pts, first, last), first, last
 
 
 def curves_table(df: pd.DataFrame, m: Mapping[str, Any], fmt: str = "text",
                  first: int | None = None, last: int | None = None, name: str = "fig4",
                  **_: Any) -> str:
-    pts, fits = _points_and_fits(df, m, first, last)
+    pts, fits, first, last = _points_and_fits(df, m, first, last)
     if fmt == "csv":
         return pts.to_csv(index=False) + "\n" + fits.to_csv(index=False)
     out = io.StringIO()
@@ -423,7 +424,7 @@ def figS6_table(df: pd.DataFrame, m: Mapping[str, Any], fmt: str = "text",
                 first: int | None = None, last: int | None = None, **_: Any) -> str:
     """Exponents of the NTK learning curves: rows arch, columns transform; the MSE slope
     over all sizes (± stderr, R^2), then the full curves and segment fits."""
-    pts, fits = _points_and_fits(df, m, first, last)
+    pts, fits, first, last = _points_and_fits(df, m, first, last)
     if fmt == "csv":
         return pts.to_csv(index=False) + "\n" + fits.to_csv(index=False)
     out = io.StringIO()

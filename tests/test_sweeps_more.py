@@ -170,6 +170,8 @@ def test_fig4_reduced_smoke_run_table_fits_and_plot(tmp_path, capsys):
     text = figure_table("fig4", str(tmp_path))
     assert "VEC_inf NTK, identity" in text and "VEC_n NN+, identity" in text
     assert "mse first" in text and "R²=" in text
+    assert "(first 3 / last 3 points" in text  # the sweep's defaults, named in the header
+    assert "(first 2 / last 4 points" in figure_table("fig4", str(tmp_path), first=2, last=4)
     csv = figure_table("fig4", str(tmp_path), fmt="csv", first=2, last=2)
     fits = pd.read_csv(__import__("io").StringIO(csv.split("\n\n")[1]))
     row = fits[(fits["inference"] == "ntk") & (fits["quantity"] == "mse") &
