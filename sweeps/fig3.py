@@ -12,7 +12,8 @@ NTK level (67%); under pixel rotation it rises monotonically toward it.
 Presets:
 - smoke: synthetic 8x8, depth 2, widths 2..16, 2 seeds, 300 steps; minutes on 2 CPU cores.
 - cpu: CIFAR-10 average-pooled to 8x8, depth 8, widths 2^2..2^6, 3 seeds, 2,000 train / 500
-  test images, 3,000 steps; the kernel on the same 2,000 / 500 images.
+  test images, 3,000 steps; the kernel on the same 2,000 / 500 images. About 100 minutes on a
+  busy 2-core machine (measured 2026-11-27); the nets are still undertrained at 3,000 steps.
 - paper: 45k/5k/10k at 32x32, depth 8, widths 2^3..2^10, 5 seeds, 10^6 steps; GPUs.
 """
 
