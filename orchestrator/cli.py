@@ -326,6 +326,30 @@ def plot(
     print(f"wrote {p}")
 
 
+@app.command()
+def compact(
+    sweep: str = typer.Argument(..., help="Sweep name, e.g. fig2"),
+    results: str = typer.Option("results", envvar="SYMSWEEP_RESULTS", help=RESULTS_HELP),
+) -> None:
+    """Fold SWEEP's finished part files into one larger file per directory (optional: makes
+    status / query / table fast at 10^5 attempts). Every attempt row is kept; refused while a
+    driver runs the sweep."""
+    from orchestrator.store import Store
+
+    _manifest_or_fail(results, sweep)
+    store = Store(results, sweep)
+    out = store.compact()
+    print(f"{sweep}: folded {out['attempts']} attempt part(s) and {out['history_parts']} "
+          f"history part(s) into {len(out['written'])} file(s), deleted {out['deleted']} "
+          "folded part file(s)")
+    for f in out["written"]:
+        print(f"  wrote {f}")
+    if out["corrupt"]:
+        print(f"{len(out['corrupt'])} CORRUPT file(s) left in place (see `symsweep status "
+              f"{sweep}`)", file=sys.stderr)
+        raise typer.Exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     try:

@@ -433,21 +433,26 @@ class Store:
                 meta = {PARTS_KEY: json.dumps(new).encode()}
                 written.append(self._write_atomic(
                     rows.replace_schema_metadata(meta), d, name, row_group_size=16384))
-            # only now delete: every loose part listed in a compacted file (also those of an
-            # earlier compaction that crashed before deleting)
-            deleted = 0
-            for d in (self.history_dir, self.trials_dir):
-                names = set(self._list(d))
-                for n in self._folded(d, [c for c in sorted(names)
-                                          if c.startswith(COMPACT_PREFIX)]):
-                    if n in names:
-                        self.fs.delete_file(f"{d}/{n}")
-                        deleted += 1
+            # only now delete the folded parts
+            deleted = self._delete_folded()
             return {"attempts": len(new_t), "history_parts": len(new_h),
                     "deleted": deleted, "written": written,
                     "corrupt": sorted(corrupt) + sorted(hcorrupt)}
         finally:
             self.release_lock(lock)
+
+    def _delete_folded(self) -> int:
+        """Delete every loose part listed in a compacted file (also those of an earlier
+        compaction that crashed before deleting them); returns how many."""
+        deleted = 0
+        for d in (self.history_dir, self.trials_dir):
+            names = self._list(d)
+            present = set(names)
+            for n in self._folded(d, [c for c in names if c.startswith(COMPACT_PREFIX)]):
+                if n in present:
+                    self.fs.delete_file(f"{d}/{n}")
+                    deleted += 1
+        return deleted
 
     # ------------------------------------------------------------------ manifest
     def write_manifest(self, manifest: Mapping[str, Any]) -> None:
