@@ -396,3 +396,38 @@ def test_compact_is_refused_while_a_driver_runs(tmp_path):
     st.release_lock(lock)
     assert main(["compact", "s", "--results", str(tmp_path)]) == 1  # 1: a corrupt part left
     assert len(os.listdir(st.trials_dir)) == 2 and st.read_lock() is None
+
+
+def test_status_query_and_mirror_answer_the_same_after_compaction(tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.cli import main
+    from orchestrator.tracking import Tracker
+
+    st, bad = _filled_store(tmp_path)
+    st.write_manifest({"sweep": "s", "preset": "smoke", "success_train_acc": 0.95,
+                       "trials": [{"trial_id": t, "kind": "train"} for t in "abcde"]})
+    args = ["--results", str(tmp_path)]
+    sql = "select trial_id, attempt, status from trials_all order by all"
+
+    def answers():
+        out = []
+        for argv in (["status", "s", *args], ["query", sql, *args, "--format", "csv"],
+                     ["query", "select * from history order by all", *args, "--format", "csv"]):
+            code = main(argv)
+            out.append((code, capsys.readouterr().out))
+        return out
+
+    before = answers()
+    assert before[0][0] == 1 and bad in before[0][1]  # status names the corrupt part
+    assert main(["compact", "s", *args]) == 1
+    capsys.readouterr()
+    assert answers() == before
+    # an attempt folded before the mirror saw it is still mirrored, with its history
+    tr = Tracker(Store(str(tmp_path), "s"), preset="smoke")
+    assert tr.sync() == 4 and tr.sync() == 0
+    c = MlflowClient(tr.uri)
+    runs = c.search_runs([c.get_experiment_by_name("s").experiment_id])
+    r = next(r for r in runs if r.data.tags["trial_id"] == "a" and r.data.tags["attempt"] == "2")
+    assert [(m.step, m.value) for m in c.get_metric_history(r.info.run_id, "test_acc")] == \
+        [(5, 0.2)]
