@@ -197,11 +197,14 @@ class Store:
         for c in compacted:
             key = f"{d}/{c}"
             if key not in self._folded_cache:
-                meta = pq.read_schema(key, filesystem=self.fs).metadata or {}
-                if PARTS_KEY not in meta:
-                    raise ValueError(f"{key}: compacted file without its '{PARTS_KEY.decode()}'"
-                                     " list; it was not written by `symsweep compact`")
-                self._folded_cache[key] = json.loads(meta[PARTS_KEY].decode())
+                try:
+                    meta = pq.read_schema(key, filesystem=self.fs).metadata or {}
+                    self._folded_cache[key] = json.loads(meta[PARTS_KEY].decode())
+                except Exception as ex:
+                    raise ConfigError(
+                        f"compacted file {key} is unreadable or lacks its part list ({ex}); "
+                        "the parts it folded exist only there: restore it from a copy (or move"
+                        " it away to read the rest of the sweep without those attempts)") from ex
             out.update(dict.fromkeys(self._folded_cache[key], c))
         return out
 
@@ -308,18 +311,26 @@ class Store:
         if loose:
             try:
                 t = self._scan_fast(d, loose, schema)
-            except Exception as ex:  # name the culprit(s): read the parts one by one
-                log.warning("store: one scan over %d parts in %s failed (%s: %s); reading "
-                            "them one by one to name the corrupt part(s)", len(loose), d,
-                            type(ex).__name__, str(ex)[:200])
-                t, bad = self._scan_slow(d, loose, schema)
-                corrupt += bad
+            except Exception as ex:  # name the culprit(s): rescan in chunks, per file in the
+                # chunks that fail (a corrupt part costs one chunk read one by one, not all)
+                log.warning("store: one scan over %d parts in %s failed (%s: %s); rescanning "
+                            "to name the corrupt part(s)", len(loose), d, type(ex).__name__,
+                            str(ex)[:200])
+                chunks = []
+                for i in range(0, len(loose), 512):
+                    try:
+                        chunks.append(self._scan_fast(d, loose[i:i + 512], schema))
+                    except Exception:
+                        c, bad = self._scan_slow(d, loose[i:i + 512], schema)
+                        chunks.append(c)
+                        corrupt += bad
+                t = pa.concat_tables(chunks)
             if one_row:
                 counts = pc.value_counts(t[PART_COL])
                 n_by_part = dict(zip(counts.field("values").to_pylist(),
                                      counts.field("counts").to_pylist(), strict=True))
-                wrong = {n for n in loose if n_by_part.get(n, 0) != 1
-                         and n not in {c for c, _ in corrupt}}
+                named = {c for c, _ in corrupt}
+                wrong = {n for n in loose if n_by_part.get(n, 0) != 1 and n not in named}
                 if wrong:
                     corrupt += [(n, f"ValueError: expected 1 row, found {n_by_part.get(n, 0)}")
                                 for n in sorted(wrong)]
@@ -374,14 +385,15 @@ class Store:
         return row[0], hist
 
     def _read_one(self, d: str, name: str, schema: pa.Schema) -> list[dict[str, Any]]:
-        loose, _, folded = self._layout(d)
-        if name in folded:
-            t = pq.read_table(f"{d}/{folded[name]}", filesystem=self.fs,
-                              filters=[(PART_COL, "==", name)])
-            return _conform(t, schema).to_pylist()
-        if name not in loose:
+        # the loose file first (one stat, no listing: the mirror calls this once per part)
+        if self.fs.get_file_info(f"{d}/{name}").type == pafs.FileType.File:
+            return pq.read_table(f"{d}/{name}", filesystem=self.fs).to_pylist()
+        _, _, folded = self._layout(d)
+        if name not in folded:
             raise FileNotFoundError(f"{d}/{name}")
-        return pq.read_table(f"{d}/{name}", filesystem=self.fs).to_pylist()
+        t = pq.read_table(f"{d}/{folded[name]}", filesystem=self.fs,
+                          filters=[(PART_COL, "==", name)])
+        return _conform(t, schema).to_pylist()
 
     def latest(self) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
         """Latest attempt per trial_id as a DataFrame, plus corrupt part files."""

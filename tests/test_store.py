@@ -431,3 +431,14 @@ def test_status_query_and_mirror_answer_the_same_after_compaction(tmp_path, caps
     r = next(r for r in runs if r.data.tags["trial_id"] == "a" and r.data.tags["attempt"] == "2")
     assert [(m.step, m.value) for m in c.get_metric_history(r.info.run_id, "test_acc")] == \
         [(5, 0.2)]
+
+
+def test_an_unreadable_compacted_file_is_named_not_skipped(tmp_path):
+    st, _ = _filled_store(tmp_path)
+    out = st.compact()
+    trials_file = next(f for f in out["written"] if "/trials/" in f)
+    with open(trials_file, "r+b") as f:
+        f.seek(-12, os.SEEK_END)
+        f.write(struct.pack("<q", 123456789))
+    with pytest.raises(ConfigError, match=os.path.basename(trials_file)):
+        Store(str(tmp_path), "s").latest()
