@@ -1,6 +1,6 @@
 """Datasets: official CIFAR-10 (download, MD5, safe unpickling, cache), image folders, and a
 deterministic synthetic dataset; splits, class-balanced nested subsets, flips, per-channel
-standardisation, one-hot-minus-0.1 targets and the symmetry transform (PAPER_SETUP.md, "D").
+standardisation, one-hot-minus-0.1 targets and the symmetry transform (docs/protocol.md, "D").
 
 Entry point: `build_dataset(cfg) -> Dataset`.
 

@@ -49,7 +49,7 @@ from workers.models import PAPER_WIDTHS, count_params, init_params, make_model
 Report = Callable[[dict, "str | None"], None]
 
 INFERENCES: tuple[str, ...] = ("nn", "nn_plus")
-# c (learning-rate factor) and lambda (L2) per inference algorithm (PAPER_SETUP.md, "I").
+# c (learning-rate factor) and lambda (L2) per inference algorithm (docs/protocol.md, "I").
 INFERENCE_DEFAULTS: dict[str, dict[str, float]] = {
     "nn": {"lr_factor": 1.0, "l2": 0.0},
     "nn_plus": {"lr_factor": 8.0, "l2": 1e-7},
