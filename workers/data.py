@@ -987,7 +987,8 @@ def build_dataset(cfg: dict) -> Dataset:
     flip = bool(flip)
 
     # Resolve the transform name before touching data, so a typo fails fast.
-    from workers.transforms import TRANSFORMS, make_transform, path_transform
+    from workers.transforms import make_transform, path_transform
+    from workers.vocab import TRANSFORMS
 
     if path_t is None and transform not in TRANSFORMS:
         raise ConfigError(

@@ -44,7 +44,8 @@ import numpy as np
 import optax
 
 from workers.errors import ConfigError
-from workers.models import PAPER_WIDTHS, count_params, init_params, make_model
+from workers.models import count_params, init_params, make_model
+from workers.vocab import PAPER_WIDTHS
 
 Report = Callable[[dict, "str | None"], None]
 

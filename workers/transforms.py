@@ -29,14 +29,7 @@ from functools import lru_cache
 import numpy as np
 
 from workers.errors import ConfigError
-
-TRANSFORMS: tuple[str, ...] = (
-    "identity",
-    "shared_rotation",
-    "pixel_rotation",
-    "permutation",
-    "global_rotation",
-)
+from workers.vocab import TRANSFORMS
 
 # Stream ids keep the random draws of different transforms (and the path) independent for the
 # same seed, and stable when new transforms are added.
