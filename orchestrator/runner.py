@@ -727,6 +727,16 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
     st = df[df["trial_id"].isin(ids)]["status"]
     summary.completed = int((st == "completed").sum())
     summary.diverged = int((st == "diverged").sum())
+    # a corrupt checkpoint was skipped inside a trial (logged there, in the Ray worker's
+    # log): say it here too, where the user looks
+    import json
+
+    for tid, mj in zip(df["trial_id"], df["metrics_json"], strict=True):
+        if tid in ids and mj and "checkpoint_warnings" in mj:
+            note = json.loads(mj).get("checkpoint_warnings")
+            if note:
+                summary.notes.append(note)
+                log.warning(note)
 
 
 def run_local(sweep: Sweep, preset: str, *, results: str, dedupe: bool = True,

@@ -188,6 +188,32 @@ def test_finished_trial_checkpoints_removed_unless_keep_checkpoints_0(tmp_path, 
     assert Path(ck.dir).exists() is left
 
 
+def test_attempt_after_a_corrupt_latest_checkpoint_resumes_from_the_previous(tmp_path):
+    """The fallback is on record: the attempt's row starts at the previous checkpoint and its
+    metrics_json carries the warning (the driver prints it as a note)."""
+    from orchestrator.runner import execute_trial, run_local
+    from orchestrator.spec import load_sweep
+
+    p = tmp_path / "ft.py"
+    p.write_text(textwrap.dedent(FAKE_TRAIN_SWEEP).format(keep="").replace("STATUS",
+                                                                          "'completed'"))
+    sw = load_sweep(str(p))
+    (trial,) = sw.expand("smoke")
+    res = tmp_path / "res"
+    ctx = {"results": str(res), "sweep": "ft", "preset": "smoke", "tiles_root": str(res),
+           "fault": {"crash_at_step": 20, "trials": None}}
+    with pytest.raises(Exception, match="injected crash"):
+        execute_trial(trial, ctx, sw.workers["train"])
+    ck = TrialCheckpoints(str(res), "ft", trial.trial_id)
+    latest = sorted(Path(ck.dir).iterdir())[-1]
+    (latest / "s.json").write_text('{"step": 99}')  # same size class, wrong content
+    run_local(sw, "smoke", results=str(res))
+    row = Store(str(res), "ft").latest()[0].iloc[0]
+    assert row["status"] == "completed" and row["start_step"] == 10
+    m = json.loads(row["metrics_json"])
+    assert m["resumed_from"] == 10 and "step 20" in m["checkpoint_warnings"]
+
+
 def test_clear_tune_state(tmp_path):
     d = tmp_path / "res" / "sw" / "_tune"
     (d / "smoke-1-2" / "t").mkdir(parents=True)
