@@ -348,7 +348,9 @@ def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., di
     restore_dir: str | None = None
     start_step: int | None = None
     ckpt_warnings: list[str] = []
-    if trial.kind == "train":
+
+    def restore() -> None:
+        nonlocal ckpts, restore_dir, start_step, ckpt_warnings
         ckpts = _trial_checkpoints(trial, ctx)
         restore_dir = tempfile.mkdtemp(prefix="symsweep-restore-")
         restored, ckpt_warnings = ckpts.restore_latest(restore_dir)
@@ -380,20 +382,21 @@ def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., di
                             num_gpus=float(r.get("tile_gpu", 0.0)),
                             num_cpus=float(r.get("tile_cpu", 1.0)))
         kwargs["map_tiles"] = mapper
-    failed_result: dict[str, Any] = (
-        {"checkpoint_warnings": " | ".join(ckpt_warnings)} if ckpt_warnings else {})
-    try:
+    try:  # a failure while restoring is this attempt's failure too: it gets its row
+        if trial.kind == "train":
+            restore()
         result = dict(worker(wcfg, report, **kwargs) or {})
     except Exception as ex:
         msg = f"{type(ex).__name__}: {ex}".splitlines()[0][:500]
-        store.write_attempt(_row(trial, ctx, attempt, started, failed_result, "failed", msg,
+        failed = {"checkpoint_warnings": " | ".join(ckpt_warnings)} if ckpt_warnings else {}
+        store.write_attempt(_row(trial, ctx, attempt, started, failed, "failed", msg,
                                  time.time() - t0, start_step), history)
         raise
     finally:
         if restore_dir:
             shutil.rmtree(restore_dir, ignore_errors=True)
     if ckpt_warnings:  # in the attempt's metrics_json, so the fallback is on record
-        result["checkpoint_warnings"] = failed_result["checkpoint_warnings"]
+        result["checkpoint_warnings"] = " | ".join(ckpt_warnings)
     preds = result.pop("predictions", None)
     if preds is not None:  # per-trial test predictions (e.g. Fig. S1 ensembles) as an artifact
         result["predictions_path"] = save_predictions(store, trial.trial_id, attempt, preds)

@@ -214,6 +214,24 @@ def test_attempt_after_a_corrupt_latest_checkpoint_resumes_from_the_previous(tmp
     assert m["resumed_from"] == 10 and "step 20" in m["checkpoint_warnings"]
 
 
+def test_negative_keep_checkpoints_is_refused_with_a_row(tmp_path):
+    from orchestrator.runner import execute_trial
+    from orchestrator.spec import load_sweep
+    from workers.errors import ConfigError
+
+    p = tmp_path / "ft.py"
+    p.write_text(textwrap.dedent(FAKE_TRAIN_SWEEP).format(keep=", keep_checkpoints=-1")
+                 .replace("STATUS", "'completed'"))
+    sw = load_sweep(str(p))
+    (trial,) = sw.expand("smoke")
+    res = tmp_path / "res"
+    ctx = {"results": str(res), "sweep": "ft", "preset": "smoke", "tiles_root": str(res)}
+    with pytest.raises(ConfigError, match="keep_checkpoints=-1: use N >= 1"):
+        execute_trial(trial, ctx, sw.workers["train"])
+    (row,) = Store(str(res), "ft").read_trials_all()[0].to_pylist()
+    assert row["status"] == "failed" and "keep_checkpoints=-1" in row["error"]
+
+
 def test_clear_tune_state(tmp_path):
     d = tmp_path / "res" / "sw" / "_tune"
     (d / "smoke-1-2" / "t").mkdir(parents=True)
