@@ -47,8 +47,11 @@ def _ck(tmp_path: Path, keep: int = 2) -> TrialCheckpoints:
     return TrialCheckpoints(str(tmp_path / "res"), "sw", "t0", keep=keep)
 
 
-def test_save_and_restore_round_trip_keeps_the_newest(tmp_path):
-    ck = _ck(tmp_path, keep=2)
+@pytest.mark.parametrize("uri", [False, True], ids=["path", "file-uri"])
+def test_save_and_restore_round_trip_keeps_the_newest(tmp_path, uri):
+    """Also through a URI root (pyarrow's filesystem from the URI, as for s3:// / gs://)."""
+    ck = (TrialCheckpoints(f"file://{tmp_path}/res", "sw", "t0", keep=2) if uri
+          else _ck(tmp_path, keep=2))
     for s in (10, 20, 30):
         ck.save(str(_write_dir(tmp_path / f"w{s}", s)), s)
     assert ck.complete_steps() == [20, 30]  # keep=2: the oldest is gone
