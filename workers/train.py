@@ -83,7 +83,8 @@ DEFAULTS: dict[str, Any] = {
     "success_train_acc": 0.95,
     "resume_from": None,
     "work_dir": None,          # where checkpoints are written; None: a temporary dir, removed
-                               # at the end (the report callback must copy what it keeps)
+                               # at the end (the report callback must copy what it keeps:
+                               # the runner puts each into the trial-keyed store at once)
     "keep_checkpoints": 2,
     "store_predictions": False,  # also return the final test predictions ("predictions")
 }
@@ -619,7 +620,7 @@ def train_arrays(config: dict, dataset: Any, report: Report | None = None, *,
     work_dir = cfg["work_dir"]
     checkpointing = cfg["checkpoint_every"] is not None and (report is not None or work_dir)
     own_dir = bool(checkpointing and not work_dir)
-    if own_dir:  # only the report callback sees these checkpoints (Tune copies them at once)
+    if own_dir:  # only the report callback sees these checkpoints (the runner copies them)
         work_dir = tempfile.mkdtemp(prefix="symsweep-train-")
     written: list[str] = []
     status, error, last_ckpt = "completed", None, None
