@@ -7,8 +7,10 @@ Flow of `run_sweep`:
 3. start (or join, ``address='auto'``) Ray and run the remaining trials as one Tune
    experiment of function trainables. Each trial calls its worker
    (``workers.train.train`` or ``workers.kernel_trial.run_kernel_trial``) with a ``report``
-   callback that forwards metrics and checkpoints to ``ray.tune.report``; a retry
-   (``FailureConfig(max_failures)``) restores from ``ray.tune.get_checkpoint()``;
+   callback that forwards metrics to ``ray.tune.report``. A finite trial's checkpoints go
+   to the trial-keyed store under the results root (checkpoints.py), so every later attempt
+   (a Tune retry, ``FailureConfig(max_failures)``; ``symsweep resume``; the same sweep
+   submitted again on a new cluster) continues from the trial's latest complete checkpoint;
 4. every attempt, failed ones included, writes its own Parquet part file from inside the
    trial (store.py), so a killed driver loses no finished trial; the driver mirrors the part
    files to MLflow (tracking.py) and shows live progress.
@@ -38,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from orchestrator.checkpoints import DEFAULT_KEEP, TrialCheckpoints, clear_tune_state
 from orchestrator.spec import Sweep, Trial, count_kernel_computations
 from orchestrator.store import DONE_STATUSES, Store, now_utc, resolve_root
 
@@ -252,7 +255,10 @@ def _scalars(d: Mapping[str, Any]) -> dict[str, float | int | str | None]:
 
 
 def _row(trial: Trial, ctx: Mapping[str, Any], attempt: int, started, result: Mapping[str, Any],
-         status: str, error: str | None, wall_s: float) -> dict[str, Any]:
+         status: str, error: str | None, wall_s: float,
+         start_step: int | None = None) -> dict[str, Any]:
+    """The store row of one attempt. ``start_step``: the checkpoint step a finite trial's
+    attempt resumed from (0: a fresh start; None for kernel cells and derived rows)."""
     import json
 
     c = trial.config
@@ -275,6 +281,7 @@ def _row(trial: Trial, ctx: Mapping[str, Any], attempt: int, started, result: Ma
         "best_test_acc": result.get("best_test_acc"), "test_acc": result.get("test_acc"),
         "test_mse": result.get("test_mse"), "val_acc": result.get("val_acc"),
         "train_acc": result.get("train_acc"), "steps": result.get("steps"),
+        "start_step": start_step,
         "best_train_acc": result.get("best_train_acc", result.get("train_acc")),
         "eta0": result.get("eta0"), "wall_s": wall_s, "error": error,
         "derived_from": trial.derived_from, "started_at": started, "finished_at": now_utc(),
@@ -303,12 +310,30 @@ def _fault_fires(fault: Mapping[str, Any] | None, trial_id: str, attempt: int, s
     return attempt in fault.get("attempts", [1]) and step >= int(fault["crash_at_step"])
 
 
+def _trial_checkpoints(trial: Trial, ctx: Mapping[str, Any]) -> TrialCheckpoints:
+    """The trial-keyed checkpoint store of a finite trial. Config ``keep_checkpoints``: N >= 1
+    keeps the newest N while the trial runs and removes them all when it finishes (completed
+    or diverged); 0 keeps every checkpoint, also after it finished."""
+    keep = trial.config.get("keep_checkpoints")
+    keep = DEFAULT_KEEP if keep is None else int(keep)
+    if keep < 0:
+        from workers.errors import ConfigError
+
+        raise ConfigError(f"keep_checkpoints={keep}: use N >= 1 (keep the newest N while the "
+                          "trial runs, remove them when it finishes) or 0 (keep all)")
+    return TrialCheckpoints(ctx["results"], ctx["sweep"], trial.trial_id, keep=keep)
+
+
 def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., dict], *,
-                  report_fn: Callable[[dict, str | None], None] | None = None,
-                  restore_dir: str | None = None) -> dict[str, Any]:
+                  report_fn: Callable[[dict, str | None], None] | None = None) -> dict[str, Any]:
     """Run one attempt of ``trial`` with ``worker`` and write its part file (also when it
-    fails, then re-raise). ``report_fn(metrics, checkpoint_dir)`` receives every report
-    (Tune's, inside a trial). Returns the worker's final metrics. No Ray needed."""
+    fails, then re-raise). ``report_fn(metrics, checkpoint_path)`` receives every report
+    (Tune's, inside a trial; the path is the checkpoint's place in the trial-keyed store).
+    Returns the worker's final metrics. No Ray needed.
+
+    A finite trial continues from the latest complete checkpoint in the trial-keyed store
+    (whichever attempt, run or driver wrote it); each checkpoint the worker reports is copied
+    there before the report returns (the worker may delete its own copy then)."""
     store = Store(ctx["results"], ctx["sweep"])
     attempt = store.next_attempt(trial.trial_id)
     started = now_utc()
@@ -317,17 +342,33 @@ def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., di
     for k in ("data_dir", "cache_dir"):
         if ctx.get(k):
             wcfg[k] = ctx[k]
-    if trial.kind == "train":
-        wcfg["resume_from"] = restore_dir
     history: list[dict[str, Any]] = []
     fault = ctx.get("fault")
+    ckpts: TrialCheckpoints | None = None
+    restore_dir: str | None = None
+    start_step: int | None = None
+    ckpt_warnings: list[str] = []
+
+    def restore() -> None:
+        nonlocal ckpts, restore_dir, start_step, ckpt_warnings
+        ckpts = _trial_checkpoints(trial, ctx)
+        restore_dir = tempfile.mkdtemp(prefix="symsweep-restore-")
+        restored, ckpt_warnings = ckpts.restore_latest(restore_dir)
+        wcfg["resume_from"] = restore_dir if restored is not None else None
+        start_step = restored.step if restored is not None else 0
+        if restored is not None:
+            log.info("trial %s attempt %d: resuming from step %d (%s)", trial.trial_id,
+                     attempt, restored.step, restored.source)
 
     def report(metrics: dict, checkpoint_dir: str | None = None) -> None:
         m = _scalars(metrics)
         history.append(m)
-        if report_fn is not None:
-            report_fn(m, checkpoint_dir)
         step = int(m.get("step", m.get("steps", len(history))) or 0)
+        saved = None
+        if checkpoint_dir and ckpts is not None:
+            saved = ckpts.save(checkpoint_dir, step)
+        if report_fn is not None:
+            report_fn(m, saved)
         if _fault_fires(fault, trial.trial_id, attempt, step):
             raise InjectedFault(f"injected crash at step {step} (attempt {attempt})")
 
@@ -341,13 +382,21 @@ def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., di
                             num_gpus=float(r.get("tile_gpu", 0.0)),
                             num_cpus=float(r.get("tile_cpu", 1.0)))
         kwargs["map_tiles"] = mapper
-    try:
+    try:  # a failure while restoring is this attempt's failure too: it gets its row
+        if trial.kind == "train":
+            restore()
         result = dict(worker(wcfg, report, **kwargs) or {})
     except Exception as ex:
         msg = f"{type(ex).__name__}: {ex}".splitlines()[0][:500]
-        store.write_attempt(_row(trial, ctx, attempt, started, {}, "failed", msg,
-                                 time.time() - t0), history)
+        failed = {"checkpoint_warnings": " | ".join(ckpt_warnings)} if ckpt_warnings else {}
+        store.write_attempt(_row(trial, ctx, attempt, started, failed, "failed", msg,
+                                 time.time() - t0, start_step), history)
         raise
+    finally:
+        if restore_dir:
+            shutil.rmtree(restore_dir, ignore_errors=True)
+    if ckpt_warnings:  # in the attempt's metrics_json, so the fallback is on record
+        result["checkpoint_warnings"] = " | ".join(ckpt_warnings)
     preds = result.pop("predictions", None)
     if preds is not None:  # per-trial test predictions (e.g. Fig. S1 ensembles) as an artifact
         result["predictions_path"] = save_predictions(store, trial.trial_id, attempt, preds)
@@ -358,7 +407,12 @@ def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., di
     if status not in ("completed", "diverged"):
         status = "failed"
     store.write_attempt(_row(trial, ctx, attempt, started, result, status, result.get("error"),
-                             float(result.get("wall_s") or (time.time() - t0))), history)
+                             float(result.get("wall_s") or (time.time() - t0)), start_step),
+                        history)
+    # a finished trial is never run again: its checkpoints only take space (the row is
+    # written first, so a crash in between leaves checkpoints, never a lost result)
+    if ckpts is not None and status in DONE_STATUSES and ckpts.keep > 0:
+        ckpts.remove_all()
     return result
 
 
@@ -382,27 +436,21 @@ def save_predictions(store: Store, trial_id: str, attempt: int, preds: Any) -> s
 
 
 def tune_trainable(config: dict, workers: Mapping[str, Callable] | None = None) -> None:
-    """The Tune function trainable: config = {"trial": Trial dict, "ctx": run context}."""
+    """The Tune function trainable: config = {"trial": Trial dict, "ctx": run context}.
+
+    No checkpoint is reported to Tune: a retry of the trial (a new call of this function)
+    finds the trial's checkpoints in the trial-keyed store like any later attempt does
+    (execute_trial), so Tune's own checkpointing would only store them a second time."""
     from ray import tune
 
     trial = Trial.from_dict(config["trial"])
     ctx = config["ctx"]
     worker = (workers or {}).get(trial.kind) or _default_worker(trial.kind)
 
-    def report_fn(metrics: dict, checkpoint_dir: str | None) -> None:
-        ck = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        tune.report({k: v for k, v in metrics.items() if v is not None}, checkpoint=ck)
+    def report_fn(metrics: dict, checkpoint_path: str | None) -> None:
+        tune.report({k: v for k, v in metrics.items() if v is not None})
 
-    restore_dir = None
-    ckpt = tune.get_checkpoint()
-    if ckpt is not None:
-        restore_dir = tempfile.mkdtemp(prefix="symsweep-restore-")
-        ckpt.to_directory(restore_dir)
-    try:
-        result = execute_trial(trial, ctx, worker, report_fn=report_fn, restore_dir=restore_dir)
-    finally:
-        if restore_dir:
-            shutil.rmtree(restore_dir, ignore_errors=True)
+    result = execute_trial(trial, ctx, worker, report_fn=report_fn)
     final = {k: v for k, v in _scalars(result).items() if v is not None}
     final["trial_finished"] = 1
     tune.report(final)
@@ -638,8 +686,17 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
                           on_attempt_end=on_complete, enabled=progress, console=console)
     trainable = tune.with_resources(
         tune.with_parameters(tune_trainable, workers=dict(sweep.workers or {})), resources)
+    # Tune's experiment state is scratch: the store (parts, trial-keyed checkpoints) is the
+    # record and nothing reads Tune's state again (no Tuner.restore). So each run deletes the
+    # `_tune/` leftovers of earlier runs (finished or killed: this driver holds the sweep's
+    # lock, none of them is running) before it starts, and its own experiment dir when it
+    # ends. Deleting rather than reusing one experiment name: Tune would mix the trial dirs
+    # and experiment-state files of different runs in one directory.
     storage = os.path.join(ctx["results"], sweep.name, "_tune") if "://" not in ctx["results"] \
         else f"{ctx['results']}/{sweep.name}/_tune"
+    n_old = clear_tune_state(ctx["results"], sweep.name)
+    if n_old:
+        log.info("removed %d Ray Tune state dir(s) of earlier runs under %s", n_old, storage)
     tuner = tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search([t.to_dict() for t in order]), "ctx": ctx},
@@ -652,7 +709,6 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
             name=f"{ctx['preset']}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
             storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=[cb],
             verbose=0,
             log_to_file=False,
@@ -663,6 +719,8 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
             grid = tuner.fit()
     except ray.exceptions.RaySystemError as ex:  # pragma: no cover - cluster trouble
         raise RuntimeError(f"Ray failed: {ex}") from ex
+    finally:
+        clear_tune_state(ctx["results"], sweep.name)
     del grid  # the store, not Tune's result files, is the record
     summary.retries = cb.retries
     summary.failed = cb.failed
@@ -671,6 +729,16 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
     st = df[df["trial_id"].isin(ids)]["status"]
     summary.completed = int((st == "completed").sum())
     summary.diverged = int((st == "diverged").sum())
+    # a corrupt checkpoint was skipped inside a trial (logged there, in the Ray worker's
+    # log): say it here too, where the user looks
+    import json
+
+    for tid, mj in zip(df["trial_id"], df["metrics_json"], strict=True):
+        if tid in ids and mj and "checkpoint_warnings" in mj:
+            note = json.loads(mj).get("checkpoint_warnings")
+            if note:
+                summary.notes.append(note)
+                log.warning(note)
 
 
 def run_local(sweep: Sweep, preset: str, *, results: str, dedupe: bool = True,

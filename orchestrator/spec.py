@@ -84,7 +84,7 @@ AXIS_NAMES = ("inference", "arch", "transform")
 RESOURCE_KEYS = {"cpu": float, "gpu": float, "tile_cpu": float, "tile_gpu": float}
 TRIAL_KINDS = ("train", "kernel")
 
-# NN+ is "+LR+L2": 8x the base learning rate and L2 1e-7 (PAPER_SETUP.md).
+# NN+ is "+LR+L2": 8x the base learning rate and L2 1e-7 (docs/protocol.md, "I").
 INFERENCE_DEFAULTS = {
     "nn": {"lr_factor": 1.0, "l2": 0.0},
     "nn_plus": {"lr_factor": 8.0, "l2": 1e-7},

@@ -17,6 +17,7 @@ Presets:
 
 from orchestrator.figures import CompositeSweep
 from orchestrator.spec import ARCHS, TRANSFORMS, Preset, Sweep
+from sweeps.common import GPU_RESOURCES, paper_preset
 
 SIZES = {"smoke": [40, 80, 160, 320], "cpu": [125, 250, 500, 1000],
          "paper": [320 * 2 ** k for k in range(8)] + [45_000]}
@@ -33,11 +34,9 @@ CPU = Preset(
                 test_size=500, depth=8, w_var=2.0, b_var=0.01, tile_side=125),
     resources=dict(kernel=dict(cpu=1)),
 )
-PAPER = Preset(
-    description="the paper: 32x32, depth 8, m 320..45k, 10k test images; GPUs",
-    config=dict(dataset="cifar10", val_size=0, depth=8, w_var=2.0, b_var=0.01, tile_side=320),
-    resources=dict(kernel=dict(cpu=1, tile_cpu=1, tile_gpu=1)),
-)
+PAPER = paper_preset(
+    "the paper: 32x32, depth 8, m 320..45k, 10k test images; GPUs",
+    resources={"kernel": GPU_RESOURCES["kernel"]}, val_size=0, tile_side=320)
 PRESETS = dict(smoke=SMOKE, cpu=CPU, paper=PAPER)
 
 CURVES = Sweep(name="figS6", presets=PRESETS, axes=dict(

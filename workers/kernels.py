@@ -9,7 +9,7 @@ arc-cosine kernels J1 and J0; the readout is a dense layer after flatten (fcn, v
 the per-pixel covariance), global average pooling (gap: mean of the full covariance) or a k x k
 average pool with stride k followed by flatten (lapk).
 
-How it is computed (PERF_NOTES.md):
+How it is computed (docs/performance.md):
 
 * ``fcn`` needs one scalar per image pair per layer.
 * ``vec`` / ``lcn`` need only the per-pixel (diagonal) covariance, H*W entries per pair (they are
