@@ -217,6 +217,13 @@ def main() -> None:
         shutil.rmtree(big, ignore_errors=True)
     print(f"loadavg at start {_load()} on {os.cpu_count()} CPUs", flush=True)
     generate(small, a.n_old)
+    # both readers must see the same rows (the old one reads every column of TRIAL_SCHEMA, so
+    # a small store cached before the schema gained a column would read as all corrupt)
+    old_t, old_c = _old_read_trials_all(Store(small, SWEEP))
+    new_t, new_c = Store(small, SWEEP).read_trials_all()
+    if old_c or new_c or not old_t.num_rows == new_t.num_rows == a.n_old:
+        raise SystemExit(f"{small}: old reader {old_t.num_rows} rows / {len(old_c)} corrupt, "
+                         f"new {new_t.num_rows} / {len(new_c)}; delete it to regenerate")
     for fn in commands(small).values():  # warm-up: imports (DuckDB, pandas, rich), untimed
         _quiet(fn)
     print(f"== {a.n_old} attempts, loose parts: old vs new reader, interleaved", flush=True)
