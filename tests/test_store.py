@@ -442,3 +442,30 @@ def test_an_unreadable_compacted_file_is_named_not_skipped(tmp_path):
         f.write(struct.pack("<q", 123456789))
     with pytest.raises(ConfigError, match=os.path.basename(trials_file)):
         Store(str(tmp_path), "s").latest()
+
+
+def test_non_local_filesystem_paths(monkeypatch):
+    """The object-store branches (no glob, no flock: listing-based next_attempt, lock written
+    then read back after a settle time) on pyarrow's in-memory mock filesystem."""
+    import pyarrow.fs as pafs
+
+    from orchestrator import store as store_mod
+
+    fs = pafs._MockFileSystem()
+    monkeypatch.setattr(store_mod, "resolve_root", lambda root: (fs, "/bucket"))
+    st = Store("mock://bucket", "s")
+    assert not isinstance(st.fs, pafs.LocalFileSystem)
+    p = st.write_attempt(row("a", 1, "failed", acc=None), [{"step": 1, "test_acc": 0.1}])
+    st.write_attempt(row("b", 1, acc=0.4))
+    fs.delete_file(p)  # a deleted trial part: its history part still counts
+    assert st.next_attempt("a") == 2 and st.next_attempt("b") == 2
+    st.write_attempt(row("a", 2, acc=0.6), [{"step": 1, "test_acc": 0.6}])
+    before = _snapshot(st)
+    monkeypatch.setattr(store_mod.time, "sleep", lambda s: None)  # the lock's settle time
+    out = st.compact()
+    assert out["attempts"] == 2 and out["history_parts"] == 2
+    assert _snapshot(Store("mock://bucket", "s")) == before
+    lock, _ = st.acquire_lock()
+    with pytest.raises(ConfigError, match="already running"):
+        Store("mock://bucket", "s").acquire_lock()
+    st.release_lock(lock)
