@@ -93,7 +93,6 @@ def run_argv(results: Path, *extra: str) -> list[str]:
     (["seed=7"], ["no trial has seed '7'", "valid values: 0, 1, 2, 3, 4"]),
     # values that exist, but never together: kernel cells have seed 0 only
     (["inference=ntk", "seed=3"], ["no trial has all of these values together"]),
-    (["arch"], ["expected FIELD=VALUE"]),
     (["arch="], ["expected FIELD=VALUE"]),
 ])
 def test_run_only_typo_is_refused_and_writes_nothing(results, capsys, only, needles):
