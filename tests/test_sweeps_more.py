@@ -245,8 +245,12 @@ def test_figS5_and_figS6_reduced_smoke_runs(tmp_path):
                t.config["transform"] == "identity" and t.config["seed"] == 0, FAST)
     df, _ = load("figS5", str(tmp_path))
     assert sorted(df["first_layer_init"]) == ["gaussian", "uniform"]
-    # different first-layer weights: different runs
-    assert df["best_test_acc"].nunique() >= 1 and df["trial_id"].nunique() == 2
+    # different first-layer weights: different runs. Accuracies on 256 test images may tie
+    # by chance; the test MSE of two differently initialised nets does not (a continuous
+    # function of the trained weights)
+    assert df["trial_id"].nunique() == 2
+    mse = df.sort_values("first_layer_init")["test_mse"].to_numpy(dtype=float)
+    assert np.isfinite(mse).all() and mse[0] != mse[1], mse
     text = figure_table("figS5", str(tmp_path))
     assert "uniform - gaussian" in text
     assert figure_plot("figS5", str(tmp_path)).stat().st_size > 5_000
