@@ -219,9 +219,21 @@ def _field_value(t: Trial, key: str) -> str | None:
     return str(t.config[key]) if key in t.config else None
 
 
+def _canon(value: str) -> str:
+    """A value as --only compares it: numbers by their value (``w_var=2`` matches 2.0),
+    booleans case-insensitively, anything else as text."""
+    if value.lower() in ("true", "false"):
+        return value.lower()
+    try:
+        return repr(float(value))
+    except ValueError:
+        return value
+
+
 def select_trials(trials: list[Trial], only: Mapping[str, Iterable[str]] | None) -> list[Trial]:
     """The trials whose every ``only`` field has one of the given values (compared as text,
-    so ``seed=0`` and ``width=64`` work); all of them when ``only`` is empty.
+    numbers by value: ``seed=0``, ``width=64``, ``w_var=2`` work); all of them when ``only``
+    is empty.
 
     A field must be ``kind`` or a config key some trial has (inference, arch, transform, seed,
     width, train_size, ...), and every value must occur for that field in ``trials``: a typo
@@ -239,12 +251,13 @@ def select_trials(trials: list[Trial], only: Mapping[str, Iterable[str]] | None)
             raise ConfigError(f"--only {key}=...: unknown field {key!r}; choose from "
                               f"{', '.join(fields)}")
         seen = sorted({v for t in trials if (v := _field_value(t, key)) is not None})
-        bad = [v for v in values if str(v) not in seen]
+        bad = [v for v in values if _canon(str(v)) not in {_canon(x) for x in seen}]
         if bad:
             raise ConfigError(f"--only {key}={','.join(map(str, values))}: no trial has {key} "
                               f"{bad[0]!r}; valid values: {', '.join(seen)}")
+    want = {k: {_canon(str(v)) for v in vs} for k, vs in only.items()}
     out = [t for t in trials
-           if all(_field_value(t, k) in {str(v) for v in vs} for k, vs in only.items())]
+           if all(_canon(str(_field_value(t, k))) in vs for k, vs in want.items())]
     if not out:
         given = " ".join(f"{k}={','.join(map(str, v))}" for k, v in only.items())
         raise ConfigError(f"--only {given}: no trial has all of these values together; "
