@@ -349,9 +349,8 @@ def readonly_sql(con, sql: str, results: str):
         if kind not in QUERY_STATEMENTS:
             raise ConfigError(f"query: {kind} statements are refused; queries are read-only "
                               "(SELECT / EXPLAIN over trials, trials_all, history)")
-    if "://" not in results:
-        root = os.path.abspath(os.path.expanduser(results)).rstrip("/") + "/"
-        con.execute("set allowed_directories = ?", [[root]])
+    root = results if "://" in results else os.path.abspath(os.path.expanduser(results))
+    con.execute("set allowed_directories = ?", [[root.rstrip("/") + "/"]])
     con.execute("set enable_external_access = false")
     con.execute("set lock_configuration = true")
     return con.execute(sql)

@@ -595,7 +595,8 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
         store.write_manifest({
             "sweep": sweep.name, "preset": preset, "source": sweep.source, "dedupe": dedupe,
             # resume checks the sweep file it is given against this (it never loads `source`)
-            "source_sha256": file_sha256(sweep.source) if sweep.source else None,
+            "source_sha256": (file_sha256(sweep.source) if sweep.source and
+                              os.path.isfile(sweep.source) else None),
             "only": dict(only) if only else None, "results": fs_root,
             "success_train_acc": p.success_train_acc, "data_dir": ctx["data_dir"],
             "cache_dir": ctx["cache_dir"], "written_at": now_utc().isoformat(),
