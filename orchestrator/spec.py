@@ -262,9 +262,15 @@ def select_trials(trials: list[Trial], only: Mapping[str, Iterable[str]] | None)
         given = " ".join(f"{k}={','.join(map(str, v))}" for k, v in only.items())
         raise ConfigError(f"--only {given}: no trial has all of these values together; "
                           "drop one filter or check `symsweep run <sweep> --dry-run`")
-    keep = {t.trial_id for t in out}
+    return undo_orphan_derivations(out)
+
+
+def undo_orphan_derivations(selected: list[Trial]) -> list[Trial]:
+    """``selected`` with ``derived_from`` cleared wherever the source trial is not selected
+    too: such a cell cannot be copied, it is computed itself."""
+    keep = {t.trial_id for t in selected}
     return [t if (t.derived_from is None or t.derived_from in keep) else
-            Trial(t.trial_id, t.kind, t.config, t.resources, None) for t in out]
+            Trial(t.trial_id, t.kind, t.config, t.resources, None) for t in selected]
 
 
 @dataclass(frozen=True)
