@@ -326,9 +326,12 @@ def _fit_defaults(m: Mapping[str, Any], first: int | None, last: int | None
 def _analysis_of(m: Mapping[str, Any]) -> dict:
     """The sweep file's ``analysis`` defaults (CompositeSweep), if the file still loads."""
     try:
-        from orchestrator.spec import load_sweep
+        from orchestrator.spec import load_recorded_sweep
 
-        return dict(getattr(load_sweep(m["source"]), "analysis", {}) or {})
+        # the repository's sweeps/<name>.py, never the file the manifest names (a results
+        # folder is data, not code); only its analysis defaults are read, so no hash check
+        return dict(getattr(load_recorded_sweep(m["sweep"], m, force=True), "analysis", {})
+                    or {})
     except Exception:
         return {}
 

@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 import typer
 
-from orchestrator.spec import Sweep, Trial, load_sweep
+from orchestrator.spec import Sweep, Trial, load_sweep, parse_only, select_trials
 from workers.errors import ConfigError
 
 CIFAR_SIZES = {"train": 45_000, "val": 5_000, "test": 10_000}
@@ -411,20 +411,7 @@ def make_plan(sweep: Sweep, preset: str, *, gpus: int = 8, device_factor: float 
         raise ConfigError(f"--device-factor must be > 0, got {device_factor}")
     if gpus < 1:
         raise ConfigError(f"--gpus must be >= 1, got {gpus}")
-    trials = sweep.expand(preset)
-    if only:
-        unknown = set(only) - {"inference", "arch", "transform", "seed", "kind"}
-        if unknown:
-            raise ConfigError(f"--only {sorted(unknown)[0]}: filter on inference, arch, "
-                              "transform or seed")
-        trials = [t for t in trials
-                  if all(str(t.config.get(k, t.kind if k == "kind" else None)) in v
-                         for k, v in only.items())]
-        keep = {t.trial_id for t in trials}
-        trials = [t if (t.derived_from is None or t.derived_from in keep) else
-                  Trial(t.trial_id, t.kind, t.config, t.resources, None) for t in trials]
-        if not trials:
-            raise ConfigError("--only leaves no trial to plan")
+    trials = select_trials(sweep.expand(preset), only)
     units = dict(units or {})
     todo = [t for t in trials if _key(t) not in units]
     load = _load()
@@ -585,8 +572,6 @@ def plan_command(
     """Measure unit costs here and print the projected compute and wall time of sweeps."""
     import sys
 
-    from orchestrator.cli import _parse_only
-
     if steps < 1 or budget_s <= 0 or solve_n < 2:
         raise ConfigError("need --steps >= 1, --budget-s > 0 and --solve-n >= 2")
     known = load_units(units) if units else {}
@@ -595,7 +580,7 @@ def plan_command(
         sw = load_sweep(f)
         plans.append(make_plan(sw, preset, gpus=gpus, device_factor=device_factor,
                                steps=steps, budget_s=budget_s, solve_n=solve_n,
-                               only=_parse_only(only), units=known,
+                               only=parse_only(only), units=known,
                                log=lambda m: print(f"symsweep plan: {m}", file=sys.stderr,
                                                    flush=True)))
         known.update(plans[-1].units)

@@ -41,8 +41,15 @@ from typing import Any
 import numpy as np
 
 from orchestrator.checkpoints import DEFAULT_KEEP, TrialCheckpoints, clear_tune_state
-from orchestrator.spec import Sweep, Trial, count_kernel_computations
+from orchestrator.spec import (
+    Sweep,
+    Trial,
+    count_kernel_computations,
+    file_sha256,
+    select_trials,
+)
 from orchestrator.store import DONE_STATUSES, Store, now_utc, resolve_root
+from workers.errors import ConfigError, UserError
 
 log = logging.getLogger("symsweep")
 
@@ -387,10 +394,18 @@ def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., di
             restore()
         result = dict(worker(wcfg, report, **kwargs) or {})
     except Exception as ex:
-        msg = f"{type(ex).__name__}: {ex}".splitlines()[0][:500]
+        root = root_cause(ex)
+        # bad input (UserError: config / data) is stored as its own one-line message, which
+        # says how to fix it; anything else with its type. Never Ray's wrapper of a tile task's
+        # error (a colour-coded traceback header), always the root cause.
+        msg = (str(root) if isinstance(root, UserError)
+               else f"{type(root).__name__}: {root}").strip()
+        msg = (msg.splitlines() or [type(root).__name__])[0][:500]
         failed = {"checkpoint_warnings": " | ".join(ckpt_warnings)} if ckpt_warnings else {}
         store.write_attempt(_row(trial, ctx, attempt, started, failed, "failed", msg,
                                  time.time() - t0, start_step), history)
+        if isinstance(root, UserError) and root is not ex:
+            raise root from None  # the caller tells bad input from crashes by its type
         raise
     finally:
         if restore_dir:
@@ -414,6 +429,17 @@ def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., di
     if ckpts is not None and status in DONE_STATUSES and ckpts.keep > 0:
         ckpts.remove_all()
     return result
+
+
+def root_cause(ex: BaseException) -> BaseException:
+    """The exception a Ray task wrapper (``RayTaskError``, whose ``cause`` is the task's own
+    exception) stands for; ``ex`` itself when it wraps nothing."""
+    seen = 0
+    while seen < 10 and type(ex).__name__.startswith("RayTaskError") and \
+            isinstance(getattr(ex, "cause", None), BaseException):
+        ex = ex.cause  # type: ignore[attr-defined]
+        seen += 1
+    return ex
 
 
 def predictions_path(store: Store, trial_id: str, attempt: int) -> str:
@@ -450,7 +476,15 @@ def tune_trainable(config: dict, workers: Mapping[str, Callable] | None = None) 
     def report_fn(metrics: dict, checkpoint_path: str | None) -> None:
         tune.report({k: v for k, v in metrics.items() if v is not None})
 
-    result = execute_trial(trial, ctx, worker, report_fn=report_fn)
+    try:
+        result = execute_trial(trial, ctx, worker, report_fn=report_fn)
+    except UserError as ex:
+        # Bad config or data fails the same way on every attempt: Tune's retries are for
+        # crashes (FailureConfig has no per-exception filter), so end the trial normally with
+        # a final `user_error` result. execute_trial has written the failed row with the
+        # one-line message; `_run_tune` counts such trials as failed.
+        tune.report({"trial_finished": 1, "user_error": 1, "error": str(ex).splitlines()[0]})
+        return
     final = {k: v for k, v in _scalars(result).items() if v is not None}
     final["trial_finished"] = 1
     tune.report(final)
@@ -562,15 +596,14 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
               progress: bool = True, num_cpus: int | None = None,
               fault: Mapping[str, Any] | None = None, tracking: bool = True,
               console: Any = None) -> RunSummary:
-    """Run (or resume) ``sweep`` at ``preset``: everything without a finished attempt."""
+    """Run (or resume) ``sweep`` at ``preset``: everything without a finished attempt.
+
+    Bad input (an unknown or empty ``only`` selection, a config value out of range, a negative
+    ``max_failures``) raises `ConfigError` before the driver lock, the manifest or Ray."""
     t_start = time.time()
-    trials = sweep.expand(preset, dedupe=dedupe)
-    if only:
-        trials = [t for t in trials if all(str(t.config.get(k)) in v for k, v in only.items())]
-        keep = {t.trial_id for t in trials}
-        # a derived cell whose source was filtered away is computed itself
-        trials = [t if (t.derived_from is None or t.derived_from in keep) else
-                  Trial(t.trial_id, t.kind, t.config, t.resources, None) for t in trials]
+    if max_failures is not None and (isinstance(max_failures, bool) or max_failures < 0):
+        raise ConfigError(f"--max-failures {max_failures}: retries per trial must be >= 0")
+    trials = select_trials(sweep.expand(preset, dedupe=dedupe), only)
     for t in trials:  # paths in a preset are relative to where the driver runs
         for k in ("data_dir", "cache_dir"):
             v = t.config.get(k)
@@ -610,6 +643,9 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
     try:
         store.write_manifest({
             "sweep": sweep.name, "preset": preset, "source": sweep.source, "dedupe": dedupe,
+            # resume checks the sweep file it is given against this (it never loads `source`)
+            "source_sha256": (file_sha256(sweep.source) if sweep.source and
+                              os.path.isfile(sweep.source) else None),
             "only": dict(only) if only else None, "results": fs_root,
             "success_train_acc": p.success_train_acc, "data_dir": ctx["data_dir"],
             "cache_dir": ctx["cache_dir"], "written_at": now_utc().isoformat(),
@@ -722,9 +758,11 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
         raise RuntimeError(f"Ray failed: {ex}") from ex
     finally:
         clear_tune_state(ctx["results"], sweep.name)
+    # trials that ended on bad input (UserError) completed for Tune but failed for us
+    user_errors = sum(1 for r in grid if r.error is None and (r.metrics or {}).get("user_error"))
     del grid  # the store, not Tune's result files, is the record
     summary.retries = cb.retries
-    summary.failed = cb.failed
+    summary.failed = cb.failed + user_errors
     ids = {t.trial_id for t in todo}
     df, _ = store.latest()
     st = df[df["trial_id"].isin(ids)]["status"]
@@ -746,9 +784,7 @@ def run_local(sweep: Sweep, preset: str, *, results: str, dedupe: bool = True,
               only: Mapping[str, list[str]] | None = None) -> list[dict[str, Any]]:
     """Run every unfinished trial in this process without Ray (debugging aid, also used by
     tests to compare with the Ray path). Returns the workers' results."""
-    trials = sweep.expand(preset, dedupe=dedupe)
-    if only:
-        trials = [t for t in trials if all(str(t.config.get(k)) in v for k, v in only.items())]
+    trials = select_trials(sweep.expand(preset, dedupe=dedupe), only)
     store = Store(results, sweep.name)
     fs_root = results if "://" in results else os.path.abspath(results)
     ctx = {"results": fs_root, "sweep": sweep.name, "preset": preset,

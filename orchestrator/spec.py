@@ -8,7 +8,11 @@ into `Trial`s, each with a stable ``trial_id``: a hash of the trial's *scientifi
 same id in every run. That id is what resume and de-duplication key on.
 
 Validation happens here, before anything starts: an unknown arch / transform / inference /
-preset, an empty axis or a value of the wrong type raises `ConfigError` naming the field.
+preset, an empty axis or a value of the wrong type raises `ConfigError` naming the field; a value
+out of range (a width, depth or size <= 0, ...) raises it naming the trial (`check_ranges`).
+`select_trials` is the one ``--only FIELD=V1,V2`` filter (run, dry-run, plan, resume, tests).
+Resume loads a sweep only from a file the user trusts (`load_recorded_sweep`): never the file a
+results folder names, and only when its sha256 matches the one recorded at run time.
 """
 
 from __future__ import annotations
@@ -75,6 +79,28 @@ CONFIG_TYPES: dict[str, type] = {
     "tile_side": int,
     "store_predictions": bool,
 }
+# Allowed ranges of numeric config keys: (low, low inclusive, high, high inclusive); None: no
+# bound. Checked for every expanded trial, so a 0 width fails at expansion (before Ray starts)
+# naming the trial, instead of failing inside every attempt.
+CONFIG_RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
+    **{k: (1, True, None, False) for k in (
+        "train_size", "test_size", "image_size", "depth", "width", "eval_every",
+        "checkpoint_every", "batch_size", "eta0_samples", "eta0_inits", "eval_batch_size",
+        "tile_side", "tile_memory_bytes")},
+    # 0: no validation set / no SGD step (eta_0 only) / full train set / keep every checkpoint
+    **{k: (0, True, None, False) for k in ("val_size", "max_steps", "train_eval_size",
+                                          "keep_checkpoints")},
+    "w_var": (0.0, False, None, False),
+    "b_var": (0.0, True, None, False),
+    "lr_factor": (0.0, False, None, False),
+    "l2": (0.0, True, None, False),
+    "eta0": (0.0, False, None, False),
+    "diag_reg": (0.0, True, None, False),
+    "momentum": (0.0, True, 1.0, False),
+    "diverge_loss": (0.0, False, None, False),
+    "path_t": (0.0, True, 1.0, True),
+}
+
 # Keys that say *where* things are, not *what* is computed: excluded from trial_id.
 # tile_side: kernel tile side (fixed across m so nested subsets share tiles; figure sweeps);
 # store_predictions: also save the test predictions as an artifact (runner.py).
@@ -121,6 +147,130 @@ def _check_names(where: str, values: Iterable[Any], known: tuple[str, ...], what
     for v in values:
         if v not in known:
             raise ConfigError(f"{where}: unknown {what} {v!r}; choose from {', '.join(known)}")
+
+
+def _range_text(lo: float | None, lo_inc: bool, hi: float | None, hi_inc: bool) -> str:
+    parts = []
+    if lo is not None:
+        parts.append(f"{'>=' if lo_inc else '>'} {lo:g}")
+    if hi is not None:
+        parts.append(f"{'<=' if hi_inc else '<'} {hi:g}")
+    return " and ".join(parts)
+
+
+def range_error(key: str, value: Any) -> str | None:
+    """Why ``value`` is out of `CONFIG_RANGES` for ``key`` (None when it is in range)."""
+    if key not in CONFIG_RANGES or value is None or isinstance(value, bool) or \
+            not isinstance(value, int | float):
+        return None
+    lo, lo_inc, hi, hi_inc = CONFIG_RANGES[key]
+    # `not (x >= lo)` rather than `x < lo`: a NaN is out of every range
+    bad = (lo is not None and not (value >= lo if lo_inc else value > lo)) or \
+        (hi is not None and not (value <= hi if hi_inc else value < hi))
+    if not bad:
+        return None
+    return f"{key} must be {_range_text(lo, lo_inc, hi, hi_inc)}, got {value!r}"
+
+
+def describe_trial(t: Trial) -> str:
+    """Short human name of a trial: ``nn/vec/identity seed 0 (id 1a2b...)``."""
+    c = t.config
+    return (f"{c.get('inference')}/{c.get('arch')}/{c.get('transform')} seed {c.get('seed')} "
+            f"(id {t.trial_id})")
+
+
+def check_ranges(trials: Iterable[Trial], where: str) -> None:
+    """Raise `ConfigError` naming the first trial with a config value out of `CONFIG_RANGES`
+    (a width, depth or size <= 0, a momentum >= 1, ...). ``where`` names the sweep/preset."""
+    for t in trials:
+        for k in sorted(t.config):
+            why = range_error(k, t.config[k])
+            if why:
+                raise ConfigError(f"{where}: trial {describe_trial(t)}: {why}; fix the preset "
+                                  "config, its width or its rules")
+
+
+# ---------------------------------------------------------------------- trial selection
+# Fields --only may filter on besides config keys: the trial kind.
+SELECT_FIELDS_EXTRA = ("kind",)
+
+
+def parse_only(items: Iterable[str] | None) -> dict[str, list[str]] | None:
+    """``["arch=vec,gap", "inference=ntk"]`` -> ``{"arch": ["vec", "gap"], "inference":
+    ["ntk"]}``; None for no items. Raises `ConfigError` for an item without ``=`` or without a
+    value. Field names and values are checked against a sweep by `select_trials`."""
+    if not items:
+        return None
+    out: dict[str, list[str]] = {}
+    for item in items:
+        field_, sep, vals = str(item).partition("=")
+        field_ = field_.strip()
+        values = [x.strip() for x in vals.split(",") if x.strip()]
+        if not sep or not field_ or not values:
+            raise ConfigError(f"--only {item!r}: expected FIELD=VALUE[,VALUE...], e.g. "
+                              "--only inference=ntk")
+        out.setdefault(field_, []).extend(v for v in values if v not in out.get(field_, []))
+    return out
+
+
+def _field_value(t: Trial, key: str) -> str | None:
+    if key == "kind":
+        return t.kind
+    return str(t.config[key]) if key in t.config else None
+
+
+def _canon(value: str) -> str:
+    """A value as --only compares it: numbers by their value (``w_var=2`` matches 2.0),
+    booleans case-insensitively, anything else as text."""
+    if value.lower() in ("true", "false"):
+        return value.lower()
+    try:
+        return repr(float(value))
+    except ValueError:
+        return value
+
+
+def select_trials(trials: list[Trial], only: Mapping[str, Iterable[str]] | None) -> list[Trial]:
+    """The trials whose every ``only`` field has one of the given values (compared as text,
+    numbers by value: ``seed=0``, ``width=64``, ``w_var=2`` work); all of them when ``only``
+    is empty.
+
+    A field must be ``kind`` or a config key some trial has (inference, arch, transform, seed,
+    width, train_size, ...), and every value must occur for that field in ``trials``: a typo
+    raises `ConfigError` naming the valid fields or values instead of selecting nothing. An
+    empty result (values that never occur together) is an error too. A derived kernel cell
+    whose source is not selected is computed itself (its ``derived_from`` is cleared).
+    """
+    if not only:
+        return list(trials)
+    if not trials:
+        raise ConfigError("--only: the sweep has no trials to select from")
+    fields = sorted({k for t in trials for k in t.config} | set(SELECT_FIELDS_EXTRA))
+    for key, values in only.items():
+        if key not in fields:
+            raise ConfigError(f"--only {key}=...: unknown field {key!r}; choose from "
+                              f"{', '.join(fields)}")
+        seen = sorted({v for t in trials if (v := _field_value(t, key)) is not None})
+        bad = [v for v in values if _canon(str(v)) not in {_canon(x) for x in seen}]
+        if bad:
+            raise ConfigError(f"--only {key}={','.join(map(str, values))}: no trial has {key} "
+                              f"{bad[0]!r}; valid values: {', '.join(seen)}")
+    want = {k: {_canon(str(v)) for v in vs} for k, vs in only.items()}
+    out = [t for t in trials
+           if all(_canon(str(_field_value(t, k))) in vs for k, vs in want.items())]
+    if not out:
+        given = " ".join(f"{k}={','.join(map(str, v))}" for k, v in only.items())
+        raise ConfigError(f"--only {given}: no trial has all of these values together; "
+                          "drop one filter or check `symsweep run <sweep> --dry-run`")
+    return undo_orphan_derivations(out)
+
+
+def undo_orphan_derivations(selected: list[Trial]) -> list[Trial]:
+    """``selected`` with ``derived_from`` cleared wherever the source trial is not selected
+    too: such a cell cannot be copied, it is computed itself."""
+    keep = {t.trial_id for t in selected}
+    return [t if (t.derived_from is None or t.derived_from in keep) else
+            Trial(t.trial_id, t.kind, t.config, t.resources, None) for t in selected]
 
 
 @dataclass(frozen=True)
@@ -315,8 +465,10 @@ class Sweep:
                                       f"use {', '.join(RESOURCE_KEYS)}")
                 if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
                     raise ConfigError(f"{where}.resources.{kind}.{k}: expected a number >= 0")
-        if isinstance(p.max_failures, bool) or not isinstance(p.max_failures, int):
-            raise ConfigError(f"{where}.max_failures: expected an integer")
+        if isinstance(p.max_failures, bool) or not isinstance(p.max_failures, int) or \
+                p.max_failures < 0:
+            raise ConfigError(f"{where}.max_failures: expected an integer >= 0 (retries per "
+                              f"trial), got {p.max_failures!r}")
         if not isinstance(p.success_train_acc, int | float):
             raise ConfigError(f"{where}.success_train_acc: expected a number")
 
@@ -370,6 +522,7 @@ class Sweep:
                     res = {"cpu": 1.0, "gpu": 0.0, "tile_cpu": 1.0, "tile_gpu": 0.0}
                     res.update({k: float(v) for k, v in p.resources.get(kind, {}).items()})
                     trials.append(Trial(trial_id_of(cfg), kind, cfg, res))
+        check_ranges(trials, f"sweep '{self.name}' preset {preset}")
         ids = [t.trial_id for t in trials]
         if len(set(ids)) != len(ids):
             raise ConfigError(f"sweep '{self.name}' preset {preset}: two trials have the same "
@@ -447,6 +600,53 @@ def load_sweep(path: str | Path) -> Sweep:
         cloudpickle.register_pickle_by_value(mod)
     except Exception:  # pragma: no cover - ray always ships its cloudpickle
         pass
+    return sw
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes (the sweep file's, recorded in the manifest at run time)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# The repository's sweep files: resume and the figure tables load sweeps from here by name.
+SWEEPS_DIR = Path(__file__).resolve().parents[1] / "sweeps"
+
+
+def load_recorded_sweep(name: str, manifest: Mapping[str, Any], sweep_file: str | None = None,
+                        *, force: bool = False) -> Sweep:
+    """The sweep of a results folder's manifest, loaded from a file the *user* trusts: the
+    repository's ``sweeps/<name>.py`` or ``sweep_file``, never the ``source`` the manifest
+    names (a results folder is data, never code: a shared folder could point it anywhere).
+
+    The file's sha256 must equal the manifest's ``source_sha256`` (recorded by `run`), so a
+    resume continues the sweep that was started; ``force`` accepts a different or unrecorded
+    hash. Raises `ConfigError` (naming both hashes) otherwise, or when the file is missing or
+    defines another sweep.
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ConfigError(f"sweep name {name!r}: expected an identifier like 'fig2'")
+    path = Path(sweep_file) if sweep_file else SWEEPS_DIR / f"{name}.py"
+    if not path.is_file():
+        raise ConfigError(f"sweep file {str(path)!r} not found; pass the sweep file that "
+                          f"started '{name}' with --sweep-file PATH")
+    have = file_sha256(path)
+    want = manifest.get("source_sha256")
+    if have != want and not force:
+        if not want:
+            raise ConfigError(f"the manifest of '{name}' records no sweep-file hash (written by "
+                              f"an older symsweep), so {path} (sha256 {have}) cannot be "
+                              "checked; pass --force to use it anyway")
+        raise ConfigError(f"{path} has sha256 {have} but '{name}' was run from a file with "
+                          f"sha256 {want}; pass the original with --sweep-file PATH, or "
+                          "--force to continue with this one")
+    sw = load_sweep(path)
+    if sw.name != name:
+        raise ConfigError(f"{path} defines sweep '{sw.name}', not '{name}'; pass the right "
+                          "--sweep-file")
     return sw
 
 

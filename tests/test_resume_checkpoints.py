@@ -372,12 +372,12 @@ def _kill_held_driver(sweep_file: Path, hold: Path, res: Path, address: str) -> 
 def _resume(sweep_file: Path, results: Path, address: str) -> int:
     """`symsweep resume` of the sweep (in process, joining the module's Ray session).
 
-    The one place that says how resume finds the sweep: today it imports the file recorded
-    in sweep.json; adapt here when resume takes `--sweep-file PATH` / sweeps/<name>.py."""
+    Resume never imports what sweep.json names (a results folder is data): the sweep file
+    is given, and its hash must match the one the manifest recorded."""
     from orchestrator.cli import main
 
-    del sweep_file  # today's resume reads it from the manifest
-    return main(["resume", "held", "--results", str(results), "--no-progress", "--no-report"])
+    return main(["resume", "held", "--results", str(results), "--sweep-file", str(sweep_file),
+                 "--no-progress", "--no-report"])
 
 
 def _resubmit(sweep_file: Path, results: Path, address: str) -> int:

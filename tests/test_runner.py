@@ -232,7 +232,8 @@ def test_killed_driver_resumes_only_missing_trials(ray_session, tmp_path, capsys
 
     # `symsweep resume fake` (joins this module's Ray session): the dead driver's lock is
     # recognised as stale and said so
-    assert main(["resume", "fake", "--results", str(res), "--no-progress", "--no-report"]) == 0
+    assert main(["resume", "fake", "--sweep-file", str(sweep_file), "--results", str(res),
+                 "--no-progress", "--no-report"]) == 0
     err = capsys.readouterr().err
     assert "stale lock" in err and f"pid {proc.pid}" in err
     done_before = set(before.index[before["status"].isin(["completed", "diverged"])])
