@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import typer
 
 from orchestrator.data_cli import app as data_app
 from orchestrator.plan import plan as plan_cmd
 from workers.errors import ConfigError, UserError
+
+if TYPE_CHECKING:
+    from orchestrator.spec import Sweep
 
 app = typer.Typer(
     name="symsweep",
@@ -476,6 +480,25 @@ def _usage_line(ex: Exception) -> str:
     ctx = getattr(ex, "ctx", None)
     where = getattr(ctx, "command_path", None) or "symsweep"
     return f"symsweep: error: {' '.join(str(msg).split())} (see `{where} --help`)"
+
+
+def script_main(sweep: Sweep, argv: list[str] | None = None) -> int:
+    """Run a sweep file as a script, ``python sweeps/fig2.py --preset smoke`` (what ``ray submit``
+    does): the same as ``symsweep run sweeps/fig2.py --preset smoke``. A sweep file ends with
+
+        if __name__ == "__main__":
+            from orchestrator.cli import script_main
+            raise SystemExit(script_main(SWEEP))
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "--":
+        args = args[1:]
+    source = sweep.source or getattr(sys.modules.get("__main__"), "__file__", None)
+    if source is None:
+        print(f"error: sweep '{sweep.name}': cannot tell which file defines it; run "
+              "`symsweep run <file>`", file=sys.stderr)
+        return 2
+    return main(["run", str(source), *args])
 
 
 def main(argv: list[str] | None = None) -> int:

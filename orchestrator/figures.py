@@ -36,8 +36,9 @@ import pandas as pd
 
 from orchestrator.analysis import LABELS, SHORT_T, format_cell, successful
 from orchestrator.fits import PowerLawFit, ensemble_accuracy, ensemble_mse, s_dist, segment_fits
-from orchestrator.spec import ARCHS, INFERENCES, TRANSFORMS, Sweep, Trial
+from orchestrator.spec import Sweep, Trial
 from workers.errors import ConfigError, DataError
+from workers.vocab import ARCHS, INFERENCES, TRANSFORMS
 
 ARCH_LABEL = {"fcn": "FCN", "lcn": "LCN", "vec": "VEC", "gap": "GAP", "lap4": "LAP4",
               "lap8": "LAP8"}

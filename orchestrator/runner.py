@@ -31,6 +31,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -42,6 +43,7 @@ import numpy as np
 
 from orchestrator.checkpoints import DEFAULT_KEEP, TrialCheckpoints, clear_tune_state
 from orchestrator.spec import (
+    SWEEP_MODULE_PREFIX,
     Sweep,
     Trial,
     count_kernel_computations,
@@ -721,6 +723,14 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
 
     cb = ProgressCallback(total=len(todo), title=f"{sweep.name} [{ctx['preset']}]",
                           on_attempt_end=on_complete, enabled=progress, console=console)
+    # workers defined in a sweep file (imported by load_sweep under a private module name that
+    # Ray workers cannot import) travel to the workers by value
+    from ray import cloudpickle
+
+    for fn in (sweep.workers or {}).values():
+        mod = sys.modules.get(getattr(fn, "__module__", ""))
+        if mod is not None and mod.__name__.startswith(SWEEP_MODULE_PREFIX):
+            cloudpickle.register_pickle_by_value(mod)
     trainable = tune.with_resources(
         tune.with_parameters(tune_trainable, workers=dict(sweep.workers or {})), resources)
     # Tune's experiment state is scratch: the store (parts, trial-keyed checkpoints) is the

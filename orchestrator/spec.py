@@ -28,57 +28,21 @@ from pathlib import Path
 from typing import Any
 
 from workers.errors import ConfigError
+from workers.theorem41 import equivalence_key
+from workers.vocab import (
+    ARCHS,
+    CONFIG_TYPES,
+    FINITE_INFERENCES,
+    INFERENCE_DEFAULTS,
+    INFERENCES,
+    PRESETS,
+    TRAIN_ONLY_KEYS,
+    TRANSFORMS,
+    TRIAL_KINDS,
+    scientific,
+    trial_kind,
+)
 
-ARCHS = ("fcn", "lcn", "vec", "gap", "lap4", "lap8")
-INFERENCES = ("ntk", "nngp", "nn", "nn_plus")
-TRANSFORMS = ("identity", "shared_rotation", "pixel_rotation", "permutation", "global_rotation")
-PRESETS = ("smoke", "cpu", "paper")
-KERNEL_INFERENCES = ("ntk", "nngp")
-FINITE_INFERENCES = ("nn", "nn_plus")
-
-# Known config keys and their types. Float keys accept ints (normalised to float, so that
-# ``w_var=2`` and ``w_var=2.0`` hash alike). Unknown keys are refused: a typo in a sweep file
-# must not silently become a default.
-CONFIG_TYPES: dict[str, type] = {
-    "dataset": str,
-    "data_dir": str,
-    "cache_dir": str,
-    "train_size": int,
-    "val_size": int,
-    "test_size": int,
-    "image_size": int,
-    "flip": bool,
-    "subset_seed": int,
-    "synthetic_seed": int,
-    "transform_seed": int,
-    "depth": int,
-    "w_var": float,
-    "b_var": float,
-    "width": int,
-    "max_steps": int,
-    "eval_every": int,
-    "checkpoint_every": int,
-    "batch_size": int,
-    "lr_factor": float,
-    "l2": float,
-    "eta0": float,
-    "eta0_samples": int,
-    "diag_reg": float,
-    "tile_memory_bytes": int,
-    "kernel_dtype": str,
-    "first_layer_init": str,
-    "momentum": float,
-    "eta0_inits": int,
-    "eta0_seed": int,
-    "train_eval_size": int,
-    "eval_batch_size": int,
-    "diverge_loss": float,
-    "early_stop_train_acc": float,
-    "path_t": float,
-    "keep_checkpoints": int,
-    "tile_side": int,
-    "store_predictions": bool,
-}
 # Allowed ranges of numeric config keys: (low, low inclusive, high, high inclusive); None: no
 # bound. Checked for every expanded trial, so a 0 width fails at expansion (before Ray starts)
 # naming the trial, instead of failing inside every attempt.
@@ -101,20 +65,9 @@ CONFIG_RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "path_t": (0.0, True, 1.0, True),
 }
 
-# Keys that say *where* things are, not *what* is computed: excluded from trial_id.
-# tile_side: kernel tile side (fixed across m so nested subsets share tiles; figure sweeps);
-# store_predictions: also save the test predictions as an artifact (runner.py).
-RUNTIME_KEYS = frozenset({"data_dir", "cache_dir", "tile_memory_bytes", "keep_checkpoints",
-                          "eval_batch_size", "tile_side", "store_predictions"})
 AXIS_NAMES = ("inference", "arch", "transform")
 RESOURCE_KEYS = {"cpu": float, "gpu": float, "tile_cpu": float, "tile_gpu": float}
-TRIAL_KINDS = ("train", "kernel")
 
-# NN+ is "+LR+L2": 8x the base learning rate and L2 1e-7 (docs/protocol.md, "I").
-INFERENCE_DEFAULTS = {
-    "nn": {"lr_factor": 1.0, "l2": 0.0},
-    "nn_plus": {"lr_factor": 8.0, "l2": 1e-7},
-}
 
 
 def _check_value(where: str, key: str, value: Any) -> Any:
@@ -347,25 +300,15 @@ class Trial:
 
 def trial_id_of(config: Mapping[str, Any]) -> str:
     """Stable 16-hex-digit id of a trial: sha256 of its scientific config (sorted JSON)."""
-    sci = {k: v for k, v in config.items() if k not in RUNTIME_KEYS}
+    sci = scientific(dict(config))
     blob = json.dumps(sci, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def kernel_equivalence_key(arch: str, transform: str) -> tuple[str, str]:
-    """Canonical (arch, transform) of a kernel cell under Theorem 4.1 and LCN_inf = VEC_inf.
-
-    fcn kernels are O(3d)-invariant (all five transforms equal); lcn/vec kernels are
-    O(3)^d-invariant (identity = shared = pixel rotation) and lcn_inf = vec_inf; gap/lap kernels
-    are invariant only under O(3) (x) I_d (identity = shared rotation).
-    """
-    if arch == "fcn":
-        return "fcn", "identity"
-    if arch in ("lcn", "vec"):
-        t = "identity" if transform in ("shared_rotation", "pixel_rotation") else transform
-        return "vec", t
-    t = "identity" if transform == "shared_rotation" else transform
-    return arch, t
+    """Canonical (arch, transform) of a kernel cell: Theorem 4.1's table at infinite width
+    (`workers.theorem41.equivalence_key`), where lcn_inf = vec_inf."""
+    return equivalence_key(arch, transform, infinite=True)
 
 
 @dataclass
@@ -490,7 +433,7 @@ class Sweep:
         for inference, arch, transform in product(
             self.axes["inference"], self.axes["arch"], self.axes["transform"]
         ):
-            kind = "kernel" if inference in KERNEL_INFERENCES else "train"
+            kind = trial_kind(inference)
             seeds = p.kernel_seeds if kind == "kernel" else p.seeds
             extra_vals = product(*[self.axes[a] for a in extra_axes])
             for extra in extra_vals:
@@ -508,11 +451,7 @@ class Sweep:
                             cfg.update(_check_config("rule.set", rule.set))
                             fields.update(cfg)
                     if kind == "kernel":
-                        for k in ("width", "max_steps", "eval_every", "checkpoint_every",
-                                  "batch_size", "lr_factor", "l2", "eta0", "eta0_samples",
-                                  "first_layer_init", "momentum", "eta0_inits", "eta0_seed",
-                                  "train_eval_size", "eval_batch_size", "diverge_loss",
-                                  "early_stop_train_acc", "keep_checkpoints"):
+                        for k in TRAIN_ONLY_KEYS:  # they do not change a kernel
                             cfg.pop(k, None)
                     elif "width" not in cfg:
                         raise ConfigError(f"sweep.presets.{preset}.width: no width for {arch}")
@@ -528,19 +467,6 @@ class Sweep:
             raise ConfigError(f"sweep '{self.name}' preset {preset}: two trials have the same "
                               "scientific config; remove the duplicate axis values")
         return dedupe_trials(trials) if dedupe else trials
-
-    def main(self, argv: list[str] | None = None) -> int:
-        """Run this sweep file as a script: same as ``symsweep run <file> ...``."""
-        from orchestrator.cli import main as cli_main
-
-        args = list(sys.argv[1:] if argv is None else argv)
-        if args and args[0] == "--":
-            args = args[1:]
-        source = self.source or getattr(sys.modules.get("__main__"), "__file__", None)
-        if source is None:
-            raise ConfigError(f"sweep '{self.name}': cannot tell which file defines it; run "
-                              "`symsweep run <file>`")
-        return cli_main(["run", str(source), *args])
 
 
 def dedupe_trials(trials: list[Trial]) -> list[Trial]:
@@ -565,6 +491,10 @@ def dedupe_trials(trials: list[Trial]) -> list[Trial]:
     return out
 
 
+# Sweep files are imported under this prefix (the runner ships their workers by value).
+SWEEP_MODULE_PREFIX = "_symsweep_sweep_"
+
+
 def load_sweep(path: str | Path) -> Sweep:
     """Import a sweep file and return its `Sweep` (the module-level ``SWEEP`` or ``sweep``)."""
     p = Path(path)
@@ -577,7 +507,7 @@ def load_sweep(path: str | Path) -> Sweep:
             raise ConfigError(f"sweep file {str(path)!r} not found; give a path like "
                               "sweeps/fig2.py")
     p = p.resolve()
-    modname = f"_symsweep_sweep_{p.stem}_{hashlib.sha1(str(p).encode()).hexdigest()[:8]}"
+    modname = f"{SWEEP_MODULE_PREFIX}{p.stem}_{hashlib.sha1(str(p).encode()).hexdigest()[:8]}"
     spec = importlib.util.spec_from_file_location(modname, p)
     if spec is None or spec.loader is None:
         raise ConfigError(f"cannot import sweep file {p}")
@@ -594,12 +524,6 @@ def load_sweep(path: str | Path) -> Sweep:
         raise ConfigError(f"sweep file {p}: define a module-level SWEEP = orchestrator.spec.Sweep("
                           "...)")
     sw.source = str(p)
-    try:  # workers defined in the sweep file must travel to Ray workers by value
-        from ray import cloudpickle
-
-        cloudpickle.register_pickle_by_value(mod)
-    except Exception:  # pragma: no cover - ray always ships its cloudpickle
-        pass
     return sw
 
 

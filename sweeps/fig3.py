@@ -54,4 +54,6 @@ SWEEP = CompositeSweep("fig3", [FINITE, KERNEL], description=__doc__.splitlines(
                        preset_axes={p: {"width": w} for p, w in WIDTHS.items()})
 
 if __name__ == "__main__":
-    raise SystemExit(SWEEP.main())
+    from orchestrator.cli import script_main
+
+    raise SystemExit(script_main(SWEEP))

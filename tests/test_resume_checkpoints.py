@@ -217,16 +217,25 @@ def test_attempt_after_a_corrupt_latest_checkpoint_resumes_from_the_previous(tmp
     assert m["resumed_from"] == 10 and "step 20" in m["checkpoint_warnings"]
 
 
-def test_negative_keep_checkpoints_is_refused_with_a_row(tmp_path):
+def test_negative_keep_checkpoints_is_refused(tmp_path):
+    """At expansion, before anything runs (the range table), and by the checkpoint store
+    itself for a trial config built by hand (it then gets its failed row)."""
     from orchestrator.runner import execute_trial
-    from orchestrator.spec import load_sweep
+    from orchestrator.spec import Trial, load_sweep
     from workers.errors import ConfigError
 
     p = tmp_path / "ft.py"
     p.write_text(textwrap.dedent(FAKE_TRAIN_SWEEP).format(keep=", keep_checkpoints=-1")
                  .replace("STATUS", "'completed'"))
     sw = load_sweep(str(p))
-    (trial,) = sw.expand("smoke")
+    with pytest.raises(ConfigError, match="keep_checkpoints must be >= 0, got -1"):
+        sw.expand("smoke")
+    ok = tmp_path / "ok.py"
+    ok.write_text(textwrap.dedent(FAKE_TRAIN_SWEEP).format(keep="")
+                  .replace("STATUS", "'completed'"))
+    (good,) = load_sweep(str(ok)).expand("smoke")
+    trial = Trial(good.trial_id, good.kind, {**good.config, "keep_checkpoints": -1},
+                  good.resources)
     res = tmp_path / "res"
     ctx = {"results": str(res), "sweep": "ft", "preset": "smoke", "tiles_root": str(res)}
     with pytest.raises(ConfigError, match="keep_checkpoints=-1: use N >= 1"):
@@ -302,7 +311,9 @@ SWEEP = Sweep(
 )
 
 if __name__ == "__main__":
-    raise SystemExit(SWEEP.main())
+    from orchestrator.cli import script_main
+
+    raise SystemExit(script_main(SWEEP))
 '''
 METRICS = ("best_test_acc", "test_acc", "test_mse", "train_acc", "steps")
 

@@ -220,7 +220,7 @@ def test_out_of_range_config_fails_at_expansion_naming_the_trial(tmp_path, capsy
 
 def test_every_shipped_sweep_is_in_range():
     """The ranges reject no preset of the repository's sweeps."""
-    for f in sorted((REPO / "sweeps").glob("*.py")):
+    for f in sorted((REPO / "sweeps").glob("fig*.py")):  # not __init__ / common
         sw = load_sweep(f)
         for p in sw.presets:
             assert sw.expand(p)
