@@ -21,7 +21,7 @@ import hashlib
 import importlib.util
 import json
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
@@ -489,6 +489,64 @@ def dedupe_trials(trials: list[Trial]) -> list[Trial]:
             first[key] = t.trial_id
             out.append(t)
     return out
+
+
+
+class CompositeSweep(Sweep):
+    """One sweep (name, results store, presets) made of parts with different axes.
+
+    ``parts``: `Sweep`s with the same preset names; `expand` returns the union of their trials
+    (de-duplication of equal kernel cells happens within each part). Preset-level settings the
+    runner reads (success_train_acc, max_failures) come from the first part. ``preset_axes``:
+    per preset, axis values that replace a part's (e.g. a smaller width grid for ``smoke``),
+    applied to every part that has the axis. ``analysis``: defaults for the figure (e.g.
+    ``{"fit_first": 3, "fit_last": 3}``).
+    """
+
+    def __init__(self, name: str, parts: Sequence[Sweep], *, description: str = "",
+                 workers: Mapping[str, Callable[..., dict]] | None = None,
+                 analysis: Mapping[str, Any] | None = None,
+                 preset_axes: Mapping[str, Mapping[str, list[Any]]] | None = None) -> None:
+        if not parts:
+            raise ConfigError(f"sweep '{name}': a CompositeSweep needs at least one part")
+        names = [set(p.presets) for p in parts]
+        if any(n != names[0] for n in names):
+            raise ConfigError(f"sweep '{name}': every part needs the same presets, got "
+                              f"{[sorted(n) for n in names]}")
+        self.parts = list(parts)
+        self.analysis = dict(analysis or {})
+        self.preset_axes = {k: dict(v) for k, v in (preset_axes or {}).items()}
+        for pname in self.preset_axes:
+            for p in self.parts:
+                self._part_for(p, pname)  # validates the overriding axis values
+        axes: dict[str, list[Any]] = {}
+        for p in parts:
+            for k, vals in p.axes.items():
+                cur = axes.setdefault(k, [])
+                cur.extend(v for v in vals if v not in cur)
+        super().__init__(name=name, axes=axes, presets=parts[0].presets,
+                         description=description, workers=workers)
+
+    def validate(self) -> None:
+        for p in getattr(self, "parts", []):
+            p.validate()
+
+    def _part_for(self, part: Sweep, preset: str) -> Sweep:
+        over = {k: v for k, v in self.preset_axes.get(preset, {}).items() if k in part.axes}
+        if not over:
+            return part
+        return Sweep(name=part.name, axes={**part.axes, **over}, presets=part.presets,
+                     description=part.description, workers=part.workers)
+
+    def expand(self, preset: str, *, dedupe: bool = True) -> list[Trial]:
+        self.preset(preset)
+        trials = [t for p in self.parts
+                  for t in self._part_for(p, preset).expand(preset, dedupe=dedupe)]
+        ids = [t.trial_id for t in trials]
+        if len(set(ids)) != len(ids):
+            raise ConfigError(f"sweep '{self.name}' preset {preset}: two parts produce the same "
+                              "trial; make the parts disjoint")
+        return trials
 
 
 # Sweep files are imported under this prefix (the runner ships their workers by value).

@@ -16,8 +16,7 @@ Presets:
 - paper: 45k/5k/10k at 32x32, depth 8, paper widths, 5 seeds, 10^6 steps.
 """
 
-from orchestrator.figures import CompositeSweep
-from orchestrator.spec import Preset, Sweep
+from orchestrator.spec import CompositeSweep, Preset, Sweep
 from sweeps.common import GPU_RESOURCES, PAPER_WIDTHS, paper_preset, smoke_config
 from workers.vocab import ARCHS, TRANSFORMS
 

@@ -15,8 +15,7 @@ Presets:
 - paper: 32x32, depth 8, m = 320 .. 40,960 and 45,000, the 10k test set; GPUs.
 """
 
-from orchestrator.figures import CompositeSweep
-from orchestrator.spec import Preset, Sweep
+from orchestrator.spec import CompositeSweep, Preset, Sweep
 from sweeps.common import GPU_RESOURCES, paper_preset
 from workers.vocab import ARCHS, TRANSFORMS
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from orchestrator.figures import FIGURES, CompositeSweep, figure_plot, figure_table, load
+from orchestrator.figures import FIGURES, figure_plot, figure_table, load
 from orchestrator.runner import (
     TileCache,
     TileMapper,
@@ -24,7 +24,7 @@ from orchestrator.runner import (
     execute_trial,
     materialize_derived,
 )
-from orchestrator.spec import Preset, Sweep, load_sweep, undo_orphan_derivations
+from orchestrator.spec import CompositeSweep, Preset, Sweep, load_sweep, undo_orphan_derivations
 from orchestrator.store import Store
 from workers.errors import ConfigError
 
