@@ -173,18 +173,31 @@ class TileMapper:
     computed: int = 0
     stats: dict[str, float] = field(default_factory=dict)
 
-    def __call__(self, fn: Callable, kwargs_list: list[Mapping[str, Any]]) -> list[Any]:
+    def __call__(self, fn: Callable, kwargs_list: list[Mapping[str, Any]], *,
+                 on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
+        """Results of fn(**kw) for every kw, in order. With ``on_result``, each result is
+        passed to ``on_result(i, value)`` as soon as it is loaded or computed (in completion
+        order) and not kept: the returned list then holds None, so the caller (the kernel
+        engine) holds at most the tiles in flight, not all of them."""
         memo: dict[int, str] = {}
         keys = [tile_key(fn, kw, memo) for kw in kwargs_list]
         out: list[Any] = [None] * len(keys)
+
+        def deliver(i: int, value: Any) -> None:
+            if on_result is None:
+                out[i] = value
+            else:
+                on_result(i, value)
+
         todo = []
         for i, k in enumerate(keys):
             v = self.cache.get(k) if self.cache is not None else None
             if v is None:
                 todo.append(i)
             else:
-                out[i] = v
                 self.hits += 1
+                deliver(i, v)
+            del v
         if not todo:
             return out
         ray_ok = False
@@ -194,8 +207,10 @@ class TileMapper:
             ray_ok = ray.is_initialized()
         if not ray_ok:
             for i in todo:
-                out[i] = fn(**kwargs_list[i])
-                self._store(keys[i], out[i])
+                v = fn(**kwargs_list[i])
+                self._store(keys[i], v)
+                deliver(i, v)
+                del v
             return out
         import ray
 
@@ -228,8 +243,10 @@ class TileMapper:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for r in ready:
                 i = pending.pop(r)
-                out[i] = ray.get(r)
-                self._store(keys[i], out[i])
+                v = ray.get(r)
+                self._store(keys[i], v)
+                deliver(i, v)
+                del v
         return out
 
     def _store(self, key: str, value: Any) -> None:
