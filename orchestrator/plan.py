@@ -298,6 +298,7 @@ class TrialCost:
     cpu_s: float            # the part that stays on a CPU (regression solves)
     pieces: int             # how many independent pieces (kernel tiles; 1 for a finite run)
     detail: dict[str, float]
+    mem_bytes: int = 0      # estimated peak host memory of the trial (workers.memory)
 
 
 def trial_cost(t: Trial, units: Mapping[tuple, Unit]) -> TrialCost:
@@ -306,6 +307,7 @@ def trial_cost(t: Trial, units: Mapping[tuple, Unit]) -> TrialCost:
     if t.derived_from:
         return TrialCost(t.trial_id, t.kind, c["inference"], c["arch"], True, 0.0, 0.0, 0, {})
     n = data_sizes(c)
+    mem = trial_memory(t)
     if t.kind == "kernel":
         u = units[kernel_key(c)]
         pairs, tiles = kernel_pairs(c)
@@ -313,7 +315,7 @@ def trial_cost(t: Trial, units: Mapping[tuple, Unit]) -> TrialCost:
         return TrialCost(t.trial_id, t.kind, c["inference"], c["arch"], False,
                          pairs * u.pair_s, solve, max(tiles, 1),
                          {"pairs": float(pairs), "tiles": float(tiles),
-                          "kernel_s": pairs * u.pair_s, "solve_s": solve})
+                          "kernel_s": pairs * u.pair_s, "solve_s": solve}, mem)
     u = units[train_key(c)]
     steps = int(c.get("max_steps", 1_000_000))
     every = max(1, int(c.get("eval_every", 1000)))
@@ -325,7 +327,17 @@ def trial_cost(t: Trial, units: Mapping[tuple, Unit]) -> TrialCost:
                                       * min(ETA0_SAMPLES, n["train"]) / ETA0_SAMPLES)
     return TrialCost(t.trial_id, t.kind, c["inference"], c["arch"], False, sgd + evals + eta0,
                      0.0, 1, {"steps": float(steps), "sgd_s": sgd, "eval_s": evals,
-                              "eta0_s": eta0})
+                              "eta0_s": eta0}, mem)
+
+
+def trial_memory(t: Trial) -> int:
+    """Estimated peak host memory (bytes) of one trial: `workers.memory.trial_bytes` of its
+    config and split sizes (0 for a derived cell, which runs nothing)."""
+    from workers.memory import trial_bytes
+
+    if t.derived_from:
+        return 0
+    return trial_bytes(t.kind, t.config, data_sizes(t.config))
 
 
 def wall_time(costs: Iterable[TrialCost], gpus: int, device_factor: float) -> dict[str, float]:
@@ -373,12 +385,14 @@ class Plan:
         return sum(c.cpu_s for c in self.costs) / 3600
 
     def by(self, *fields: str) -> list[tuple[tuple, dict[str, float]]]:
-        """Totals grouped by trial fields: (values, {trials, computed, device_h, solve_h})."""
+        """Totals grouped by trial fields: (values, {trials, computed, device_h, solve_h,
+        mem_bytes}), mem_bytes the largest estimated peak memory of one trial in the group."""
         groups: dict[tuple, dict[str, float]] = {}
         for c in self.costs:
             k = tuple(getattr(c, f) for f in fields)
             g = groups.setdefault(k, {"trials": 0, "computed": 0, "device_h": 0.0,
-                                      "solve_h": 0.0})
+                                      "solve_h": 0.0, "mem_bytes": 0})
+            g["mem_bytes"] = max(g["mem_bytes"], c.mem_bytes)
             g["trials"] += 1
             g["computed"] += 0 if c.derived else 1
             g["device_h"] += c.gpu_s / self.device_factor / 3600
@@ -456,6 +470,11 @@ def _h(hours: float) -> str:
     return f"{hours * 60:.1f} min"
 
 
+def _gb(n: float) -> str:
+    """Bytes as '850 MB' or '41.1 GB' (decimal units)."""
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
+
+
 def _wall(seconds: float) -> str:
     """Wall time as minutes, hours or days."""
     h = seconds / 3600
@@ -514,11 +533,13 @@ def format_plans(plans: list[Plan]) -> str:
                    f"({sum(not c.derived for c in p.costs)} computed, "
                    f"{sum(c.derived for c in p.costs)} copies of equal kernel cells)")
         out.append(f"  {'inference':9s} {'arch':5s} {'trials':>6s} {'computed':>8s} "
-                   f"{'device/trial':>13s} {'device total':>13s} {'CPU solves':>11s}")
+                   f"{'device/trial':>13s} {'device total':>13s} {'CPU solves':>11s} "
+                   f"{'peak mem/trial':>14s}")
         for (inf, arch), g in p.by("inference", "arch"):
             per = g["device_h"] / g["computed"] if g["computed"] else 0.0
             out.append(f"  {inf:9s} {arch:5s} {int(g['trials']):6d} {int(g['computed']):8d} "
-                       f"{_h(per):>13s} {_h(g['device_h']):>13s} {_h(g['solve_h']):>11s}")
+                       f"{_h(per):>13s} {_h(g['device_h']):>13s} {_h(g['solve_h']):>11s} "
+                       f"{_gb(g['mem_bytes']):>14s}")
         out.append("  per column (arch):   " + ", ".join(
             f"{k[0]} {_h(g['device_h'])}" for k, g in p.by("arch")))
         out.append("  per panel (inference): " + ", ".join(
@@ -538,6 +559,9 @@ def format_plans(plans: list[Plan]) -> str:
     out.append("Upper bounds: finite runs counted to max_steps (they stop at 100% training "
                "accuracy); eta_0 counted as 3 x 41 NTK products. A shared GPU is assumed "
                "to run its trials no faster than one after another.")
+    out.append("peak mem/trial: estimated host memory of one trial (workers.memory: kernel "
+               "matrices of the cell's arch + one float64 copy of the train matrix, or "
+               "parameters, optimiser state and activations); each trial requests it from Ray.")
     return "\n".join(out)
 
 

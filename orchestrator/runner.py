@@ -615,6 +615,59 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
     return summary
 
 
+def trial_resources(config: dict) -> Any:
+    """Tune's resource request of one trial (config = {"trial": Trial dict, ...}): CPU, GPU
+    and ``memory`` (bytes, from `memory_requests`) in one bundle; a kernel trial with tile
+    GPUs gets a second bundle for its tiles."""
+    from ray import tune
+
+    r = config["trial"]["resources"]
+    if config["trial"]["kind"] == "kernel" and r.get("tile_gpu", 0) > 0:
+        first = {"CPU": max(r.get("cpu", 1), 0.01)}
+        if r.get("memory", 0) > 0:
+            first["memory"] = r["memory"]
+        return tune.PlacementGroupFactory(
+            [first, {"CPU": r.get("tile_cpu", 1), "GPU": r["tile_gpu"]}])
+    bundle = {"CPU": r.get("cpu", 1)}
+    if r.get("gpu", 0) > 0:
+        bundle["GPU"] = r["gpu"]
+    if r.get("memory", 0) > 0:  # bytes of host RAM (see memory_requests)
+        bundle["memory"] = r["memory"]
+    return tune.PlacementGroupFactory([bundle])
+
+
+def _node_memory() -> float | None:
+    """Largest ``memory`` resource (bytes) of an alive Ray node, None when Ray reports none."""
+    import ray
+
+    sizes = [float(n.get("Resources", {}).get("memory", 0)) for n in ray.nodes()
+             if n.get("Alive")]
+    return max(sizes) if sizes and max(sizes) > 0 else None
+
+
+def memory_requests(trials: list[Trial], node_memory: float | None) -> list[dict[str, Any]]:
+    """Trial dicts whose resources carry ``memory`` (bytes): the preset's value if it sets
+    one, else the estimated peak (`orchestrator.plan.trial_memory`). A request above the
+    largest node (node_memory) would never be scheduled, so it is capped to that node's
+    memory with a warning naming the trial (it then runs alone there and may still run out)."""
+    from orchestrator.plan import trial_memory
+
+    out = []
+    for t in trials:
+        d = t.to_dict()
+        need = float(t.resources.get("memory") or trial_memory(t))
+        if node_memory is not None and need > node_memory:
+            log.warning("trial %s (%s %s) needs about %.1f GB of memory by estimate, more than "
+                        "the largest Ray node's %.1f GB; requesting %.1f GB, so it runs alone "
+                        "and may run out of memory (use a larger node or fewer images)",
+                        t.trial_id, t.kind, t.config.get("arch"), need / 1e9,
+                        node_memory / 1e9, node_memory / 1e9)
+            need = node_memory
+        d["resources"]["memory"] = need
+        out.append(d)
+    return out
+
+
 def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, store: Store,
               summary: RunSummary, tracker: Any, max_failures: int, progress: bool,
               console: Any) -> None:
@@ -634,17 +687,6 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
                                         ("gap", "lap4", "lap8"), t.config.get("arch")))
     has_derived = {t.derived_from for t in trials if t.derived_from}
 
-    def resources(config: dict) -> Any:
-        r = config["trial"]["resources"]
-        if config["trial"]["kind"] == "kernel" and r.get("tile_gpu", 0) > 0:
-            return tune.PlacementGroupFactory(
-                [{"CPU": max(r.get("cpu", 1), 0.01)},
-                 {"CPU": r.get("tile_cpu", 1), "GPU": r["tile_gpu"]}])
-        bundle = {"CPU": r.get("cpu", 1)}
-        if r.get("gpu", 0) > 0:
-            bundle["GPU"] = r["gpu"]
-        return tune.PlacementGroupFactory([bundle])
-
     def on_complete(trial_id: str) -> None:
         if trial_id in has_derived:
             summary.derived_written += materialize_derived(store, trials, ctx,
@@ -655,12 +697,14 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
     cb = ProgressCallback(total=len(todo), title=f"{sweep.name} [{ctx['preset']}]",
                           on_attempt_end=on_complete, enabled=progress, console=console)
     trainable = tune.with_resources(
-        tune.with_parameters(tune_trainable, workers=dict(sweep.workers or {})), resources)
+        tune.with_parameters(tune_trainable, workers=dict(sweep.workers or {})),
+        trial_resources)
     storage = os.path.join(ctx["results"], sweep.name, "_tune") if "://" not in ctx["results"] \
         else f"{ctx['results']}/{sweep.name}/_tune"
     tuner = tune.Tuner(
         trainable,
-        param_space={"trial": tune.grid_search([t.to_dict() for t in order]), "ctx": ctx},
+        param_space={"trial": tune.grid_search(memory_requests(order, _node_memory())),
+                     "ctx": ctx},
         tune_config=tune.TuneConfig(
             reuse_actors=True,
             trial_name_creator=lambda t: t.config["trial"]["trial_id"],

@@ -81,7 +81,9 @@ CONFIG_TYPES: dict[str, type] = {
 RUNTIME_KEYS = frozenset({"data_dir", "cache_dir", "tile_memory_bytes", "keep_checkpoints",
                           "eval_batch_size", "tile_side", "store_predictions"})
 AXIS_NAMES = ("inference", "arch", "transform")
-RESOURCE_KEYS = {"cpu": float, "gpu": float, "tile_cpu": float, "tile_gpu": float}
+# memory: bytes of host RAM a trial requests from Ray (default: workers.memory's estimate)
+RESOURCE_KEYS = {"cpu": float, "gpu": float, "tile_cpu": float, "tile_gpu": float,
+                 "memory": float}
 TRIAL_KINDS = ("train", "kernel")
 
 # NN+ is "+LR+L2": 8x the base learning rate and L2 1e-7 (PAPER_SETUP.md).
