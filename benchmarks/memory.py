@@ -196,6 +196,32 @@ def _mb(b: float) -> str:
     return f"{b / 1e6:,.0f}"
 
 
+def table(rows: list[dict]) -> str:
+    """Markdown table of the measurements; ``growth`` is (peak at the larger N - peak at the
+    smaller) / (returned bytes at the larger - at the smaller): the constant cancels. For a
+    cell, ``+f64`` divides by its matrices plus the one float64 N x N working copy of the
+    solve (8 N^2 bytes), which the cell is allowed."""
+    out = ["| case | arch | N | path | matrices MB | tracemalloc peak MB | / matrices | "
+           "/ (matrices +f64) | growth | RSS peak MB | / matrices | wall s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        copy = 8 * r["n"] ** 2 if r["case"] == "cell" else 0
+        prev = [q for q in rows if q["case"] == r["case"] and q["path"] == r["path"]
+                and q["n"] < r["n"]]
+        growth = "-"
+        if prev:
+            q = max(prev, key=lambda q: q["n"])
+            slope = ((r["tracemalloc_peak"] - q["tracemalloc_peak"])
+                     / (r["out_bytes"] - q["out_bytes"]))
+            growth = f"{slope:.2f}x"
+        plus = f"{r['tracemalloc_peak'] / (r['out_bytes'] + copy):.2f}x" if copy else "-"
+        out.append(f"| {r['case']} | {r['arch']} | {r['n']} | {r['path']} | "
+                   f"{_mb(r['out_bytes'])} | {_mb(r['tracemalloc_peak'])} | "
+                   f"{r['ratio_tm']:.2f}x | {plus} | {growth} | {_mb(r['rss_peak'])} | "
+                   f"{r['ratio_rss']:.2f}x | {r['wall_s']:.1f} |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[2000, 4000])
@@ -203,7 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--side", type=int, default=500, help="tile side (max_side)")
     ap.add_argument("--cases", nargs="+", default=["matrix", "cell"])
     ap.add_argument("--one", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--table-from", help="only print the table of a saved run's JSON lines")
     a = ap.parse_args(argv)
+    if a.table_from:
+        with open(a.table_from) as f:
+            print(table([json.loads(ln) for ln in f if ln.startswith("{")]))
+        return 0
     if a.one:
         case, path, n, arch, side = a.one
         print(json.dumps(measure_one(case, path, int(n), arch, int(side))))
@@ -218,13 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(r)
     print(f"load average at end: {os.getloadavg()}", flush=True)
     print()
-    print("| case | arch | N | path | returned MB | tracemalloc peak MB | ratio | "
-          "RSS peak MB | ratio | wall s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['case']} | {r['arch']} | {r['n']} | {r['path']} | {_mb(r['out_bytes'])} | "
-              f"{_mb(r['tracemalloc_peak'])} | {r['ratio_tm']:.2f}x | {_mb(r['rss_peak'])} | "
-              f"{r['ratio_rss']:.2f}x | {r['wall_s']:.1f} |")
+    print(table(rows))
     return 0
 
 
