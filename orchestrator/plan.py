@@ -7,8 +7,9 @@ trials' shapes (the cost of a step or a kernel pair does not depend on the pixel
   ``steps`` steps in one jit-compiled loop, or over as many as fit in ``budget_s`` when a step
   is slow (at least one; the total is then extrapolated linearly and the table says how many
   steps were timed); and seconds per image of a forward pass (evaluation), timed on one batch.
-* kernel (per distinct arch, depth, image size): seconds per image pair of one tile of
-  `workers.kernels.kernel_tile` (NNGP + NTK), on the largest square tile that fits in
+* kernel (per distinct tile archs, depth, image size; gap, lap4 and lap8 are one unit, the
+  three readouts of one propagation, as the trials compute them): seconds per image pair of
+  one tile of `workers.kernels.kernel_tile` (NNGP + NTK), on the largest square tile that fits in
   ``budget_s`` up to the side the kernel engine plans for the trial (small tiles carry more
   per-call overhead, so a reduced tile over-estimates); and the seconds of one kernel-regression
   solve (`workers.regression.kernel_predict`) at ``solve_n`` training points.
@@ -26,6 +27,11 @@ Projection per trial (an upper bound where runs can stop early):
   val x train; plus two regression solves (NNGP and NTK) scaled as (N / solve_n)^3. The solves
   run on the trial's CPU, not on a GPU, so ``device_factor`` does not shrink them.
 * a kernel cell Theorem 4.1 makes equal to another (``derived_from``) costs nothing.
+* one propagation per group of kernel cells computing the same tiles (`propagation_key`):
+  gap, lap4 and lap8 of one dataset are the three readouts of one full-covariance
+  propagation (``kernel_tile(archs=[gap, lap4, lap8])``, timed as one unit on one tile
+  shape), so the first cell of the group pays the tiles and its siblings, which read them
+  from the tile cache, only their regression solves.
 
 Device time = measured CPU time / ``device_factor`` (time a few steps of one arch on your GPU
 and divide; 1 means "this machine"). Wall time on G GPUs: finite runs are indivisible, kernel
@@ -54,6 +60,7 @@ from orchestrator.spec import Sweep, Trial, load_sweep
 from workers.errors import ConfigError
 
 CIFAR_SIZES = {"train": 45_000, "val": 5_000, "test": 10_000}
+FULL_COV = ("gap", "lap4", "lap8")
 ETA0_INITS, ETA0_SAMPLES, LANCZOS_ITERS, NUM_CLASSES = 3, 256, 40, 10
 ETA0_PROBE = 2  # images of the first timed NTK-vector product
 # side of the first (probe) tile timed per arch: fcn pairs are cheap, gap/lap pairs dear
@@ -86,17 +93,39 @@ def train_key(cfg: Mapping[str, Any]) -> tuple:
             image_shape(cfg)[0], int(cfg.get("batch_size", 40)))
 
 
+def tile_archs(cfg: Mapping[str, Any]) -> list[str]:
+    """The archs each tile of a kernel trial computes (`workers.kernel_trial`): gap, lap4 and
+    lap8 together (one full-covariance propagation serves the three), else the arch alone."""
+    return list(FULL_COV) if cfg["arch"] in FULL_COV else [cfg["arch"]]
+
+
 def kernel_key(cfg: Mapping[str, Any]) -> tuple:
-    """What a kernel pair's cost depends on: (arch, depth, H, dtype)."""
-    return ("kernel", cfg["arch"], int(cfg.get("depth", 8)), image_shape(cfg)[0],
+    """What a kernel pair's cost depends on: (tile archs joined by '+', depth, H, dtype).
+    gap, lap4 and lap8 share one key: their tiles are the same computation."""
+    return ("kernel", "+".join(tile_archs(cfg)), int(cfg.get("depth", 8)), image_shape(cfg)[0],
             str(cfg.get("kernel_dtype") or "float32"))
+
+
+# config keys that do not change a kernel cell's tiles (its regression or bookkeeping only)
+_NOT_IN_TILES = ("arch", "inference", "diag_reg", "store_predictions", "data_dir", "cache_dir",
+                 "keep_checkpoints", "eval_batch_size")
+
+
+def propagation_key(t: Trial) -> str:
+    """Kernel cells with equal keys compute the same tiles (same images, depth, w/b, dtype,
+    tiling and tile archs): the first computes them, the others find them in the tile cache
+    (`orchestrator.runner.TileCache`). NNGP and NTK come from the same tiles, and gap, lap4 and
+    lap8 from one propagation."""
+    cfg = {k: v for k, v in t.config.items() if k not in _NOT_IN_TILES}
+    cfg["tile_archs"] = tile_archs(t.config)
+    return json.dumps(cfg, sort_keys=True, default=str)
 
 
 def tile_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The `workers.kernels.plan_tiles` options a kernel trial with this config uses."""
     from workers.kernels import DEFAULT_MEMORY_BYTES
 
-    return dict(archs=[cfg["arch"]], image_shape=image_shape(cfg),
+    return dict(archs=tile_archs(cfg), image_shape=image_shape(cfg),
                 memory_bytes=int(cfg.get("tile_memory_bytes") or DEFAULT_MEMORY_BYTES),
                 itemsize=np.dtype(cfg.get("kernel_dtype") or "float32").itemsize,
                 max_side=int(cfg["tile_side"]) if cfg.get("tile_side") else None)
@@ -220,12 +249,13 @@ def measure_kernel(key: tuple, *, max_side: int, budget_s: float = 30.0,
     from workers.regression import kernel_predict
 
     _, arch, depth, h, dtype = key
+    archs = arch.split("+")  # gap+lap4+lap8: the three readouts of one propagation
     rng = np.random.default_rng(0)
-    probe = max(1, min(_PROBE_SIDE[arch], max_side))
+    probe = max(1, min(min(_PROBE_SIDE[a] for a in archs), max_side))
 
     def timed(side: int) -> tuple[float, float]:
         x = rng.standard_normal((2 * side, h, h, 3)).astype(np.float32)
-        kw = dict(archs=[arch], x_rows=x[:side], x_cols=x[side:], depth=depth,
+        kw = dict(archs=archs, x_rows=x[:side], x_cols=x[side:], depth=depth,
                   dtype=np.dtype(dtype).type)
         t0 = time.perf_counter()
         kernel_tile(**kw)
@@ -340,6 +370,28 @@ def trial_memory(t: Trial) -> int:
     return trial_bytes(t.kind, t.config, data_sizes(t.config))
 
 
+def share_propagations(trials: list[Trial], costs: list[TrialCost]) -> list[TrialCost]:
+    """Price each propagation once: of the computed kernel cells with one `propagation_key`
+    (e.g. gap, lap4 and lap8 of one transform and seed), the first in the runner's order
+    (gap before lap4 before lap8) keeps the tiles' cost, the others keep only their
+    regression solves (they read the tiles from the cache; ``detail['shared']`` = 1)."""
+    order = sorted(range(len(trials)), key=lambda i: (trials[i].config.get("arch") not in
+                                                      FULL_COV, trials[i].config.get("arch")))
+    seen: set[str] = set()
+    for i in order:
+        t, c = trials[i], costs[i]
+        if t.kind != "kernel" or c.derived:
+            continue
+        key = propagation_key(t)
+        if key in seen:
+            c.gpu_s = 0.0
+            c.pieces = 1
+            c.detail["kernel_s"] = 0.0
+            c.detail["shared"] = 1.0
+        seen.add(key)
+    return costs
+
+
 def wall_time(costs: Iterable[TrialCost], gpus: int, device_factor: float) -> dict[str, float]:
     """Wall seconds on ``gpus`` devices: longest-first list scheduling of the GPU pieces
     (finite runs whole, kernel cells cut into min(tiles, gpus) equal parts), plus the largest
@@ -444,7 +496,7 @@ def make_plan(sweep: Sweep, preset: str, *, gpus: int = 8, device_factor: float 
     load = _load()
     units.update(measure_units(todo, steps=steps, budget_s=budget_s, solve_n=solve_n, log=log))
     load = max(load, _load()) if todo else 0.0
-    costs = [trial_cost(t, units) for t in trials]
+    costs = share_propagations(trials, [trial_cost(t, units) for t in trials])
     return Plan(sweep.name, preset, costs, units, gpus, device_factor,
                 wall_time(costs, gpus, device_factor), load)
 
@@ -520,7 +572,7 @@ def format_plans(plans: list[Plan]) -> str:
                            f"{u.compile_s:.1f} s)")
             else:
                 _, arch, depth, h, dtype = u.key
-                out.append(f"  kernel {arch:5s} depth {depth} {h}x{h} {dtype}: "
+                out.append(f"  kernel {arch} depth {depth} {h}x{h} {dtype}: "
                            f"{_fmt_s(u.pair_s)}/pair on a {u.tile_side}x{u.tile_side} tile "
                            f"({1 / u.pair_s:,.3g} pairs/s), regression solve "
                            f"{_fmt_s(u.solve_s)} at n={u.solve_n} (compile {u.compile_s:.1f} s)")
@@ -532,6 +584,13 @@ def format_plans(plans: list[Plan]) -> str:
         out.append(f"{p.sweep} [{p.preset}]: {len(p.costs)} trials "
                    f"({sum(not c.derived for c in p.costs)} computed, "
                    f"{sum(c.derived for c in p.costs)} copies of equal kernel cells)")
+        kern = [c for c in p.costs if c.kind == "kernel" and not c.derived]
+        if kern:
+            shared = sum(1 for c in kern if c.detail.get("shared"))
+            out.append(f"  kernel propagations priced: {len(kern) - shared} for {len(kern)} "
+                       f"computed kernel cells ({shared} read the tiles of a sibling cell, "
+                       "e.g. lap4/lap8 those of gap: one full-covariance propagation serves "
+                       "all three; they pay only their regression solves)")
         out.append(f"  {'inference':9s} {'arch':5s} {'trials':>6s} {'computed':>8s} "
                    f"{'device/trial':>13s} {'device total':>13s} {'CPU solves':>11s} "
                    f"{'peak mem/trial':>14s}")

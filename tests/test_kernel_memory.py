@@ -265,3 +265,35 @@ def test_ray_resource_request_contains_memory(caplog):
         capped = memory_requests([_trial("kernel", "gap")], node_memory=1e8)
     assert capped[0]["resources"]["memory"] == 1e8
     assert "more than the largest Ray node" in caplog.text
+
+
+def test_plan_prices_one_propagation_per_gap_lap_group_and_prints_memory():
+    from orchestrator.plan import Unit, format_plans, kernel_key, make_plan, train_key
+    from orchestrator.spec import load_sweep
+
+    sweep = load_sweep("sweeps/fig2.py")
+    only = {"transform": ["identity", "permutation"]}
+    trials = [t for t in sweep.expand("smoke") if t.config["transform"] in only["transform"]]
+    units = {}
+    for t in trials:
+        if t.kind == "kernel":
+            units[kernel_key(t.config)] = Unit(kernel_key(t.config), "kernel", pair_s=1e-3,
+                                               tile_side=8, solve_s=0.1, solve_n=100)
+        else:
+            units[train_key(t.config)] = Unit(train_key(t.config), "train", step_s=1e-3,
+                                              fwd_s_per_image=1e-5, matvec_s=1e-3)
+    # gap, lap4 and lap8 are one unit: the three readouts of one propagation
+    assert len({k for k in units if k[0] == "kernel" and "gap" in k[1]}) == 1
+    plan = make_plan(sweep, "smoke", only=only, units=units)
+    kern = [c for c in plan.costs if c.kind == "kernel" and not c.derived]
+    for transform in only["transform"]:
+        trio = [c for c, t in zip(plan.costs, [t for t in trials], strict=True)
+                if c.kind == "kernel" and c.arch in TRIO and not c.derived
+                and t.config["transform"] == transform]
+        paying = [c for c in trio if c.gpu_s > 0]
+        assert len(paying) == 1 and paying[0].arch == "gap"      # priced once, at gap
+        assert all(c.cpu_s > 0 for c in trio)                     # every cell still solves
+    assert all(c.mem_bytes > 0 for c in plan.costs if not c.derived)
+    text = format_plans([plan])
+    assert "peak mem/trial" in text and "kernel propagations priced" in text
+    assert sum(1 for c in kern if c.detail.get("shared")) == 4
