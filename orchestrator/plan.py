@@ -298,7 +298,7 @@ def measure_units(trials: Iterable[Trial], *, steps: int = 200, budget_s: float 
             key = kernel_key(c)
             if key not in units:
                 if log:
-                    log(f"timing kernel tile: {c['arch']} depth {key[2]} {key[3]}x{key[3]}")
+                    log(f"timing kernel tile: {key[1]} depth {key[2]} {key[3]}x{key[3]}")
                 n = max(data_sizes(c)["train"], 1)
                 r0, r1, _, _ = plan_tiles(n, n, symmetric=True, **tile_options(c))[0]
                 side = r1 - r0    # the side of the trial's own tiles

@@ -7,6 +7,10 @@ run the tiles elsewhere and cache them (the orchestrator passes a Ray-task mappe
 content-addressed tile cache). No Ray or MLflow here: in a plain process it runs the tiles in a
 loop.
 
+Memory: only the cell's own arch is assembled (NNGP + NTK of train x train, test x train and
+val x train, streamed tile by tile into preallocated arrays); the regression adds one float64
+copy of the train matrix at a time. `workers.memory.kernel_trial_bytes` estimates the peak.
+
 Metrics (both kernels come from the same tiles; the trial's own ``inference`` fills the
 standard names, the other is reported under an ``nngp_`` / ``ntk_`` prefix):
   test_acc   fraction of test images whose argmax prediction is the label
