@@ -497,7 +497,9 @@ def make_plan(sweep: Sweep, preset: str, *, gpus: int = 8, device_factor: float 
     units.update(measure_units(todo, steps=steps, budget_s=budget_s, solve_n=solve_n, log=log))
     load = max(load, _load()) if todo else 0.0
     costs = share_propagations(trials, [trial_cost(t, units) for t in trials])
-    return Plan(sweep.name, preset, costs, units, gpus, device_factor,
+    used = {_key(t) for t in trials if not t.derived_from}  # not the unused loaded units
+    return Plan(sweep.name, preset, costs, {k: u for k, u in units.items() if k in used},
+                gpus, device_factor,
                 wall_time(costs, gpus, device_factor), load)
 
 
