@@ -130,13 +130,13 @@ def _maxrss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
-def _cell_config(n: int, arch: str, side: int) -> dict:
+def _cell_config(n: int, arch: str, side: int, hw: int = 32) -> dict:
     return {"dataset": "synthetic", "arch": arch, "inference": "ntk", "depth": 8,
-            "train_size": n, "val_size": n // 9, "test_size": 2 * n // 9, "image_size": 32,
+            "train_size": n, "val_size": n // 9, "test_size": 2 * n // 9, "image_size": hw,
             "tile_side": side, "kernel_dtype": "float32"}
 
 
-def measure_one(case: str, path: str, n: int, arch: str, side: int) -> dict:
+def measure_one(case: str, path: str, n: int, arch: str, side: int, hw: int = 32) -> dict:
     """Peak memory of one call in this (fresh) process; see the module docstring."""
     import tracemalloc
 
@@ -144,19 +144,20 @@ def measure_one(case: str, path: str, n: int, arch: str, side: int) -> dict:
 
     rng = np.random.default_rng(0)
     # warm-up: compile the tile shapes of the measured call (padded to multiples of 8)
-    xw = rng.standard_normal((side, 32, 32, 3)).astype(np.float32)
+    wside = min(side, 128) if arch in ("gap", "lap4", "lap8") else side  # full-cov cap 128
+    xw = rng.standard_normal((wside, hw, hw, 3)).astype(np.float32)
     kernel_tile([arch], xw, xw, depth=8)
     if case == "cell":
         from workers.kernel_trial import run_kernel_trial
 
-        cfg = _cell_config(n, arch, side)
+        cfg = _cell_config(n, arch, side, hw)
         tiny = {**cfg, "train_size": 40, "val_size": 10, "test_size": 10}
         run_kernel_trial(tiny) if path == "new" else _old_cell(tiny)
         v, m = n // 9, 2 * n // 9
         out_bytes = 2 * n * (n + v + m) * 4
         fn = (lambda: run_kernel_trial(cfg)) if path == "new" else (lambda: _old_cell(cfg))
     else:
-        x = rng.standard_normal((n, 32, 32, 3)).astype(np.float32)
+        x = rng.standard_normal((n, hw, hw, 3)).astype(np.float32)
         out_bytes = 2 * n * n * 4
         if path == "new":
             def fn() -> Any:
@@ -174,18 +175,18 @@ def measure_one(case: str, path: str, n: int, arch: str, side: int) -> dict:
     tracemalloc.stop()
     maxrss = _maxrss()
     del res
-    return {"case": case, "path": path, "n": n, "arch": arch, "side": side,
+    return {"case": case, "path": path, "n": n, "arch": arch, "side": side, "image": hw,
             "out_bytes": out_bytes, "tracemalloc_peak": peak_tm,
             "rss_peak": max(0, maxrss - rss0), "rss_before": rss0,
             "maxrss_before": maxrss0, "wall_s": wall,
             "ratio_tm": peak_tm / out_bytes, "ratio_rss": max(0, maxrss - rss0) / out_bytes}
 
 
-def _run_sub(case: str, path: str, n: int, arch: str, side: int) -> dict:
+def _run_sub(case: str, path: str, n: int, arch: str, side: int, hw: int) -> dict:
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
                JAX_PLATFORMS="cpu")
     cmd = [sys.executable, os.path.abspath(__file__), "--one", case, path, str(n), arch,
-           str(side)]
+           str(side), str(hw)]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
@@ -215,7 +216,7 @@ def table(rows: list[dict]) -> str:
                      / (r["out_bytes"] - q["out_bytes"]))
             growth = f"{slope:.2f}x"
         plus = f"{r['tracemalloc_peak'] / (r['out_bytes'] + copy):.2f}x" if copy else "-"
-        out.append(f"| {r['case']} | {r['arch']} | {r['n']} | {r['path']} | "
+        out.append(f"| {r['case']} | {r['arch']} {r.get('image', 32)}px | {r['n']} | {r['path']} | "
                    f"{_mb(r['out_bytes'])} | {_mb(r['tracemalloc_peak'])} | "
                    f"{r['ratio_tm']:.2f}x | {plus} | {growth} | {_mb(r['rss_peak'])} | "
                    f"{r['ratio_rss']:.2f}x | {r['wall_s']:.1f} |")
@@ -228,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arch", default="fcn")
     ap.add_argument("--side", type=int, default=500, help="tile side (max_side)")
     ap.add_argument("--cases", nargs="+", default=["matrix", "cell"])
-    ap.add_argument("--one", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--image-size", type=int, default=32, help="synthetic image side")
+    ap.add_argument("--one", nargs=6, help=argparse.SUPPRESS)
     ap.add_argument("--table-from", help="only print the table of a saved run's JSON lines")
     a = ap.parse_args(argv)
     if a.table_from:
@@ -236,15 +238,15 @@ def main(argv: list[str] | None = None) -> int:
             print(table([json.loads(ln) for ln in f if ln.startswith("{")]))
         return 0
     if a.one:
-        case, path, n, arch, side = a.one
-        print(json.dumps(measure_one(case, path, int(n), arch, int(side))))
+        case, path, n, arch, side, hw = a.one
+        print(json.dumps(measure_one(case, path, int(n), arch, int(side), int(hw))))
         return 0
     print(f"load average at start: {os.getloadavg()}", flush=True)
     rows = []
     for case in a.cases:
         for n in a.sizes:
             for path in ("old", "new"):  # interleaved: old then new at each size
-                r = _run_sub(case, path, n, a.arch, a.side)
+                r = _run_sub(case, path, n, a.arch, a.side, a.image_size)
                 print(json.dumps(r), flush=True)
                 rows.append(r)
     print(f"load average at end: {os.getloadavg()}", flush=True)

@@ -30,6 +30,11 @@ How it is computed (PERF_NOTES.md):
   correlation exactly 1, so float32 diagonals do not pick up the ``sqrt(eps)`` error of the
   arc-cosine singularity.
 
+Memory (``kernel_matrices``): tiles stream into preallocated (N1, N2) outputs of the assembled
+archs as they arrive (``map_tiles(..., on_result=...)``), off-diagonal tiles of a symmetric
+matrix are written with their transpose and diagonal tiles mirrored in place, so the peak is the
+output plus about one tile (``benchmarks/memory.py``).
+
 Public API: ``kernel_matrix``, ``kernel_matrices``, ``kernel_tile``, ``plan_tiles``, ``acos``,
 ``relu_kernels``, ``ARCHS``.
 """
