@@ -185,18 +185,31 @@ class TileMapper:
     computed: int = 0
     stats: dict[str, float] = field(default_factory=dict)
 
-    def __call__(self, fn: Callable, kwargs_list: list[Mapping[str, Any]]) -> list[Any]:
+    def __call__(self, fn: Callable, kwargs_list: list[Mapping[str, Any]], *,
+                 on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
+        """Results of fn(**kw) for every kw, in order. With ``on_result``, each result is
+        passed to ``on_result(i, value)`` as soon as it is loaded or computed (in completion
+        order) and not kept: the returned list then holds None, so the caller (the kernel
+        engine) holds at most the tiles in flight, not all of them."""
         memo: dict[int, str] = {}
         keys = [tile_key(fn, kw, memo) for kw in kwargs_list]
         out: list[Any] = [None] * len(keys)
+
+        def deliver(i: int, value: Any) -> None:
+            if on_result is None:
+                out[i] = value
+            else:
+                on_result(i, value)
+
         todo = []
         for i, k in enumerate(keys):
             v = self.cache.get(k) if self.cache is not None else None
             if v is None:
                 todo.append(i)
             else:
-                out[i] = v
                 self.hits += 1
+                deliver(i, v)
+            del v
         if not todo:
             return out
         ray_ok = False
@@ -206,8 +219,10 @@ class TileMapper:
             ray_ok = ray.is_initialized()
         if not ray_ok:
             for i in todo:
-                out[i] = fn(**kwargs_list[i])
-                self._store(keys[i], out[i])
+                v = fn(**kwargs_list[i])
+                self._store(keys[i], v)
+                deliver(i, v)
+                del v
             return out
         import ray
 
@@ -240,8 +255,10 @@ class TileMapper:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for r in ready:
                 i = pending.pop(r)
-                out[i] = ray.get(r)
-                self._store(keys[i], out[i])
+                v = ray.get(r)
+                self._store(keys[i], v)
+                deliver(i, v)
+                del v
         return out
 
     def _store(self, key: str, value: Any) -> None:
@@ -684,6 +701,59 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
     return summary
 
 
+def trial_resources(config: dict) -> Any:
+    """Tune's resource request of one trial (config = {"trial": Trial dict, ...}): CPU, GPU
+    and ``memory`` (bytes, from `memory_requests`) in one bundle; a kernel trial with tile
+    GPUs gets a second bundle for its tiles."""
+    from ray import tune
+
+    r = config["trial"]["resources"]
+    if config["trial"]["kind"] == "kernel" and r.get("tile_gpu", 0) > 0:
+        first = {"CPU": max(r.get("cpu", 1), 0.01)}
+        if r.get("memory", 0) > 0:
+            first["memory"] = r["memory"]
+        return tune.PlacementGroupFactory(
+            [first, {"CPU": r.get("tile_cpu", 1), "GPU": r["tile_gpu"]}])
+    bundle = {"CPU": r.get("cpu", 1)}
+    if r.get("gpu", 0) > 0:
+        bundle["GPU"] = r["gpu"]
+    if r.get("memory", 0) > 0:  # bytes of host RAM (see memory_requests)
+        bundle["memory"] = r["memory"]
+    return tune.PlacementGroupFactory([bundle])
+
+
+def _node_memory() -> float | None:
+    """Largest ``memory`` resource (bytes) of an alive Ray node, None when Ray reports none."""
+    import ray
+
+    sizes = [float(n.get("Resources", {}).get("memory", 0)) for n in ray.nodes()
+             if n.get("Alive")]
+    return max(sizes) if sizes and max(sizes) > 0 else None
+
+
+def memory_requests(trials: list[Trial], node_memory: float | None) -> list[dict[str, Any]]:
+    """Trial dicts whose resources carry ``memory`` (bytes): the preset's value if it sets
+    one, else the estimated peak (`orchestrator.plan.trial_memory`). A request above the
+    largest node (node_memory) would never be scheduled, so it is capped to that node's
+    memory with a warning naming the trial (it then runs alone there and may still run out)."""
+    from orchestrator.plan import trial_memory
+
+    out = []
+    for t in trials:
+        d = t.to_dict()
+        need = float(t.resources.get("memory") or trial_memory(t))
+        if node_memory is not None and need > node_memory:
+            log.warning("trial %s (%s %s) needs about %.1f GB of memory by estimate, more than "
+                        "the largest Ray node's %.1f GB; requesting %.1f GB, so it runs alone "
+                        "and may run out of memory (use a larger node or fewer images)",
+                        t.trial_id, t.kind, t.config.get("arch"), need / 1e9,
+                        node_memory / 1e9, node_memory / 1e9)
+            need = node_memory
+        d["resources"]["memory"] = need
+        out.append(d)
+    return out
+
+
 def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, store: Store,
               summary: RunSummary, tracker: Any, max_failures: int, progress: bool,
               console: Any) -> None:
@@ -703,17 +773,6 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
                                         ("gap", "lap4", "lap8"), t.config.get("arch")))
     has_derived = {t.derived_from for t in trials if t.derived_from}
 
-    def resources(config: dict) -> Any:
-        r = config["trial"]["resources"]
-        if config["trial"]["kind"] == "kernel" and r.get("tile_gpu", 0) > 0:
-            return tune.PlacementGroupFactory(
-                [{"CPU": max(r.get("cpu", 1), 0.01)},
-                 {"CPU": r.get("tile_cpu", 1), "GPU": r["tile_gpu"]}])
-        bundle = {"CPU": r.get("cpu", 1)}
-        if r.get("gpu", 0) > 0:
-            bundle["GPU"] = r["gpu"]
-        return tune.PlacementGroupFactory([bundle])
-
     def on_complete(trial_id: str) -> None:
         if trial_id in has_derived:
             summary.derived_written += materialize_derived(store, trials, ctx,
@@ -732,7 +791,8 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
         if mod is not None and mod.__name__.startswith(SWEEP_MODULE_PREFIX):
             cloudpickle.register_pickle_by_value(mod)
     trainable = tune.with_resources(
-        tune.with_parameters(tune_trainable, workers=dict(sweep.workers or {})), resources)
+        tune.with_parameters(tune_trainable, workers=dict(sweep.workers or {})),
+        trial_resources)
     # Tune's experiment state is scratch: the store (parts, trial-keyed checkpoints) is the
     # record and nothing reads Tune's state again (no Tuner.restore). So each run deletes the
     # `_tune/` leftovers of earlier runs (finished or killed: this driver holds the sweep's
@@ -746,7 +806,8 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
         log.info("removed %d Ray Tune state dir(s) of earlier runs under %s", n_old, storage)
     tuner = tune.Tuner(
         trainable,
-        param_space={"trial": tune.grid_search([t.to_dict() for t in order]), "ctx": ctx},
+        param_space={"trial": tune.grid_search(memory_requests(order, _node_memory())),
+                     "ctx": ctx},
         tune_config=tune.TuneConfig(
             reuse_actors=True,
             trial_name_creator=lambda t: t.config["trial"]["trial_id"],

@@ -66,7 +66,9 @@ CONFIG_RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
 }
 
 AXIS_NAMES = ("inference", "arch", "transform")
-RESOURCE_KEYS = {"cpu": float, "gpu": float, "tile_cpu": float, "tile_gpu": float}
+# memory: bytes of host RAM a trial requests from Ray (default: workers.memory's estimate)
+RESOURCE_KEYS = {"cpu": float, "gpu": float, "tile_cpu": float, "tile_gpu": float,
+                 "memory": float}
 
 
 
