@@ -97,7 +97,9 @@ SWEEP = Sweep(name="rehearsal", description="Fig. 2 paper preset, no-op workers"
               workers=dict(train=noop_train, kernel=noop_kernel))
 
 if __name__ == "__main__":
-    raise SystemExit(SWEEP.main())
+    from orchestrator.cli import script_main
+
+    raise SystemExit(script_main(SWEEP))
 '''
 
 

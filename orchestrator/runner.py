@@ -31,6 +31,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -41,8 +42,16 @@ from typing import Any
 import numpy as np
 
 from orchestrator.checkpoints import DEFAULT_KEEP, TrialCheckpoints, clear_tune_state
-from orchestrator.spec import Sweep, Trial, count_kernel_computations
+from orchestrator.spec import (
+    SWEEP_MODULE_PREFIX,
+    Sweep,
+    Trial,
+    count_kernel_computations,
+    file_sha256,
+    select_trials,
+)
 from orchestrator.store import DONE_STATUSES, Store, now_utc, resolve_root
+from workers.errors import ConfigError, UserError
 
 log = logging.getLogger("symsweep")
 
@@ -176,18 +185,31 @@ class TileMapper:
     computed: int = 0
     stats: dict[str, float] = field(default_factory=dict)
 
-    def __call__(self, fn: Callable, kwargs_list: list[Mapping[str, Any]]) -> list[Any]:
+    def __call__(self, fn: Callable, kwargs_list: list[Mapping[str, Any]], *,
+                 on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
+        """Results of fn(**kw) for every kw, in order. With ``on_result``, each result is
+        passed to ``on_result(i, value)`` as soon as it is loaded or computed (in completion
+        order) and not kept: the returned list then holds None, so the caller (the kernel
+        engine) holds at most the tiles in flight, not all of them."""
         memo: dict[int, str] = {}
         keys = [tile_key(fn, kw, memo) for kw in kwargs_list]
         out: list[Any] = [None] * len(keys)
+
+        def deliver(i: int, value: Any) -> None:
+            if on_result is None:
+                out[i] = value
+            else:
+                on_result(i, value)
+
         todo = []
         for i, k in enumerate(keys):
             v = self.cache.get(k) if self.cache is not None else None
             if v is None:
                 todo.append(i)
             else:
-                out[i] = v
                 self.hits += 1
+                deliver(i, v)
+            del v
         if not todo:
             return out
         ray_ok = False
@@ -197,8 +219,10 @@ class TileMapper:
             ray_ok = ray.is_initialized()
         if not ray_ok:
             for i in todo:
-                out[i] = fn(**kwargs_list[i])
-                self._store(keys[i], out[i])
+                v = fn(**kwargs_list[i])
+                self._store(keys[i], v)
+                deliver(i, v)
+                del v
             return out
         import ray
 
@@ -231,8 +255,10 @@ class TileMapper:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for r in ready:
                 i = pending.pop(r)
-                out[i] = ray.get(r)
-                self._store(keys[i], out[i])
+                v = ray.get(r)
+                self._store(keys[i], v)
+                deliver(i, v)
+                del v
         return out
 
     def _store(self, key: str, value: Any) -> None:
@@ -387,10 +413,18 @@ def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., di
             restore()
         result = dict(worker(wcfg, report, **kwargs) or {})
     except Exception as ex:
-        msg = f"{type(ex).__name__}: {ex}".splitlines()[0][:500]
+        root = root_cause(ex)
+        # bad input (UserError: config / data) is stored as its own one-line message, which
+        # says how to fix it; anything else with its type. Never Ray's wrapper of a tile task's
+        # error (a colour-coded traceback header), always the root cause.
+        msg = (str(root) if isinstance(root, UserError)
+               else f"{type(root).__name__}: {root}").strip()
+        msg = (msg.splitlines() or [type(root).__name__])[0][:500]
         failed = {"checkpoint_warnings": " | ".join(ckpt_warnings)} if ckpt_warnings else {}
         store.write_attempt(_row(trial, ctx, attempt, started, failed, "failed", msg,
                                  time.time() - t0, start_step), history)
+        if isinstance(root, UserError) and root is not ex:
+            raise root from None  # the caller tells bad input from crashes by its type
         raise
     finally:
         if restore_dir:
@@ -414,6 +448,17 @@ def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., di
     if ckpts is not None and status in DONE_STATUSES and ckpts.keep > 0:
         ckpts.remove_all()
     return result
+
+
+def root_cause(ex: BaseException) -> BaseException:
+    """The exception a Ray task wrapper (``RayTaskError``, whose ``cause`` is the task's own
+    exception) stands for; ``ex`` itself when it wraps nothing."""
+    seen = 0
+    while seen < 10 and type(ex).__name__.startswith("RayTaskError") and \
+            isinstance(getattr(ex, "cause", None), BaseException):
+        ex = ex.cause  # type: ignore[attr-defined]
+        seen += 1
+    return ex
 
 
 def predictions_path(store: Store, trial_id: str, attempt: int) -> str:
@@ -450,7 +495,15 @@ def tune_trainable(config: dict, workers: Mapping[str, Callable] | None = None) 
     def report_fn(metrics: dict, checkpoint_path: str | None) -> None:
         tune.report({k: v for k, v in metrics.items() if v is not None})
 
-    result = execute_trial(trial, ctx, worker, report_fn=report_fn)
+    try:
+        result = execute_trial(trial, ctx, worker, report_fn=report_fn)
+    except UserError as ex:
+        # Bad config or data fails the same way on every attempt: Tune's retries are for
+        # crashes (FailureConfig has no per-exception filter), so end the trial normally with
+        # a final `user_error` result. execute_trial has written the failed row with the
+        # one-line message; `_run_tune` counts such trials as failed.
+        tune.report({"trial_finished": 1, "user_error": 1, "error": str(ex).splitlines()[0]})
+        return
     final = {k: v for k, v in _scalars(result).items() if v is not None}
     final["trial_finished"] = 1
     tune.report(final)
@@ -563,15 +616,14 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
               progress: bool = True, num_cpus: int | None = None,
               fault: Mapping[str, Any] | None = None, tracking: bool = True,
               console: Any = None) -> RunSummary:
-    """Run (or resume) ``sweep`` at ``preset``: everything without a finished attempt."""
+    """Run (or resume) ``sweep`` at ``preset``: everything without a finished attempt.
+
+    Bad input (an unknown or empty ``only`` selection, a config value out of range, a negative
+    ``max_failures``) raises `ConfigError` before the driver lock, the manifest or Ray."""
     t_start = time.time()
-    trials = sweep.expand(preset, dedupe=dedupe)
-    if only:
-        trials = [t for t in trials if all(str(t.config.get(k)) in v for k, v in only.items())]
-        keep = {t.trial_id for t in trials}
-        # a derived cell whose source was filtered away is computed itself
-        trials = [t if (t.derived_from is None or t.derived_from in keep) else
-                  Trial(t.trial_id, t.kind, t.config, t.resources, None) for t in trials]
+    if max_failures is not None and (isinstance(max_failures, bool) or max_failures < 0):
+        raise ConfigError(f"--max-failures {max_failures}: retries per trial must be >= 0")
+    trials = select_trials(sweep.expand(preset, dedupe=dedupe), only)
     for t in trials:  # paths in a preset are relative to where the driver runs
         for k in ("data_dir", "cache_dir"):
             v = t.config.get(k)
@@ -611,6 +663,9 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
     try:
         store.write_manifest({
             "sweep": sweep.name, "preset": preset, "source": sweep.source, "dedupe": dedupe,
+            # resume checks the sweep file it is given against this (it never loads `source`)
+            "source_sha256": (file_sha256(sweep.source) if sweep.source and
+                              os.path.isfile(sweep.source) else None),
             "only": dict(only) if only else None, "results": fs_root,
             "success_train_acc": p.success_train_acc, "data_dir": ctx["data_dir"],
             "cache_dir": ctx["cache_dir"], "written_at": now_utc().isoformat(),
@@ -647,6 +702,59 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
     return summary
 
 
+def trial_resources(config: dict) -> Any:
+    """Tune's resource request of one trial (config = {"trial": Trial dict, ...}): CPU, GPU
+    and ``memory`` (bytes, from `memory_requests`) in one bundle; a kernel trial with tile
+    GPUs gets a second bundle for its tiles."""
+    from ray import tune
+
+    r = config["trial"]["resources"]
+    if config["trial"]["kind"] == "kernel" and r.get("tile_gpu", 0) > 0:
+        first = {"CPU": max(r.get("cpu", 1), 0.01)}
+        if r.get("memory", 0) > 0:
+            first["memory"] = r["memory"]
+        return tune.PlacementGroupFactory(
+            [first, {"CPU": r.get("tile_cpu", 1), "GPU": r["tile_gpu"]}])
+    bundle = {"CPU": r.get("cpu", 1)}
+    if r.get("gpu", 0) > 0:
+        bundle["GPU"] = r["gpu"]
+    if r.get("memory", 0) > 0:  # bytes of host RAM (see memory_requests)
+        bundle["memory"] = r["memory"]
+    return tune.PlacementGroupFactory([bundle])
+
+
+def _node_memory() -> float | None:
+    """Largest ``memory`` resource (bytes) of an alive Ray node, None when Ray reports none."""
+    import ray
+
+    sizes = [float(n.get("Resources", {}).get("memory", 0)) for n in ray.nodes()
+             if n.get("Alive")]
+    return max(sizes) if sizes and max(sizes) > 0 else None
+
+
+def memory_requests(trials: list[Trial], node_memory: float | None) -> list[dict[str, Any]]:
+    """Trial dicts whose resources carry ``memory`` (bytes): the preset's value if it sets
+    one, else the estimated peak (`orchestrator.plan.trial_memory`). A request above the
+    largest node (node_memory) would never be scheduled, so it is capped to that node's
+    memory with a warning naming the trial (it then runs alone there and may still run out)."""
+    from orchestrator.plan import trial_memory
+
+    out = []
+    for t in trials:
+        d = t.to_dict()
+        need = float(t.resources.get("memory") or trial_memory(t))
+        if node_memory is not None and need > node_memory:
+            log.warning("trial %s (%s %s) needs about %.1f GB of memory by estimate, more than "
+                        "the largest Ray node's %.1f GB; requesting %.1f GB, so it runs alone "
+                        "and may run out of memory (use a larger node or fewer images)",
+                        t.trial_id, t.kind, t.config.get("arch"), need / 1e9,
+                        node_memory / 1e9, node_memory / 1e9)
+            need = node_memory
+        d["resources"]["memory"] = need
+        out.append(d)
+    return out
+
+
 def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, store: Store,
               summary: RunSummary, tracker: Any, max_failures: int, progress: bool,
               console: Any) -> None:
@@ -665,17 +773,6 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
     order = sorted(todo, key=lambda t: (t.kind != "kernel", t.config.get("arch") not in
                                         ("gap", "lap4", "lap8"), t.config.get("arch")))
 
-    def resources(config: dict) -> Any:
-        r = config["trial"]["resources"]
-        if config["trial"]["kind"] == "kernel" and r.get("tile_gpu", 0) > 0:
-            return tune.PlacementGroupFactory(
-                [{"CPU": max(r.get("cpu", 1), 0.01)},
-                 {"CPU": r.get("tile_cpu", 1), "GPU": r["tile_gpu"]}])
-        bundle = {"CPU": r.get("cpu", 1)}
-        if r.get("gpu", 0) > 0:
-            bundle["GPU"] = r["gpu"]
-        return tune.PlacementGroupFactory([bundle])
-
     def on_complete(trial_id: str) -> None:
         # derived cells are written once after the run (run_sweep), not here: re-reading the
         # store after every source trial is quadratic in the number of attempts
@@ -684,8 +781,17 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
 
     cb = ProgressCallback(total=len(todo), title=f"{sweep.name} [{ctx['preset']}]",
                           on_attempt_end=on_complete, enabled=progress, console=console)
+    # workers defined in a sweep file (imported by load_sweep under a private module name that
+    # Ray workers cannot import) travel to the workers by value
+    from ray import cloudpickle
+
+    for fn in (sweep.workers or {}).values():
+        mod = sys.modules.get(getattr(fn, "__module__", ""))
+        if mod is not None and mod.__name__.startswith(SWEEP_MODULE_PREFIX):
+            cloudpickle.register_pickle_by_value(mod)
     trainable = tune.with_resources(
-        tune.with_parameters(tune_trainable, workers=dict(sweep.workers or {})), resources)
+        tune.with_parameters(tune_trainable, workers=dict(sweep.workers or {})),
+        trial_resources)
     # Tune's experiment state is scratch: the store (parts, trial-keyed checkpoints) is the
     # record and nothing reads Tune's state again (no Tuner.restore). So each run deletes the
     # `_tune/` leftovers of earlier runs (finished or killed: this driver holds the sweep's
@@ -699,7 +805,8 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
         log.info("removed %d Ray Tune state dir(s) of earlier runs under %s", n_old, storage)
     tuner = tune.Tuner(
         trainable,
-        param_space={"trial": tune.grid_search([t.to_dict() for t in order]), "ctx": ctx},
+        param_space={"trial": tune.grid_search(memory_requests(order, _node_memory())),
+                     "ctx": ctx},
         tune_config=tune.TuneConfig(
             reuse_actors=True,
             trial_name_creator=lambda t: t.config["trial"]["trial_id"],
@@ -721,9 +828,11 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
         raise RuntimeError(f"Ray failed: {ex}") from ex
     finally:
         clear_tune_state(ctx["results"], sweep.name)
+    # trials that ended on bad input (UserError) completed for Tune but failed for us
+    user_errors = sum(1 for r in grid if r.error is None and (r.metrics or {}).get("user_error"))
     del grid  # the store, not Tune's result files, is the record
     summary.retries = cb.retries
-    summary.failed = cb.failed
+    summary.failed = cb.failed + user_errors
     ids = {t.trial_id for t in todo}
     df, _ = store.latest()
     st = df[df["trial_id"].isin(ids)]["status"]
@@ -745,9 +854,7 @@ def run_local(sweep: Sweep, preset: str, *, results: str, dedupe: bool = True,
               only: Mapping[str, list[str]] | None = None) -> list[dict[str, Any]]:
     """Run every unfinished trial in this process without Ray (debugging aid, also used by
     tests to compare with the Ray path). Returns the workers' results."""
-    trials = sweep.expand(preset, dedupe=dedupe)
-    if only:
-        trials = [t for t in trials if all(str(t.config.get(k)) in v for k, v in only.items())]
+    trials = select_trials(sweep.expand(preset, dedupe=dedupe), only)
     store = Store(results, sweep.name)
     fs_root = results if "://" in results else os.path.abspath(results)
     ctx = {"results": fs_root, "sweep": sweep.name, "preset": preset,

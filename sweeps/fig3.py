@@ -17,8 +17,7 @@ Presets:
 - paper: 45k/5k/10k at 32x32, depth 8, widths 2^3..2^10, 5 seeds, 10^6 steps; GPUs.
 """
 
-from orchestrator.figures import CompositeSweep
-from orchestrator.spec import Preset, Sweep
+from orchestrator.spec import CompositeSweep, Preset, Sweep
 from sweeps.common import CPU_RESOURCES, paper_preset, smoke_config
 
 TRANSFORMS = ["shared_rotation", "pixel_rotation"]
@@ -54,4 +53,6 @@ SWEEP = CompositeSweep("fig3", [FINITE, KERNEL], description=__doc__.splitlines(
                        preset_axes={p: {"width": w} for p, w in WIDTHS.items()})
 
 if __name__ == "__main__":
-    raise SystemExit(SWEEP.main())
+    from orchestrator.cli import script_main
+
+    raise SystemExit(script_main(SWEEP))

@@ -20,8 +20,7 @@ Presets:
 - paper: m = 320 .. 40,960, 45,000 and 90,000 (flips), 32x32, depth 8, 5 seeds, 10^6 steps.
 """
 
-from orchestrator.figures import CompositeSweep
-from orchestrator.spec import Preset, Sweep
+from orchestrator.spec import CompositeSweep, Preset, Sweep
 from sweeps.common import CPU_RESOURCES, paper_preset, smoke_config
 
 SIZES = {"smoke": [40, 80, 160, 320, 640], "cpu": [160, 320, 640, 1280, 2560],
@@ -77,4 +76,6 @@ SWEEP = CompositeSweep(
 )
 
 if __name__ == "__main__":
-    raise SystemExit(SWEEP.main())
+    from orchestrator.cli import script_main
+
+    raise SystemExit(script_main(SWEEP))

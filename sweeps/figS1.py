@@ -19,8 +19,7 @@ Presets:
 - paper: 45k/5k/10k at 32x32, depth 8, widths 64..512, t in {0, 0.25, ..., 1}, 10 seeds.
 """
 
-from orchestrator.figures import CompositeSweep
-from orchestrator.spec import Preset, Sweep
+from orchestrator.spec import CompositeSweep, Preset, Sweep
 from sweeps.common import CPU_RESOURCES, paper_preset, smoke_config
 
 WIDTHS = {"smoke": [4, 8], "cpu": [8, 16, 32], "paper": [64, 128, 256, 512]}
@@ -64,4 +63,6 @@ SWEEP = CompositeSweep(
 )
 
 if __name__ == "__main__":
-    raise SystemExit(SWEEP.main())
+    from orchestrator.cli import script_main
+
+    raise SystemExit(script_main(SWEEP))

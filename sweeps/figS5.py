@@ -16,9 +16,9 @@ Presets:
 - paper: 45k/5k/10k at 32x32, depth 8, paper widths, 5 seeds, 10^6 steps.
 """
 
-from orchestrator.figures import CompositeSweep
-from orchestrator.spec import ARCHS, TRANSFORMS, Preset, Sweep
+from orchestrator.spec import CompositeSweep, Preset, Sweep
 from sweeps.common import GPU_RESOURCES, PAPER_WIDTHS, paper_preset, smoke_config
+from workers.vocab import ARCHS, TRANSFORMS
 
 SMOKE = Preset(
     description="synthetic 8x8, depth 2, 4 archs x 3 transforms, 2 seeds, 300 steps",
@@ -51,4 +51,6 @@ SWEEP = CompositeSweep(
 )
 
 if __name__ == "__main__":
-    raise SystemExit(SWEEP.main())
+    from orchestrator.cli import script_main
+
+    raise SystemExit(script_main(SWEEP))

@@ -15,9 +15,9 @@ Presets:
 - paper: 32x32, depth 8, m = 320 .. 40,960 and 45,000, the 10k test set; GPUs.
 """
 
-from orchestrator.figures import CompositeSweep
-from orchestrator.spec import ARCHS, TRANSFORMS, Preset, Sweep
+from orchestrator.spec import CompositeSweep, Preset, Sweep
 from sweeps.common import GPU_RESOURCES, paper_preset
+from workers.vocab import ARCHS, TRANSFORMS
 
 SIZES = {"smoke": [40, 80, 160, 320], "cpu": [125, 250, 500, 1000],
          "paper": [320 * 2 ** k for k in range(8)] + [45_000]}
@@ -50,4 +50,6 @@ SWEEP = CompositeSweep(
 )
 
 if __name__ == "__main__":
-    raise SystemExit(SWEEP.main())
+    from orchestrator.cli import script_main
+
+    raise SystemExit(script_main(SWEEP))

@@ -217,16 +217,25 @@ def test_attempt_after_a_corrupt_latest_checkpoint_resumes_from_the_previous(tmp
     assert m["resumed_from"] == 10 and "step 20" in m["checkpoint_warnings"]
 
 
-def test_negative_keep_checkpoints_is_refused_with_a_row(tmp_path):
+def test_negative_keep_checkpoints_is_refused(tmp_path):
+    """At expansion, before anything runs (the range table), and by the checkpoint store
+    itself for a trial config built by hand (it then gets its failed row)."""
     from orchestrator.runner import execute_trial
-    from orchestrator.spec import load_sweep
+    from orchestrator.spec import Trial, load_sweep
     from workers.errors import ConfigError
 
     p = tmp_path / "ft.py"
     p.write_text(textwrap.dedent(FAKE_TRAIN_SWEEP).format(keep=", keep_checkpoints=-1")
                  .replace("STATUS", "'completed'"))
     sw = load_sweep(str(p))
-    (trial,) = sw.expand("smoke")
+    with pytest.raises(ConfigError, match="keep_checkpoints must be >= 0, got -1"):
+        sw.expand("smoke")
+    ok = tmp_path / "ok.py"
+    ok.write_text(textwrap.dedent(FAKE_TRAIN_SWEEP).format(keep="")
+                  .replace("STATUS", "'completed'"))
+    (good,) = load_sweep(str(ok)).expand("smoke")
+    trial = Trial(good.trial_id, good.kind, {**good.config, "keep_checkpoints": -1},
+                  good.resources)
     res = tmp_path / "res"
     ctx = {"results": str(res), "sweep": "ft", "preset": "smoke", "tiles_root": str(res)}
     with pytest.raises(ConfigError, match="keep_checkpoints=-1: use N >= 1"):
@@ -302,7 +311,9 @@ SWEEP = Sweep(
 )
 
 if __name__ == "__main__":
-    raise SystemExit(SWEEP.main())
+    from orchestrator.cli import script_main
+
+    raise SystemExit(script_main(SWEEP))
 '''
 METRICS = ("best_test_acc", "test_acc", "test_mse", "train_acc", "steps")
 
@@ -372,12 +383,12 @@ def _kill_held_driver(sweep_file: Path, hold: Path, res: Path, address: str) -> 
 def _resume(sweep_file: Path, results: Path, address: str) -> int:
     """`symsweep resume` of the sweep (in process, joining the module's Ray session).
 
-    The one place that says how resume finds the sweep: today it imports the file recorded
-    in sweep.json; adapt here when resume takes `--sweep-file PATH` / sweeps/<name>.py."""
+    Resume never imports what sweep.json names (a results folder is data): the sweep file
+    is given, and its hash must match the one the manifest recorded."""
     from orchestrator.cli import main
 
-    del sweep_file  # today's resume reads it from the manifest
-    return main(["resume", "held", "--results", str(results), "--no-progress", "--no-report"])
+    return main(["resume", "held", "--results", str(results), "--sweep-file", str(sweep_file),
+                 "--no-progress", "--no-report"])
 
 
 def _resubmit(sweep_file: Path, results: Path, address: str) -> int:
