@@ -469,3 +469,23 @@ def test_non_local_filesystem_paths(monkeypatch):
     with pytest.raises(ConfigError, match="already running"):
         Store("mock://bucket", "s").acquire_lock()
     st.release_lock(lock)
+
+
+def test_derived_rows_list_the_store_a_fixed_number_of_times(tmp_path, monkeypatch):
+    """materialize_derived numbers its rows from one attempt index, not a listing per row."""
+    st = Store(str(tmp_path), "s")
+    res = {"cpu": 1.0}
+    cfg = {"arch": "fcn", "inference": "ntk", "seed": 0}
+    src = Trial("src", "kernel", {**cfg, "transform": "identity"}, res)
+    ders = [Trial(f"d{i}", "kernel", {**cfg, "transform": f"t{i}"}, res, derived_from="src")
+            for i in range(8)]
+    st.write_attempt(row("src", kind="kernel", arch="fcn", inference="ntk", acc=0.3))
+    st.write_attempt(row("d3", 1, "failed", acc=None))  # d3's next row is attempt 2
+    calls = []
+    real = Store._list
+    monkeypatch.setattr(Store, "_list", lambda self, d: calls.append(d) or real(self, d))
+    ctx = {"sweep": "s", "preset": "smoke", "code_version": "x"}
+    assert materialize_derived(st, [src, *ders], ctx) == 8
+    assert len(calls) <= 3  # latest (trials) + attempt index (trials, history)
+    df = st.latest()[0].set_index("trial_id")
+    assert df.loc["d3", "attempt"] == 2 and df.loc["d0", "attempt"] == 1
