@@ -410,14 +410,23 @@ class Store:
         return set(df.loc[df["status"].isin(DONE_STATUSES), "trial_id"])
 
     # ------------------------------------------------------------------ compaction
-    def compact(self) -> dict[str, Any]:
+    def compact(self, held_lock: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Fold every readable loose part (trial rows and their history) into one new
         ``compacted-*.parquet`` per directory, then delete the folded parts. Every attempt row
         is kept (``trials_all`` unchanged, so the latest view, status and resume are too).
         Takes the driver lock for its duration: refuses (ConfigError naming the driver)
         while a live driver runs, and no driver starts meanwhile. Corrupt parts stay where
-        they are, for `status` to name. Returns counts and the files written."""
-        lock, _ = self.acquire_lock()
+        they are, for `status` to name. Returns counts and the files written.
+        ``held_lock``: the lock of the caller, a driver that owns the sweep (it may compact its
+        own parts at the end of a run); it must still be the current lock."""
+        if held_lock is not None:
+            cur = self.read_lock() or {}
+            if cur.get("token") != held_lock.get("token"):
+                raise ConfigError(f"sweep '{self.sweep}': compaction needs the driver lock, but "
+                                  f"it is held by pid {cur.get('pid')} on {cur.get('host')}")
+            lock = None
+        else:
+            lock, _ = self.acquire_lock()
         try:
             trials, corrupt = self._scan(self.trials_dir, TRIAL_SCHEMA, one_row=True)
             loose_t, _, folded_t = self._layout(self.trials_dir)
@@ -452,7 +461,8 @@ class Store:
                     "deleted": deleted, "written": written,
                     "corrupt": sorted(corrupt) + sorted(hcorrupt)}
         finally:
-            self.release_lock(lock)
+            if lock is not None:
+                self.release_lock(lock)
 
     def _delete_folded(self) -> int:
         """Delete every loose part listed in a compacted file (also those of an earlier

@@ -393,9 +393,18 @@ def test_compact_is_refused_while_a_driver_runs(tmp_path):
     with pytest.raises(ConfigError, match=f"pid {os.getpid()}"):
         Store(str(tmp_path), "s").compact()
     assert len(os.listdir(st.trials_dir)) == 5  # nothing touched
+    # the driver itself may compact under its own lock (and keeps it)
+    assert Store(str(tmp_path), "s").compact(held_lock=lock)["attempts"] == 4
+    assert st.read_lock()["token"] == lock["token"]
+    with pytest.raises(ConfigError, match="needs the driver lock"):
+        Store(str(tmp_path), "s").compact(held_lock={"token": "not-ours"})
     st.release_lock(lock)
+    st.write_attempt(row("e", 1))
     assert main(["compact", "s", "--results", str(tmp_path)]) == 1  # 1: a corrupt part left
-    assert len(os.listdir(st.trials_dir)) == 2 and st.read_lock() is None
+    left = sorted(os.listdir(st.trials_dir))  # two compacted files and the corrupt part
+    assert len(left) == 3 and sum(n.startswith("compacted-") for n in left) == 2
+    assert st.read_lock() is None and sorted(Store(str(tmp_path), "s").done_ids()) == \
+        ["a", "b", "c", "e"]
 
 
 def test_status_query_and_mirror_answer_the_same_after_compaction(tmp_path, capsys):
