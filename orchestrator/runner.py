@@ -125,28 +125,71 @@ def _unflatten(flat: Mapping[str, np.ndarray]) -> Any:
     return build(root)
 
 
+_TILE_SUM = "__sha256__"  # name of the checksum entry inside a tile's .npz
+
+
+def _tile_checksum(key: str, flat: Mapping[str, np.ndarray]) -> str:
+    """sha256 over the tile's key and every array (name, dtype, shape, bytes): a tile is
+    valid only under its own key, so a valid .npz of another tile (or edited numbers) fails."""
+    h = hashlib.sha256(f"symsweep-tile:{key}".encode())
+    for name in sorted(flat):
+        arr = np.ascontiguousarray(flat[name])
+        h.update(f"|{name}:{arr.dtype.str}:{arr.shape}|".encode())
+        h.update(memoryview(arr).cast("B") if arr.size else b"")
+    return h.hexdigest()
+
+
 class TileCache:
-    """Content-addressed tile results under ``<results>/tiles/<key>.npz`` (local or URI)."""
+    """Content-addressed tile results under ``<results>/tiles/<key>.npz`` (local or URI).
+
+    Each tile stores a checksum of its arrays bound to its key (`_tile_checksum`), verified on
+    read: a truncated, edited or swapped tile (another tile's valid .npz under this name) is
+    recomputed, and said so: a warning in this process's log, and ``corrupt`` (count) /
+    ``corrupt_notes`` (messages) for the trial to report to the driver (``tiles_corrupt``),
+    since a trial's own log does not reach the driver's output.
+    """
 
     def __init__(self, root: str):
         self.fs, base = resolve_root(root)
         self.dir = f"{base}/tiles"
+        self.corrupt = 0
+        self.corrupt_notes: list[str] = []
+
+    def _bad(self, key: str, why: str) -> None:
+        msg = f"kernel tile {self.dir}/{key}.npz {why}; recomputing it"
+        log.warning(msg)
+        self.corrupt += 1
+        if len(self.corrupt_notes) < 5:
+            self.corrupt_notes.append(msg)
 
     def get(self, key: str) -> Any | None:
+        """The tile stored under ``key``, or None when absent or failing its checksum."""
         try:
             with self.fs.open_input_file(f"{self.dir}/{key}.npz") as f:
                 data = f.read()
-            with np.load(io.BytesIO(data)) as z:
-                return _unflatten({k: z[k] for k in z.files})
         except (FileNotFoundError, OSError):
+            return None  # not computed yet
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                flat = {k: z[k] for k in z.files}
+        except Exception as ex:  # a truncated tile is recomputed, and said so
+            self._bad(key, f"is unreadable ({type(ex).__name__}: {ex})")
             return None
-        except Exception as ex:  # a corrupt tile is recomputed, and said so
-            log.warning("tile %s unreadable (%s); recomputing", key, ex)
+        stored = flat.pop(_TILE_SUM, None)
+        if stored is None:
+            self._bad(key, "has no checksum")
             return None
+        if str(stored) != _tile_checksum(key, flat):
+            self._bad(key, "fails its checksum (its content is not this tile's)")
+            return None
+        return _unflatten(flat)
 
     def put(self, key: str, value: Any) -> None:
+        """Store ``value`` (arrays in nested dicts / lists / tuples) under ``key`` with its
+        checksum: temporary name, then rename, so a reader never sees half a tile."""
+        flat = _flatten(value)
         buf = io.BytesIO()
-        np.savez(buf, **_flatten(value))
+        np.savez(buf, **flat, **{_TILE_SUM: np.array(_tile_checksum(key, flat))})
         self.fs.create_dir(self.dir, recursive=True)
         tmp = f"{self.dir}/.{key}.{os.getpid()}.{time.monotonic_ns()}.tmp"
         with self.fs.open_output_stream(tmp) as f:
@@ -354,6 +397,9 @@ def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., di
     if mapper is not None:
         result.setdefault("tiles_cached", mapper.hits)
         result.setdefault("tiles_computed", mapper.computed)
+        if mapper.cache is not None and mapper.cache.corrupt:  # shown by the driver
+            result.setdefault("tiles_corrupt", mapper.cache.corrupt)
+            result.setdefault("tiles_corrupt_note", " | ".join(mapper.cache.corrupt_notes))
     status = result.get("status") or "completed"
     if status not in ("completed", "diverged"):
         status = "failed"

@@ -271,6 +271,16 @@ class ProgressCallback(_tune_callback_base()):  # type: ignore[misc]
         self.retries += 1
         self._end(trial)
 
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        # A trial's own log does not reach the driver (log_to_driver=False): what the driver
+        # must say comes back in the trial's results.
+        n = result.get("tiles_corrupt")
+        if n:
+            log.warning("trial %s: %s kernel tile(s) were corrupt or not their key's and were "
+                        "recomputed: %s", self._id(trial), n,
+                        result.get("tiles_corrupt_note") or "(no detail)")
+
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         self._refresh()
 

@@ -4,6 +4,7 @@ and no silent fallback hides damage (config_json, history, fit segments, code_ve
 from __future__ import annotations
 
 import io
+import logging
 import os
 
 import numpy as np
@@ -36,3 +37,84 @@ def test_image_rewritten_in_place_is_reread(tmp_path):
     # nothing else changed
     mask = np.arange(len(after.x_test)) != i
     np.testing.assert_array_equal(after.x_test[mask], before.x_test[mask])
+
+
+# ====================================================================== kernel tiles
+def _two_tiles(root: str) -> tuple[list[dict], list[str]]:
+    from orchestrator.runner import TileCache, TileMapper, tile_key
+
+    def tile(i: int) -> dict:
+        return {"nngp": np.full((2, 2), float(i)), "ntk": np.full((2, 2), 10.0 + i)}
+
+    kws = [dict(i=0), dict(i=1)]
+    TileMapper(TileCache(root), use_ray=False)(tile, kws)
+    return kws, [tile_key(tile, kw) for kw in kws], tile
+
+
+def test_swapped_tile_is_recomputed_and_reported(tmp_path, caplog):
+    """Another tile's valid .npz under this tile's name (a cell 'completed' with the wrong
+    kernel before) fails the checksum: recomputed, counted for the driver, nothing lost."""
+    from orchestrator.runner import TileCache, TileMapper
+
+    kws, keys, tile = _two_tiles(str(tmp_path))
+    tiles = tmp_path / "tiles"
+    (tiles / f"{keys[0]}.npz").write_bytes((tiles / f"{keys[1]}.npz").read_bytes())
+    cache = TileCache(str(tmp_path))
+    m = TileMapper(cache, use_ray=False)
+    with caplog.at_level(logging.WARNING, logger="symsweep"):
+        out = m(tile, kws)
+    assert m.computed == 1 and m.hits == 1 and cache.corrupt == 1
+    np.testing.assert_array_equal(out[0]["nngp"], np.zeros((2, 2)))  # the right numbers
+    np.testing.assert_array_equal(out[1]["ntk"], np.full((2, 2), 11.0))
+    assert "fails its checksum" in caplog.text and keys[0] in caplog.text
+    assert keys[0] in cache.corrupt_notes[0]
+    # the recomputed tile was stored again, valid: a fresh reader trusts it
+    again = TileCache(str(tmp_path))
+    np.testing.assert_array_equal(again.get(keys[0])["nngp"], np.zeros((2, 2)))
+    assert again.corrupt == 0
+
+
+def test_edited_and_truncated_tiles_are_recomputed(tmp_path):
+    from orchestrator.runner import TileCache
+
+    kws, keys, tile = _two_tiles(str(tmp_path))
+    path = tmp_path / "tiles" / f"{keys[0]}.npz"
+    with np.load(path) as z:  # same layout, one number changed, old checksum kept
+        flat = {k: z[k] for k in z.files}
+    flat["d:nngp"] = flat["d:nngp"] + 1.0
+    np.savez(path, **flat)
+    c = TileCache(str(tmp_path))
+    assert c.get(keys[0]) is None and c.corrupt == 1
+    path.write_bytes(path.read_bytes()[:40])
+    assert c.get(keys[0]) is None and c.corrupt == 2 and "unreadable" in c.corrupt_notes[1]
+    assert c.get(keys[1]) is not None and c.corrupt == 2
+
+
+def test_corrupt_tile_count_reaches_the_driver(tmp_path, caplog):
+    """The trial's result carries tiles_corrupt (a trial's log never reaches the driver), and
+    the driver's Tune callback prints it."""
+    from orchestrator.runner import execute_trial
+    from orchestrator.spec import Trial
+    from orchestrator.tracking import ProgressCallback
+
+    kws, keys, tile = _two_tiles(str(tmp_path))
+    tiles = tmp_path / "tiles"
+    (tiles / f"{keys[1]}.npz").write_bytes((tiles / f"{keys[0]}.npz").read_bytes())
+
+    def worker(cfg, report, map_tiles):
+        res = map_tiles(tile, kws)
+        return {"status": "completed", "test_acc": float(res[1]["ntk"][0, 0])}
+
+    trial = Trial("k-1", "kernel", {"arch": "fcn", "seed": 0}, {"cpu": 1}, None)
+    ctx = {"results": str(tmp_path), "sweep": "s", "preset": "p", "tiles_root": str(tmp_path)}
+    res = execute_trial(trial, ctx, worker)
+    assert res["test_acc"] == 11.0 and res["tiles_corrupt"] == 1
+    assert keys[1] in res["tiles_corrupt_note"]
+
+    class FakeTrial:
+        config = {"trial": {"trial_id": "k-1"}}
+
+    cb = ProgressCallback(total=1, title="t", on_attempt_end=lambda _t: None, enabled=False)
+    with caplog.at_level(logging.WARNING, logger="symsweep"):
+        cb.on_trial_result(0, [], FakeTrial(), res)
+    assert "trial k-1: 1 kernel tile(s) were corrupt" in caplog.text and keys[1] in caplog.text
