@@ -1,0 +1,76 @@
+"""Crash recovery: a driver killed with SIGKILL leaves nothing half-done that a resume would
+trust (MLflow runs), no process behind (Ray), and a driver that cannot keep its lock stops."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from orchestrator.store import Store
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def row(tid: str, **kw) -> dict:
+    t = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    base = dict(trial_id=tid, attempt=1, preset="smoke", kind="train", arch="vec",
+                inference="nn", transform="identity", seed=0, width=8, status="completed",
+                best_test_acc=0.5, test_acc=0.5, train_acc=1.0, best_train_acc=0.97,
+                started_at=t, finished_at=t, config_json=json.dumps({"arch": "vec", "seed": 0}),
+                metrics_json="{}")
+    base.update(kw)
+    return base
+
+
+# ====================================================================== MLflow after SIGKILL
+KILLED_MID_LOG = textwrap.dedent('''
+    import os, signal, sys
+    from mlflow.tracking import MlflowClient
+    from orchestrator.store import Store
+    from orchestrator.tracking import Tracker
+    real = MlflowClient.log_batch
+    def log_batch(self, run_id, metrics=(), params=(), tags=(), **kw):
+        if metrics:  # the driver dies by SIGKILL right when it logs the metrics
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(self, run_id, metrics=metrics, params=params, tags=tags, **kw)
+    MlflowClient.log_batch = log_batch
+    Tracker(Store(sys.argv[1], "s")).sync()
+''')
+
+
+def test_mlflow_run_of_a_killed_driver_is_mirrored_again(tmp_path, caplog):
+    """SIGKILL while a run is logged left it RUNNING with no metrics, and resume counted it as
+    mirrored forever. Now it is deleted and mirrored again, completely, once."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.tracking import Tracker
+
+    st = Store(str(tmp_path), "s")
+    st.write_manifest({"sweep": "s", "preset": "smoke", "success_train_acc": 0.95})
+    st.write_attempt(row("a"), [{"step": 5, "test_acc": 0.25}, {"step": 10, "test_acc": 0.5}])
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, "-c", KILLED_MID_LOG, str(tmp_path)], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == -9, p.stderr[-2000:]
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name("s").experiment_id
+    (half,) = c.search_runs([exp])
+    assert half.info.status == "RUNNING" and not half.data.metrics  # what the kill left
+    tr = Tracker(st)  # the resumed driver's mirror
+    with caplog.at_level("WARNING", logger="symsweep"):
+        assert tr.sync() == 1 and tr.repaired_runs == 1
+    assert "left half-logged" in caplog.text and half.info.run_id in caplog.text
+    (run,) = c.search_runs([exp])  # one run per attempt: nothing twice, nothing lost
+    assert run.info.run_id != half.info.run_id and run.info.status == "FINISHED"
+    assert run.data.tags["symsweep.mirrored"] == "1"
+    assert [(m.step, m.value) for m in c.get_metric_history(run.info.run_id, "test_acc")] == \
+        [(5, 0.25), (10, 0.5)]
+    assert Tracker(st).sync() == 0  # a complete run is not mirrored again
+    # one definition of success: the preset's threshold (0.95; 0.97 reached), as in the tables
+    assert run.data.tags["success"] == "true"
