@@ -40,6 +40,7 @@ import numpy as np
 
 from orchestrator.spec import Sweep, Trial, count_kernel_computations
 from orchestrator.store import DONE_STATUSES, Store, now_utc, resolve_root
+from workers.errors import UserError
 
 log = logging.getLogger("symsweep")
 
@@ -495,15 +496,37 @@ def _isnan(v: Any) -> bool:
 
 # ====================================================================== driver
 def code_version() -> str:
+    """``<git short hash>[-dirty]`` of the checkout this code runs from; when git cannot say,
+    ``unknown (<why>)`` (e.g. not a git checkout) and a warning, so rows never claim a version
+    silently."""
     here = os.path.dirname(os.path.abspath(__file__))
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, text=True,
-                             capture_output=True, timeout=5).stdout.strip()
+        p = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, text=True,
+                           capture_output=True, timeout=5)
+        rev = p.stdout.strip()
+        if p.returncode != 0 or not rev:
+            why = (p.stderr.strip().splitlines() or [f"git exit code {p.returncode}"])[-1]
+            raise RuntimeError("not a git checkout" if "not a git repository" in why else why)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
                                cwd=here, text=True, capture_output=True, timeout=5).stdout
-        return (rev or "unknown") + ("-dirty" if dirty.strip() else "")
-    except Exception:
-        return "unknown"
+        return rev + ("-dirty" if dirty.strip() else "")
+    except Exception as ex:
+        why = str(ex) if isinstance(ex, RuntimeError) else f"{type(ex).__name__}: {ex}"
+        why = " ".join(why.split())[:120]
+        log.warning("code version unknown (%s): rows record code_version 'unknown (%s)'", why,
+                    why)
+        return f"unknown ({why})"
+
+
+HEARTBEAT_S = 30.0  # the driver refreshes its lock this often
+LOCK_STALE_S = 600.0  # Store.acquire_lock's default: another host may take the lock after this
+
+
+class LockLostError(UserError):
+    """The driver could not keep its lock (another driver could take the sweep over): the
+    sweep was stopped; finished trials are kept, `symsweep resume` continues."""
+
+    exit_code = 3
 
 
 @dataclass
@@ -594,15 +617,48 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
            "fault": dict(fault) if fault else None}
     tracker = None
     stop_hb = threading.Event()
+    lost: list[str] = []  # set by the heartbeat when the sweep must stop
 
     def heartbeat() -> None:
-        while not stop_hb.wait(30):
+        # Every failure is logged; once the lock has not been refreshed for nearly the stale
+        # time (another driver could then take it over), or another driver holds it, the sweep
+        # is stopped: SIGINT to the main thread, which Tune turns into a clean stop.
+        last_ok = time.monotonic()
+        fails = 0
+        while not stop_hb.wait(HEARTBEAT_S):
+            why = None
             try:
                 store.heartbeat(lock)
-            except Exception:
-                pass
+                cur = store.read_lock() or {}
+                if not cur.get("token"):  # gone, unreadable, or read while being written
+                    raise OSError(f"lock file {store.lock_path} is missing or unreadable")
+                if cur["token"] != lock["token"]:
+                    why = (f"another driver took its lock over (pid {cur.get('pid')} on host "
+                           f"{cur.get('host')})")
+                else:
+                    last_ok, fails = time.monotonic(), 0
+                    continue
+            except Exception as ex:
+                fails += 1
+                age = time.monotonic() - last_ok
+                err = " ".join(f"{type(ex).__name__}: {ex}".split())[:300]
+                log.error("driver lock heartbeat failed (%d in a row, lock last refreshed "
+                          "%.0f s ago; another driver may take the sweep over after %.0f s): %s",
+                          fails, age, LOCK_STALE_S, err)
+                if age < LOCK_STALE_S - 3 * HEARTBEAT_S:
+                    continue
+                why = (f"its lock {store.lock_path} could not be refreshed for {age:.0f} s "
+                       f"({fails} failures, last: {err})")
+            lost.append(f"sweep '{sweep.name}' stopped: {why}; no other driver may run it "
+                        "meanwhile. Finished trials are kept: fix access to the results "
+                        "folder, then `symsweep resume`")
+            import signal
 
-    hb = threading.Thread(target=heartbeat, daemon=True)
+            # a real SIGINT to the main thread (wakes a blocking wait, unlike interrupt_main)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            return
+
+    hb = threading.Thread(target=heartbeat, daemon=True, name="driver-lock-heartbeat")
     hb.start()
     started_ray = False
     try:
@@ -630,7 +686,13 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
             _run_tune(sweep, todo, trials, ctx, store, summary, tracker,
                       max_failures if max_failures is not None else p.max_failures, progress,
                       console)
+            if lost:  # Tune stopped on the heartbeat's SIGINT
+                raise LockLostError(lost[0])
         summary.derived_written += materialize_derived(store, trials, ctx)
+    except KeyboardInterrupt:
+        if lost:  # the heartbeat's SIGINT outside Tune
+            raise LockLostError(lost[0]) from None
+        raise
     finally:
         stop_hb.set()
         if tracker is not None:
@@ -639,7 +701,12 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
             import ray
 
             ray.shutdown()
-        store.release_lock(lock)
+        try:
+            store.release_lock(lock)
+        except Exception as ex:  # e.g. the access the heartbeat lost: the error above stands
+            log.error("could not release the driver lock %s (%s: %s); a later driver on this "
+                      "host takes it over once this process has ended", store.lock_path,
+                      type(ex).__name__, ex)
     summary.wall_s = time.time() - t_start
     return summary
 

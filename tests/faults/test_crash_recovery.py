@@ -74,3 +74,89 @@ def test_mlflow_run_of_a_killed_driver_is_mirrored_again(tmp_path, caplog):
     assert Tracker(st).sync() == 0  # a complete run is not mirrored again
     # one definition of success: the preset's threshold (0.95; 0.97 reached), as in the tables
     assert run.data.tags["success"] == "true"
+
+
+# ====================================================================== heartbeat
+def _tiny_sweep():
+    from orchestrator.spec import Preset, Sweep
+
+    def train(config, report=None):
+        return {"status": "completed", "test_acc": 0.5, "train_acc": 1.0}
+
+    return Sweep(name="hb", axes=dict(inference=["nn"], arch=["vec"], transform=["identity"]),
+                 presets=dict(smoke=Preset(config=dict(dataset="synthetic", max_steps=1),
+                                           width=dict(vec=4), seeds=(0,),
+                                           resources=dict(train=dict(cpu=1)))),
+                 workers=dict(train=train))
+
+
+def _fake_tune(on_start=None):
+    """Stands in for Tune: runs until SIGINT, then returns (Tune's clean stop on SIGINT)."""
+    import signal
+    import threading
+
+    def run(sweep, todo, trials, ctx, store, summary, *a, **kw):
+        stopped = threading.Event()
+        old = signal.signal(signal.SIGINT, lambda *_: stopped.set())
+        try:
+            if on_start is not None:
+                on_start(store)
+            assert stopped.wait(20), "the sweep was never stopped"  # a bound, not a timing
+        finally:
+            signal.signal(signal.SIGINT, old)
+
+    return run
+
+
+def _hb_setup(monkeypatch, tmp_path, on_start=None):
+    from orchestrator import runner
+
+    monkeypatch.setattr(runner, "HEARTBEAT_S", 0.02)
+    monkeypatch.setattr(runner, "LOCK_STALE_S", 0.3)
+    monkeypatch.setattr(runner, "ensure_ray", lambda *a, **k: False)
+    monkeypatch.setattr(runner, "_run_tune", _fake_tune(on_start))
+    st = Store(str(tmp_path), "hb")
+    st.write_attempt(row("earlier"), [{"step": 1, "test_acc": 0.5}])  # must survive
+    return runner
+
+
+def test_heartbeat_failures_are_loud_and_stop_the_sweep(tmp_path, monkeypatch, caplog):
+    """A live driver that cannot refresh its lock (expired credentials) said nothing and ran
+    on unprotected; now each failure is logged, and near the stale time the sweep stops with
+    one clear error. Nothing finished is lost, the lock is released."""
+    import pytest
+
+    runner = _hb_setup(monkeypatch, tmp_path)
+
+    def denied(self, lock):
+        raise PermissionError("[Errno 13] Permission denied: 'driver.lock' (expired credentials)")
+
+    monkeypatch.setattr(Store, "heartbeat", denied)
+    with caplog.at_level("ERROR", logger="symsweep"), \
+            pytest.raises(runner.LockLostError) as ei:
+        runner.run_sweep(_tiny_sweep(), "smoke", results=str(tmp_path), progress=False,
+                         tracking=False)
+    msg = str(ei.value)
+    assert "\n" not in msg and "sweep 'hb' stopped" in msg and "could not be refreshed" in msg
+    assert "expired credentials" in msg and "symsweep resume" in msg
+    fails = [r for r in caplog.records if "heartbeat failed" in r.getMessage()]
+    assert len(fails) >= 2 and "1 in a row" in fails[0].getMessage()
+    st = Store(str(tmp_path), "hb")
+    assert list(st.latest()[0]["trial_id"]) == ["earlier"] and st.read_lock() is None
+
+
+def test_lock_taken_over_stops_the_sweep_at_once(tmp_path, monkeypatch):
+    """Another driver holding this sweep's lock: stop, name it, leave its lock alone."""
+    import pytest
+
+    def steal(store):
+        other = {"host": "elsewhere", "pid": 4242, "token": "other-driver"}
+        with store.fs.open_output_stream(store.lock_path) as f:
+            f.write(json.dumps(other).encode())
+
+    runner = _hb_setup(monkeypatch, tmp_path, on_start=steal)
+    with pytest.raises(runner.LockLostError, match="another driver took its lock over "
+                       r"\(pid 4242 on host elsewhere\)"):
+        runner.run_sweep(_tiny_sweep(), "smoke", results=str(tmp_path), progress=False,
+                         tracking=False)
+    assert Store(str(tmp_path), "hb").read_lock()["token"] == "other-driver"

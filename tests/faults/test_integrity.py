@@ -118,3 +118,116 @@ def test_corrupt_tile_count_reaches_the_driver(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="symsweep"):
         cb.on_trial_result(0, [], FakeTrial(), res)
     assert "trial k-1: 1 kernel tile(s) were corrupt" in caplog.text and keys[1] in caplog.text
+
+
+# ====================================================================== silent fallbacks
+def _row(tid: str, **kw) -> dict:
+    import datetime as dt
+    import json
+
+    t = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    base = dict(trial_id=tid, attempt=1, preset="smoke", kind="train", arch="vec",
+                inference="nn", transform="identity", seed=0, width=8, status="completed",
+                best_test_acc=0.5, test_acc=0.5, train_acc=0.5, best_train_acc=0.5,
+                train_size=100, started_at=t, finished_at=t,
+                config_json=json.dumps({"arch": "vec", "seed": 0, "flip": True,
+                                        "train_size": 100}), metrics_json="{}")
+    base.update(kw)
+    return base
+
+
+def test_corrupt_config_json_is_said(caplog):
+    import pandas as pd
+
+    from orchestrator.figures import enrich
+
+    df = pd.DataFrame([_row("good"), _row("bad", config_json='{"arch": "vec", "fl')])
+    with caplog.at_level(logging.WARNING, logger="symsweep"):
+        d = enrich(df, 0.0)
+    assert "1 row(s) have a config_json that does not parse" in caplog.text
+    assert "trials bad" in caplog.text and "m from the row's train_size" in caplog.text
+    assert list(d["m"]) == [200.0, 100.0]  # the good row keeps its flip-counted size
+
+
+def test_fit_segments_reset_is_said(tmp_path, caplog):
+    import pandas as pd
+
+    from orchestrator.figures import _points_and_fits
+
+    src = tmp_path / "fr_edited_sweep.py"
+    src.write_text("this sweep file was edited into invalid Python\n")
+    df = pd.DataFrame(columns=["inference", "arch", "transform", "m", "ok"])
+    m = {"source": str(src), "preset": "smoke"}
+    with caplog.at_level(logging.WARNING, logger="symsweep"):
+        *_, first, last = _points_and_fits_safe(_points_and_fits, df, m)
+    assert f"fit segments: the sweep file {src} does not load" in \
+        caplog.text and f"using first {first} / last {last} points" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="symsweep"):  # both given: nothing to guess
+        _points_and_fits_safe(_points_and_fits, df, m, 2, 2)
+    assert "fit segments" not in caplog.text
+
+
+def _points_and_fits_safe(fn, df, m, first=None, last=None):
+    """The curve maths may refuse an empty frame; the segment choice comes first."""
+    from orchestrator import figures
+
+    try:
+        return fn(df, m, first, last)
+    except Exception:
+        f, la = figures._fit_defaults({}, first, last)
+        return None, None, f, la
+
+
+def test_code_version_says_why_it_is_unknown(monkeypatch, caplog):
+    import subprocess
+
+    from orchestrator import runner
+
+    def not_git(*a, **k):
+        return subprocess.CompletedProcess(a, 128, "", "fatal: not a git repository (or any "
+                                           "of the parent directories): .git\n")
+
+    monkeypatch.setattr(runner.subprocess, "run", not_git)
+    with caplog.at_level(logging.WARNING, logger="symsweep"):
+        assert runner.code_version() == "unknown (not a git checkout)"
+    assert "code version unknown (not a git checkout)" in caplog.text
+
+    def no_git(*a, **k):
+        raise FileNotFoundError(2, "No such file or directory", "git")
+
+    monkeypatch.setattr(runner.subprocess, "run", no_git)
+    assert runner.code_version().startswith("unknown (FileNotFoundError: ")
+
+
+def test_unreadable_history_is_not_mirrored_as_empty(tmp_path, caplog):
+    """A part whose history does not parse was mirrored with no metrics, for good. Now it is
+    not mirrored (said loudly) and mirrored completely once the history is readable."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.store import Store
+    from orchestrator.tracking import Tracker
+
+    st = Store(str(tmp_path), "s")
+    st.write_manifest({"sweep": "s", "preset": "smoke", "success_train_acc": 0.0})
+    st.write_attempt(_row("a"), [{"step": 3, "test_acc": 0.5}])
+    (part,) = st.parts()
+    hist = tmp_path / "s" / "history" / part.name
+    good = hist.read_bytes()
+    hist.write_bytes(good[: len(good) // 2])
+    with caplog.at_level(logging.WARNING, logger="symsweep"):
+        assert Tracker(st).sync() == 0
+    assert f"part {part.name} not mirrored, it cannot be read" in caplog.text
+    hist.write_bytes(good)
+    tr = Tracker(st)
+    assert tr.sync() == 1
+    c = MlflowClient(tr.uri)
+    (run,) = c.search_runs([c.get_experiment_by_name("s").experiment_id])
+    assert [(m.step, m.value) for m in c.get_metric_history(run.info.run_id, "test_acc")] == \
+        [(3, 0.5)]
+    # success: one definition (analysis.successful) at the preset's threshold, not 0.95:
+    # best_train_acc 0.5 succeeds under success_train_acc = 0.0, as the tables count it
+    from orchestrator.analysis import fig2_cells
+
+    assert run.data.tags["success"] == "true"
+    assert fig2_cells(st.latest()[0], 0.0)["n_success"].tolist() == [1]
