@@ -558,9 +558,72 @@ def _ray_env(trials: list[Trial]) -> dict[str, str]:
     return env
 
 
+# The reaper of an embedded Ray (see `_start_reaper`): a separate tiny process that reads the
+# driver's pipe; while the driver lives it records the driver's Ray descendants every second
+# (pid and start time, so a reused pid is never hit); at EOF (the driver ended, however: even
+# by SIGKILL the kernel closes the pipe) it sends SIGTERM to those still alive, then SIGKILL.
+_REAPER_SRC = r"""
+import os, select, signal, sys, time
+import psutil
+driver = psutil.Process(int(sys.argv[1]))
+seen = {}
+def record():
+    try:
+        for p in driver.children(recursive=True):
+            try:
+                if p.pid != os.getpid() and "ray" in " ".join(p.cmdline()).lower():
+                    seen.setdefault(p.pid, p.create_time())
+            except psutil.Error:
+                pass
+    except psutil.Error:
+        pass
+fd = sys.stdin.fileno()
+while True:
+    record()
+    if select.select([fd], [], [], 1.0)[0] and not os.read(fd, 4096):
+        break
+alive = []
+for pid, t in seen.items():
+    try:
+        p = psutil.Process(pid)
+        if p.create_time() == t:
+            p.send_signal(signal.SIGTERM)
+            alive.append(p)
+    except psutil.Error:
+        pass
+_, left = psutil.wait_procs(alive, timeout=3)
+for p in left:
+    try:
+        p.kill()
+    except psutil.Error:
+        pass
+"""
+_reaper: subprocess.Popen | None = None
+
+
+def _start_reaper() -> None:
+    """Start the reaper of this driver's embedded Ray (replacing the previous one, whose Ray
+    was shut down). Ray fate-shares its direct children with the driver (PR_SET_PDEATHSIG),
+    but the dashboard and runtime-env agents are the raylet's children: after a SIGKILL of the
+    driver they outlived it by about a minute, ignoring SIGTERM meanwhile. Ray's own reaper
+    (services.start_reaper) kills its whole process group, which would first take the driver
+    out of the terminal's foreground group (Ctrl+C would no longer reach it); this one only
+    kills the processes it saw descend from the driver."""
+    global _reaper
+    if _reaper is not None:
+        _reaper.stdin.close()  # type: ignore[union-attr]
+    import sys
+
+    _reaper = subprocess.Popen(  # noqa: S603 - fixed code, our own pid
+        [sys.executable, "-c", _REAPER_SRC, str(os.getpid())], stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)  # not in the driver's group: Ctrl+C / killpg spare it
+
+
 def ensure_ray(address: str | None, num_cpus: int | None, env: Mapping[str, str]) -> bool:
     """Start embedded Ray (or connect to ``address``) unless already initialised; returns
-    True when this call started it (the caller then shuts it down)."""
+    True when this call started it (the caller then shuts it down). An embedded Ray's
+    processes end with the driver however it ends, SIGKILL included (`_start_reaper`)."""
     import ray
 
     if ray.is_initialized():
@@ -572,6 +635,7 @@ def ensure_ray(address: str | None, num_cpus: int | None, env: Mapping[str, str]
     if address:
         ray.init(address=address, **kw)
     else:
+        _start_reaper()  # before ray.init: it records the processes as they appear
         ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kw)
     return True
 

@@ -160,3 +160,70 @@ def test_lock_taken_over_stops_the_sweep_at_once(tmp_path, monkeypatch):
         runner.run_sweep(_tiny_sweep(), "smoke", results=str(tmp_path), progress=False,
                          tracking=False)
     assert Store(str(tmp_path), "hb").read_lock()["token"] == "other-driver"
+
+
+# ====================================================================== Ray after kill -9
+K9_SWEEP = textwrap.dedent('''
+    import os, time
+    from orchestrator.spec import Preset, Sweep
+
+    def train(config, report=None):
+        open(os.path.join(os.environ["K9_DIR"], "started"), "w").close()
+        time.sleep(600)
+        return {"status": "completed", "test_acc": 0.5, "train_acc": 1.0}
+
+    SWEEP = Sweep(name="k9", axes=dict(inference=["nn"], arch=["vec"], transform=["identity"]),
+                  presets=dict(smoke=Preset(config=dict(dataset="synthetic", max_steps=1),
+                                            width=dict(vec=4), seeds=(0,),
+                                            resources=dict(train=dict(cpu=1)))),
+                  workers=dict(train=train))
+''')
+K9_DRIVER = textwrap.dedent('''
+    import sys
+    from orchestrator.runner import run_sweep
+    from orchestrator.spec import load_sweep
+    run_sweep(load_sweep(sys.argv[1]), "smoke", results=sys.argv[2], progress=False,
+              tracking=False, num_cpus=1)
+''')
+
+
+def test_kill_9_of_the_driver_leaves_no_ray_process(tmp_path):
+    """kill -9 of a driver with a running trial: every process it started (Ray's GCS, raylet,
+    agents, the trial's worker) is gone within a bounded wait (the two agents outlived it,
+    ignoring SIGTERM, for about a minute); the sweep can be resumed (lock of a dead driver)."""
+    import signal
+    import time
+
+    import psutil
+
+    (tmp_path / "k9_sweep.py").write_text(K9_SWEEP)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "K9_DIR": str(tmp_path)}
+    drv = subprocess.Popen([sys.executable, "-c", K9_DRIVER, str(tmp_path / "k9_sweep.py"),
+                            str(tmp_path / "res")], env=env, start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    procs: list[psutil.Process] = []
+    try:
+        while not (tmp_path / "started").exists():  # the trial runs inside Ray
+            assert drv.poll() is None, drv.stderr.read()[-3000:]
+            time.sleep(0.2)
+        time.sleep(2)  # let the reaper see every process once
+        procs = psutil.Process(drv.pid).children(recursive=True)
+        names = " ".join(" ".join(p.cmdline()) for p in procs)
+        assert "raylet" in names and "ray::" in names, names  # what this test is about
+        os.kill(drv.pid, signal.SIGKILL)
+        drv.wait(timeout=60)
+        _, alive = psutil.wait_procs(procs, timeout=40)  # a bound, not a speed claim
+        assert not alive, [" ".join(p.cmdline())[:80] for p in alive]
+    finally:
+        for p in procs:  # never leak Ray processes from a failing test
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        if drv.poll() is None:
+            drv.kill()
+    st = Store(str(tmp_path / "res"), "k9")
+    assert st.read_lock()["pid"] == drv.pid  # left by the killed driver ...
+    lock, note = st.acquire_lock()  # ... and taken over by the next one: nothing blocks resume
+    assert "took over a stale lock of a dead driver" in note
+    st.release_lock(lock)
