@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from orchestrator.analysis import LABELS, SHORT_T, format_cell, successful
+from orchestrator.analysis import LABELS, SHORT_T, format_cell, success_threshold, successful
 from orchestrator.fits import PowerLawFit, ensemble_accuracy, ensemble_mse, s_dist, segment_fits
 from orchestrator.spec import ARCHS, INFERENCES, TRANSFORMS, Sweep, Trial
 from workers.errors import ConfigError, DataError
@@ -169,7 +169,7 @@ def load(sweep: str, results: str) -> tuple[pd.DataFrame, dict]:
         print(f"symsweep: warning: corrupt part file {name} skipped ({err})", file=sys.stderr)
     if df.empty:
         raise ConfigError(f"sweep '{sweep}' has no finished trials under {results} yet")
-    return enrich(df, float(m.get("success_train_acc", 0.95))), m
+    return enrich(df, success_threshold(m)), m
 
 
 def _agg(vals: np.ndarray) -> tuple[float, float, int]:

@@ -255,9 +255,7 @@ class Tracker:
                 "part_file": part, "sweep": row["sweep"], "kind": str(row.get("kind")),
                 "code_version": str(row.get("code_version")), "host": str(row.get("host"))}
         tags["symsweep.version"] = "2"  # runs of this version carry MIRRORED_TAG when complete
-        ok = self._success(row)
-        if ok is not None:
-            tags["success"] = str(ok).lower()
+        tags["success"] = str(self._success(row)).lower()
         if row.get("derived_from"):
             tags["derived_from"] = row["derived_from"]
         if row.get("error"):
@@ -287,20 +285,16 @@ class Tracker:
                               end_time=ts)
         client.set_tag(rid, MIRRORED_TAG, "1")  # last: everything above is logged
 
-    def _success(self, row: dict) -> bool | None:
+    def _success(self, row: dict) -> bool:
         """The one definition of success (`analysis.successful`) at the threshold the tables
-        use (the manifest's ``success_train_acc``); None when the manifest does not say."""
-        if self._threshold is None:
-            m = self.store.read_manifest() or {}
-            self._threshold = m.get("success_train_acc", float("nan"))
-        thr = self._threshold
-        if thr is None or thr != thr:
-            return None
+        use (`analysis.success_threshold` of the manifest)."""
         import pandas as pd
 
-        from orchestrator.analysis import successful
+        from orchestrator.analysis import success_threshold, successful
 
-        return bool(successful(pd.DataFrame([row]), float(thr)).iloc[0])
+        if self._threshold is None:
+            self._threshold = success_threshold(self.store.read_manifest())
+        return bool(successful(pd.DataFrame([row]), self._threshold).iloc[0])
 
 
 # ====================================================================== progress

@@ -40,7 +40,7 @@ DRIVER = textwrap.dedent('''
     while len(list(Path(root, "barrier").iterdir())) < n:  # all start their mirror together
         time.sleep(0.0005)
     tr = Tracker(Store(root, name))
-    print("SYNCED", tr.sync(), tr.broken, flush=True)
+    print("SYNCED", tr.sync(), getattr(tr, "broken", None), flush=True)
 ''')
 
 
