@@ -610,14 +610,22 @@ def _start_reaper() -> None:
     out of the terminal's foreground group (Ctrl+C would no longer reach it); this one only
     kills the processes it saw descend from the driver."""
     global _reaper
-    if _reaper is not None:
-        _reaper.stdin.close()  # type: ignore[union-attr]
+    stop_reaper()
     import sys
 
     _reaper = subprocess.Popen(  # noqa: S603 - fixed code, our own pid
         [sys.executable, "-c", _REAPER_SRC, str(os.getpid())], stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True)  # not in the driver's group: Ctrl+C / killpg spare it
+
+
+def stop_reaper() -> None:
+    """After ``ray.shutdown()`` of an embedded Ray: the reaper ends whatever of it is left
+    and exits (also done at interpreter exit, or by the kernel at any death of the driver)."""
+    global _reaper
+    if _reaper is not None:
+        _reaper.stdin.close()  # type: ignore[union-attr]
+        _reaper = None
 
 
 def ensure_ray(address: str | None, num_cpus: int | None, env: Mapping[str, str]) -> bool:
@@ -765,6 +773,7 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
             import ray
 
             ray.shutdown()
+            stop_reaper()
         try:
             store.release_lock(lock)
         except Exception as ex:  # e.g. the access the heartbeat lost: the error above stands

@@ -48,12 +48,12 @@ def sqlite_path(uri: str) -> Path | None:
 
 
 def open_store(uri: str) -> Any:
-    """An MlflowClient whose backing store is opened and at MLflow's schema.
+    """An MlflowClient; for SQLite, its store opened and at MLflow's schema.
 
     For SQLite, the first opening (which creates and migrates the schema) holds the file lock
     ``<db>.lock`` (the ``filelock`` package), so drivers starting at once do not migrate the
     same file concurrently. Raises `MlflowStoreError` (one line: what is wrong, how to fix it)
-    when the store cannot be opened, e.g. a schema left half-migrated.
+    when the database cannot be opened, e.g. a schema left half-migrated.
     """
     from filelock import FileLock, Timeout
     from mlflow.tracking import MlflowClient
@@ -61,16 +61,14 @@ def open_store(uri: str) -> Any:
     for name in ("alembic", "mlflow", "sqlalchemy"):  # mlflow sets INFO on import
         logging.getLogger(name).setLevel(logging.WARNING)
     db = sqlite_path(uri)
+    if db is None:  # a server: its trouble may pass, the caller warns and tries again
+        return MlflowClient(tracking_uri=uri)
     try:
-        if db is None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{db}.lock", timeout=INIT_LOCK_TIMEOUT_S):
+            # the client may open the store already: both inside the lock
             client = MlflowClient(tracking_uri=uri)
-            client.search_experiments(max_results=1)
-        else:
-            db.parent.mkdir(parents=True, exist_ok=True)
-            with FileLock(f"{db}.lock", timeout=INIT_LOCK_TIMEOUT_S):
-                # the client may open the store already: both inside the lock
-                client = MlflowClient(tracking_uri=uri)
-                client.search_experiments(max_results=1)  # creates / verifies the schema
+            client.search_experiments(max_results=1)  # creates / verifies the schema
     except Timeout as ex:
         raise MlflowStoreError(
             f"MLflow tracking store {db} is locked by another process for more than "
@@ -78,11 +76,10 @@ def open_store(uri: str) -> Any:
             f"{db}.lock") from ex
     except Exception as ex:
         what = " ".join(f"{type(ex).__name__}: {ex}".split())[:300]
-        fix = (f"delete {db} (the Parquet parts are the record: the next `symsweep resume` "
-               "mirrors every run again) or pass --mlflow-uri" if db is not None else
-               "check the server, or pass another --mlflow-uri")
-        raise MlflowStoreError(f"MLflow tracking store {db or uri} cannot be opened ({what}); {fix}"
-                               ) from ex
+        raise MlflowStoreError(
+            f"MLflow tracking store {db} cannot be opened ({what}); delete {db} (the Parquet "
+            "parts are the record: the next `symsweep resume` mirrors every run again) or pass "
+            "--mlflow-uri") from ex
     return client
 
 
