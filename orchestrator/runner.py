@@ -52,6 +52,7 @@ from orchestrator.spec import (
 )
 from orchestrator.store import DONE_STATUSES, Store, now_utc, resolve_root
 from workers.errors import ConfigError, UserError
+from workers.vocab import FULL_COV_ARCHS
 
 log = logging.getLogger("symsweep")
 
@@ -770,7 +771,7 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
     # kernels first; cells sharing tiles (gap/lap4/lap8 of one transform) far apart, so that
     # the second finds the first's tiles in the cache instead of computing them concurrently
     order = sorted(todo, key=lambda t: (t.kind != "kernel", t.config.get("arch") not in
-                                        ("gap", "lap4", "lap8"), t.config.get("arch")))
+                                        FULL_COV_ARCHS, t.config.get("arch")))
     has_derived = {t.derived_from for t in trials if t.derived_from}
 
     def on_complete(trial_id: str) -> None:

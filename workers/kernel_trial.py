@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 
 from workers.errors import ConfigError
+from workers.vocab import FULL_COV_ARCHS
 
 KERNEL_INFERENCES = ("ntk", "nngp")
-FULL_COV = ("gap", "lap4", "lap8")
 
 
 def _accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
@@ -122,7 +122,7 @@ def run_kernel_trial(config: Mapping[str, Any],
     # together costs about one, and the tiles (cached by content) then serve all three cells.
     # Only this cell's arch is assembled into (N, N) matrices; the sibling readouts of the
     # tiles go to the tile cache (through map_tiles) for their own cells.
-    archs = list(FULL_COV) if arch in FULL_COV else [arch]
+    archs = list(FULL_COV_ARCHS) if arch in FULL_COV_ARCHS else [arch]
     kw["assemble"] = [arch]
     k_tr = kernel_matrices(archs, ds.x_train, None, **kw)[arch]
     k_te = kernel_matrices(archs, ds.x_test, ds.x_train, **kw)[arch]

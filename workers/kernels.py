@@ -53,10 +53,10 @@ import numpy as np
 from jax import lax
 
 from workers.errors import ConfigError, DataError
+from workers.vocab import ARCHS, DIAG_COV_ARCHS, FULL_COV_ARCHS
 
-ARCHS: tuple[str, ...] = ("fcn", "lcn", "vec", "gap", "lap4", "lap8")
-_DIAG = ("vec", "lcn")
-_FULL = ("gap", "lap4", "lap8")
+_DIAG = DIAG_COV_ARCHS
+_FULL = FULL_COV_ARCHS
 
 # Default tile memory budget (bytes) of `kernel_matrices` / `plan_tiles`.
 DEFAULT_MEMORY_BYTES = 2 * 1024**3

@@ -45,16 +45,13 @@ import optax
 
 from workers.errors import ConfigError
 from workers.models import count_params, init_params, make_model
-from workers.vocab import PAPER_WIDTHS
+from workers.vocab import FINITE_INFERENCES, INFERENCE_DEFAULTS, PAPER_WIDTHS
 
 Report = Callable[[dict, "str | None"], None]
 
-INFERENCES: tuple[str, ...] = ("nn", "nn_plus")
-# c (learning-rate factor) and lambda (L2) per inference algorithm (docs/protocol.md, "I").
-INFERENCE_DEFAULTS: dict[str, dict[str, float]] = {
-    "nn": {"lr_factor": 1.0, "l2": 0.0},
-    "nn_plus": {"lr_factor": 8.0, "l2": 1e-7},
-}
+# the inferences this worker runs; c (learning-rate factor) and lambda (L2) of each are
+# INFERENCE_DEFAULTS (docs/protocol.md, "I")
+INFERENCES: tuple[str, ...] = FINITE_INFERENCES
 
 DEFAULTS: dict[str, Any] = {
     "arch": "fcn",
