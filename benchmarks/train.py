@@ -22,8 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from workers.models import ARCHS, PAPER_WIDTHS, count_params, init_params, make_model
+from workers.models import count_params, init_params, make_model
 from workers.train import Trainer, estimate_eta0
+from workers.vocab import ARCHS, PAPER_WIDTHS
 
 # default step counts: a few seconds to a minute per timed repeat on 2 CPU cores
 DEFAULT_STEPS = {"fcn": 100, "lcn": 4, "vec": 2, "gap": 2, "lap4": 2, "lap8": 2}

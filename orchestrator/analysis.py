@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from orchestrator.spec import ARCHS, INFERENCES, TRANSFORMS
+from workers.vocab import ARCHS, INFERENCES, TRANSFORMS
 
 LABELS = {"ntk": "NTK", "nngp": "NNGP", "nn": "NN", "nn_plus": "NN+"}
 SHORT_T = {"identity": "identity", "shared_rotation": "shared rot", "pixel_rotation": "pixel rot",

@@ -1,19 +1,29 @@
 """The `symsweep` command.
 
 Sub-commands live in small modules and are registered here; `main` turns every
-`workers.errors.UserError` into one line on stderr and its exit code (2), so bad input never
-ends in a traceback.
+`workers.errors.UserError` (and every usage error: an unknown flag, a missing argument) into
+one line on stderr and exit code 2, so bad input never ends in a traceback.
+
+Bad input is refused before anything is written: ``--only`` through `spec.select_trials`, an
+unwritable ``--results`` before `run`/`resume` start, a missing results root before
+`status`/`query`. `resume` never runs code a results folder names (`spec.load_recorded_sweep`),
+and `query` runs read-only SQL on a connection without filesystem access (`readonly_sql`).
 """
 
 from __future__ import annotations
 
+import os
 import sys
+from typing import TYPE_CHECKING
 
 import typer
 
 from orchestrator.data_cli import app as data_app
 from orchestrator.plan import plan as plan_cmd
 from workers.errors import ConfigError, UserError
+
+if TYPE_CHECKING:
+    from orchestrator.spec import Sweep
 
 app = typer.Typer(
     name="symsweep",
@@ -31,18 +41,58 @@ _ONLY_OPT = typer.Option(None, help="Restrict to FIELD=V1,V2 (repeatable), e.g. 
 _SWEEPS_OPT = typer.Option(None, help="Only these sweeps (default: all)")
 
 
-def _parse_only(only: list[str] | None) -> dict[str, list[str]] | None:
-    """``["arch=vec,gap", "inference=ntk"]`` -> {"arch": ["vec", "gap"], "inference": ["ntk"]}."""
-    if not only:
-        return None
-    out: dict[str, list[str]] = {}
-    for item in only:
-        if "=" not in item:
-            raise ConfigError(f"--only {item!r}: expected FIELD=VALUE[,VALUE...], e.g. "
-                              "inference=ntk")
-        k, v = item.split("=", 1)
-        out.setdefault(k.strip(), []).extend(x.strip() for x in v.split(",") if x.strip())
-    return out
+def _check_max_failures(max_failures: int | None) -> None:
+    if max_failures is not None and max_failures < 0:
+        raise ConfigError(f"--max-failures {max_failures}: retries per trial must be >= 0 "
+                          "(0: no retry)")
+
+
+def check_results_writable(results: str, sweep: str | None = None) -> None:
+    """Refuse (`ConfigError`) a local results root that is a file or cannot be written, before
+    `run`/`resume` write anything: a probe file is created and removed in ``<results>/<sweep>``
+    (or the nearest directory that exists, where the root would be created). URIs (s3://,
+    gs://) are checked by pyarrow when first written."""
+    if "://" in results:
+        return
+    import tempfile
+
+    root = os.path.abspath(os.path.expanduser(results))
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise ConfigError(f"--results {results}: is a file, not a directory; pass a directory "
+                          "(it is created if missing)")
+    probe = os.path.join(root, sweep) if sweep and os.path.isdir(os.path.join(root, sweep)) \
+        else root
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ConfigError(f"--results {results}: {probe} is a file, not a directory; pass a "
+                          "directory")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".symsweep-write-probe-", dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as ex:
+        raise ConfigError(f"--results {results}: cannot write in {probe} ({ex.strerror}); pass "
+                          "a writable directory") from ex
+
+
+def check_results_exist(results: str, sweeps: list[str] | None = None) -> None:
+    """Refuse (`ConfigError`) a results root that does not exist (a typo would read as 'no
+    results') and named sweeps that are not under it. Read-only roots are fine."""
+    import pyarrow.fs as pafs
+
+    from orchestrator.store import list_sweeps, resolve_root
+
+    fs, base = resolve_root(results)
+    if fs.get_file_info(base).type != pafs.FileType.Directory:
+        raise ConfigError(f"--results {results}: no such results directory; pass the root "
+                          "that `symsweep run` wrote (or set SYMSWEEP_RESULTS)")
+    if sweeps:
+        have = list_sweeps(results)
+        for s in sweeps:
+            if s not in have:
+                raise ConfigError(f"--sweep {s}: no such sweep under {results}; found: "
+                                  f"{', '.join(have) or 'none'}")
 
 
 def _print_summary(summary, console) -> None:
@@ -108,19 +158,28 @@ def run(
     report: bool = typer.Option(True, help="Print the table and write the plot at the end"),
 ) -> None:
     """Run a sweep (or the unfinished part of it) as Ray Tune trials."""
-    from orchestrator.spec import count_kernel_computations, load_sweep
+    from orchestrator.spec import (
+        count_kernel_computations,
+        load_sweep,
+        parse_only,
+        select_trials,
+    )
 
+    _check_max_failures(max_failures)
     sweep = load_sweep(sweep_file)
     sweep.preset(preset)
+    sel = parse_only(only)
+    # the whole validation (ranges, selection) before anything is written or started
+    trials = select_trials(sweep.expand(preset, dedupe=not no_dedupe), sel)
     if dry_run:
-        trials = sweep.expand(preset, dedupe=not no_dedupe)
         cells, comps = count_kernel_computations(trials)
         kinds = {k: sum(t.kind == k for t in trials) for k in ("kernel", "train")}
         print(f"{sweep.name} [{preset}]: {len(trials)} trials ({kinds['kernel']} kernel cells, "
               f"{kinds['train']} finite runs); kernel computations {comps} of {cells}")
         raise typer.Exit(0)
+    check_results_writable(results, sweep.name)
     code = _run(sweep, preset, results, address, mlflow_uri, not no_dedupe, max_failures,
-                data_dir, cache_dir, _parse_only(only), num_cpus, progress, report)
+                data_dir, cache_dir, sel, num_cpus, progress, report)
     raise typer.Exit(code)
 
 
@@ -136,18 +195,32 @@ def resume(
     num_cpus: int = typer.Option(None, help="CPUs for embedded Ray"),
     progress: bool = typer.Option(True, help="Live progress view"),
     report: bool = typer.Option(True, help="Print the table and write the plot at the end"),
+    sweep_file: str = typer.Option(None, "--sweep-file", help="The sweep file to resume with "
+                                   "(default: the repository's sweeps/SWEEP.py); its sha256 "
+                                   "must match the one recorded at run time"),
+    force: bool = typer.Option(False, "--force", help="Resume even when the sweep file's "
+                               "sha256 differs from the recorded one"),
 ) -> None:
-    """Re-run only the trials of the last `run` of SWEEP that have no finished attempt."""
-    from orchestrator.spec import load_sweep
-    from orchestrator.store import Store
+    """Re-run only the trials of the last `run` of SWEEP that have no finished attempt.
 
-    m = Store(results, sweep).read_manifest()
-    if m is None:
-        raise ConfigError(f"no sweep '{sweep}' under {results}; start it with `symsweep run "
-                          f"sweeps/{sweep}.py`")
-    sw = load_sweep(m["source"])
-    code = _run(sw, m["preset"], results, address, mlflow_uri, bool(m.get("dedupe", True)),
-                max_failures, m.get("data_dir"), m.get("cache_dir"), m.get("only"), num_cpus,
+    The sweep is loaded from the repository's sweeps/SWEEP.py (or --sweep-file), never from the
+    file the results folder names: a results folder is data, not code."""
+    from orchestrator.spec import load_recorded_sweep, parse_only, select_trials
+
+    _check_max_failures(max_failures)
+    if not sweep.isidentifier():
+        raise ConfigError(f"sweep name {sweep!r}: expected a name like fig2")
+    m = _manifest_or_fail(results, sweep)
+    sw = load_recorded_sweep(sweep, m, sweep_file, force=force)
+    preset = str(m.get("preset"))
+    sw.preset(preset)
+    only = m.get("only") or None
+    if only is not None and not isinstance(only, dict):  # an `only` list as typed on the CLI
+        only = parse_only(only)
+    select_trials(sw.expand(preset, dedupe=bool(m.get("dedupe", True))), only)
+    check_results_writable(results, sweep)
+    code = _run(sw, preset, results, address, mlflow_uri, bool(m.get("dedupe", True)),
+                max_failures, m.get("data_dir"), m.get("cache_dir"), only, num_cpus,
                 progress, report)
     raise typer.Exit(code)
 
@@ -155,6 +228,7 @@ def resume(
 def _manifest_or_fail(results: str, sweep: str) -> dict:
     from orchestrator.store import Store
 
+    check_results_exist(results)
     m = Store(results, sweep).read_manifest()
     if m is None:
         raise ConfigError(f"no sweep '{sweep}' under {results}; run it first or pass --results")
@@ -222,16 +296,19 @@ def query(
     sweep: list[str] = _SWEEPS_OPT,
     fmt: str = typer.Option("table", "--format", help="table | csv | json"),
 ) -> None:
-    """Run SQL with DuckDB over the results."""
+    """Run read-only SQL (SELECT / EXPLAIN) with DuckDB over the results."""
     import duckdb
 
     from orchestrator.store import connect
 
+    if fmt not in ("table", "csv", "json"):
+        raise ConfigError(f"--format {fmt!r}: choose table, csv or json")
+    check_results_exist(results, sweep or None)
     con, corrupt = connect(results, sweep or None)
     for name, err in corrupt:
         print(f"symsweep: warning: corrupt part file {name} skipped ({err})", file=sys.stderr)
     try:
-        df = con.execute(sql).df()
+        df = readonly_sql(con, sql, results).df()
     except duckdb.Error as ex:
         raise ConfigError(f"query failed: {str(ex).splitlines()[0]}") from ex
     if fmt == "csv":
@@ -248,6 +325,41 @@ def query(
         raise ConfigError(f"--format {fmt!r}: choose table, csv or json")
 
 
+# Statements `query` runs: reads only (a COPY, ATTACH, INSTALL, CREATE, SET, ... is refused).
+QUERY_STATEMENTS = ("SELECT", "EXPLAIN")
+
+
+def readonly_sql(con, sql: str, results: str):
+    """Execute ``sql`` on ``con`` (views over the store already created) as a read-only query.
+
+    Two independent guards, because the results may be shared and the SQL typed by anyone:
+    every statement must be a SELECT or EXPLAIN (DuckDB's own parser tells, so a COPY ... TO
+    hidden after a ``;`` is seen), and the connection loses filesystem access
+    (``enable_external_access = false``: no COPY TO, ATTACH, INSTALL / LOAD, reading other
+    files) except reading the local results root (``allowed_directories``, for views that read
+    Parquet files at query time), and the configuration is locked so the SQL cannot undo it.
+    Returns the DuckDB relation of the last statement; raises `ConfigError` for a refused one.
+    """
+    import duckdb
+
+    try:
+        stmts = con.extract_statements(sql)
+    except duckdb.Error as ex:
+        raise ConfigError(f"query failed: {str(ex).splitlines()[0]}") from ex
+    if not stmts:
+        raise ConfigError("query: empty SQL; e.g. 'select * from trials limit 5'")
+    for st in stmts:
+        kind = str(st.type).rsplit(".", 1)[-1]
+        if kind not in QUERY_STATEMENTS:
+            raise ConfigError(f"query: {kind} statements are refused; queries are read-only "
+                              "(SELECT / EXPLAIN over trials, trials_all, history)")
+    root = results if "://" in results else os.path.abspath(os.path.expanduser(results))
+    con.execute("set allowed_directories = ?", [[root.rstrip("/") + "/"]])
+    con.execute("set enable_external_access = false")
+    con.execute("set lock_configuration = true")
+    return con.execute(sql)
+
+
 def _cells(results: str, sweep: str, metric: str):
     from orchestrator.analysis import fig2_cells, success_threshold
     from orchestrator.store import Store
@@ -259,6 +371,21 @@ def _cells(results: str, sweep: str, metric: str):
     if df.empty:
         raise ConfigError(f"sweep '{sweep}' has no finished trials under {results} yet")
     return fig2_cells(df, success_threshold(m), metric), m
+
+
+def metrics() -> list[str]:
+    """Columns `table` / `plot` can aggregate: the numeric result columns of a trial row."""
+    import pyarrow as pa
+
+    from orchestrator.store import TRIAL_SCHEMA
+
+    return [f.name for f in TRIAL_SCHEMA if pa.types.is_floating(f.type)] + ["steps"]
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in metrics():
+        raise ConfigError(f"--metric {metric!r}: not a result column; choose from "
+                          f"{', '.join(metrics())}")
 
 
 _FIT_FIRST_OPT = typer.Option(None, help="Learning curves (fig4, figS6): points in the first "
@@ -285,6 +412,8 @@ def table(
     Other figures (fig3, fig4, figS1, figS5, figS6) print their own tables (figures.py)."""
     from orchestrator.analysis import fig2_layout
     from orchestrator.figures import FIGURES, figure_table
+
+    _check_metric(metric)
 
     if sweep in FIGURES:
         print(figure_table(sweep, results, fmt=fmt, **_fit_opts(fit_first, fit_last)), end="")
@@ -317,6 +446,8 @@ def plot(
     from orchestrator.analysis import plot_fig2
     from orchestrator.figures import FIGURES, figure_plot
 
+    _check_metric(metric)
+
     if sweep in FIGURES:
         print(f"wrote {figure_plot(sweep, results, out, **_fit_opts(fit_first, fit_last))}")
         return
@@ -326,27 +457,68 @@ def plot(
     print(f"wrote {p}")
 
 
+def _click_exception_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """(ClickException classes, Abort classes) of every click the installed typer may raise:
+    typer >= 0.26 bundles its own (``typer._click``), older ones use ``click``."""
+    import importlib
+
+    errors: list[type] = []
+    aborts: list[type] = [typer.Abort] if hasattr(typer, "Abort") else []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        errors += [c for c in (getattr(mod, "ClickException", None),) if isinstance(c, type)]
+        aborts += [c for c in (getattr(mod, "Abort", None),) if isinstance(c, type)]
+    return tuple(errors), tuple(aborts)
+
+
+def _usage_line(ex: Exception) -> str:
+    """One line for a usage error: the message and where to get help."""
+    msg = ex.format_message() if hasattr(ex, "format_message") else str(ex)
+    ctx = getattr(ex, "ctx", None)
+    where = getattr(ctx, "command_path", None) or "symsweep"
+    return f"symsweep: error: {' '.join(str(msg).split())} (see `{where} --help`)"
+
+
+def script_main(sweep: Sweep, argv: list[str] | None = None) -> int:
+    """Run a sweep file as a script, ``python sweeps/fig2.py --preset smoke`` (what ``ray submit``
+    does): the same as ``symsweep run sweeps/fig2.py --preset smoke``. A sweep file ends with
+
+        if __name__ == "__main__":
+            from orchestrator.cli import script_main
+            raise SystemExit(script_main(SWEEP))
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "--":
+        args = args[1:]
+    source = sweep.source or getattr(sys.modules.get("__main__"), "__file__", None)
+    if source is None:
+        print(f"error: sweep '{sweep.name}': cannot tell which file defines it; run "
+              "`symsweep run <file>`", file=sys.stderr)
+        return 2
+    return main(["run", str(source), *args])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
+    click_errors, aborts = _click_exception_types()
     try:
-        rv = app(args=argv, standalone_mode=False)
+        rv = app(args=argv, prog_name="symsweep", standalone_mode=False)
     except UserError as err:
-        print(f"symsweep: error: {err}", file=sys.stderr)
+        print(f"symsweep: error: {' '.join(str(err).splitlines())}", file=sys.stderr)
         return err.exit_code
     except typer.Exit as ex:
         return ex.exit_code
-    except SystemExit as ex:  # click's usage errors
+    except SystemExit as ex:  # click's --help / exits
         return int(ex.code or 0)
-    except Exception as ex:  # click.ClickException (bad flags) prints itself
-        import click
-
-        if isinstance(ex, click.ClickException):
-            ex.show()
-            return ex.exit_code
-        if isinstance(ex, click.exceptions.Abort):
-            print("Aborted.", file=sys.stderr)
-            return 130
-        raise
+    except click_errors as ex:  # unknown flag, missing argument, bad value: one line, exit 2
+        print(_usage_line(ex), file=sys.stderr)
+        return int(getattr(ex, "exit_code", 2) or 2)
+    except aborts:
+        print("Aborted.", file=sys.stderr)
+        return 130
     # with standalone_mode=False click returns the code of a `typer.Exit(code)` instead of
     # raising it
     return rv if isinstance(rv, int) else 0

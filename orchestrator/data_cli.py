@@ -137,7 +137,7 @@ def show(
     import matplotlib.pyplot as plt
 
     from workers.data import build_dataset
-    from workers.transforms import TRANSFORMS
+    from workers.vocab import TRANSFORMS
 
     n_test = max(10, n)
     cfg: dict = {

@@ -16,8 +16,9 @@ best training accuracy >= the preset's ``success_train_acc``, as in Fig. 2).
   predictions, the ensemble mean over initialisations taken before the distance.
 - figS5: Gaussian vs uniform first-layer initialisation per (arch, transform).
 
-`CompositeSweep` lets a figure's sweep file combine parts with different axes (finite nets over
-widths plus one kernel level; several learning-curve triplets) under one name and store.
+A figure's sweep file may combine parts with different axes (`orchestrator.spec.CompositeSweep`:
+finite nets over widths plus one kernel level; several learning-curve triplets) under one name
+and store.
 """
 
 from __future__ import annotations
@@ -37,71 +38,14 @@ import pandas as pd
 
 from orchestrator.analysis import LABELS, SHORT_T, format_cell, success_threshold, successful
 from orchestrator.fits import PowerLawFit, ensemble_accuracy, ensemble_mse, s_dist, segment_fits
-from orchestrator.spec import ARCHS, INFERENCES, TRANSFORMS, Sweep, Trial
 from workers.errors import ConfigError, DataError
+from workers.vocab import ARCHS, INFERENCES, TRANSFORMS
 
 ARCH_LABEL = {"fcn": "FCN", "lcn": "LCN", "vec": "VEC", "gap": "GAP", "lap4": "LAP4",
               "lap8": "LAP8"}
 
 
 # ====================================================================== composite sweeps
-class CompositeSweep(Sweep):
-    """One sweep (name, results store, presets) made of parts with different axes.
-
-    ``parts``: `Sweep`s with the same preset names; `expand` returns the union of their trials
-    (de-duplication of equal kernel cells happens within each part). Preset-level settings the
-    runner reads (success_train_acc, max_failures) come from the first part. ``preset_axes``:
-    per preset, axis values that replace a part's (e.g. a smaller width grid for ``smoke``),
-    applied to every part that has the axis. ``analysis``: defaults for the figure (e.g.
-    ``{"fit_first": 3, "fit_last": 3}``).
-    """
-
-    def __init__(self, name: str, parts: Sequence[Sweep], *, description: str = "",
-                 workers: Mapping[str, Callable[..., dict]] | None = None,
-                 analysis: Mapping[str, Any] | None = None,
-                 preset_axes: Mapping[str, Mapping[str, list[Any]]] | None = None) -> None:
-        if not parts:
-            raise ConfigError(f"sweep '{name}': a CompositeSweep needs at least one part")
-        names = [set(p.presets) for p in parts]
-        if any(n != names[0] for n in names):
-            raise ConfigError(f"sweep '{name}': every part needs the same presets, got "
-                              f"{[sorted(n) for n in names]}")
-        self.parts = list(parts)
-        self.analysis = dict(analysis or {})
-        self.preset_axes = {k: dict(v) for k, v in (preset_axes or {}).items()}
-        for pname in self.preset_axes:
-            for p in self.parts:
-                self._part_for(p, pname)  # validates the overriding axis values
-        axes: dict[str, list[Any]] = {}
-        for p in parts:
-            for k, vals in p.axes.items():
-                cur = axes.setdefault(k, [])
-                cur.extend(v for v in vals if v not in cur)
-        super().__init__(name=name, axes=axes, presets=parts[0].presets,
-                         description=description, workers=workers)
-
-    def validate(self) -> None:
-        for p in getattr(self, "parts", []):
-            p.validate()
-
-    def _part_for(self, part: Sweep, preset: str) -> Sweep:
-        over = {k: v for k, v in self.preset_axes.get(preset, {}).items() if k in part.axes}
-        if not over:
-            return part
-        return Sweep(name=part.name, axes={**part.axes, **over}, presets=part.presets,
-                     description=part.description, workers=part.workers)
-
-    def expand(self, preset: str, *, dedupe: bool = True) -> list[Trial]:
-        self.preset(preset)
-        trials = [t for p in self.parts
-                  for t in self._part_for(p, preset).expand(preset, dedupe=dedupe)]
-        ids = [t.trial_id for t in trials]
-        if len(set(ids)) != len(ids):
-            raise ConfigError(f"sweep '{self.name}' preset {preset}: two parts produce the same "
-                              "trial; make the parts disjoint")
-        return trials
-
-
 # ====================================================================== loading
 def _loads(s: Any, bad: list | None = None) -> dict:
     """A row's JSON column as a dict ({} when empty); a value that does not parse is {} and
@@ -351,15 +295,18 @@ def _analysis_of(m: Mapping[str, Any]) -> dict:
     """The sweep file's ``analysis`` defaults (CompositeSweep). When the file does not load,
     a warning says so and which segment lengths apply instead (they were reset silently)."""
     try:
-        from orchestrator.spec import load_sweep
+        from orchestrator.spec import load_recorded_sweep
 
-        return dict(getattr(load_sweep(m["source"]), "analysis", {}) or {})
+        # the repository's sweeps/<name>.py, never the file the manifest names (a results
+        # folder is data, not code); only its analysis defaults are read, so no hash check
+        return dict(getattr(load_recorded_sweep(m["sweep"], m, force=True), "analysis", {})
+                    or {})
     except Exception as ex:
         d = _fit_defaults({}, None, None)
         logging.getLogger("symsweep").warning(
-            "fit segments: the sweep file %s does not load (%s: %s), so its analysis defaults "
+            "fit segments: the sweep '%s' does not load (%s: %s), so its analysis defaults "
             "are unknown; using first %d / last %d points (set them with --fit-first / "
-            "--fit-last)", m.get("source"), type(ex).__name__,
+            "--fit-last)", m.get("sweep"), type(ex).__name__,
             " ".join(str(ex).split())[:200], d[0], d[1])
         return {}
 
@@ -724,5 +671,5 @@ def figure_plot(sweep: str, results: str = "results", out: str | Path | None = N
     return FIGURES[sweep].plot(df, m, path, first=first, last=last, results=results)
 
 
-__all__ = ["FIGURES", "CompositeSweep", "curve_fits", "curve_points", "enrich",
+__all__ = ["FIGURES", "curve_fits", "curve_points", "enrich",
            "fig3_cells", "figS1_cells", "figS5_cells", "figure_plot", "figure_table", "load"]

@@ -7,8 +7,9 @@ trials' shapes (the cost of a step or a kernel pair does not depend on the pixel
   ``steps`` steps in one jit-compiled loop, or over as many as fit in ``budget_s`` when a step
   is slow (at least one; the total is then extrapolated linearly and the table says how many
   steps were timed); and seconds per image of a forward pass (evaluation), timed on one batch.
-* kernel (per distinct arch, depth, image size): seconds per image pair of one tile of
-  `workers.kernels.kernel_tile` (NNGP + NTK), on the largest square tile that fits in
+* kernel (per distinct tile archs, depth, image size; gap, lap4 and lap8 are one unit, the
+  three readouts of one propagation, as the trials compute them): seconds per image pair of
+  one tile of `workers.kernels.kernel_tile` (NNGP + NTK), on the largest square tile that fits in
   ``budget_s`` up to the side the kernel engine plans for the trial (small tiles carry more
   per-call overhead, so a reduced tile over-estimates); and the seconds of one kernel-regression
   solve (`workers.regression.kernel_predict`) at ``solve_n`` training points.
@@ -26,6 +27,11 @@ Projection per trial (an upper bound where runs can stop early):
   val x train; plus two regression solves (NNGP and NTK) scaled as (N / solve_n)^3. The solves
   run on the trial's CPU, not on a GPU, so ``device_factor`` does not shrink them.
 * a kernel cell Theorem 4.1 makes equal to another (``derived_from``) costs nothing.
+* one propagation per group of kernel cells computing the same tiles (`propagation_key`):
+  gap, lap4 and lap8 of one dataset are the three readouts of one full-covariance
+  propagation (``kernel_tile(archs=[gap, lap4, lap8])``, timed as one unit on one tile
+  shape), so the first cell of the group pays the tiles and its siblings, which read them
+  from the tile cache, only their regression solves.
 
 Device time = measured CPU time / ``device_factor`` (time a few steps of one arch on your GPU
 and divide; 1 means "this machine"). Wall time on G GPUs: finite runs are indivisible, kernel
@@ -50,8 +56,9 @@ from typing import Any
 import numpy as np
 import typer
 
-from orchestrator.spec import Sweep, Trial, load_sweep
+from orchestrator.spec import Sweep, Trial, load_sweep, parse_only, select_trials
 from workers.errors import ConfigError
+from workers.vocab import ARCHS, FULL_COV_ARCHS, INFERENCES
 
 CIFAR_SIZES = {"train": 45_000, "val": 5_000, "test": 10_000}
 ETA0_INITS, ETA0_SAMPLES, LANCZOS_ITERS, NUM_CLASSES = 3, 256, 40, 10
@@ -86,17 +93,39 @@ def train_key(cfg: Mapping[str, Any]) -> tuple:
             image_shape(cfg)[0], int(cfg.get("batch_size", 40)))
 
 
+def tile_archs(cfg: Mapping[str, Any]) -> list[str]:
+    """The archs each tile of a kernel trial computes (`workers.kernel_trial`): gap, lap4 and
+    lap8 together (one full-covariance propagation serves the three), else the arch alone."""
+    return list(FULL_COV_ARCHS) if cfg["arch"] in FULL_COV_ARCHS else [cfg["arch"]]
+
+
 def kernel_key(cfg: Mapping[str, Any]) -> tuple:
-    """What a kernel pair's cost depends on: (arch, depth, H, dtype)."""
-    return ("kernel", cfg["arch"], int(cfg.get("depth", 8)), image_shape(cfg)[0],
+    """What a kernel pair's cost depends on: (tile archs joined by '+', depth, H, dtype).
+    gap, lap4 and lap8 share one key: their tiles are the same computation."""
+    return ("kernel", "+".join(tile_archs(cfg)), int(cfg.get("depth", 8)), image_shape(cfg)[0],
             str(cfg.get("kernel_dtype") or "float32"))
+
+
+# config keys that do not change a kernel cell's tiles (its regression or bookkeeping only)
+_NOT_IN_TILES = ("arch", "inference", "diag_reg", "store_predictions", "data_dir", "cache_dir",
+                 "keep_checkpoints", "eval_batch_size")
+
+
+def propagation_key(t: Trial) -> str:
+    """Kernel cells with equal keys compute the same tiles (same images, depth, w/b, dtype,
+    tiling and tile archs): the first computes them, the others find them in the tile cache
+    (`orchestrator.runner.TileCache`). NNGP and NTK come from the same tiles, and gap, lap4 and
+    lap8 from one propagation."""
+    cfg = {k: v for k, v in t.config.items() if k not in _NOT_IN_TILES}
+    cfg["tile_archs"] = tile_archs(t.config)
+    return json.dumps(cfg, sort_keys=True, default=str)
 
 
 def tile_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The `workers.kernels.plan_tiles` options a kernel trial with this config uses."""
     from workers.kernels import DEFAULT_MEMORY_BYTES
 
-    return dict(archs=[cfg["arch"]], image_shape=image_shape(cfg),
+    return dict(archs=tile_archs(cfg), image_shape=image_shape(cfg),
                 memory_bytes=int(cfg.get("tile_memory_bytes") or DEFAULT_MEMORY_BYTES),
                 itemsize=np.dtype(cfg.get("kernel_dtype") or "float32").itemsize,
                 max_side=int(cfg["tile_side"]) if cfg.get("tile_side") else None)
@@ -220,12 +249,13 @@ def measure_kernel(key: tuple, *, max_side: int, budget_s: float = 30.0,
     from workers.regression import kernel_predict
 
     _, arch, depth, h, dtype = key
+    archs = arch.split("+")  # gap+lap4+lap8: the three readouts of one propagation
     rng = np.random.default_rng(0)
-    probe = max(1, min(_PROBE_SIDE[arch], max_side))
+    probe = max(1, min(min(_PROBE_SIDE[a] for a in archs), max_side))
 
     def timed(side: int) -> tuple[float, float]:
         x = rng.standard_normal((2 * side, h, h, 3)).astype(np.float32)
-        kw = dict(archs=[arch], x_rows=x[:side], x_cols=x[side:], depth=depth,
+        kw = dict(archs=archs, x_rows=x[:side], x_cols=x[side:], depth=depth,
                   dtype=np.dtype(dtype).type)
         t0 = time.perf_counter()
         kernel_tile(**kw)
@@ -268,7 +298,7 @@ def measure_units(trials: Iterable[Trial], *, steps: int = 200, budget_s: float 
             key = kernel_key(c)
             if key not in units:
                 if log:
-                    log(f"timing kernel tile: {c['arch']} depth {key[2]} {key[3]}x{key[3]}")
+                    log(f"timing kernel tile: {key[1]} depth {key[2]} {key[3]}x{key[3]}")
                 n = max(data_sizes(c)["train"], 1)
                 r0, r1, _, _ = plan_tiles(n, n, symmetric=True, **tile_options(c))[0]
                 side = r1 - r0    # the side of the trial's own tiles
@@ -298,6 +328,7 @@ class TrialCost:
     cpu_s: float            # the part that stays on a CPU (regression solves)
     pieces: int             # how many independent pieces (kernel tiles; 1 for a finite run)
     detail: dict[str, float]
+    mem_bytes: int = 0      # estimated peak host memory of the trial (workers.memory)
 
 
 def trial_cost(t: Trial, units: Mapping[tuple, Unit]) -> TrialCost:
@@ -306,6 +337,7 @@ def trial_cost(t: Trial, units: Mapping[tuple, Unit]) -> TrialCost:
     if t.derived_from:
         return TrialCost(t.trial_id, t.kind, c["inference"], c["arch"], True, 0.0, 0.0, 0, {})
     n = data_sizes(c)
+    mem = trial_memory(t)
     if t.kind == "kernel":
         u = units[kernel_key(c)]
         pairs, tiles = kernel_pairs(c)
@@ -313,7 +345,7 @@ def trial_cost(t: Trial, units: Mapping[tuple, Unit]) -> TrialCost:
         return TrialCost(t.trial_id, t.kind, c["inference"], c["arch"], False,
                          pairs * u.pair_s, solve, max(tiles, 1),
                          {"pairs": float(pairs), "tiles": float(tiles),
-                          "kernel_s": pairs * u.pair_s, "solve_s": solve})
+                          "kernel_s": pairs * u.pair_s, "solve_s": solve}, mem)
     u = units[train_key(c)]
     steps = int(c.get("max_steps", 1_000_000))
     every = max(1, int(c.get("eval_every", 1000)))
@@ -325,7 +357,39 @@ def trial_cost(t: Trial, units: Mapping[tuple, Unit]) -> TrialCost:
                                       * min(ETA0_SAMPLES, n["train"]) / ETA0_SAMPLES)
     return TrialCost(t.trial_id, t.kind, c["inference"], c["arch"], False, sgd + evals + eta0,
                      0.0, 1, {"steps": float(steps), "sgd_s": sgd, "eval_s": evals,
-                              "eta0_s": eta0})
+                              "eta0_s": eta0}, mem)
+
+
+def trial_memory(t: Trial) -> int:
+    """Estimated peak host memory (bytes) of one trial: `workers.memory.trial_bytes` of its
+    config and split sizes (0 for a derived cell, which runs nothing)."""
+    from workers.memory import trial_bytes
+
+    if t.derived_from:
+        return 0
+    return trial_bytes(t.kind, t.config, data_sizes(t.config))
+
+
+def share_propagations(trials: list[Trial], costs: list[TrialCost]) -> list[TrialCost]:
+    """Price each propagation once: of the computed kernel cells with one `propagation_key`
+    (e.g. gap, lap4 and lap8 of one transform and seed), the first in the runner's order
+    (gap before lap4 before lap8) keeps the tiles' cost, the others keep only their
+    regression solves (they read the tiles from the cache; ``detail['shared']`` = 1)."""
+    order = sorted(range(len(trials)), key=lambda i: (trials[i].config.get("arch") not in
+                                                      FULL_COV_ARCHS, trials[i].config.get("arch")))
+    seen: set[str] = set()
+    for i in order:
+        t, c = trials[i], costs[i]
+        if t.kind != "kernel" or c.derived:
+            continue
+        key = propagation_key(t)
+        if key in seen:
+            c.gpu_s = 0.0
+            c.pieces = 1
+            c.detail["kernel_s"] = 0.0
+            c.detail["shared"] = 1.0
+        seen.add(key)
+    return costs
 
 
 def wall_time(costs: Iterable[TrialCost], gpus: int, device_factor: float) -> dict[str, float]:
@@ -373,12 +437,14 @@ class Plan:
         return sum(c.cpu_s for c in self.costs) / 3600
 
     def by(self, *fields: str) -> list[tuple[tuple, dict[str, float]]]:
-        """Totals grouped by trial fields: (values, {trials, computed, device_h, solve_h})."""
+        """Totals grouped by trial fields: (values, {trials, computed, device_h, solve_h,
+        mem_bytes}), mem_bytes the largest estimated peak memory of one trial in the group."""
         groups: dict[tuple, dict[str, float]] = {}
         for c in self.costs:
             k = tuple(getattr(c, f) for f in fields)
             g = groups.setdefault(k, {"trials": 0, "computed": 0, "device_h": 0.0,
-                                      "solve_h": 0.0})
+                                      "solve_h": 0.0, "mem_bytes": 0})
+            g["mem_bytes"] = max(g["mem_bytes"], c.mem_bytes)
             g["trials"] += 1
             g["computed"] += 0 if c.derived else 1
             g["device_h"] += c.gpu_s / self.device_factor / 3600
@@ -394,8 +460,7 @@ class Plan:
                 "trials": [asdict(c) for c in self.costs]}
 
 
-_ORDER = {v: i for i, v in enumerate(("ntk", "nngp", "nn", "nn_plus", "fcn", "lcn", "vec",
-                                      "gap", "lap4", "lap8"))}
+_ORDER = {v: i for i, v in enumerate((*INFERENCES, *ARCHS))}
 
 
 def _order(key: tuple) -> tuple:
@@ -411,27 +476,16 @@ def make_plan(sweep: Sweep, preset: str, *, gpus: int = 8, device_factor: float 
         raise ConfigError(f"--device-factor must be > 0, got {device_factor}")
     if gpus < 1:
         raise ConfigError(f"--gpus must be >= 1, got {gpus}")
-    trials = sweep.expand(preset)
-    if only:
-        unknown = set(only) - {"inference", "arch", "transform", "seed", "kind"}
-        if unknown:
-            raise ConfigError(f"--only {sorted(unknown)[0]}: filter on inference, arch, "
-                              "transform or seed")
-        trials = [t for t in trials
-                  if all(str(t.config.get(k, t.kind if k == "kind" else None)) in v
-                         for k, v in only.items())]
-        keep = {t.trial_id for t in trials}
-        trials = [t if (t.derived_from is None or t.derived_from in keep) else
-                  Trial(t.trial_id, t.kind, t.config, t.resources, None) for t in trials]
-        if not trials:
-            raise ConfigError("--only leaves no trial to plan")
+    trials = select_trials(sweep.expand(preset), only)
     units = dict(units or {})
     todo = [t for t in trials if _key(t) not in units]
     load = _load()
     units.update(measure_units(todo, steps=steps, budget_s=budget_s, solve_n=solve_n, log=log))
     load = max(load, _load()) if todo else 0.0
-    costs = [trial_cost(t, units) for t in trials]
-    return Plan(sweep.name, preset, costs, units, gpus, device_factor,
+    costs = share_propagations(trials, [trial_cost(t, units) for t in trials])
+    used = {_key(t) for t in trials if not t.derived_from}  # not the unused loaded units
+    return Plan(sweep.name, preset, costs, {k: u for k, u in units.items() if k in used},
+                gpus, device_factor,
                 wall_time(costs, gpus, device_factor), load)
 
 
@@ -454,6 +508,11 @@ def _h(hours: float) -> str:
     if hours >= 1:
         return f"{hours:.1f} h"
     return f"{hours * 60:.1f} min"
+
+
+def _gb(n: float) -> str:
+    """Bytes as '850 MB' or '41.1 GB' (decimal units)."""
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
 
 
 def _wall(seconds: float) -> str:
@@ -501,7 +560,7 @@ def format_plans(plans: list[Plan]) -> str:
                            f"{u.compile_s:.1f} s)")
             else:
                 _, arch, depth, h, dtype = u.key
-                out.append(f"  kernel {arch:5s} depth {depth} {h}x{h} {dtype}: "
+                out.append(f"  kernel {arch} depth {depth} {h}x{h} {dtype}: "
                            f"{_fmt_s(u.pair_s)}/pair on a {u.tile_side}x{u.tile_side} tile "
                            f"({1 / u.pair_s:,.3g} pairs/s), regression solve "
                            f"{_fmt_s(u.solve_s)} at n={u.solve_n} (compile {u.compile_s:.1f} s)")
@@ -513,12 +572,21 @@ def format_plans(plans: list[Plan]) -> str:
         out.append(f"{p.sweep} [{p.preset}]: {len(p.costs)} trials "
                    f"({sum(not c.derived for c in p.costs)} computed, "
                    f"{sum(c.derived for c in p.costs)} copies of equal kernel cells)")
+        kern = [c for c in p.costs if c.kind == "kernel" and not c.derived]
+        if kern:
+            shared = sum(1 for c in kern if c.detail.get("shared"))
+            out.append(f"  kernel propagations priced: {len(kern) - shared} for {len(kern)} "
+                       f"computed kernel cells ({shared} read the tiles of a sibling cell, "
+                       "e.g. lap4/lap8 those of gap: one full-covariance propagation serves "
+                       "all three; they pay only their regression solves)")
         out.append(f"  {'inference':9s} {'arch':5s} {'trials':>6s} {'computed':>8s} "
-                   f"{'device/trial':>13s} {'device total':>13s} {'CPU solves':>11s}")
+                   f"{'device/trial':>13s} {'device total':>13s} {'CPU solves':>11s} "
+                   f"{'peak mem/trial':>14s}")
         for (inf, arch), g in p.by("inference", "arch"):
             per = g["device_h"] / g["computed"] if g["computed"] else 0.0
             out.append(f"  {inf:9s} {arch:5s} {int(g['trials']):6d} {int(g['computed']):8d} "
-                       f"{_h(per):>13s} {_h(g['device_h']):>13s} {_h(g['solve_h']):>11s}")
+                       f"{_h(per):>13s} {_h(g['device_h']):>13s} {_h(g['solve_h']):>11s} "
+                       f"{_gb(g['mem_bytes']):>14s}")
         out.append("  per column (arch):   " + ", ".join(
             f"{k[0]} {_h(g['device_h'])}" for k, g in p.by("arch")))
         out.append("  per panel (inference): " + ", ".join(
@@ -538,6 +606,9 @@ def format_plans(plans: list[Plan]) -> str:
     out.append("Upper bounds: finite runs counted to max_steps (they stop at 100% training "
                "accuracy); eta_0 counted as 3 x 41 NTK products. A shared GPU is assumed "
                "to run its trials no faster than one after another.")
+    out.append("peak mem/trial: estimated host memory of one trial (workers.memory: kernel "
+               "matrices of the cell's arch + one float64 copy of the train matrix, or "
+               "parameters, optimiser state and activations); each trial requests it from Ray.")
     return "\n".join(out)
 
 
@@ -585,8 +656,6 @@ def plan_command(
     """Measure unit costs here and print the projected compute and wall time of sweeps."""
     import sys
 
-    from orchestrator.cli import _parse_only
-
     if steps < 1 or budget_s <= 0 or solve_n < 2:
         raise ConfigError("need --steps >= 1, --budget-s > 0 and --solve-n >= 2")
     known = load_units(units) if units else {}
@@ -595,7 +664,7 @@ def plan_command(
         sw = load_sweep(f)
         plans.append(make_plan(sw, preset, gpus=gpus, device_factor=device_factor,
                                steps=steps, budget_s=budget_s, solve_n=solve_n,
-                               only=_parse_only(only), units=known,
+                               only=parse_only(only), units=known,
                                log=lambda m: print(f"symsweep plan: {m}", file=sys.stderr,
                                                    flush=True)))
         known.update(plans[-1].units)

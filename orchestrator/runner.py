@@ -7,8 +7,10 @@ Flow of `run_sweep`:
 3. start (or join, ``address='auto'``) Ray and run the remaining trials as one Tune
    experiment of function trainables. Each trial calls its worker
    (``workers.train.train`` or ``workers.kernel_trial.run_kernel_trial``) with a ``report``
-   callback that forwards metrics and checkpoints to ``ray.tune.report``; a retry
-   (``FailureConfig(max_failures)``) restores from ``ray.tune.get_checkpoint()``;
+   callback that forwards metrics to ``ray.tune.report``. A finite trial's checkpoints go
+   to the trial-keyed store under the results root (checkpoints.py), so every later attempt
+   (a Tune retry, ``FailureConfig(max_failures)``; ``symsweep resume``; the same sweep
+   submitted again on a new cluster) continues from the trial's latest complete checkpoint;
 4. every attempt, failed ones included, writes its own Parquet part file from inside the
    trial (store.py), so a killed driver loses no finished trial; the driver mirrors the part
    files to MLflow (tracking.py) and shows live progress.
@@ -29,6 +31,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -38,9 +41,18 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.spec import Sweep, Trial, count_kernel_computations
+from orchestrator.checkpoints import DEFAULT_KEEP, TrialCheckpoints, clear_tune_state
+from orchestrator.spec import (
+    SWEEP_MODULE_PREFIX,
+    Sweep,
+    Trial,
+    count_kernel_computations,
+    file_sha256,
+    select_trials,
+)
 from orchestrator.store import DONE_STATUSES, Store, now_utc, resolve_root
-from workers.errors import UserError
+from workers.errors import ConfigError, UserError
+from workers.vocab import FULL_COV_ARCHS
 
 log = logging.getLogger("symsweep")
 
@@ -217,18 +229,31 @@ class TileMapper:
     computed: int = 0
     stats: dict[str, float] = field(default_factory=dict)
 
-    def __call__(self, fn: Callable, kwargs_list: list[Mapping[str, Any]]) -> list[Any]:
+    def __call__(self, fn: Callable, kwargs_list: list[Mapping[str, Any]], *,
+                 on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
+        """Results of fn(**kw) for every kw, in order. With ``on_result``, each result is
+        passed to ``on_result(i, value)`` as soon as it is loaded or computed (in completion
+        order) and not kept: the returned list then holds None, so the caller (the kernel
+        engine) holds at most the tiles in flight, not all of them."""
         memo: dict[int, str] = {}
         keys = [tile_key(fn, kw, memo) for kw in kwargs_list]
         out: list[Any] = [None] * len(keys)
+
+        def deliver(i: int, value: Any) -> None:
+            if on_result is None:
+                out[i] = value
+            else:
+                on_result(i, value)
+
         todo = []
         for i, k in enumerate(keys):
             v = self.cache.get(k) if self.cache is not None else None
             if v is None:
                 todo.append(i)
             else:
-                out[i] = v
                 self.hits += 1
+                deliver(i, v)
+            del v
         if not todo:
             return out
         ray_ok = False
@@ -238,8 +263,10 @@ class TileMapper:
             ray_ok = ray.is_initialized()
         if not ray_ok:
             for i in todo:
-                out[i] = fn(**kwargs_list[i])
-                self._store(keys[i], out[i])
+                v = fn(**kwargs_list[i])
+                self._store(keys[i], v)
+                deliver(i, v)
+                del v
             return out
         import ray
 
@@ -272,8 +299,10 @@ class TileMapper:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for r in ready:
                 i = pending.pop(r)
-                out[i] = ray.get(r)
-                self._store(keys[i], out[i])
+                v = ray.get(r)
+                self._store(keys[i], v)
+                deliver(i, v)
+                del v
         return out
 
     def _store(self, key: str, value: Any) -> None:
@@ -296,7 +325,10 @@ def _scalars(d: Mapping[str, Any]) -> dict[str, float | int | str | None]:
 
 
 def _row(trial: Trial, ctx: Mapping[str, Any], attempt: int, started, result: Mapping[str, Any],
-         status: str, error: str | None, wall_s: float) -> dict[str, Any]:
+         status: str, error: str | None, wall_s: float,
+         start_step: int | None = None) -> dict[str, Any]:
+    """The store row of one attempt. ``start_step``: the checkpoint step a finite trial's
+    attempt resumed from (0: a fresh start; None for kernel cells and derived rows)."""
     import json
 
     c = trial.config
@@ -319,6 +351,7 @@ def _row(trial: Trial, ctx: Mapping[str, Any], attempt: int, started, result: Ma
         "best_test_acc": result.get("best_test_acc"), "test_acc": result.get("test_acc"),
         "test_mse": result.get("test_mse"), "val_acc": result.get("val_acc"),
         "train_acc": result.get("train_acc"), "steps": result.get("steps"),
+        "start_step": start_step,
         "best_train_acc": result.get("best_train_acc", result.get("train_acc")),
         "eta0": result.get("eta0"), "wall_s": wall_s, "error": error,
         "derived_from": trial.derived_from, "started_at": started, "finished_at": now_utc(),
@@ -347,12 +380,30 @@ def _fault_fires(fault: Mapping[str, Any] | None, trial_id: str, attempt: int, s
     return attempt in fault.get("attempts", [1]) and step >= int(fault["crash_at_step"])
 
 
+def _trial_checkpoints(trial: Trial, ctx: Mapping[str, Any]) -> TrialCheckpoints:
+    """The trial-keyed checkpoint store of a finite trial. Config ``keep_checkpoints``: N >= 1
+    keeps the newest N while the trial runs and removes them all when it finishes (completed
+    or diverged); 0 keeps every checkpoint, also after it finished."""
+    keep = trial.config.get("keep_checkpoints")
+    keep = DEFAULT_KEEP if keep is None else int(keep)
+    if keep < 0:
+        from workers.errors import ConfigError
+
+        raise ConfigError(f"keep_checkpoints={keep}: use N >= 1 (keep the newest N while the "
+                          "trial runs, remove them when it finishes) or 0 (keep all)")
+    return TrialCheckpoints(ctx["results"], ctx["sweep"], trial.trial_id, keep=keep)
+
+
 def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., dict], *,
-                  report_fn: Callable[[dict, str | None], None] | None = None,
-                  restore_dir: str | None = None) -> dict[str, Any]:
+                  report_fn: Callable[[dict, str | None], None] | None = None) -> dict[str, Any]:
     """Run one attempt of ``trial`` with ``worker`` and write its part file (also when it
-    fails, then re-raise). ``report_fn(metrics, checkpoint_dir)`` receives every report
-    (Tune's, inside a trial). Returns the worker's final metrics. No Ray needed."""
+    fails, then re-raise). ``report_fn(metrics, checkpoint_path)`` receives every report
+    (Tune's, inside a trial; the path is the checkpoint's place in the trial-keyed store).
+    Returns the worker's final metrics. No Ray needed.
+
+    A finite trial continues from the latest complete checkpoint in the trial-keyed store
+    (whichever attempt, run or driver wrote it); each checkpoint the worker reports is copied
+    there before the report returns (the worker may delete its own copy then)."""
     store = Store(ctx["results"], ctx["sweep"])
     attempt = store.next_attempt(trial.trial_id)
     started = now_utc()
@@ -361,17 +412,33 @@ def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., di
     for k in ("data_dir", "cache_dir"):
         if ctx.get(k):
             wcfg[k] = ctx[k]
-    if trial.kind == "train":
-        wcfg["resume_from"] = restore_dir
     history: list[dict[str, Any]] = []
     fault = ctx.get("fault")
+    ckpts: TrialCheckpoints | None = None
+    restore_dir: str | None = None
+    start_step: int | None = None
+    ckpt_warnings: list[str] = []
+
+    def restore() -> None:
+        nonlocal ckpts, restore_dir, start_step, ckpt_warnings
+        ckpts = _trial_checkpoints(trial, ctx)
+        restore_dir = tempfile.mkdtemp(prefix="symsweep-restore-")
+        restored, ckpt_warnings = ckpts.restore_latest(restore_dir)
+        wcfg["resume_from"] = restore_dir if restored is not None else None
+        start_step = restored.step if restored is not None else 0
+        if restored is not None:
+            log.info("trial %s attempt %d: resuming from step %d (%s)", trial.trial_id,
+                     attempt, restored.step, restored.source)
 
     def report(metrics: dict, checkpoint_dir: str | None = None) -> None:
         m = _scalars(metrics)
         history.append(m)
-        if report_fn is not None:
-            report_fn(m, checkpoint_dir)
         step = int(m.get("step", m.get("steps", len(history))) or 0)
+        saved = None
+        if checkpoint_dir and ckpts is not None:
+            saved = ckpts.save(checkpoint_dir, step)
+        if report_fn is not None:
+            report_fn(m, saved)
         if _fault_fires(fault, trial.trial_id, attempt, step):
             raise InjectedFault(f"injected crash at step {step} (attempt {attempt})")
 
@@ -385,13 +452,29 @@ def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., di
                             num_gpus=float(r.get("tile_gpu", 0.0)),
                             num_cpus=float(r.get("tile_cpu", 1.0)))
         kwargs["map_tiles"] = mapper
-    try:
+    try:  # a failure while restoring is this attempt's failure too: it gets its row
+        if trial.kind == "train":
+            restore()
         result = dict(worker(wcfg, report, **kwargs) or {})
     except Exception as ex:
-        msg = f"{type(ex).__name__}: {ex}".splitlines()[0][:500]
-        store.write_attempt(_row(trial, ctx, attempt, started, {}, "failed", msg,
-                                 time.time() - t0), history)
+        root = root_cause(ex)
+        # bad input (UserError: config / data) is stored as its own one-line message, which
+        # says how to fix it; anything else with its type. Never Ray's wrapper of a tile task's
+        # error (a colour-coded traceback header), always the root cause.
+        msg = (str(root) if isinstance(root, UserError)
+               else f"{type(root).__name__}: {root}").strip()
+        msg = (msg.splitlines() or [type(root).__name__])[0][:500]
+        failed = {"checkpoint_warnings": " | ".join(ckpt_warnings)} if ckpt_warnings else {}
+        store.write_attempt(_row(trial, ctx, attempt, started, failed, "failed", msg,
+                                 time.time() - t0, start_step), history)
+        if isinstance(root, UserError) and root is not ex:
+            raise root from None  # the caller tells bad input from crashes by its type
         raise
+    finally:
+        if restore_dir:
+            shutil.rmtree(restore_dir, ignore_errors=True)
+    if ckpt_warnings:  # in the attempt's metrics_json, so the fallback is on record
+        result["checkpoint_warnings"] = " | ".join(ckpt_warnings)
     preds = result.pop("predictions", None)
     if preds is not None:  # per-trial test predictions (e.g. Fig. S1 ensembles) as an artifact
         result["predictions_path"] = save_predictions(store, trial.trial_id, attempt, preds)
@@ -405,8 +488,24 @@ def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., di
     if status not in ("completed", "diverged"):
         status = "failed"
     store.write_attempt(_row(trial, ctx, attempt, started, result, status, result.get("error"),
-                             float(result.get("wall_s") or (time.time() - t0))), history)
+                             float(result.get("wall_s") or (time.time() - t0)), start_step),
+                        history)
+    # a finished trial is never run again: its checkpoints only take space (the row is
+    # written first, so a crash in between leaves checkpoints, never a lost result)
+    if ckpts is not None and status in DONE_STATUSES and ckpts.keep > 0:
+        ckpts.remove_all()
     return result
+
+
+def root_cause(ex: BaseException) -> BaseException:
+    """The exception a Ray task wrapper (``RayTaskError``, whose ``cause`` is the task's own
+    exception) stands for; ``ex`` itself when it wraps nothing."""
+    seen = 0
+    while seen < 10 and type(ex).__name__.startswith("RayTaskError") and \
+            isinstance(getattr(ex, "cause", None), BaseException):
+        ex = ex.cause  # type: ignore[attr-defined]
+        seen += 1
+    return ex
 
 
 def predictions_path(store: Store, trial_id: str, attempt: int) -> str:
@@ -429,27 +528,29 @@ def save_predictions(store: Store, trial_id: str, attempt: int, preds: Any) -> s
 
 
 def tune_trainable(config: dict, workers: Mapping[str, Callable] | None = None) -> None:
-    """The Tune function trainable: config = {"trial": Trial dict, "ctx": run context}."""
+    """The Tune function trainable: config = {"trial": Trial dict, "ctx": run context}.
+
+    No checkpoint is reported to Tune: a retry of the trial (a new call of this function)
+    finds the trial's checkpoints in the trial-keyed store like any later attempt does
+    (execute_trial), so Tune's own checkpointing would only store them a second time."""
     from ray import tune
 
     trial = Trial.from_dict(config["trial"])
     ctx = config["ctx"]
     worker = (workers or {}).get(trial.kind) or _default_worker(trial.kind)
 
-    def report_fn(metrics: dict, checkpoint_dir: str | None) -> None:
-        ck = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        tune.report({k: v for k, v in metrics.items() if v is not None}, checkpoint=ck)
+    def report_fn(metrics: dict, checkpoint_path: str | None) -> None:
+        tune.report({k: v for k, v in metrics.items() if v is not None})
 
-    restore_dir = None
-    ckpt = tune.get_checkpoint()
-    if ckpt is not None:
-        restore_dir = tempfile.mkdtemp(prefix="symsweep-restore-")
-        ckpt.to_directory(restore_dir)
     try:
-        result = execute_trial(trial, ctx, worker, report_fn=report_fn, restore_dir=restore_dir)
-    finally:
-        if restore_dir:
-            shutil.rmtree(restore_dir, ignore_errors=True)
+        result = execute_trial(trial, ctx, worker, report_fn=report_fn)
+    except UserError as ex:
+        # Bad config or data fails the same way on every attempt: Tune's retries are for
+        # crashes (FailureConfig has no per-exception filter), so end the trial normally with
+        # a final `user_error` result. execute_trial has written the failed row with the
+        # one-line message; `_run_tune` counts such trials as failed.
+        tune.report({"trial_finished": 1, "user_error": 1, "error": str(ex).splitlines()[0]})
+        return
     final = {k: v for k, v in _scalars(result).items() if v is not None}
     final["trial_finished"] = 1
     tune.report(final)
@@ -655,15 +756,14 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
               progress: bool = True, num_cpus: int | None = None,
               fault: Mapping[str, Any] | None = None, tracking: bool = True,
               console: Any = None) -> RunSummary:
-    """Run (or resume) ``sweep`` at ``preset``: everything without a finished attempt."""
+    """Run (or resume) ``sweep`` at ``preset``: everything without a finished attempt.
+
+    Bad input (an unknown or empty ``only`` selection, a config value out of range, a negative
+    ``max_failures``) raises `ConfigError` before the driver lock, the manifest or Ray."""
     t_start = time.time()
-    trials = sweep.expand(preset, dedupe=dedupe)
-    if only:
-        trials = [t for t in trials if all(str(t.config.get(k)) in v for k, v in only.items())]
-        keep = {t.trial_id for t in trials}
-        # a derived cell whose source was filtered away is computed itself
-        trials = [t if (t.derived_from is None or t.derived_from in keep) else
-                  Trial(t.trial_id, t.kind, t.config, t.resources, None) for t in trials]
+    if max_failures is not None and (isinstance(max_failures, bool) or max_failures < 0):
+        raise ConfigError(f"--max-failures {max_failures}: retries per trial must be >= 0")
+    trials = select_trials(sweep.expand(preset, dedupe=dedupe), only)
     for t in trials:  # paths in a preset are relative to where the driver runs
         for k in ("data_dir", "cache_dir"):
             v = t.config.get(k)
@@ -736,6 +836,9 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
     try:
         store.write_manifest({
             "sweep": sweep.name, "preset": preset, "source": sweep.source, "dedupe": dedupe,
+            # resume checks the sweep file it is given against this (it never loads `source`)
+            "source_sha256": (file_sha256(sweep.source) if sweep.source and
+                              os.path.isfile(sweep.source) else None),
             "only": dict(only) if only else None, "results": fs_root,
             "success_train_acc": p.success_train_acc, "data_dir": ctx["data_dir"],
             "cache_dir": ctx["cache_dir"], "written_at": now_utc().isoformat(),
@@ -784,6 +887,59 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
     return summary
 
 
+def trial_resources(config: dict) -> Any:
+    """Tune's resource request of one trial (config = {"trial": Trial dict, ...}): CPU, GPU
+    and ``memory`` (bytes, from `memory_requests`) in one bundle; a kernel trial with tile
+    GPUs gets a second bundle for its tiles."""
+    from ray import tune
+
+    r = config["trial"]["resources"]
+    if config["trial"]["kind"] == "kernel" and r.get("tile_gpu", 0) > 0:
+        first = {"CPU": max(r.get("cpu", 1), 0.01)}
+        if r.get("memory", 0) > 0:
+            first["memory"] = r["memory"]
+        return tune.PlacementGroupFactory(
+            [first, {"CPU": r.get("tile_cpu", 1), "GPU": r["tile_gpu"]}])
+    bundle = {"CPU": r.get("cpu", 1)}
+    if r.get("gpu", 0) > 0:
+        bundle["GPU"] = r["gpu"]
+    if r.get("memory", 0) > 0:  # bytes of host RAM (see memory_requests)
+        bundle["memory"] = r["memory"]
+    return tune.PlacementGroupFactory([bundle])
+
+
+def _node_memory() -> float | None:
+    """Largest ``memory`` resource (bytes) of an alive Ray node, None when Ray reports none."""
+    import ray
+
+    sizes = [float(n.get("Resources", {}).get("memory", 0)) for n in ray.nodes()
+             if n.get("Alive")]
+    return max(sizes) if sizes and max(sizes) > 0 else None
+
+
+def memory_requests(trials: list[Trial], node_memory: float | None) -> list[dict[str, Any]]:
+    """Trial dicts whose resources carry ``memory`` (bytes): the preset's value if it sets
+    one, else the estimated peak (`orchestrator.plan.trial_memory`). A request above the
+    largest node (node_memory) would never be scheduled, so it is capped to that node's
+    memory with a warning naming the trial (it then runs alone there and may still run out)."""
+    from orchestrator.plan import trial_memory
+
+    out = []
+    for t in trials:
+        d = t.to_dict()
+        need = float(t.resources.get("memory") or trial_memory(t))
+        if node_memory is not None and need > node_memory:
+            log.warning("trial %s (%s %s) needs about %.1f GB of memory by estimate, more than "
+                        "the largest Ray node's %.1f GB; requesting %.1f GB, so it runs alone "
+                        "and may run out of memory (use a larger node or fewer images)",
+                        t.trial_id, t.kind, t.config.get("arch"), need / 1e9,
+                        node_memory / 1e9, node_memory / 1e9)
+            need = node_memory
+        d["resources"]["memory"] = need
+        out.append(d)
+    return out
+
+
 def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, store: Store,
               summary: RunSummary, tracker: Any, max_failures: int, progress: bool,
               console: Any) -> None:
@@ -800,19 +956,8 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
     # kernels first; cells sharing tiles (gap/lap4/lap8 of one transform) far apart, so that
     # the second finds the first's tiles in the cache instead of computing them concurrently
     order = sorted(todo, key=lambda t: (t.kind != "kernel", t.config.get("arch") not in
-                                        ("gap", "lap4", "lap8"), t.config.get("arch")))
+                                        FULL_COV_ARCHS, t.config.get("arch")))
     has_derived = {t.derived_from for t in trials if t.derived_from}
-
-    def resources(config: dict) -> Any:
-        r = config["trial"]["resources"]
-        if config["trial"]["kind"] == "kernel" and r.get("tile_gpu", 0) > 0:
-            return tune.PlacementGroupFactory(
-                [{"CPU": max(r.get("cpu", 1), 0.01)},
-                 {"CPU": r.get("tile_cpu", 1), "GPU": r["tile_gpu"]}])
-        bundle = {"CPU": r.get("cpu", 1)}
-        if r.get("gpu", 0) > 0:
-            bundle["GPU"] = r["gpu"]
-        return tune.PlacementGroupFactory([bundle])
 
     def on_complete(trial_id: str) -> None:
         if trial_id in has_derived:
@@ -823,13 +968,32 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
 
     cb = ProgressCallback(total=len(todo), title=f"{sweep.name} [{ctx['preset']}]",
                           on_attempt_end=on_complete, enabled=progress, console=console)
+    # workers defined in a sweep file (imported by load_sweep under a private module name that
+    # Ray workers cannot import) travel to the workers by value
+    from ray import cloudpickle
+
+    for fn in (sweep.workers or {}).values():
+        mod = sys.modules.get(getattr(fn, "__module__", ""))
+        if mod is not None and mod.__name__.startswith(SWEEP_MODULE_PREFIX):
+            cloudpickle.register_pickle_by_value(mod)
     trainable = tune.with_resources(
-        tune.with_parameters(tune_trainable, workers=dict(sweep.workers or {})), resources)
+        tune.with_parameters(tune_trainable, workers=dict(sweep.workers or {})),
+        trial_resources)
+    # Tune's experiment state is scratch: the store (parts, trial-keyed checkpoints) is the
+    # record and nothing reads Tune's state again (no Tuner.restore). So each run deletes the
+    # `_tune/` leftovers of earlier runs (finished or killed: this driver holds the sweep's
+    # lock, none of them is running) before it starts, and its own experiment dir when it
+    # ends. Deleting rather than reusing one experiment name: Tune would mix the trial dirs
+    # and experiment-state files of different runs in one directory.
     storage = os.path.join(ctx["results"], sweep.name, "_tune") if "://" not in ctx["results"] \
         else f"{ctx['results']}/{sweep.name}/_tune"
+    n_old = clear_tune_state(ctx["results"], sweep.name)
+    if n_old:
+        log.info("removed %d Ray Tune state dir(s) of earlier runs under %s", n_old, storage)
     tuner = tune.Tuner(
         trainable,
-        param_space={"trial": tune.grid_search([t.to_dict() for t in order]), "ctx": ctx},
+        param_space={"trial": tune.grid_search(memory_requests(order, _node_memory())),
+                     "ctx": ctx},
         tune_config=tune.TuneConfig(
             reuse_actors=True,
             trial_name_creator=lambda t: t.config["trial"]["trial_id"],
@@ -839,7 +1003,6 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
             name=f"{ctx['preset']}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
             storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=[cb],
             verbose=0,
             log_to_file=False,
@@ -850,23 +1013,35 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
             grid = tuner.fit()
     except ray.exceptions.RaySystemError as ex:  # pragma: no cover - cluster trouble
         raise RuntimeError(f"Ray failed: {ex}") from ex
+    finally:
+        clear_tune_state(ctx["results"], sweep.name)
+    # trials that ended on bad input (UserError) completed for Tune but failed for us
+    user_errors = sum(1 for r in grid if r.error is None and (r.metrics or {}).get("user_error"))
     del grid  # the store, not Tune's result files, is the record
     summary.retries = cb.retries
-    summary.failed = cb.failed
+    summary.failed = cb.failed + user_errors
     ids = {t.trial_id for t in todo}
     df, _ = store.latest()
     st = df[df["trial_id"].isin(ids)]["status"]
     summary.completed = int((st == "completed").sum())
     summary.diverged = int((st == "diverged").sum())
+    # a corrupt checkpoint was skipped inside a trial (logged there, in the Ray worker's
+    # log): say it here too, where the user looks
+    import json
+
+    for tid, mj in zip(df["trial_id"], df["metrics_json"], strict=True):
+        if tid in ids and mj and "checkpoint_warnings" in mj:
+            note = json.loads(mj).get("checkpoint_warnings")
+            if note:
+                summary.notes.append(note)
+                log.warning(note)
 
 
 def run_local(sweep: Sweep, preset: str, *, results: str, dedupe: bool = True,
               only: Mapping[str, list[str]] | None = None) -> list[dict[str, Any]]:
     """Run every unfinished trial in this process without Ray (debugging aid, also used by
     tests to compare with the Ray path). Returns the workers' results."""
-    trials = sweep.expand(preset, dedupe=dedupe)
-    if only:
-        trials = [t for t in trials if all(str(t.config.get(k)) in v for k, v in only.items())]
+    trials = select_trials(sweep.expand(preset, dedupe=dedupe), only)
     store = Store(results, sweep.name)
     fs_root = results if "://" in results else os.path.abspath(results)
     ctx = {"results": fs_root, "sweep": sweep.name, "preset": preset,

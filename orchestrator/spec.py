@@ -8,7 +8,11 @@ into `Trial`s, each with a stable ``trial_id``: a hash of the trial's *scientifi
 same id in every run. That id is what resume and de-duplication key on.
 
 Validation happens here, before anything starts: an unknown arch / transform / inference /
-preset, an empty axis or a value of the wrong type raises `ConfigError` naming the field.
+preset, an empty axis or a value of the wrong type raises `ConfigError` naming the field; a value
+out of range (a width, depth or size <= 0, ...) raises it naming the trial (`check_ranges`).
+`select_trials` is the one ``--only FIELD=V1,V2`` filter (run, dry-run, plan, resume, tests).
+Resume loads a sweep only from a file the user trusts (`load_recorded_sweep`): never the file a
+results folder names, and only when its sha256 matches the one recorded at run time.
 """
 
 from __future__ import annotations
@@ -17,78 +21,55 @@ import hashlib
 import importlib.util
 import json
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
 from typing import Any
 
 from workers.errors import ConfigError
+from workers.theorem41 import equivalence_key
+from workers.vocab import (
+    ARCHS,
+    CONFIG_TYPES,
+    FINITE_INFERENCES,
+    INFERENCE_DEFAULTS,
+    INFERENCES,
+    PRESETS,
+    TRAIN_ONLY_KEYS,
+    TRANSFORMS,
+    TRIAL_KINDS,
+    scientific,
+    trial_kind,
+)
 
-ARCHS = ("fcn", "lcn", "vec", "gap", "lap4", "lap8")
-INFERENCES = ("ntk", "nngp", "nn", "nn_plus")
-TRANSFORMS = ("identity", "shared_rotation", "pixel_rotation", "permutation", "global_rotation")
-PRESETS = ("smoke", "cpu", "paper")
-KERNEL_INFERENCES = ("ntk", "nngp")
-FINITE_INFERENCES = ("nn", "nn_plus")
-
-# Known config keys and their types. Float keys accept ints (normalised to float, so that
-# ``w_var=2`` and ``w_var=2.0`` hash alike). Unknown keys are refused: a typo in a sweep file
-# must not silently become a default.
-CONFIG_TYPES: dict[str, type] = {
-    "dataset": str,
-    "data_dir": str,
-    "cache_dir": str,
-    "train_size": int,
-    "val_size": int,
-    "test_size": int,
-    "image_size": int,
-    "flip": bool,
-    "subset_seed": int,
-    "synthetic_seed": int,
-    "transform_seed": int,
-    "depth": int,
-    "w_var": float,
-    "b_var": float,
-    "width": int,
-    "max_steps": int,
-    "eval_every": int,
-    "checkpoint_every": int,
-    "batch_size": int,
-    "lr_factor": float,
-    "l2": float,
-    "eta0": float,
-    "eta0_samples": int,
-    "diag_reg": float,
-    "tile_memory_bytes": int,
-    "kernel_dtype": str,
-    "first_layer_init": str,
-    "momentum": float,
-    "eta0_inits": int,
-    "eta0_seed": int,
-    "train_eval_size": int,
-    "eval_batch_size": int,
-    "diverge_loss": float,
-    "early_stop_train_acc": float,
-    "path_t": float,
-    "keep_checkpoints": int,
-    "tile_side": int,
-    "store_predictions": bool,
+# Allowed ranges of numeric config keys: (low, low inclusive, high, high inclusive); None: no
+# bound. Checked for every expanded trial, so a 0 width fails at expansion (before Ray starts)
+# naming the trial, instead of failing inside every attempt.
+CONFIG_RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
+    **{k: (1, True, None, False) for k in (
+        "train_size", "test_size", "image_size", "depth", "width", "eval_every",
+        "checkpoint_every", "batch_size", "eta0_samples", "eta0_inits", "eval_batch_size",
+        "tile_side", "tile_memory_bytes")},
+    # 0: no validation set / no SGD step (eta_0 only) / full train set / keep every checkpoint
+    **{k: (0, True, None, False) for k in ("val_size", "max_steps", "train_eval_size",
+                                          "keep_checkpoints")},
+    "w_var": (0.0, False, None, False),
+    "b_var": (0.0, True, None, False),
+    "lr_factor": (0.0, False, None, False),
+    "l2": (0.0, True, None, False),
+    "eta0": (0.0, False, None, False),
+    "diag_reg": (0.0, True, None, False),
+    "momentum": (0.0, True, 1.0, False),
+    "diverge_loss": (0.0, False, None, False),
+    "path_t": (0.0, True, 1.0, True),
 }
-# Keys that say *where* things are, not *what* is computed: excluded from trial_id.
-# tile_side: kernel tile side (fixed across m so nested subsets share tiles; figure sweeps);
-# store_predictions: also save the test predictions as an artifact (runner.py).
-RUNTIME_KEYS = frozenset({"data_dir", "cache_dir", "tile_memory_bytes", "keep_checkpoints",
-                          "eval_batch_size", "tile_side", "store_predictions"})
+
 AXIS_NAMES = ("inference", "arch", "transform")
-RESOURCE_KEYS = {"cpu": float, "gpu": float, "tile_cpu": float, "tile_gpu": float}
-TRIAL_KINDS = ("train", "kernel")
+# memory: bytes of host RAM a trial requests from Ray (default: workers.memory's estimate)
+RESOURCE_KEYS = {"cpu": float, "gpu": float, "tile_cpu": float, "tile_gpu": float,
+                 "memory": float}
 
-# NN+ is "+LR+L2": 8x the base learning rate and L2 1e-7 (PAPER_SETUP.md).
-INFERENCE_DEFAULTS = {
-    "nn": {"lr_factor": 1.0, "l2": 0.0},
-    "nn_plus": {"lr_factor": 8.0, "l2": 1e-7},
-}
 
 
 def _check_value(where: str, key: str, value: Any) -> Any:
@@ -121,6 +102,130 @@ def _check_names(where: str, values: Iterable[Any], known: tuple[str, ...], what
     for v in values:
         if v not in known:
             raise ConfigError(f"{where}: unknown {what} {v!r}; choose from {', '.join(known)}")
+
+
+def _range_text(lo: float | None, lo_inc: bool, hi: float | None, hi_inc: bool) -> str:
+    parts = []
+    if lo is not None:
+        parts.append(f"{'>=' if lo_inc else '>'} {lo:g}")
+    if hi is not None:
+        parts.append(f"{'<=' if hi_inc else '<'} {hi:g}")
+    return " and ".join(parts)
+
+
+def range_error(key: str, value: Any) -> str | None:
+    """Why ``value`` is out of `CONFIG_RANGES` for ``key`` (None when it is in range)."""
+    if key not in CONFIG_RANGES or value is None or isinstance(value, bool) or \
+            not isinstance(value, int | float):
+        return None
+    lo, lo_inc, hi, hi_inc = CONFIG_RANGES[key]
+    # `not (x >= lo)` rather than `x < lo`: a NaN is out of every range
+    bad = (lo is not None and not (value >= lo if lo_inc else value > lo)) or \
+        (hi is not None and not (value <= hi if hi_inc else value < hi))
+    if not bad:
+        return None
+    return f"{key} must be {_range_text(lo, lo_inc, hi, hi_inc)}, got {value!r}"
+
+
+def describe_trial(t: Trial) -> str:
+    """Short human name of a trial: ``nn/vec/identity seed 0 (id 1a2b...)``."""
+    c = t.config
+    return (f"{c.get('inference')}/{c.get('arch')}/{c.get('transform')} seed {c.get('seed')} "
+            f"(id {t.trial_id})")
+
+
+def check_ranges(trials: Iterable[Trial], where: str) -> None:
+    """Raise `ConfigError` naming the first trial with a config value out of `CONFIG_RANGES`
+    (a width, depth or size <= 0, a momentum >= 1, ...). ``where`` names the sweep/preset."""
+    for t in trials:
+        for k in sorted(t.config):
+            why = range_error(k, t.config[k])
+            if why:
+                raise ConfigError(f"{where}: trial {describe_trial(t)}: {why}; fix the preset "
+                                  "config, its width or its rules")
+
+
+# ---------------------------------------------------------------------- trial selection
+# Fields --only may filter on besides config keys: the trial kind.
+SELECT_FIELDS_EXTRA = ("kind",)
+
+
+def parse_only(items: Iterable[str] | None) -> dict[str, list[str]] | None:
+    """``["arch=vec,gap", "inference=ntk"]`` -> ``{"arch": ["vec", "gap"], "inference":
+    ["ntk"]}``; None for no items. Raises `ConfigError` for an item without ``=`` or without a
+    value. Field names and values are checked against a sweep by `select_trials`."""
+    if not items:
+        return None
+    out: dict[str, list[str]] = {}
+    for item in items:
+        field_, sep, vals = str(item).partition("=")
+        field_ = field_.strip()
+        values = [x.strip() for x in vals.split(",") if x.strip()]
+        if not sep or not field_ or not values:
+            raise ConfigError(f"--only {item!r}: expected FIELD=VALUE[,VALUE...], e.g. "
+                              "--only inference=ntk")
+        out.setdefault(field_, []).extend(v for v in values if v not in out.get(field_, []))
+    return out
+
+
+def _field_value(t: Trial, key: str) -> str | None:
+    if key == "kind":
+        return t.kind
+    return str(t.config[key]) if key in t.config else None
+
+
+def _canon(value: str) -> str:
+    """A value as --only compares it: numbers by their value (``w_var=2`` matches 2.0),
+    booleans case-insensitively, anything else as text."""
+    if value.lower() in ("true", "false"):
+        return value.lower()
+    try:
+        return repr(float(value))
+    except ValueError:
+        return value
+
+
+def select_trials(trials: list[Trial], only: Mapping[str, Iterable[str]] | None) -> list[Trial]:
+    """The trials whose every ``only`` field has one of the given values (compared as text,
+    numbers by value: ``seed=0``, ``width=64``, ``w_var=2`` work); all of them when ``only``
+    is empty.
+
+    A field must be ``kind`` or a config key some trial has (inference, arch, transform, seed,
+    width, train_size, ...), and every value must occur for that field in ``trials``: a typo
+    raises `ConfigError` naming the valid fields or values instead of selecting nothing. An
+    empty result (values that never occur together) is an error too. A derived kernel cell
+    whose source is not selected is computed itself (its ``derived_from`` is cleared).
+    """
+    if not only:
+        return list(trials)
+    if not trials:
+        raise ConfigError("--only: the sweep has no trials to select from")
+    fields = sorted({k for t in trials for k in t.config} | set(SELECT_FIELDS_EXTRA))
+    for key, values in only.items():
+        if key not in fields:
+            raise ConfigError(f"--only {key}=...: unknown field {key!r}; choose from "
+                              f"{', '.join(fields)}")
+        seen = sorted({v for t in trials if (v := _field_value(t, key)) is not None})
+        bad = [v for v in values if _canon(str(v)) not in {_canon(x) for x in seen}]
+        if bad:
+            raise ConfigError(f"--only {key}={','.join(map(str, values))}: no trial has {key} "
+                              f"{bad[0]!r}; valid values: {', '.join(seen)}")
+    want = {k: {_canon(str(v)) for v in vs} for k, vs in only.items()}
+    out = [t for t in trials
+           if all(_canon(str(_field_value(t, k))) in vs for k, vs in want.items())]
+    if not out:
+        given = " ".join(f"{k}={','.join(map(str, v))}" for k, v in only.items())
+        raise ConfigError(f"--only {given}: no trial has all of these values together; "
+                          "drop one filter or check `symsweep run <sweep> --dry-run`")
+    return undo_orphan_derivations(out)
+
+
+def undo_orphan_derivations(selected: list[Trial]) -> list[Trial]:
+    """``selected`` with ``derived_from`` cleared wherever the source trial is not selected
+    too: such a cell cannot be copied, it is computed itself."""
+    keep = {t.trial_id for t in selected}
+    return [t if (t.derived_from is None or t.derived_from in keep) else
+            Trial(t.trial_id, t.kind, t.config, t.resources, None) for t in selected]
 
 
 @dataclass(frozen=True)
@@ -197,25 +302,15 @@ class Trial:
 
 def trial_id_of(config: Mapping[str, Any]) -> str:
     """Stable 16-hex-digit id of a trial: sha256 of its scientific config (sorted JSON)."""
-    sci = {k: v for k, v in config.items() if k not in RUNTIME_KEYS}
+    sci = scientific(dict(config))
     blob = json.dumps(sci, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def kernel_equivalence_key(arch: str, transform: str) -> tuple[str, str]:
-    """Canonical (arch, transform) of a kernel cell under Theorem 4.1 and LCN_inf = VEC_inf.
-
-    fcn kernels are O(3d)-invariant (all five transforms equal); lcn/vec kernels are
-    O(3)^d-invariant (identity = shared = pixel rotation) and lcn_inf = vec_inf; gap/lap kernels
-    are invariant only under O(3) (x) I_d (identity = shared rotation).
-    """
-    if arch == "fcn":
-        return "fcn", "identity"
-    if arch in ("lcn", "vec"):
-        t = "identity" if transform in ("shared_rotation", "pixel_rotation") else transform
-        return "vec", t
-    t = "identity" if transform == "shared_rotation" else transform
-    return arch, t
+    """Canonical (arch, transform) of a kernel cell: Theorem 4.1's table at infinite width
+    (`workers.theorem41.equivalence_key`), where lcn_inf = vec_inf."""
+    return equivalence_key(arch, transform, infinite=True)
 
 
 @dataclass
@@ -315,8 +410,10 @@ class Sweep:
                                       f"use {', '.join(RESOURCE_KEYS)}")
                 if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
                     raise ConfigError(f"{where}.resources.{kind}.{k}: expected a number >= 0")
-        if isinstance(p.max_failures, bool) or not isinstance(p.max_failures, int):
-            raise ConfigError(f"{where}.max_failures: expected an integer")
+        if isinstance(p.max_failures, bool) or not isinstance(p.max_failures, int) or \
+                p.max_failures < 0:
+            raise ConfigError(f"{where}.max_failures: expected an integer >= 0 (retries per "
+                              f"trial), got {p.max_failures!r}")
         if not isinstance(p.success_train_acc, int | float):
             raise ConfigError(f"{where}.success_train_acc: expected a number")
 
@@ -338,7 +435,7 @@ class Sweep:
         for inference, arch, transform in product(
             self.axes["inference"], self.axes["arch"], self.axes["transform"]
         ):
-            kind = "kernel" if inference in KERNEL_INFERENCES else "train"
+            kind = trial_kind(inference)
             seeds = p.kernel_seeds if kind == "kernel" else p.seeds
             extra_vals = product(*[self.axes[a] for a in extra_axes])
             for extra in extra_vals:
@@ -356,11 +453,7 @@ class Sweep:
                             cfg.update(_check_config("rule.set", rule.set))
                             fields.update(cfg)
                     if kind == "kernel":
-                        for k in ("width", "max_steps", "eval_every", "checkpoint_every",
-                                  "batch_size", "lr_factor", "l2", "eta0", "eta0_samples",
-                                  "first_layer_init", "momentum", "eta0_inits", "eta0_seed",
-                                  "train_eval_size", "eval_batch_size", "diverge_loss",
-                                  "early_stop_train_acc", "keep_checkpoints"):
+                        for k in TRAIN_ONLY_KEYS:  # they do not change a kernel
                             cfg.pop(k, None)
                     elif "width" not in cfg:
                         raise ConfigError(f"sweep.presets.{preset}.width: no width for {arch}")
@@ -370,24 +463,12 @@ class Sweep:
                     res = {"cpu": 1.0, "gpu": 0.0, "tile_cpu": 1.0, "tile_gpu": 0.0}
                     res.update({k: float(v) for k, v in p.resources.get(kind, {}).items()})
                     trials.append(Trial(trial_id_of(cfg), kind, cfg, res))
+        check_ranges(trials, f"sweep '{self.name}' preset {preset}")
         ids = [t.trial_id for t in trials]
         if len(set(ids)) != len(ids):
             raise ConfigError(f"sweep '{self.name}' preset {preset}: two trials have the same "
                               "scientific config; remove the duplicate axis values")
         return dedupe_trials(trials) if dedupe else trials
-
-    def main(self, argv: list[str] | None = None) -> int:
-        """Run this sweep file as a script: same as ``symsweep run <file> ...``."""
-        from orchestrator.cli import main as cli_main
-
-        args = list(sys.argv[1:] if argv is None else argv)
-        if args and args[0] == "--":
-            args = args[1:]
-        source = self.source or getattr(sys.modules.get("__main__"), "__file__", None)
-        if source is None:
-            raise ConfigError(f"sweep '{self.name}': cannot tell which file defines it; run "
-                              "`symsweep run <file>`")
-        return cli_main(["run", str(source), *args])
 
 
 def dedupe_trials(trials: list[Trial]) -> list[Trial]:
@@ -412,6 +493,68 @@ def dedupe_trials(trials: list[Trial]) -> list[Trial]:
     return out
 
 
+
+class CompositeSweep(Sweep):
+    """One sweep (name, results store, presets) made of parts with different axes.
+
+    ``parts``: `Sweep`s with the same preset names; `expand` returns the union of their trials
+    (de-duplication of equal kernel cells happens within each part). Preset-level settings the
+    runner reads (success_train_acc, max_failures) come from the first part. ``preset_axes``:
+    per preset, axis values that replace a part's (e.g. a smaller width grid for ``smoke``),
+    applied to every part that has the axis. ``analysis``: defaults for the figure (e.g.
+    ``{"fit_first": 3, "fit_last": 3}``).
+    """
+
+    def __init__(self, name: str, parts: Sequence[Sweep], *, description: str = "",
+                 workers: Mapping[str, Callable[..., dict]] | None = None,
+                 analysis: Mapping[str, Any] | None = None,
+                 preset_axes: Mapping[str, Mapping[str, list[Any]]] | None = None) -> None:
+        if not parts:
+            raise ConfigError(f"sweep '{name}': a CompositeSweep needs at least one part")
+        names = [set(p.presets) for p in parts]
+        if any(n != names[0] for n in names):
+            raise ConfigError(f"sweep '{name}': every part needs the same presets, got "
+                              f"{[sorted(n) for n in names]}")
+        self.parts = list(parts)
+        self.analysis = dict(analysis or {})
+        self.preset_axes = {k: dict(v) for k, v in (preset_axes or {}).items()}
+        for pname in self.preset_axes:
+            for p in self.parts:
+                self._part_for(p, pname)  # validates the overriding axis values
+        axes: dict[str, list[Any]] = {}
+        for p in parts:
+            for k, vals in p.axes.items():
+                cur = axes.setdefault(k, [])
+                cur.extend(v for v in vals if v not in cur)
+        super().__init__(name=name, axes=axes, presets=parts[0].presets,
+                         description=description, workers=workers)
+
+    def validate(self) -> None:
+        for p in getattr(self, "parts", []):
+            p.validate()
+
+    def _part_for(self, part: Sweep, preset: str) -> Sweep:
+        over = {k: v for k, v in self.preset_axes.get(preset, {}).items() if k in part.axes}
+        if not over:
+            return part
+        return Sweep(name=part.name, axes={**part.axes, **over}, presets=part.presets,
+                     description=part.description, workers=part.workers)
+
+    def expand(self, preset: str, *, dedupe: bool = True) -> list[Trial]:
+        self.preset(preset)
+        trials = [t for p in self.parts
+                  for t in self._part_for(p, preset).expand(preset, dedupe=dedupe)]
+        ids = [t.trial_id for t in trials]
+        if len(set(ids)) != len(ids):
+            raise ConfigError(f"sweep '{self.name}' preset {preset}: two parts produce the same "
+                              "trial; make the parts disjoint")
+        return trials
+
+
+# Sweep files are imported under this prefix (the runner ships their workers by value).
+SWEEP_MODULE_PREFIX = "_symsweep_sweep_"
+
+
 def load_sweep(path: str | Path) -> Sweep:
     """Import a sweep file and return its `Sweep` (the module-level ``SWEEP`` or ``sweep``)."""
     p = Path(path)
@@ -424,7 +567,7 @@ def load_sweep(path: str | Path) -> Sweep:
             raise ConfigError(f"sweep file {str(path)!r} not found; give a path like "
                               "sweeps/fig2.py")
     p = p.resolve()
-    modname = f"_symsweep_sweep_{p.stem}_{hashlib.sha1(str(p).encode()).hexdigest()[:8]}"
+    modname = f"{SWEEP_MODULE_PREFIX}{p.stem}_{hashlib.sha1(str(p).encode()).hexdigest()[:8]}"
     spec = importlib.util.spec_from_file_location(modname, p)
     if spec is None or spec.loader is None:
         raise ConfigError(f"cannot import sweep file {p}")
@@ -441,12 +584,53 @@ def load_sweep(path: str | Path) -> Sweep:
         raise ConfigError(f"sweep file {p}: define a module-level SWEEP = orchestrator.spec.Sweep("
                           "...)")
     sw.source = str(p)
-    try:  # workers defined in the sweep file must travel to Ray workers by value
-        from ray import cloudpickle
+    return sw
 
-        cloudpickle.register_pickle_by_value(mod)
-    except Exception:  # pragma: no cover - ray always ships its cloudpickle
-        pass
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes (the sweep file's, recorded in the manifest at run time)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# The repository's sweep files: resume and the figure tables load sweeps from here by name.
+SWEEPS_DIR = Path(__file__).resolve().parents[1] / "sweeps"
+
+
+def load_recorded_sweep(name: str, manifest: Mapping[str, Any], sweep_file: str | None = None,
+                        *, force: bool = False) -> Sweep:
+    """The sweep of a results folder's manifest, loaded from a file the *user* trusts: the
+    repository's ``sweeps/<name>.py`` or ``sweep_file``, never the ``source`` the manifest
+    names (a results folder is data, never code: a shared folder could point it anywhere).
+
+    The file's sha256 must equal the manifest's ``source_sha256`` (recorded by `run`), so a
+    resume continues the sweep that was started; ``force`` accepts a different or unrecorded
+    hash. Raises `ConfigError` (naming both hashes) otherwise, or when the file is missing or
+    defines another sweep.
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ConfigError(f"sweep name {name!r}: expected an identifier like 'fig2'")
+    path = Path(sweep_file) if sweep_file else SWEEPS_DIR / f"{name}.py"
+    if not path.is_file():
+        raise ConfigError(f"sweep file {str(path)!r} not found; pass the sweep file that "
+                          f"started '{name}' with --sweep-file PATH")
+    have = file_sha256(path)
+    want = manifest.get("source_sha256")
+    if have != want and not force:
+        if not want:
+            raise ConfigError(f"the manifest of '{name}' records no sweep-file hash (written by "
+                              f"an older symsweep), so {path} (sha256 {have}) cannot be "
+                              "checked; pass --force to use it anyway")
+        raise ConfigError(f"{path} has sha256 {have} but '{name}' was run from a file with "
+                          f"sha256 {want}; pass the original with --sweep-file PATH, or "
+                          "--force to continue with this one")
+    sw = load_sweep(path)
+    if sw.name != name:
+        raise ConfigError(f"{path} defines sweep '{sw.name}', not '{name}'; pass the right "
+                          "--sweep-file")
     return sw
 
 

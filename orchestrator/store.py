@@ -57,6 +57,7 @@ TRIAL_SCHEMA = pa.schema([
     ("train_acc", pa.float64()),
     ("best_train_acc", pa.float64()),
     ("steps", pa.int64()),
+    ("start_step", pa.int64()),
     ("eta0", pa.float64()),
     ("wall_s", pa.float64()),
     ("error", pa.string()),

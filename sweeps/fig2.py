@@ -21,6 +21,7 @@ Presets:
 """
 
 from orchestrator.spec import Preset, Sweep
+from sweeps.common import CPU_RESOURCES, PAPER_WIDTHS, paper_preset, smoke_config
 
 ARCHS = ["fcn", "lcn", "vec", "gap", "lap4", "lap8"]
 TRANSFORMS = ["identity", "shared_rotation", "pixel_rotation", "permutation", "global_rotation"]
@@ -28,13 +29,11 @@ FULL_COV = ["gap", "lap4", "lap8"]
 
 SMOKE = Preset(
     description="synthetic 8x8, depth 2, narrow nets, 300 steps; minutes on 2 cores",
-    config=dict(dataset="synthetic", image_size=8, train_size=256, val_size=64, test_size=256,
-                depth=2, w_var=2.0, b_var=0.01, max_steps=300, eval_every=100,
-                checkpoint_every=200, batch_size=40, eta0_samples=64, eta0_inits=1),
+    config=smoke_config(val_size=64, checkpoint_every=200),
     rules=(({"kind": "kernel"}, {"val_size": 0}),),  # Fig. 2 needs no kernel validation
     width=dict(fcn=64, lcn=4, vec=8, gap=8, lap4=8, lap8=8),
     seeds=(0, 1, 2, 3, 4),
-    resources=dict(train=dict(cpu=1), kernel=dict(cpu=1)),
+    resources=CPU_RESOURCES,
     success_train_acc=0.0,
     max_failures=2,
 )
@@ -53,20 +52,14 @@ CPU = Preset(
         ({"kind": "train"}, {"train_size": 5000, "val_size": 1000}),
         ({"arch": FULL_COV}, {"image_size": 8}),
     ),
-    resources=dict(train=dict(cpu=1), kernel=dict(cpu=1)),
+    resources=CPU_RESOURCES,
     success_train_acc=0.95,
     max_failures=2,
 )
 
-PAPER = Preset(
-    description="the paper: 45k/5k/10k CIFAR-10 at 32x32, depth 8, paper widths, 1e6 steps",
-    config=dict(dataset="cifar10", val_size=5000, depth=8, w_var=2.0, b_var=0.01,
-                max_steps=1_000_000, eval_every=10_000, checkpoint_every=10_000, batch_size=40),
-    width=dict(fcn=1024, lcn=32, vec=128, gap=128, lap4=128, lap8=128),
-    resources=dict(train=dict(cpu=1, gpu=0.25), kernel=dict(cpu=1, tile_cpu=1, tile_gpu=1)),
-    success_train_acc=0.95,
-    max_failures=3,
-)
+PAPER = paper_preset(
+    "the paper: 45k/5k/10k CIFAR-10 at 32x32, depth 8, paper widths, 1e6 steps",
+    width=PAPER_WIDTHS)
 
 SWEEP = Sweep(
     name="fig2",
@@ -76,4 +69,6 @@ SWEEP = Sweep(
 )
 
 if __name__ == "__main__":
-    raise SystemExit(SWEEP.main())
+    from orchestrator.cli import script_main
+
+    raise SystemExit(script_main(SWEEP))

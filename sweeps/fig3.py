@@ -17,8 +17,8 @@ Presets:
 - paper: 45k/5k/10k at 32x32, depth 8, widths 2^3..2^10, 5 seeds, 10^6 steps; GPUs.
 """
 
-from orchestrator.figures import CompositeSweep
-from orchestrator.spec import Preset, Sweep
+from orchestrator.spec import CompositeSweep, Preset, Sweep
+from sweeps.common import CPU_RESOURCES, paper_preset, smoke_config
 
 TRANSFORMS = ["shared_rotation", "pixel_rotation"]
 WIDTHS = {"smoke": [2, 4, 8, 16], "cpu": [4, 8, 16, 32, 64],
@@ -26,10 +26,8 @@ WIDTHS = {"smoke": [2, 4, 8, 16], "cpu": [4, 8, 16, 32, 64],
 
 SMOKE = Preset(
     description="synthetic 8x8, depth 2, widths 2..16, 2 seeds, 300 steps; minutes on 2 cores",
-    config=dict(dataset="synthetic", image_size=8, train_size=256, val_size=0, test_size=256,
-                depth=2, w_var=2.0, b_var=0.01, max_steps=300, eval_every=100,
-                checkpoint_every=300, batch_size=40, eta0_samples=64, eta0_inits=1),
-    width={"vec": 8}, seeds=(0, 1), resources=dict(train=dict(cpu=1), kernel=dict(cpu=1)),
+    config=smoke_config(),
+    width={"vec": 8}, seeds=(0, 1), resources=CPU_RESOURCES,
     success_train_acc=0.0,  # 300 steps do not reach 95% train accuracy: every run counts
 )
 CPU = Preset(
@@ -38,18 +36,12 @@ CPU = Preset(
                 val_size=0, test_size=500, depth=8, w_var=2.0, b_var=0.01, max_steps=3000,
                 eval_every=500, checkpoint_every=1000, batch_size=40, eta0_samples=128,
                 eta0_inits=1, train_eval_size=1000),
-    width={"vec": 16}, seeds=(0, 1, 2),
-    resources=dict(train=dict(cpu=1), kernel=dict(cpu=1)),
+    width={"vec": 16}, seeds=(0, 1, 2), resources=CPU_RESOURCES,
     success_train_acc=0.0,  # 3000 steps (60 epochs) rarely reach 95%: every finished run counts
 )
-PAPER = Preset(
-    description="the paper: 45k/5k/10k CIFAR-10 at 32x32, depth 8, widths 8..1024, 1e6 steps",
-    config=dict(dataset="cifar10", val_size=5000, depth=8, w_var=2.0, b_var=0.01,
-                max_steps=1_000_000, eval_every=10_000, checkpoint_every=10_000, batch_size=40),
-    width={"vec": 128}, seeds=(0, 1, 2, 3, 4),
-    resources=dict(train=dict(cpu=1, gpu=0.25), kernel=dict(cpu=1, tile_cpu=1, tile_gpu=1)),
-    success_train_acc=0.95, max_failures=3,
-)
+PAPER = paper_preset(
+    "the paper: 45k/5k/10k CIFAR-10 at 32x32, depth 8, widths 8..1024, 1e6 steps",
+    width={"vec": 128})
 PRESETS = dict(smoke=SMOKE, cpu=CPU, paper=PAPER)
 
 FINITE = Sweep(name="fig3", presets=PRESETS, axes=dict(
@@ -61,4 +53,6 @@ SWEEP = CompositeSweep("fig3", [FINITE, KERNEL], description=__doc__.splitlines(
                        preset_axes={p: {"width": w} for p, w in WIDTHS.items()})
 
 if __name__ == "__main__":
-    raise SystemExit(SWEEP.main())
+    from orchestrator.cli import script_main
+
+    raise SystemExit(script_main(SWEEP))

@@ -20,8 +20,8 @@ Presets:
 - paper: m = 320 .. 40,960, 45,000 and 90,000 (flips), 32x32, depth 8, 5 seeds, 10^6 steps.
 """
 
-from orchestrator.figures import CompositeSweep
-from orchestrator.spec import Preset, Sweep
+from orchestrator.spec import CompositeSweep, Preset, Sweep
+from sweeps.common import CPU_RESOURCES, paper_preset, smoke_config
 
 SIZES = {"smoke": [40, 80, 160, 320, 640], "cpu": [160, 320, 640, 1280, 2560],
          "paper": [320 * 2 ** k for k in range(8)] + [45_000, 90_000]}
@@ -36,12 +36,10 @@ def _flip_rule(p: str) -> tuple:
 
 SMOKE = Preset(
     description="synthetic 8x8, depth 2, m 40..640 (flips at 640), 2 seeds, 300 steps",
-    config=dict(dataset="synthetic", image_size=8, val_size=0, test_size=256, depth=2,
-                w_var=2.0, b_var=0.01, max_steps=300, eval_every=100, checkpoint_every=300,
-                batch_size=40, eta0_samples=40, eta0_inits=1, tile_side=40),
+    config=smoke_config(eta0_samples=40, tile_side=40),  # train_size: the axis
     width={"vec": 8, "lcn": 4}, seeds=(0, 1),
     rules=(_flip_rule("smoke"),),
-    resources=dict(train=dict(cpu=1), kernel=dict(cpu=1)),
+    resources=CPU_RESOURCES,
     success_train_acc=0.0,  # 300 steps do not reach 95% train accuracy: every run counts
 )
 CPU = Preset(
@@ -53,19 +51,12 @@ CPU = Preset(
                 train_eval_size=500, tile_side=160),
     width={"vec": 16, "lcn": 4}, seeds=(0,),
     rules=(_flip_rule("cpu"),),
-    resources=dict(train=dict(cpu=1), kernel=dict(cpu=1)),
+    resources=CPU_RESOURCES,
     success_train_acc=0.0,  # 1000 steps rarely reach 95%: every finished run counts
 )
-PAPER = Preset(
-    description="the paper: m 320..45k and 90k (flips), 32x32, depth 8, paper widths, 1e6 steps",
-    config=dict(dataset="cifar10", val_size=5000, depth=8, w_var=2.0, b_var=0.01,
-                max_steps=1_000_000, eval_every=10_000, checkpoint_every=10_000, batch_size=40,
-                tile_side=320),
-    width={"vec": 128, "lcn": 32}, seeds=(0, 1, 2, 3, 4),
-    rules=(_flip_rule("paper"),),
-    resources=dict(train=dict(cpu=1, gpu=0.25), kernel=dict(cpu=1, tile_cpu=1, tile_gpu=1)),
-    success_train_acc=0.95, max_failures=3,
-)
+PAPER = paper_preset(
+    "the paper: m 320..45k and 90k (flips), 32x32, depth 8, paper widths, 1e6 steps",
+    width={"vec": 128, "lcn": 32}, rules=(_flip_rule("paper"),), tile_side=320)
 PRESETS = dict(smoke=SMOKE, cpu=CPU, paper=PAPER)
 
 
@@ -85,4 +76,6 @@ SWEEP = CompositeSweep(
 )
 
 if __name__ == "__main__":
-    raise SystemExit(SWEEP.main())
+    from orchestrator.cli import script_main
+
+    raise SystemExit(script_main(SWEEP))

@@ -19,8 +19,8 @@ Presets:
 - paper: 45k/5k/10k at 32x32, depth 8, widths 64..512, t in {0, 0.25, ..., 1}, 10 seeds.
 """
 
-from orchestrator.figures import CompositeSweep
-from orchestrator.spec import Preset, Sweep
+from orchestrator.spec import CompositeSweep, Preset, Sweep
+from sweeps.common import CPU_RESOURCES, paper_preset, smoke_config
 
 WIDTHS = {"smoke": [4, 8], "cpu": [8, 16, 32], "paper": [64, 128, 256, 512]}
 TIMES = {"smoke": [0.0, 0.5, 1.0], "cpu": [0.0, 0.25, 0.5, 0.75, 1.0],
@@ -29,12 +29,9 @@ TIMES = {"smoke": [0.0, 0.5, 1.0], "cpu": [0.0, 0.25, 0.5, 0.75, 1.0],
 
 SMOKE = Preset(
     description="synthetic 8x8, depth 2, widths 4, 8, t 0/0.5/1, 3 seeds, 300 steps",
-    config=dict(dataset="synthetic", image_size=8, train_size=256, val_size=0, test_size=256,
-                depth=2, w_var=2.0, b_var=0.01, max_steps=300, eval_every=100,
-                checkpoint_every=300, batch_size=40, eta0_samples=64, eta0_inits=1,
-                store_predictions=True),
+    config=smoke_config(store_predictions=True),
     width={"vec": 8, "gap": 8}, seeds=(0, 1, 2),
-    resources=dict(train=dict(cpu=1), kernel=dict(cpu=1)),
+    resources=CPU_RESOURCES,
     success_train_acc=0.0,  # 300 steps do not reach 95% train accuracy: every run counts
 )
 CPU = Preset(
@@ -44,18 +41,12 @@ CPU = Preset(
                 eval_every=500, checkpoint_every=1000, batch_size=40, eta0_samples=128,
                 eta0_inits=1, train_eval_size=1000, store_predictions=True),
     width={"vec": 16, "gap": 16}, seeds=(0, 1, 2, 3, 4),
-    resources=dict(train=dict(cpu=1), kernel=dict(cpu=1)),
+    resources=CPU_RESOURCES,
     success_train_acc=0.0,
 )
-PAPER = Preset(
-    description="the paper: 45k/5k/10k at 32x32, depth 8, widths 64..512, 10 inits, 1e6 steps",
-    config=dict(dataset="cifar10", val_size=5000, depth=8, w_var=2.0, b_var=0.01,
-                max_steps=1_000_000, eval_every=10_000, checkpoint_every=10_000, batch_size=40,
-                store_predictions=True),
-    width={"vec": 128, "gap": 128}, seeds=tuple(range(10)),
-    resources=dict(train=dict(cpu=1, gpu=0.25), kernel=dict(cpu=1, tile_cpu=1, tile_gpu=1)),
-    success_train_acc=0.95, max_failures=3,
-)
+PAPER = paper_preset(
+    "the paper: 45k/5k/10k at 32x32, depth 8, widths 64..512, 10 inits, 1e6 steps",
+    width={"vec": 128, "gap": 128}, seeds=tuple(range(10)), store_predictions=True)
 PRESETS = dict(smoke=SMOKE, cpu=CPU, paper=PAPER)
 
 VEC_PATH = Sweep(name="figS1", presets=PRESETS, axes=dict(
@@ -72,4 +63,6 @@ SWEEP = CompositeSweep(
 )
 
 if __name__ == "__main__":
-    raise SystemExit(SWEEP.main())
+    from orchestrator.cli import script_main
+
+    raise SystemExit(script_main(SWEEP))

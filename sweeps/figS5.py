@@ -16,14 +16,13 @@ Presets:
 - paper: 45k/5k/10k at 32x32, depth 8, paper widths, 5 seeds, 10^6 steps.
 """
 
-from orchestrator.figures import CompositeSweep
-from orchestrator.spec import ARCHS, TRANSFORMS, Preset, Sweep
+from orchestrator.spec import CompositeSweep, Preset, Sweep
+from sweeps.common import GPU_RESOURCES, PAPER_WIDTHS, paper_preset, smoke_config
+from workers.vocab import ARCHS, TRANSFORMS
 
 SMOKE = Preset(
     description="synthetic 8x8, depth 2, 4 archs x 3 transforms, 2 seeds, 300 steps",
-    config=dict(dataset="synthetic", image_size=8, train_size=256, val_size=0, test_size=256,
-                depth=2, w_var=2.0, b_var=0.01, max_steps=300, eval_every=100,
-                checkpoint_every=300, batch_size=40, eta0_samples=64, eta0_inits=1),
+    config=smoke_config(),
     width=dict(fcn=64, lcn=4, vec=8, gap=8, lap4=8, lap8=8), seeds=(0, 1),
     resources=dict(train=dict(cpu=1)), success_train_acc=0.0,
 )
@@ -36,13 +35,9 @@ CPU = Preset(
     width=dict(fcn=256, lcn=4, vec=16, gap=16, lap4=16, lap8=16), seeds=(0, 1),
     resources=dict(train=dict(cpu=1)), success_train_acc=0.0,
 )
-PAPER = Preset(
-    description="the paper: 45k/5k/10k at 32x32, depth 8, paper widths, 5 seeds, 1e6 steps",
-    config=dict(dataset="cifar10", val_size=5000, depth=8, w_var=2.0, b_var=0.01,
-                max_steps=1_000_000, eval_every=10_000, checkpoint_every=10_000, batch_size=40),
-    width=dict(fcn=1024, lcn=32, vec=128, gap=128, lap4=128, lap8=128), seeds=(0, 1, 2, 3, 4),
-    resources=dict(train=dict(cpu=1, gpu=0.25)), success_train_acc=0.95, max_failures=3,
-)
+PAPER = paper_preset(
+    "the paper: 45k/5k/10k at 32x32, depth 8, paper widths, 5 seeds, 1e6 steps",
+    width=PAPER_WIDTHS, resources={"train": GPU_RESOURCES["train"]})
 PRESETS = dict(smoke=SMOKE, cpu=CPU, paper=PAPER)
 
 GRID = Sweep(name="figS5", presets=PRESETS, axes=dict(
@@ -56,4 +51,6 @@ SWEEP = CompositeSweep(
 )
 
 if __name__ == "__main__":
-    raise SystemExit(SWEEP.main())
+    from orchestrator.cli import script_main
+
+    raise SystemExit(script_main(SWEEP))

@@ -15,8 +15,9 @@ Presets:
 - paper: 32x32, depth 8, m = 320 .. 40,960 and 45,000, the 10k test set; GPUs.
 """
 
-from orchestrator.figures import CompositeSweep
-from orchestrator.spec import ARCHS, TRANSFORMS, Preset, Sweep
+from orchestrator.spec import CompositeSweep, Preset, Sweep
+from sweeps.common import GPU_RESOURCES, paper_preset
+from workers.vocab import ARCHS, TRANSFORMS
 
 SIZES = {"smoke": [40, 80, 160, 320], "cpu": [125, 250, 500, 1000],
          "paper": [320 * 2 ** k for k in range(8)] + [45_000]}
@@ -33,11 +34,9 @@ CPU = Preset(
                 test_size=500, depth=8, w_var=2.0, b_var=0.01, tile_side=125),
     resources=dict(kernel=dict(cpu=1)),
 )
-PAPER = Preset(
-    description="the paper: 32x32, depth 8, m 320..45k, 10k test images; GPUs",
-    config=dict(dataset="cifar10", val_size=0, depth=8, w_var=2.0, b_var=0.01, tile_side=320),
-    resources=dict(kernel=dict(cpu=1, tile_cpu=1, tile_gpu=1)),
-)
+PAPER = paper_preset(
+    "the paper: 32x32, depth 8, m 320..45k, 10k test images; GPUs",
+    resources={"kernel": GPU_RESOURCES["kernel"]}, val_size=0, tile_side=320)
 PRESETS = dict(smoke=SMOKE, cpu=CPU, paper=PAPER)
 
 CURVES = Sweep(name="figS6", presets=PRESETS, axes=dict(
@@ -51,4 +50,6 @@ SWEEP = CompositeSweep(
 )
 
 if __name__ == "__main__":
-    raise SystemExit(SWEEP.main())
+    from orchestrator.cli import script_main
+
+    raise SystemExit(script_main(SWEEP))

@@ -139,15 +139,33 @@ def test_results_on_object_storage_and_mlflow_on_the_head(name, scheme):
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_project_installed_with_gpu_extra_from_the_synced_tree(name):
+def test_project_installed_from_the_gpu_lock_from_the_synced_tree(name):
+    """Every node installs the locked GPU set (versions and hashes pinned), then the project
+    without resolving anything, so two nodes never run different library versions."""
     cfg = _load(name)
     assert cfg["file_mounts"]["~/symsweep"] == "."
     assert ".gitignore" in cfg.get("rsync_filter", [])
     install = [c for c in cfg["setup_commands"] if "pip install" in c]
-    assert len(install) == 1 and "cd ~/symsweep" in install[0] and '-e ".[gpu]"' in install[0]
+    assert len(install) == 1 and "cd ~/symsweep" in install[0]
+    assert "--require-hashes -r requirements/gpu.txt" in install[0]
+    assert "--no-deps -e ." in install[0]
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
         "optional-dependencies"]
     assert any("jax[cuda" in d for d in extras["gpu"])
+    lock = (ROOT / "requirements" / "gpu.txt").read_text()
+    assert "jax-cuda12-plugin==" in lock and "--hash=sha256:" in lock
+
+
+def test_locks_pin_ray_to_the_cluster_image():
+    """The driver (dev lock, a laptop) and the nodes (gpu lock, the image) run one Ray."""
+    import re
+
+    tags = {re.search(r"rayproject/ray:([0-9.]+)-", (ROOT / "cluster" / n).read_text()).group(1)
+            for n in ("gpu.yaml", "gcp-gpu.yaml")}
+    assert len(tags) == 1
+    for lock in ("dev.txt", "gpu.txt"):
+        pins = re.findall(r"^ray==([0-9.]+)", (ROOT / "requirements" / lock).read_text(), re.M)
+        assert pins == list(tags), (lock, pins, tags)
 
 
 @pytest.mark.parametrize("name", ["gpu.yaml", "gcp-gpu.yaml"])

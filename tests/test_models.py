@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from workers.errors import ConfigError
-from workers.models import ARCHS, count_params, init_params, make_model
+from workers.models import count_params, init_params, make_model
+from workers.vocab import ARCHS
 
 H, W, C, N = 8, 8, 3, 5
 

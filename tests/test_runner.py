@@ -87,7 +87,9 @@ SWEEP = Sweep(
 )
 
 if __name__ == "__main__":
-    raise SystemExit(SWEEP.main())
+    from orchestrator.cli import script_main
+
+    raise SystemExit(script_main(SWEEP))
 '''
 
 
@@ -232,7 +234,8 @@ def test_killed_driver_resumes_only_missing_trials(ray_session, tmp_path, capsys
 
     # `symsweep resume fake` (joins this module's Ray session): the dead driver's lock is
     # recognised as stale and said so
-    assert main(["resume", "fake", "--results", str(res), "--no-progress", "--no-report"]) == 0
+    assert main(["resume", "fake", "--sweep-file", str(sweep_file), "--results", str(res),
+                 "--no-progress", "--no-report"]) == 0
     err = capsys.readouterr().err
     assert "stale lock" in err and f"pid {proc.pid}" in err
     done_before = set(before.index[before["status"].isin(["completed", "diverged"])])

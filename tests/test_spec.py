@@ -177,3 +177,29 @@ def test_script_mode_equals_cli():
     assert a.returncode == b.returncode == 0, (a.stderr, b.stderr)
     assert a.stdout == b.stdout
     assert "330 trials (30 kernel cells, 300 finite runs); kernel computations 16 of 30" in a.stdout
+
+
+def test_range_error_bounds_nan_and_non_numbers():
+    from orchestrator.spec import range_error
+
+    assert range_error("width", 1) is None and range_error("width", 0) is not None
+    assert range_error("val_size", 0) is None and "val_size must be >= 0" in range_error(
+        "val_size", -1)
+    assert range_error("momentum", 0.0) is None and range_error("momentum", 1.0) is not None
+    assert range_error("path_t", 1.0) is None and range_error("path_t", 1.01) is not None
+    assert range_error("w_var", float("nan")) is not None  # NaN is in no range
+    assert range_error("b_var", 0.0) is None  # b_var = 0 is a valid config
+    assert range_error("dataset", "cifar10") is None and range_error("seed", -3) is None
+
+
+def test_only_values_compare_numbers_by_value():
+    from orchestrator.spec import parse_only, select_trials
+
+    trials = load_sweep(FIG2).expand("smoke")
+    assert parse_only(["arch=vec, gap", "arch=vec", "seed=0"]) == {"arch": ["vec", "gap"],
+                                                                  "seed": ["0"]}
+    a = select_trials(trials, {"w_var": ["2"], "kind": ["kernel"]})
+    b = select_trials(trials, {"w_var": ["2.0"], "kind": ["kernel"]})
+    assert a == b and len(a) == 30
+    with pytest.raises(ConfigError, match="no trial has w_var '3'; valid values: 2.0"):
+        select_trials(trials, {"w_var": ["3"]})

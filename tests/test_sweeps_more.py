@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from orchestrator.figures import FIGURES, CompositeSweep, figure_plot, figure_table, load
+from orchestrator.figures import FIGURES, figure_plot, figure_table, load
 from orchestrator.runner import (
     TileCache,
     TileMapper,
@@ -24,7 +24,7 @@ from orchestrator.runner import (
     execute_trial,
     materialize_derived,
 )
-from orchestrator.spec import Preset, Sweep, load_sweep
+from orchestrator.spec import CompositeSweep, Preset, Sweep, load_sweep, undo_orphan_derivations
 from orchestrator.store import Store
 from workers.errors import ConfigError
 
@@ -34,12 +34,11 @@ SWEEPS = {n: REPO / "sweeps" / f"{n}.py" for n in ("fig3", "fig4", "figS1", "fig
 
 def run_subset(sweep: Sweep, preset: str, results: Path, keep=lambda t: True,
                overrides: dict | None = None) -> list[dict]:
-    """Like `runner.run_local`, restricted to the trials `keep` accepts, with config
-    overrides (e.g. fewer steps), and writing the manifest the figures read."""
-    trials = [t for t in sweep.expand(preset) if keep(t)]
-    keep_ids = {t.trial_id for t in trials}
-    trials = [t if t.derived_from is None or t.derived_from in keep_ids else
-              type(t)(t.trial_id, t.kind, t.config, t.resources, None) for t in trials]
+    """Like `runner.run_local`, restricted to the trials `keep` accepts (a predicate: these
+    subsets are unions, e.g. every kernel cell or some finite runs, which --only's
+    conjunctive `select_trials` cannot express), with config overrides (e.g. fewer steps),
+    and writing the manifest the figures read."""
+    trials = undo_orphan_derivations([t for t in sweep.expand(preset) if keep(t)])
     for t in trials:
         if t.kind == "train":
             t.config.update(overrides or {})
@@ -245,8 +244,12 @@ def test_figS5_and_figS6_reduced_smoke_runs(tmp_path):
                t.config["transform"] == "identity" and t.config["seed"] == 0, FAST)
     df, _ = load("figS5", str(tmp_path))
     assert sorted(df["first_layer_init"]) == ["gaussian", "uniform"]
-    # different first-layer weights: different runs
-    assert df["best_test_acc"].nunique() >= 1 and df["trial_id"].nunique() == 2
+    # different first-layer weights: different runs. Accuracies on 256 test images may tie
+    # by chance; the test MSE of two differently initialised nets does not (a continuous
+    # function of the trained weights)
+    assert df["trial_id"].nunique() == 2
+    mse = df.sort_values("first_layer_init")["test_mse"].to_numpy(dtype=float)
+    assert np.isfinite(mse).all() and mse[0] != mse[1], mse
     text = figure_table("figS5", str(tmp_path))
     assert "uniform - gaussian" in text
     assert figure_plot("figS5", str(tmp_path)).stat().st_size > 5_000

@@ -10,8 +10,10 @@ import pytest
 
 from workers.errors import ConfigError
 from workers.models import init_params, make_model, precompose_first_layer
+from workers.theorem41 import is_invariant
 from workers.train import Trainer
 from workers.transforms import make_transform
+from workers.vocab import ARCHS, TRANSFORMS
 
 H, W, C, K = 8, 8, 3, 10
 SHAPE = (H, W, C)
@@ -42,8 +44,11 @@ def _leaves(tree):
     return [np.asarray(a) for a in jax.tree_util.tree_leaves(tree)]
 
 
-COUPLED = [("fcn", "global_rotation"), ("fcn", "permutation"), ("lcn", "pixel_rotation"),
-           ("vec", "shared_rotation"), ("gap", "shared_rotation"), ("lap4", "shared_rotation")]
+# every non-trivial symmetry of a finite net in Theorem 4.1's table (workers/theorem41.py)
+COUPLED = [(a, t) for a in ARCHS for t in TRANSFORMS
+           if t != "identity" and is_invariant(a, t, infinite=False)]
+# and every pair the table says is no symmetry
+UNCOUPLED = [(a, t) for a in ARCHS for t in TRANSFORMS if not is_invariant(a, t, infinite=False)]
 
 
 @pytest.mark.parametrize("momentum,l2", [(0.0, 0.0), (0.9, 1e-2)])
@@ -85,6 +90,14 @@ def test_precomposed_weights_have_the_same_norm_and_distribution_family():
         a, b = np.asarray(theta["layer_0"]["kernel"]), np.asarray(new["layer_0"]["kernel"])
         assert np.linalg.norm(a) == pytest.approx(np.linalg.norm(b), rel=1e-12)
         assert not np.allclose(a, b)
+
+
+@pytest.mark.parametrize("arch,transform", UNCOUPLED)
+def test_no_reparameterisation_where_the_table_has_no_symmetry(arch, transform):
+    model = make_model(arch, 3, depth=1, param_dtype=jnp.float64)
+    theta = init_params(model, 0, SHAPE)
+    with pytest.raises(ConfigError, match="re-parameterisation"):
+        precompose_first_layer(theta, arch, make_transform(transform, 0, SHAPE), SHAPE)
 
 
 @pytest.mark.parametrize("arch", ["vec", "gap", "lap4"])

@@ -1,6 +1,6 @@
 """Datasets: official CIFAR-10 (download, MD5, safe unpickling, cache), image folders, and a
 deterministic synthetic dataset; splits, class-balanced nested subsets, flips, per-channel
-standardisation, one-hot-minus-0.1 targets and the symmetry transform (PAPER_SETUP.md, "D").
+standardisation, one-hot-minus-0.1 targets and the symmetry transform (docs/protocol.md, "D").
 
 Entry point: `build_dataset(cfg) -> Dataset`.
 
@@ -994,7 +994,8 @@ def build_dataset(cfg: dict) -> Dataset:
     flip = bool(flip)
 
     # Resolve the transform name before touching data, so a typo fails fast.
-    from workers.transforms import TRANSFORMS, make_transform, path_transform
+    from workers.transforms import make_transform, path_transform
+    from workers.vocab import TRANSFORMS
 
     if path_t is None and transform not in TRANSFORMS:
         raise ConfigError(

@@ -7,6 +7,10 @@ run the tiles elsewhere and cache them (the orchestrator passes a Ray-task mappe
 content-addressed tile cache). No Ray or MLflow here: in a plain process it runs the tiles in a
 loop.
 
+Memory: only the cell's own arch is assembled (NNGP + NTK of train x train, test x train and
+val x train, streamed tile by tile into preallocated arrays); the regression adds one float64
+copy of the train matrix at a time. `workers.memory.kernel_trial_bytes` estimates the peak.
+
 Metrics (both kernels come from the same tiles; the trial's own ``inference`` fills the
 standard names, the other is reported under an ``nngp_`` / ``ntk_`` prefix):
   test_acc   fraction of test images whose argmax prediction is the label
@@ -26,9 +30,9 @@ from typing import Any
 import numpy as np
 
 from workers.errors import ConfigError
+from workers.vocab import FULL_COV_ARCHS
 
 KERNEL_INFERENCES = ("ntk", "nngp")
-FULL_COV = ("gap", "lap4", "lap8")
 
 
 def _accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
@@ -50,35 +54,41 @@ def kernel_metrics(k_train: Mapping[str, np.ndarray], k_test: Mapping[str, np.nd
                    labels_test: np.ndarray, *, diag_reg: float | None = None,
                    k_val: Mapping[str, np.ndarray] | None = None,
                    y_val: np.ndarray | None = None,
-                   labels_val: np.ndarray | None = None) -> dict[str, dict[str, float]]:
+                   labels_val: np.ndarray | None = None,
+                   test_predictions: dict[str, np.ndarray] | None = None,
+                   ) -> dict[str, dict[str, float]]:
     """Metrics of kernel regression for each kernel in {"nngp", "ntk"}.
 
     k_train[kind] (N, N) train-train, k_test[kind] (M, N) test-train, y_* (., K) targets,
     labels_* (.,) ints; k_val[kind] (V, N) optional. Returns {kind: {test_acc, test_mse,
-    train_acc, val_acc}}.
+    train_acc, val_acc, finite}}. When test_predictions is a dict, the (M, K) float64 test
+    predictions of each kind are put in it. Memory: the matrices given plus one float64 N x N
+    working copy at a time (`workers.regression.kernel_fit`).
     """
-    from workers.regression import kernel_predict
+    from workers.regression import kernel_apply, kernel_fit
 
     kw = {} if diag_reg is None else {"diag_reg": diag_reg}
     out: dict[str, dict[str, float]] = {}
     for kind in ("nngp", "ntk"):
         if kind not in k_train:
             continue
-        n_tr = k_train[kind].shape[0]
-        # one solve: predictions on train, test (and val) rows stacked
-        blocks = [k_train[kind], k_test[kind]]
-        if k_val is not None and kind in k_val and k_val[kind].shape[0]:
-            blocks.append(k_val[kind])
-        pred = np.asarray(kernel_predict(k_train[kind], np.concatenate(blocks), y_train, **kw))
-        p_tr, p_te = pred[:n_tr], pred[n_tr:n_tr + k_test[kind].shape[0]]
-        p_va = pred[n_tr + k_test[kind].shape[0]:]
+        # one factorisation per kind (one float64 copy of the train matrix, factored in
+        # place), applied to the train, test and val rows block by block: no stacked copy
+        alpha = kernel_fit(k_train[kind], y_train, **kw)
+        p_tr = kernel_apply(k_train[kind], alpha)
+        p_te = kernel_apply(k_test[kind], alpha)
+        p_va = (kernel_apply(k_val[kind], alpha) if k_val is not None and kind in k_val
+                and k_val[kind].shape[0] else np.zeros((0,) + alpha.shape[1:]))
+        finite = all(np.all(np.isfinite(p)) for p in (p_tr, p_te, p_va))
         m = {"test_acc": _accuracy(p_te, labels_test), "test_mse": _mse(p_te, y_test),
              "train_acc": _accuracy(p_tr, labels_train),
              "val_acc": _accuracy(p_va, labels_val) if len(p_va) and labels_val is not None
              else math.nan,
-             "finite": float(np.all(np.isfinite(pred)))}
+             "finite": float(finite)}
         if len(p_va) and y_val is not None:
             m["val_mse"] = _mse(p_va, y_val)
+        if test_predictions is not None:
+            test_predictions[kind] = p_te
         out[kind] = m
     return out
 
@@ -110,14 +120,19 @@ def run_kernel_trial(config: Mapping[str, Any],
         kw["dtype"] = np.dtype(config["kernel_dtype"]).type
     # gap/lap4/lap8 share one full-covariance propagation: computing the three readouts
     # together costs about one, and the tiles (cached by content) then serve all three cells.
-    archs = list(FULL_COV) if arch in FULL_COV else [arch]
+    # Only this cell's arch is assembled into (N, N) matrices; the sibling readouts of the
+    # tiles go to the tile cache (through map_tiles) for their own cells.
+    archs = list(FULL_COV_ARCHS) if arch in FULL_COV_ARCHS else [arch]
+    kw["assemble"] = [arch]
     k_tr = kernel_matrices(archs, ds.x_train, None, **kw)[arch]
     k_te = kernel_matrices(archs, ds.x_test, ds.x_train, **kw)[arch]
     k_va = kernel_matrices(archs, ds.x_val, ds.x_train, **kw)[arch] if len(ds.x_val) else None
     t_kernel = time.time() - t0
+    preds: dict[str, np.ndarray] = {}
     ms = kernel_metrics(k_tr, k_te, ds.y_train, ds.y_test, ds.labels_train, ds.labels_test,
                         diag_reg=config.get("diag_reg"), k_val=k_va, y_val=ds.y_val,
-                        labels_val=ds.labels_val)
+                        labels_val=ds.labels_val,
+                        test_predictions=preds if config.get("store_predictions") else None)
     main = ms[inference]
     other = "nngp" if inference == "ntk" else "ntk"
     result: dict[str, Any] = {
@@ -133,11 +148,7 @@ def run_kernel_trial(config: Mapping[str, Any],
         if k != "finite":
             result[f"{other}_{k}"] = v
     if config.get("store_predictions"):  # Fig. S1 combines the test predictions of trials
-        from workers.regression import kernel_predict
-
-        reg = {} if config.get("diag_reg") is None else {"diag_reg": config["diag_reg"]}
-        result["predictions"] = np.asarray(
-            kernel_predict(k_tr[inference], k_te[inference], ds.y_train, **reg))
+        result["predictions"] = preds[inference]
     result["wall_s"] = time.time() - t0
     if report is not None:
         report({"step": 0, "test_acc": result["test_acc"], "test_mse": result["test_mse"],

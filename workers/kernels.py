@@ -9,7 +9,7 @@ arc-cosine kernels J1 and J0; the readout is a dense layer after flatten (fcn, v
 the per-pixel covariance), global average pooling (gap: mean of the full covariance) or a k x k
 average pool with stride k followed by flatten (lapk).
 
-How it is computed (PERF_NOTES.md):
+How it is computed (docs/performance.md):
 
 * ``fcn`` needs one scalar per image pair per layer.
 * ``vec`` / ``lcn`` need only the per-pixel (diagonal) covariance, H*W entries per pair (they are
@@ -30,6 +30,11 @@ How it is computed (PERF_NOTES.md):
   correlation exactly 1, so float32 diagonals do not pick up the ``sqrt(eps)`` error of the
   arc-cosine singularity.
 
+Memory (``kernel_matrices``): tiles stream into preallocated (N1, N2) outputs of the assembled
+archs as they arrive (``map_tiles(..., on_result=...)``), off-diagonal tiles of a symmetric
+matrix are written with their transpose and diagonal tiles mirrored in place, so the peak is the
+output plus about one tile (``benchmarks/memory.py``).
+
 Public API: ``kernel_matrix``, ``kernel_matrices``, ``kernel_tile``, ``plan_tiles``, ``acos``,
 ``relu_kernels``, ``ARCHS``.
 """
@@ -38,7 +43,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import cache, partial
 from typing import Any
 
@@ -48,10 +53,10 @@ import numpy as np
 from jax import lax
 
 from workers.errors import ConfigError, DataError
+from workers.vocab import ARCHS, DIAG_COV_ARCHS, FULL_COV_ARCHS
 
-ARCHS: tuple[str, ...] = ("fcn", "lcn", "vec", "gap", "lap4", "lap8")
-_DIAG = ("vec", "lcn")
-_FULL = ("gap", "lap4", "lap8")
+_DIAG = DIAG_COV_ARCHS
+_FULL = FULL_COV_ARCHS
 
 # Default tile memory budget (bytes) of `kernel_matrices` / `plan_tiles`.
 DEFAULT_MEMORY_BYTES = 2 * 1024**3
@@ -612,6 +617,36 @@ def _default_map(fn: Callable[..., Any], kwargs_list: list[dict]) -> list:
     return [fn(**kw) for kw in kwargs_list]
 
 
+def _accepts_on_result(map_tiles: Callable[..., Any]) -> bool:
+    """Whether map_tiles takes an ``on_result`` keyword (streams results instead of a list)."""
+    import inspect
+
+    try:
+        params = inspect.signature(map_tiles).parameters
+    except (TypeError, ValueError):  # builtins / C callables: assume the plain list interface
+        return False
+    return "on_result" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _stream_map(fn: Callable[..., Any], kwargs_list: list[dict], *,
+                on_result: Callable[[int, Any], None], progress: bool = False) -> list:
+    """The in-process map: each tile is handed to on_result as soon as it is computed and not
+    kept, so at most one tile result is alive at a time."""
+    for i, kw in enumerate(kwargs_list):
+        on_result(i, fn(**kw))
+        if progress:
+            print(f"kernel tiles {i + 1}/{len(kwargs_list)}", file=sys.stderr, flush=True)
+    return [None] * len(kwargs_list)
+
+
+def _mirror_diagonal_block(block: np.ndarray) -> None:
+    """Copy the strict upper triangle of a square block onto its lower triangle, in place.
+
+    Uses indices of the block only (O(side^2)), never of the whole matrix."""
+    iu = np.triu_indices(block.shape[0], 1)
+    block[iu[1], iu[0]] = block[iu]
+
+
 def kernel_matrices(
     archs: Sequence[str],
     x1: np.ndarray,
@@ -622,21 +657,36 @@ def kernel_matrices(
     b_var: float = 0.01,
     dtype: Any = np.float32,
     memory_bytes: int = DEFAULT_MEMORY_BYTES,
-    map_tiles: Callable[[Callable[..., Any], list[dict]], list] | None = None,
+    map_tiles: Callable[..., list] | None = None,
     progress: bool = False,
     max_side: int | None = None,
+    assemble: Sequence[str] | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """NNGP and NTK matrices for several archs, computed tile by tile.
 
     x1 (N1, H, W, C), x2 (N2, H, W, C) or None (x1 with itself: only the upper triangle of tiles
-    is computed and mirrored). map_tiles(fn, list_of_kwargs) -> list of fn(**kwargs) results
-    lets the caller run the tiles elsewhere (e.g. as Ray tasks); the default is a plain loop.
+    is computed; off-diagonal tiles are written with their transpose, diagonal tiles are
+    mirrored in place). map_tiles(fn, list_of_kwargs) -> list of fn(**kwargs) results lets the
+    caller run the tiles elsewhere (e.g. as Ray tasks); the default is a plain loop. If
+    map_tiles also takes ``on_result=callback`` (as `orchestrator.runner.TileMapper` does), it
+    must call ``callback(i, result_i)`` once per tile as results arrive (any order); each tile is
+    then written into the preallocated output and dropped, so the peak memory is the output
+    plus about one tile. A map_tiles without it returns the whole list first (all tile results
+    alive at once: about twice the output).
     max_side caps the tile side (see `plan_tiles`): a fixed side makes the tiles of a prefix
     x1[:m] a subset of those of x1[:2m] (when side divides m), so nested training sets share
     cached tiles (learning curves).
-    Returns {arch: {"nngp": (N1, N2), "ntk": (N1, N2)}} numpy arrays of dtype.
+    assemble: the archs whose matrices are returned (default: all of archs). Every tile still
+    computes all of ``archs`` (and map_tiles may cache them whole: a gap cell computes
+    gap + lap4 + lap8 from one propagation so that its sibling cells hit the tile cache), but
+    only the assembled archs get (N1, N2) outputs.
+    Returns {arch: {"nngp": (N1, N2), "ntk": (N1, N2)}} numpy arrays of dtype for each
+    assembled arch.
     """
     archs = _check_archs(archs)
+    keep = archs if assemble is None else _check_archs(assemble)
+    if not set(keep) <= set(archs):
+        raise ConfigError(f"assemble={list(keep)} must be a subset of archs={list(archs)}")
     x1 = _check_images(x1, "x1")
     symmetric = x2 is None
     x2a = x1 if symmetric else _check_images(x2, "x2")
@@ -648,32 +698,42 @@ def kernel_matrices(
                        max_side=max_side)
     kwargs = [dict(archs=archs, x_rows=x1[r0:r1], x_cols=x2a[c0:c1], depth=depth, w_var=w_var,
                    b_var=b_var, dtype=dtype) for r0, r1, c0, c1 in tiles]
-    if map_tiles is None:
-        if progress:
-            def map_tiles(fn, kws):  # noqa: ANN001, ANN202
-                res = []
-                for i, kw in enumerate(kws):
-                    res.append(fn(**kw))
-                    print(f"kernel tiles {i + 1}/{len(kws)}", file=sys.stderr, flush=True)
-                return res
-        else:
-            map_tiles = _default_map
-    results = map_tiles(kernel_tile, kwargs)
-    out = {a: {k: np.zeros((n1, n2), np.dtype(dtype)) for k in ("nngp", "ntk")} for a in archs}
-    for (r0, r1, c0, c1), res in zip(tiles, results, strict=True):
-        for a in archs:
-            for k in ("nngp", "ntk"):
-                out[a][k][r0:r1, c0:c1] = res[a][k]
-                if symmetric and c0 != r0:
-                    out[a][k][c0:c1, r0:r1] = res[a][k].T
-    if symmetric:
-        # Diagonal tiles are computed whole; mirror their upper triangle so the result is
-        # exactly symmetric (entries (i, j) and (j, i) differ only by float rounding).
-        for a in archs:
+    out = {a: {k: np.zeros((n1, n2), np.dtype(dtype)) for k in ("nngp", "ntk")} for a in keep}
+    placed = [False] * len(tiles)
+
+    def place(i: int, res: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+        r0, r1, c0, c1 = tiles[i]
+        if placed[i]:
+            raise RuntimeError(f"map_tiles delivered tile {i} twice")
+        placed[i] = True
+        for a in keep:
             for k in ("nngp", "ntk"):
                 m = out[a][k]
-                iu = np.triu_indices(n1, 1)
-                m[(iu[1], iu[0])] = m[iu]
+                m[r0:r1, c0:c1] = res[a][k]
+                if not symmetric:
+                    continue
+                if c0 == r0:
+                    # a diagonal tile is computed whole; its upper triangle is kept so the
+                    # result is exactly symmetric ((i, j) and (j, i) differ by float rounding)
+                    _mirror_diagonal_block(m[r0:r1, c0:c1])
+                else:
+                    m[c0:c1, r0:r1] = res[a][k].T
+
+    if map_tiles is None:
+        _stream_map(kernel_tile, kwargs, on_result=place, progress=progress)
+    elif _accepts_on_result(map_tiles):
+        map_tiles(kernel_tile, kwargs, on_result=place)
+    else:
+        results = map_tiles(kernel_tile, kwargs)
+        if len(results) != len(tiles):
+            raise RuntimeError(f"map_tiles returned {len(results)} results for {len(tiles)} "
+                               "tiles")
+        for i in range(len(results)):
+            place(i, results[i])
+            results[i] = None  # drop each tile once written
+    missing = placed.count(False)
+    if missing:
+        raise RuntimeError(f"map_tiles delivered {len(tiles) - missing} of {len(tiles)} tiles")
     return out
 
 
@@ -687,8 +747,10 @@ def kernel_matrix(
     b_var: float = 0.01,
     dtype: Any = np.float32,
     memory_bytes: int = DEFAULT_MEMORY_BYTES,
-    map_tiles: Callable[[Callable[..., Any], list[dict]], list] | None = None,
+    map_tiles: Callable[..., list] | None = None,
+    max_side: int | None = None,
 ) -> dict[str, np.ndarray]:
     """{"nngp": (N1, N2), "ntk": (N1, N2)} of one arch (see `kernel_matrices`)."""
     return kernel_matrices([arch], x1, x2, depth=depth, w_var=w_var, b_var=b_var, dtype=dtype,
-                           memory_bytes=memory_bytes, map_tiles=map_tiles)[arch]
+                           memory_bytes=memory_bytes, map_tiles=map_tiles,
+                           max_side=max_side)[arch]

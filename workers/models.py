@@ -37,12 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from workers.errors import ConfigError
-
-ARCHS: tuple[str, ...] = ("fcn", "lcn", "vec", "gap", "lap4", "lap8")
-FIRST_LAYER_INITS: tuple[str, ...] = ("gaussian", "uniform")
-PAPER_WIDTHS: dict[str, int] = {
-    "fcn": 1024, "lcn": 32, "vec": 128, "gap": 128, "lap4": 128, "lap8": 128,
-}
+from workers.theorem41 import is_invariant
+from workers.vocab import ARCHS, FIRST_LAYER_INITS, TRANSFORMS
 
 Array = jax.Array
 
@@ -258,6 +254,15 @@ def precompose_first_layer(params: dict, arch: str, transform: Any,
     first = "layer_0" if "layer_0" in params else "readout"
     kern = jnp.asarray(params[first]["kernel"])
     name = getattr(transform, "name", None)
+    if (first == "layer_0" and name in TRANSFORMS
+            and not is_invariant(arch, name, infinite=False)):
+        # Theorem 4.1's table (workers/theorem41.py): no coupling exists for this pair
+        if arch == "lcn":
+            raise ConfigError(f"lcn has no first-layer re-parameterisation for {name!r}: "
+                              "its 3x3 filters read only a pixel's neighbourhood")
+        raise ConfigError(f"{arch} shares its first-layer filter across pixels, so it has no "
+                          f"re-parameterisation absorbing {name!r}; only identity and "
+                          "shared_rotation are symmetries of this model class")
     per_pixel = _tau_matrices_per_pixel(transform, h, w, c)
     if arch == "fcn" or (first == "readout" and arch in ("vec", "lcn")):
         # dense on the flattened image: y_flat = M x_flat, x_flat @ M^T W  ->  W' = M^T W
@@ -271,7 +276,7 @@ def precompose_first_layer(params: dict, arch: str, transform: Any,
         else:
             raise ConfigError(f"no first-layer re-parameterisation for transform {name!r}")
     elif arch == "lcn" and first == "layer_0":
-        if per_pixel is None:
+        if per_pixel is None:  # a transform outside the table (not one of the five)
             raise ConfigError(f"lcn has no first-layer re-parameterisation for {name!r}: "
                               "its 3x3 filters read only a pixel's neighbourhood")
         # tap k = 3 i + j at output pixel (a, b) reads pixel ((a + i - 1) % h, (b + j - 1) % w)

@@ -44,16 +44,14 @@ import numpy as np
 import optax
 
 from workers.errors import ConfigError
-from workers.models import PAPER_WIDTHS, count_params, init_params, make_model
+from workers.models import count_params, init_params, make_model
+from workers.vocab import FINITE_INFERENCES, INFERENCE_DEFAULTS, PAPER_WIDTHS
 
 Report = Callable[[dict, "str | None"], None]
 
-INFERENCES: tuple[str, ...] = ("nn", "nn_plus")
-# c (learning-rate factor) and lambda (L2) per inference algorithm (PAPER_SETUP.md, "I").
-INFERENCE_DEFAULTS: dict[str, dict[str, float]] = {
-    "nn": {"lr_factor": 1.0, "l2": 0.0},
-    "nn_plus": {"lr_factor": 8.0, "l2": 1e-7},
-}
+# the inferences this worker runs; c (learning-rate factor) and lambda (L2) of each are
+# INFERENCE_DEFAULTS (docs/protocol.md, "I")
+INFERENCES: tuple[str, ...] = FINITE_INFERENCES
 
 DEFAULTS: dict[str, Any] = {
     "arch": "fcn",
@@ -82,7 +80,8 @@ DEFAULTS: dict[str, Any] = {
     "success_train_acc": 0.95,
     "resume_from": None,
     "work_dir": None,          # where checkpoints are written; None: a temporary dir, removed
-                               # at the end (the report callback must copy what it keeps)
+                               # at the end (the report callback must copy what it keeps:
+                               # the runner puts each into the trial-keyed store at once)
     "keep_checkpoints": 2,
     "store_predictions": False,  # also return the final test predictions ("predictions")
 }
@@ -618,7 +617,7 @@ def train_arrays(config: dict, dataset: Any, report: Report | None = None, *,
     work_dir = cfg["work_dir"]
     checkpointing = cfg["checkpoint_every"] is not None and (report is not None or work_dir)
     own_dir = bool(checkpointing and not work_dir)
-    if own_dir:  # only the report callback sees these checkpoints (Tune copies them at once)
+    if own_dir:  # only the report callback sees these checkpoints (the runner copies them)
         work_dir = tempfile.mkdtemp(prefix="symsweep-train-")
     written: list[str] = []
     status, error, last_ckpt = "completed", None, None

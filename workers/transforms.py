@@ -1,7 +1,7 @@
 """The five symmetry groups of the paper, as fixed random orthogonal maps tau on images.
 
 Each run draws one tau from a group (reproducibly, from its seed) and applies it to every image,
-train, validation and test alike, after standardisation (PAPER_SETUP.md, "D").
+train, validation and test alike, after standardisation (docs/protocol.md, "D").
 
 Conventions: images are float arrays (N, H, W, C), C = 3; a flattened image is the C-order
 vector x_flat = x.reshape(N, H*W*C), so pixel alpha = h*W + w holds coordinates
@@ -29,14 +29,7 @@ from functools import lru_cache
 import numpy as np
 
 from workers.errors import ConfigError
-
-TRANSFORMS: tuple[str, ...] = (
-    "identity",
-    "shared_rotation",
-    "pixel_rotation",
-    "permutation",
-    "global_rotation",
-)
+from workers.vocab import TRANSFORMS
 
 # Stream ids keep the random draws of different transforms (and the path) independent for the
 # same seed, and stable when new transforms are added.

@@ -149,19 +149,17 @@ def test_corrupt_config_json_is_said(caplog):
     assert list(d["m"]) == [200.0, 100.0]  # the good row keeps its flip-counted size
 
 
-def test_fit_segments_reset_is_said(tmp_path, caplog):
+def test_fit_segments_reset_is_said(caplog):
     import pandas as pd
 
     from orchestrator.figures import _points_and_fits
 
-    src = tmp_path / "fr_edited_sweep.py"
-    src.write_text("this sweep file was edited into invalid Python\n")
     df = pd.DataFrame(columns=["inference", "arch", "transform", "m", "ok"])
-    m = {"source": str(src), "preset": "smoke"}
+    m = {"sweep": "fr_no_such_sweep", "preset": "smoke"}  # e.g. renamed since it was run
     with caplog.at_level(logging.WARNING, logger="symsweep"):
         *_, first, last = _points_and_fits_safe(_points_and_fits, df, m)
-    assert f"fit segments: the sweep file {src} does not load" in \
-        caplog.text and f"using first {first} / last {last} points" in caplog.text
+    assert "fit segments: the sweep 'fr_no_such_sweep' does not load" in caplog.text
+    assert f"using first {first} / last {last} points" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="symsweep"):  # both given: nothing to guess
         _points_and_fits_safe(_points_and_fits, df, m, 2, 2)
