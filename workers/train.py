@@ -44,6 +44,7 @@ import numpy as np
 import optax
 
 from workers.errors import ConfigError
+from workers.metrics import accuracy, mse
 from workers.models import count_params, init_params, make_model
 from workers.vocab import FINITE_INFERENCES, INFERENCE_DEFAULTS, PAPER_WIDTHS
 
@@ -459,11 +460,7 @@ class Trainer:
 
 def _scores(logits: np.ndarray, y: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """(accuracy, MSE) of logits (N, K) against targets y (N, K); MSE is the mean over N K."""
-    if logits.shape[0] == 0:
-        return float("nan"), float("nan")
-    acc = float(np.mean(np.argmax(logits, 1) == np.asarray(labels)))
-    mse = float(np.mean(np.square(logits - np.asarray(y, logits.dtype))))
-    return acc, mse
+    return accuracy(logits, labels), mse(logits, y, dtype=logits.dtype)
 
 
 # ----------------------------------------------------------------------------- checkpoints
