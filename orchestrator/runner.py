@@ -210,6 +210,17 @@ class TileCache:
         self.fs.move(tmp, f"{self.dir}/{key}.npz")
 
 
+def ship_by_value(fn: Callable) -> None:
+    """A function defined in a sweep file (a worker, or a tile function it maps) lives in a
+    module load_sweep imported under a private name that Ray's workers cannot import: make
+    cloudpickle send that module by value. Functions of installed modules are left alone."""
+    mod = sys.modules.get(getattr(fn, "__module__", "") or "")
+    if mod is not None and mod.__name__.startswith(SWEEP_MODULE_PREFIX):
+        from ray import cloudpickle
+
+        cloudpickle.register_pickle_by_value(mod)
+
+
 def _run_tile(fn: Callable, names: list[str], *values: Any) -> Any:
     return fn(**dict(zip(names, values, strict=True)))
 
@@ -273,6 +284,7 @@ class TileMapper:
         # CPU-only: the trial's own CPU bundle covers its tiles (num_cpus=0, at most
         # `inflight` at a time), so a trial never waits on CPUs it holds itself. GPU tiles
         # run in the trial's tile bundle (placement-group capture).
+        ship_by_value(fn)
         remote = ray.remote(_run_tile).options(
             num_cpus=0 if self.num_gpus == 0 else self.num_cpus, num_gpus=self.num_gpus,
             max_retries=2)
@@ -968,14 +980,8 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
 
     cb = ProgressCallback(total=len(todo), title=f"{sweep.name} [{ctx['preset']}]",
                           on_attempt_end=on_complete, enabled=progress, console=console)
-    # workers defined in a sweep file (imported by load_sweep under a private module name that
-    # Ray workers cannot import) travel to the workers by value
-    from ray import cloudpickle
-
     for fn in (sweep.workers or {}).values():
-        mod = sys.modules.get(getattr(fn, "__module__", ""))
-        if mod is not None and mod.__name__.startswith(SWEEP_MODULE_PREFIX):
-            cloudpickle.register_pickle_by_value(mod)
+        ship_by_value(fn)
     trainable = tune.with_resources(
         tune.with_parameters(tune_trainable, workers=dict(sweep.workers or {})),
         trial_resources)
