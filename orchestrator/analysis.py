@@ -11,7 +11,9 @@ inference x arch, columns = transforms) and `plot_fig2` draws its three panels (
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,6 +23,17 @@ from workers.vocab import ARCHS, INFERENCES, TRANSFORMS
 LABELS = {"ntk": "NTK", "nngp": "NNGP", "nn": "NN", "nn_plus": "NN+"}
 SHORT_T = {"identity": "identity", "shared_rotation": "shared rot", "pixel_rotation": "pixel rot",
            "permutation": "permutation", "global_rotation": "global rot"}
+
+
+DEFAULT_SUCCESS_TRAIN_ACC = 0.95  # the paper's; a manifest always records the preset's own
+
+
+def success_threshold(manifest: Mapping[str, Any] | None) -> float:
+    """The train-accuracy threshold of `successful` for a sweep: its manifest's
+    ``success_train_acc`` (the preset's), the paper's 0.95 for a manifest that predates it.
+    Tables, figures and the MLflow ``success`` tag all take it from here."""
+    v = (manifest or {}).get("success_train_acc")
+    return DEFAULT_SUCCESS_TRAIN_ACC if v is None else float(v)
 
 
 def successful(df: pd.DataFrame, success_train_acc: float) -> pd.Series:
@@ -34,7 +47,7 @@ def successful(df: pd.DataFrame, success_train_acc: float) -> pd.Series:
     return ok & (~finite | train_ok)
 
 
-def fig2_cells(df: pd.DataFrame, success_train_acc: float = 0.95,
+def fig2_cells(df: pd.DataFrame, success_train_acc: float = DEFAULT_SUCCESS_TRAIN_ACC,
                metric: str = "best_test_acc") -> pd.DataFrame:
     """One row per (inference, arch, transform): mean, std (ddof=1; 0 for one run),
     n_success, n_finished (completed + diverged + failed)."""

@@ -362,7 +362,7 @@ def readonly_sql(con, sql: str, results: str):
 
 
 def _cells(results: str, sweep: str, metric: str):
-    from orchestrator.analysis import fig2_cells
+    from orchestrator.analysis import fig2_cells, success_threshold
     from orchestrator.store import Store
 
     m = _manifest_or_fail(results, sweep)
@@ -371,7 +371,7 @@ def _cells(results: str, sweep: str, metric: str):
         print(f"symsweep: warning: corrupt part file {name} skipped ({err})", file=sys.stderr)
     if df.empty:
         raise ConfigError(f"sweep '{sweep}' has no finished trials under {results} yet")
-    return fig2_cells(df, float(m.get("success_train_acc", 0.95)), metric), m
+    return fig2_cells(df, success_threshold(m), metric), m
 
 
 def metrics() -> list[str]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -35,7 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from orchestrator.analysis import LABELS, SHORT_T, format_cell, successful
+from orchestrator.analysis import LABELS, SHORT_T, format_cell, success_threshold, successful
 from orchestrator.fits import PowerLawFit, ensemble_accuracy, ensemble_mse, s_dist, segment_fits
 from workers.errors import ConfigError, DataError
 from workers.vocab import ARCHS, INFERENCES, TRANSFORMS
@@ -46,19 +47,42 @@ ARCH_LABEL = {"fcn": "FCN", "lcn": "LCN", "vec": "VEC", "gap": "GAP", "lap4": "L
 
 # ====================================================================== composite sweeps
 # ====================================================================== loading
-def _loads(s: Any) -> dict:
+def _loads(s: Any, bad: list | None = None) -> dict:
+    """A row's JSON column as a dict ({} when empty); a value that does not parse is {} and
+    is appended to ``bad`` for the caller to report."""
     try:
         return json.loads(s) if isinstance(s, str) and s else {}
-    except ValueError:
+    except ValueError as ex:
+        if bad is not None:
+            bad.append(ex)
         return {}
+
+
+def _loads_column(d: pd.DataFrame, col: str, consequence: str) -> list[dict]:
+    """`_loads` over a column; unparsable values are said loudly (one warning per column)."""
+    bad: list = []
+    out, ids = [], []
+    tids = d["trial_id"] if "trial_id" in d else pd.Series([None] * len(d))
+    for s, tid in zip(d.get(col, pd.Series([None] * len(d))), tids, strict=True):
+        n = len(bad)
+        out.append(_loads(s, bad))
+        if len(bad) > n:
+            ids.append(tid)
+    if bad:
+        ids = ids[:3]
+        logging.getLogger("symsweep").warning(
+            "%d row(s) have a %s that does not parse (%s; e.g. trials %s): %s", len(bad), col,
+            bad[0], ", ".join(map(str, ids)), consequence)
+    return out
 
 
 def enrich(df: pd.DataFrame, success_train_acc: float) -> pd.DataFrame:
     """Add the columns the figures need: ok (successful run), m (training-set size, flips
     counted), flip, path_t, first_layer_init, predictions_path, config (dict)."""
     d = df.copy()
-    cfgs = [_loads(s) for s in d.get("config_json", pd.Series([None] * len(d)))]
-    mets = [_loads(s) for s in d.get("metrics_json", pd.Series([None] * len(d)))]
+    cfgs = _loads_column(d, "config_json", "their flip, path_t and first-layer init are taken "
+                         "as the defaults and m from the row's train_size")
+    mets = _loads_column(d, "metrics_json", "their predictions are not found")
     d["config"] = cfgs
     d["flip"] = [bool(c.get("flip", False)) for c in cfgs]
     d["path_t"] = [float(c["path_t"]) if c.get("path_t") is not None else math.nan
@@ -89,7 +113,7 @@ def load(sweep: str, results: str) -> tuple[pd.DataFrame, dict]:
         print(f"symsweep: warning: corrupt part file {name} skipped ({err})", file=sys.stderr)
     if df.empty:
         raise ConfigError(f"sweep '{sweep}' has no finished trials under {results} yet")
-    return enrich(df, float(m.get("success_train_acc", 0.95))), m
+    return enrich(df, success_threshold(m)), m
 
 
 def _agg(vals: np.ndarray) -> tuple[float, float, int]:
@@ -268,7 +292,8 @@ def _fit_defaults(m: Mapping[str, Any], first: int | None, last: int | None
 
 
 def _analysis_of(m: Mapping[str, Any]) -> dict:
-    """The sweep file's ``analysis`` defaults (CompositeSweep), if the file still loads."""
+    """The sweep file's ``analysis`` defaults (CompositeSweep). When the file does not load,
+    a warning says so and which segment lengths apply instead (they were reset silently)."""
     try:
         from orchestrator.spec import load_recorded_sweep
 
@@ -276,7 +301,13 @@ def _analysis_of(m: Mapping[str, Any]) -> dict:
         # folder is data, not code); only its analysis defaults are read, so no hash check
         return dict(getattr(load_recorded_sweep(m["sweep"], m, force=True), "analysis", {})
                     or {})
-    except Exception:
+    except Exception as ex:
+        d = _fit_defaults({}, None, None)
+        logging.getLogger("symsweep").warning(
+            "fit segments: the sweep '%s' does not load (%s: %s), so its analysis defaults "
+            "are unknown; using first %d / last %d points (set them with --fit-first / "
+            "--fit-last)", m.get("sweep"), type(ex).__name__,
+            " ".join(str(ex).split())[:200], d[0], d[1])
         return {}
 
 
@@ -284,7 +315,8 @@ def _points_and_fits(df: pd.DataFrame, m: Mapping[str, Any], first: int | None,
                      last: int | None) -> tuple[pd.DataFrame, pd.DataFrame, int, int]:
     """Learning-curve points, their segment fits, and the segment lengths used (first/last
     default to the sweep's)."""
-    first, last = _fit_defaults({"analysis": _analysis_of(m)}, first, last)
+    a = _analysis_of(m) if first is None or last is None else {}
+    first, last = _fit_defaults({"analysis": a}, first, last)
     pts = curve_points(df)
     return pts, curve_fits(pts, first, last), first, last
 

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from workers.errors import DataError
+from workers.metrics import accuracy, mse
 
 
 @dataclass(frozen=True)
@@ -137,13 +138,12 @@ def ensemble_accuracy(preds: np.ndarray, labels: np.ndarray) -> float:
     lab = np.asarray(labels).ravel()
     if m.shape[0] != lab.size:
         raise DataError(f"{m.shape[0]} predictions but {lab.size} labels")
-    return float(np.mean(np.argmax(m, axis=-1) == lab))
+    return accuracy(m, lab)
 
 
 def ensemble_mse(preds: np.ndarray, y: np.ndarray) -> float:
     """Mean over inputs and logits of (ensemble mean - y)^2: preds (S, N, K) or (N, K), y (N, K)."""
-    m = ensemble_mean(preds)
-    return float(np.mean((m - np.asarray(y, dtype=np.float64)) ** 2))
+    return mse(ensemble_mean(preds), y)
 
 
 __all__ = ["PowerLawFit", "ensemble_accuracy", "ensemble_mean", "ensemble_mse",

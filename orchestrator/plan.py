@@ -58,9 +58,9 @@ import typer
 
 from orchestrator.spec import Sweep, Trial, load_sweep, parse_only, select_trials
 from workers.errors import ConfigError
+from workers.vocab import ARCHS, FULL_COV_ARCHS, INFERENCES
 
 CIFAR_SIZES = {"train": 45_000, "val": 5_000, "test": 10_000}
-FULL_COV = ("gap", "lap4", "lap8")
 ETA0_INITS, ETA0_SAMPLES, LANCZOS_ITERS, NUM_CLASSES = 3, 256, 40, 10
 ETA0_PROBE = 2  # images of the first timed NTK-vector product
 # side of the first (probe) tile timed per arch: fcn pairs are cheap, gap/lap pairs dear
@@ -96,7 +96,7 @@ def train_key(cfg: Mapping[str, Any]) -> tuple:
 def tile_archs(cfg: Mapping[str, Any]) -> list[str]:
     """The archs each tile of a kernel trial computes (`workers.kernel_trial`): gap, lap4 and
     lap8 together (one full-covariance propagation serves the three), else the arch alone."""
-    return list(FULL_COV) if cfg["arch"] in FULL_COV else [cfg["arch"]]
+    return list(FULL_COV_ARCHS) if cfg["arch"] in FULL_COV_ARCHS else [cfg["arch"]]
 
 
 def kernel_key(cfg: Mapping[str, Any]) -> tuple:
@@ -376,7 +376,7 @@ def share_propagations(trials: list[Trial], costs: list[TrialCost]) -> list[Tria
     (gap before lap4 before lap8) keeps the tiles' cost, the others keep only their
     regression solves (they read the tiles from the cache; ``detail['shared']`` = 1)."""
     order = sorted(range(len(trials)), key=lambda i: (trials[i].config.get("arch") not in
-                                                      FULL_COV, trials[i].config.get("arch")))
+                                                      FULL_COV_ARCHS, trials[i].config.get("arch")))
     seen: set[str] = set()
     for i in order:
         t, c = trials[i], costs[i]
@@ -460,8 +460,7 @@ class Plan:
                 "trials": [asdict(c) for c in self.costs]}
 
 
-_ORDER = {v: i for i, v in enumerate(("ntk", "nngp", "nn", "nn_plus", "fcn", "lcn", "vec",
-                                      "gap", "lap4", "lap8"))}
+_ORDER = {v: i for i, v in enumerate((*INFERENCES, *ARCHS))}
 
 
 def _order(key: tuple) -> tuple:

@@ -52,6 +52,7 @@ from orchestrator.spec import (
 )
 from orchestrator.store import DONE_STATUSES, Store, now_utc, resolve_root
 from workers.errors import ConfigError, UserError
+from workers.vocab import FULL_COV_ARCHS
 
 log = logging.getLogger("symsweep")
 
@@ -137,33 +138,87 @@ def _unflatten(flat: Mapping[str, np.ndarray]) -> Any:
     return build(root)
 
 
+_TILE_SUM = "__sha256__"  # name of the checksum entry inside a tile's .npz
+
+
+def _tile_checksum(key: str, flat: Mapping[str, np.ndarray]) -> str:
+    """sha256 over the tile's key and every array (name, dtype, shape, bytes): a tile is
+    valid only under its own key, so a valid .npz of another tile (or edited numbers) fails."""
+    h = hashlib.sha256(f"symsweep-tile:{key}".encode())
+    for name in sorted(flat):
+        arr = np.ascontiguousarray(flat[name])
+        h.update(f"|{name}:{arr.dtype.str}:{arr.shape}|".encode())
+        h.update(memoryview(arr).cast("B") if arr.size else b"")
+    return h.hexdigest()
+
+
 class TileCache:
-    """Content-addressed tile results under ``<results>/tiles/<key>.npz`` (local or URI)."""
+    """Content-addressed tile results under ``<results>/tiles/<key>.npz`` (local or URI).
+
+    Each tile stores a checksum of its arrays bound to its key (`_tile_checksum`), verified on
+    read: a truncated, edited or swapped tile (another tile's valid .npz under this name) is
+    recomputed, and said so: a warning in this process's log, and ``corrupt`` (count) /
+    ``corrupt_notes`` (messages) for the trial to report to the driver (``tiles_corrupt``),
+    since a trial's own log does not reach the driver's output.
+    """
 
     def __init__(self, root: str):
         self.fs, base = resolve_root(root)
         self.dir = f"{base}/tiles"
+        self.corrupt = 0
+        self.corrupt_notes: list[str] = []
+
+    def _bad(self, key: str, why: str) -> None:
+        msg = f"kernel tile {self.dir}/{key}.npz {why}; recomputing it"
+        log.warning(msg)
+        self.corrupt += 1
+        if len(self.corrupt_notes) < 5:
+            self.corrupt_notes.append(msg)
 
     def get(self, key: str) -> Any | None:
+        """The tile stored under ``key``, or None when absent or failing its checksum."""
         try:
             with self.fs.open_input_file(f"{self.dir}/{key}.npz") as f:
                 data = f.read()
-            with np.load(io.BytesIO(data)) as z:
-                return _unflatten({k: z[k] for k in z.files})
         except (FileNotFoundError, OSError):
+            return None  # not computed yet
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                flat = {k: z[k] for k in z.files}
+        except Exception as ex:  # a truncated tile is recomputed, and said so
+            self._bad(key, f"is unreadable ({type(ex).__name__}: {ex})")
             return None
-        except Exception as ex:  # a corrupt tile is recomputed, and said so
-            log.warning("tile %s unreadable (%s); recomputing", key, ex)
+        stored = flat.pop(_TILE_SUM, None)
+        if stored is None:
+            self._bad(key, "has no checksum")
             return None
+        if str(stored) != _tile_checksum(key, flat):
+            self._bad(key, "fails its checksum (its content is not this tile's)")
+            return None
+        return _unflatten(flat)
 
     def put(self, key: str, value: Any) -> None:
+        """Store ``value`` (arrays in nested dicts / lists / tuples) under ``key`` with its
+        checksum: temporary name, then rename, so a reader never sees half a tile."""
+        flat = _flatten(value)
         buf = io.BytesIO()
-        np.savez(buf, **_flatten(value))
+        np.savez(buf, **flat, **{_TILE_SUM: np.array(_tile_checksum(key, flat))})
         self.fs.create_dir(self.dir, recursive=True)
         tmp = f"{self.dir}/.{key}.{os.getpid()}.{time.monotonic_ns()}.tmp"
         with self.fs.open_output_stream(tmp) as f:
             f.write(buf.getvalue())
         self.fs.move(tmp, f"{self.dir}/{key}.npz")
+
+
+def ship_by_value(fn: Callable) -> None:
+    """A function defined in a sweep file (a worker, or a tile function it maps) lives in a
+    module load_sweep imported under a private name that Ray's workers cannot import: make
+    cloudpickle send that module by value. Functions of installed modules are left alone."""
+    mod = sys.modules.get(getattr(fn, "__module__", "") or "")
+    if mod is not None and mod.__name__.startswith(SWEEP_MODULE_PREFIX):
+        from ray import cloudpickle
+
+        cloudpickle.register_pickle_by_value(mod)
 
 
 def _run_tile(fn: Callable, names: list[str], *values: Any) -> Any:
@@ -229,6 +284,7 @@ class TileMapper:
         # CPU-only: the trial's own CPU bundle covers its tiles (num_cpus=0, at most
         # `inflight` at a time), so a trial never waits on CPUs it holds itself. GPU tiles
         # run in the trial's tile bundle (placement-group capture).
+        ship_by_value(fn)
         remote = ray.remote(_run_tile).options(
             num_cpus=0 if self.num_gpus == 0 else self.num_cpus, num_gpus=self.num_gpus,
             max_retries=2)
@@ -437,6 +493,9 @@ def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., di
     if mapper is not None:
         result.setdefault("tiles_cached", mapper.hits)
         result.setdefault("tiles_computed", mapper.computed)
+        if mapper.cache is not None and mapper.cache.corrupt:  # shown by the driver
+            result.setdefault("tiles_corrupt", mapper.cache.corrupt)
+            result.setdefault("tiles_corrupt_note", " | ".join(mapper.cache.corrupt_notes))
     status = result.get("status") or "completed"
     if status not in ("completed", "diverged"):
         status = "failed"
@@ -551,15 +610,37 @@ def _isnan(v: Any) -> bool:
 
 # ====================================================================== driver
 def code_version() -> str:
+    """``<git short hash>[-dirty]`` of the checkout this code runs from; when git cannot say,
+    ``unknown (<why>)`` (e.g. not a git checkout) and a warning, so rows never claim a version
+    silently."""
     here = os.path.dirname(os.path.abspath(__file__))
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, text=True,
-                             capture_output=True, timeout=5).stdout.strip()
+        p = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, text=True,
+                           capture_output=True, timeout=5)
+        rev = p.stdout.strip()
+        if p.returncode != 0 or not rev:
+            why = (p.stderr.strip().splitlines() or [f"git exit code {p.returncode}"])[-1]
+            raise RuntimeError("not a git checkout" if "not a git repository" in why else why)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
                                cwd=here, text=True, capture_output=True, timeout=5).stdout
-        return (rev or "unknown") + ("-dirty" if dirty.strip() else "")
-    except Exception:
-        return "unknown"
+        return rev + ("-dirty" if dirty.strip() else "")
+    except Exception as ex:
+        why = str(ex) if isinstance(ex, RuntimeError) else f"{type(ex).__name__}: {ex}"
+        why = " ".join(why.split())[:120]
+        log.warning("code version unknown (%s): rows record code_version 'unknown (%s)'", why,
+                    why)
+        return f"unknown ({why})"
+
+
+HEARTBEAT_S = 30.0  # the driver refreshes its lock this often
+LOCK_STALE_S = 600.0  # Store.acquire_lock's default: another host may take the lock after this
+
+
+class LockLostError(UserError):
+    """The driver could not keep its lock (another driver could take the sweep over): the
+    sweep was stopped; finished trials are kept, `symsweep resume` continues."""
+
+    exit_code = 3
 
 
 @dataclass
@@ -591,9 +672,80 @@ def _ray_env(trials: list[Trial]) -> dict[str, str]:
     return env
 
 
+# The reaper of an embedded Ray (see `_start_reaper`): a separate tiny process that reads the
+# driver's pipe; while the driver lives it records the driver's Ray descendants every second
+# (pid and start time, so a reused pid is never hit); at EOF (the driver ended, however: even
+# by SIGKILL the kernel closes the pipe) it sends SIGTERM to those still alive, then SIGKILL.
+_REAPER_SRC = r"""
+import os, select, signal, sys, time
+import psutil
+driver = psutil.Process(int(sys.argv[1]))
+seen = {}
+def record():
+    try:
+        for p in driver.children(recursive=True):
+            try:
+                if p.pid != os.getpid() and "ray" in " ".join(p.cmdline()).lower():
+                    seen.setdefault(p.pid, p.create_time())
+            except psutil.Error:
+                pass
+    except psutil.Error:
+        pass
+fd = sys.stdin.fileno()
+while True:
+    record()
+    if select.select([fd], [], [], 1.0)[0] and not os.read(fd, 4096):
+        break
+alive = []
+for pid, t in seen.items():
+    try:
+        p = psutil.Process(pid)
+        if p.create_time() == t:
+            p.send_signal(signal.SIGTERM)
+            alive.append(p)
+    except psutil.Error:
+        pass
+_, left = psutil.wait_procs(alive, timeout=3)
+for p in left:
+    try:
+        p.kill()
+    except psutil.Error:
+        pass
+"""
+_reaper: subprocess.Popen | None = None
+
+
+def _start_reaper() -> None:
+    """Start the reaper of this driver's embedded Ray (replacing the previous one, whose Ray
+    was shut down). Ray fate-shares its direct children with the driver (PR_SET_PDEATHSIG),
+    but the dashboard and runtime-env agents are the raylet's children: after a SIGKILL of the
+    driver they outlived it by about a minute, ignoring SIGTERM meanwhile. Ray's own reaper
+    (services.start_reaper) kills its whole process group, which would first take the driver
+    out of the terminal's foreground group (Ctrl+C would no longer reach it); this one only
+    kills the processes it saw descend from the driver."""
+    global _reaper
+    stop_reaper()
+    import sys
+
+    _reaper = subprocess.Popen(  # noqa: S603 - fixed code, our own pid
+        [sys.executable, "-c", _REAPER_SRC, str(os.getpid())], stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)  # not in the driver's group: Ctrl+C / killpg spare it
+
+
+def stop_reaper() -> None:
+    """After ``ray.shutdown()`` of an embedded Ray: the reaper ends whatever of it is left
+    and exits (also done at interpreter exit, or by the kernel at any death of the driver)."""
+    global _reaper
+    if _reaper is not None:
+        _reaper.stdin.close()  # type: ignore[union-attr]
+        _reaper = None
+
+
 def ensure_ray(address: str | None, num_cpus: int | None, env: Mapping[str, str]) -> bool:
     """Start embedded Ray (or connect to ``address``) unless already initialised; returns
-    True when this call started it (the caller then shuts it down)."""
+    True when this call started it (the caller then shuts it down). An embedded Ray's
+    processes end with the driver however it ends, SIGKILL included (`_start_reaper`)."""
     import ray
 
     if ray.is_initialized():
@@ -605,6 +757,7 @@ def ensure_ray(address: str | None, num_cpus: int | None, env: Mapping[str, str]
     if address:
         ray.init(address=address, **kw)
     else:
+        _start_reaper()  # before ray.init: it records the processes as they appear
         ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kw)
     return True
 
@@ -649,15 +802,48 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
            "fault": dict(fault) if fault else None}
     tracker = None
     stop_hb = threading.Event()
+    lost: list[str] = []  # set by the heartbeat when the sweep must stop
 
     def heartbeat() -> None:
-        while not stop_hb.wait(30):
+        # Every failure is logged; once the lock has not been refreshed for nearly the stale
+        # time (another driver could then take it over), or another driver holds it, the sweep
+        # is stopped: SIGINT to the main thread, which Tune turns into a clean stop.
+        last_ok = time.monotonic()
+        fails = 0
+        while not stop_hb.wait(HEARTBEAT_S):
+            why = None
             try:
                 store.heartbeat(lock)
-            except Exception:
-                pass
+                cur = store.read_lock() or {}
+                if not cur.get("token"):  # gone, unreadable, or read while being written
+                    raise OSError(f"lock file {store.lock_path} is missing or unreadable")
+                if cur["token"] != lock["token"]:
+                    why = (f"another driver took its lock over (pid {cur.get('pid')} on host "
+                           f"{cur.get('host')})")
+                else:
+                    last_ok, fails = time.monotonic(), 0
+                    continue
+            except Exception as ex:
+                fails += 1
+                age = time.monotonic() - last_ok
+                err = " ".join(f"{type(ex).__name__}: {ex}".split())[:300]
+                log.error("driver lock heartbeat failed (%d in a row, lock last refreshed "
+                          "%.0f s ago; another driver may take the sweep over after %.0f s): %s",
+                          fails, age, LOCK_STALE_S, err)
+                if age < LOCK_STALE_S - 3 * HEARTBEAT_S:
+                    continue
+                why = (f"its lock {store.lock_path} could not be refreshed for {age:.0f} s "
+                       f"({fails} failures, last: {err})")
+            lost.append(f"sweep '{sweep.name}' stopped: {why}; no other driver may run it "
+                        "meanwhile. Finished trials are kept: fix access to the results "
+                        "folder, then `symsweep resume`")
+            import signal
 
-    hb = threading.Thread(target=heartbeat, daemon=True)
+            # a real SIGINT to the main thread (wakes a blocking wait, unlike interrupt_main)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            return
+
+    hb = threading.Thread(target=heartbeat, daemon=True, name="driver-lock-heartbeat")
     hb.start()
     started_ray = False
     try:
@@ -688,7 +874,13 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
             _run_tune(sweep, todo, trials, ctx, store, summary, tracker,
                       max_failures if max_failures is not None else p.max_failures, progress,
                       console)
+            if lost:  # Tune stopped on the heartbeat's SIGINT
+                raise LockLostError(lost[0])
         summary.derived_written += materialize_derived(store, trials, ctx)
+    except KeyboardInterrupt:
+        if lost:  # the heartbeat's SIGINT outside Tune
+            raise LockLostError(lost[0]) from None
+        raise
     finally:
         stop_hb.set()
         if tracker is not None:
@@ -697,7 +889,13 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
             import ray
 
             ray.shutdown()
-        store.release_lock(lock)
+            stop_reaper()
+        try:
+            store.release_lock(lock)
+        except Exception as ex:  # e.g. the access the heartbeat lost: the error above stands
+            log.error("could not release the driver lock %s (%s: %s); a later driver on this "
+                      "host takes it over once this process has ended", store.lock_path,
+                      type(ex).__name__, ex)
     summary.wall_s = time.time() - t_start
     return summary
 
@@ -771,7 +969,7 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
     # kernels first; cells sharing tiles (gap/lap4/lap8 of one transform) far apart, so that
     # the second finds the first's tiles in the cache instead of computing them concurrently
     order = sorted(todo, key=lambda t: (t.kind != "kernel", t.config.get("arch") not in
-                                        ("gap", "lap4", "lap8"), t.config.get("arch")))
+                                        FULL_COV_ARCHS, t.config.get("arch")))
 
     def on_complete(trial_id: str) -> None:
         # derived cells are written once after the run (run_sweep), not here: re-reading the
@@ -781,14 +979,8 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
 
     cb = ProgressCallback(total=len(todo), title=f"{sweep.name} [{ctx['preset']}]",
                           on_attempt_end=on_complete, enabled=progress, console=console)
-    # workers defined in a sweep file (imported by load_sweep under a private module name that
-    # Ray workers cannot import) travel to the workers by value
-    from ray import cloudpickle
-
     for fn in (sweep.workers or {}).values():
-        mod = sys.modules.get(getattr(fn, "__module__", ""))
-        if mod is not None and mod.__name__.startswith(SWEEP_MODULE_PREFIX):
-            cloudpickle.register_pickle_by_value(mod)
+        ship_by_value(fn)
     trainable = tune.with_resources(
         tune.with_parameters(tune_trainable, workers=dict(sweep.workers or {})),
         trial_resources)

@@ -374,16 +374,13 @@ class Store:
         return t.drop_columns([PART_COL]), corrupt
 
     def read_part(self, name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """One attempt's row and its history rows, from its part file or the compacted file
-        that folded it."""
+        """One attempt's row and its history rows, from its part files or the compacted files
+        that folded them. Raises when either cannot be read or is missing (the writer writes
+        the history first, so a missing one was lost: it is not an empty history)."""
         row = self._read_one(self.trials_dir, name, TRIAL_SCHEMA)
         if len(row) != 1:
             raise ValueError(f"part {name}: expected 1 row, found {len(row)}")
-        try:
-            hist = self._read_one(self.history_dir, name, HISTORY_SCHEMA)
-        except FileNotFoundError:
-            hist = []
-        return row[0], hist
+        return row[0], self._read_one(self.history_dir, name, HISTORY_SCHEMA)
 
     def _read_one(self, d: str, name: str, schema: pa.Schema) -> list[dict[str, Any]]:
         # the loose file first (one stat, no listing: the mirror calls this once per part)

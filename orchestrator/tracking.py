@@ -7,6 +7,14 @@ preset, attempt, part file, and the config as the artifact ``config.json``. Mirr
 background thread of the driver (SQLite wants a single writer) and re-syncs at start, so
 attempts finished while a killed driver could not log them appear after `resume`. An MLflow
 failure logs a warning and never stops a sweep.
+
+Faults: a run counts as mirrored only once fully logged (the tag ``symsweep.mirrored`` is set
+last); a run a killed driver left half-logged (RUNNING, no metrics) is deleted and mirrored
+again at the next sync. The first use of a shared SQLite store (schema creation and migration)
+is serialised across processes by a file lock ``<db>.lock``, since drivers starting at once left
+it half-migrated; a store MLflow cannot open is reported in one line naming the fix. A part
+whose row, history or config cannot be read is not mirrored (said loudly) and tried again at
+the next start, never mirrored as empty.
 """
 
 from __future__ import annotations
@@ -22,6 +30,57 @@ from typing import Any
 from orchestrator.store import Store
 
 log = logging.getLogger("symsweep")
+
+MIRRORED_TAG = "symsweep.mirrored"  # set last: the run is completely logged
+INIT_LOCK_TIMEOUT_S = 600.0  # waiting for another process's schema migration
+
+
+class MlflowStoreError(RuntimeError):
+    """The MLflow store cannot be opened; the message is one line that names the fix."""
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (absolute with four slashes), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def open_store(uri: str) -> Any:
+    """An MlflowClient; for SQLite, its store opened and at MLflow's schema.
+
+    For SQLite, the first opening (which creates and migrates the schema) holds the file lock
+    ``<db>.lock`` (the ``filelock`` package), so drivers starting at once do not migrate the
+    same file concurrently. Raises `MlflowStoreError` (one line: what is wrong, how to fix it)
+    when the database cannot be opened, e.g. a schema left half-migrated.
+    """
+    from filelock import FileLock, Timeout
+    from mlflow.tracking import MlflowClient
+
+    for name in ("alembic", "mlflow", "sqlalchemy"):  # mlflow sets INFO on import
+        logging.getLogger(name).setLevel(logging.WARNING)
+    db = sqlite_path(uri)
+    if db is None:  # a server: its trouble may pass, the caller warns and tries again
+        return MlflowClient(tracking_uri=uri)
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{db}.lock", timeout=INIT_LOCK_TIMEOUT_S):
+            # the client may open the store already: both inside the lock
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)  # creates / verifies the schema
+    except Timeout as ex:
+        raise MlflowStoreError(
+            f"MLflow tracking store {db} is locked by another process for more than "
+            f"{INIT_LOCK_TIMEOUT_S:.0f} s ({ex}); if no symsweep driver is starting, delete "
+            f"{db}.lock") from ex
+    except Exception as ex:
+        what = " ".join(f"{type(ex).__name__}: {ex}".split())[:300]
+        raise MlflowStoreError(
+            f"MLflow tracking store {db} cannot be opened ({what}); delete {db} (the Parquet "
+            "parts are the record: the next `symsweep resume` mirrors every run again) or pass "
+            "--mlflow-uri") from ex
+    return client
 
 
 def default_mlflow_uri(store: Store) -> str:
@@ -54,7 +113,11 @@ class Tracker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._warned = False
+        self._client_obj: Any = None
+        self.broken: str | None = None  # the one-line error once the store failed to open
         self.logged_runs = 0
+        self.repaired_runs = 0  # half-logged runs (driver killed mid-log) deleted, re-mirrored
+        self._threshold: float | None = None
         for name in ("alembic", "mlflow", "sqlalchemy"):
             logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -82,8 +145,14 @@ class Tracker:
     # ------------------------------------------------------------------ sync
     def sync(self) -> int:
         """Log every part file not yet in MLflow; returns how many runs were created."""
+        if self.broken is not None:
+            return 0
         try:
             return self._sync()
+        except MlflowStoreError as ex:
+            self.broken = str(ex)
+            log.error("%s", ex)
+            return 0
         except Exception as ex:
             if not self._warned:
                 log.warning("MLflow tracking at %s failed (%s: %s); the sweep goes on, results "
@@ -92,11 +161,9 @@ class Tracker:
             return 0
 
     def _client(self) -> Any:
-        from mlflow.tracking import MlflowClient
-
-        for name in ("alembic", "mlflow", "sqlalchemy"):  # mlflow sets INFO on import
-            logging.getLogger(name).setLevel(logging.WARNING)
-        return MlflowClient(tracking_uri=self.uri)
+        if self._client_obj is None:
+            self._client_obj = open_store(self.uri)
+        return self._client_obj
 
     def _experiment(self, client: Any) -> str:
         if self._exp_id is None:
@@ -111,14 +178,39 @@ class Tracker:
         return self._exp_id
 
     def _existing(self, client: Any, exp_id: str) -> set[str]:
+        """Part files with a completely logged run. A run with a part_file tag but not marked
+        mirrored (its driver was killed while logging it: RUNNING, metrics missing) is
+        deleted, so that its part is mirrored again; runs logged before the mark existed count
+        when MLflow saw them terminated (set_terminated was their last call)."""
         names: set[str] = set()
         token = None
         while True:
             page = client.search_runs([exp_id], max_results=5000, page_token=token)
-            names.update(r.data.tags.get("part_file", "") for r in page)
+            for r in page:
+                part = r.data.tags.get("part_file")
+                if not part:
+                    continue
+                mark = r.data.tags.get(MIRRORED_TAG)
+                if mark == "1" or (mark is None and r.info.status != "RUNNING"
+                                   and "symsweep.version" not in r.data.tags):
+                    names.add(part)
+                else:
+                    log.warning("MLflow run %s of part %s was left half-logged (driver killed "
+                                "while mirroring); deleting it and mirroring the part again",
+                                r.info.run_id, part)
+                    client.delete_run(r.info.run_id)
+                    self.repaired_runs += 1
             token = page.token
             if not token:
                 return names
+
+    def _read_part(self, name: str) -> tuple[dict, list[dict]]:
+        """Row and history of one part; raises when either file cannot be read (an unreadable
+        history is not an empty one)."""
+        # through the store: after `symsweep compact` the part lives in a compacted file
+        row, hist = self.store.read_part(name)
+        json.loads(row.get("config_json") or "{}")  # a corrupt config raises here
+        return row, hist
 
     def _sync(self) -> int:
         parts = self.store.parts()
@@ -133,8 +225,13 @@ class Tracker:
             if p.name in self._logged:
                 continue
             try:
-                row, hist = self.store.read_part(p.name)
-            except Exception:  # corrupt part: `status` reports it; nothing to mirror
+                row, hist = self._read_part(p.name)
+            except Exception as ex:
+                # Not mirrored (nor marked): `status` names a corrupt part; after it is
+                # repaired or deleted, the next start mirrors what is there.
+                log.warning("MLflow mirror: part %s not mirrored, it cannot be read (%s: %s); "
+                            "`symsweep status` lists corrupt parts", p.name, type(ex).__name__,
+                            " ".join(str(ex).split())[:200])
                 self._logged.add(p.name)
                 continue
             self._log_run(client, exp_id, p.name, row, hist)
@@ -151,6 +248,8 @@ class Tracker:
                 "preset": str(row.get("preset") or self.preset), "attempt": str(row["attempt"]),
                 "part_file": part, "sweep": row["sweep"], "kind": str(row.get("kind")),
                 "code_version": str(row.get("code_version")), "host": str(row.get("host"))}
+        tags["symsweep.version"] = "2"  # runs of this version carry MIRRORED_TAG when complete
+        tags["success"] = str(self._success(row)).lower()
         if row.get("derived_from"):
             tags["derived_from"] = row["derived_from"]
         if row.get("error"):
@@ -178,6 +277,18 @@ class Tracker:
         client.log_text(rid, json.dumps(cfg, indent=1, sort_keys=True), "config.json")
         client.set_terminated(rid, status="FINISHED" if row["status"] != "failed" else "FAILED",
                               end_time=ts)
+        client.set_tag(rid, MIRRORED_TAG, "1")  # last: everything above is logged
+
+    def _success(self, row: dict) -> bool:
+        """The one definition of success (`analysis.successful`) at the threshold the tables
+        use (`analysis.success_threshold` of the manifest)."""
+        import pandas as pd
+
+        from orchestrator.analysis import success_threshold, successful
+
+        if self._threshold is None:
+            self._threshold = success_threshold(self.store.read_manifest())
+        return bool(successful(pd.DataFrame([row]), self._threshold).iloc[0])
 
 
 # ====================================================================== progress
@@ -270,6 +381,16 @@ class ProgressCallback(_tune_callback_base()):  # type: ignore[misc]
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.retries += 1
         self._end(trial)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        # A trial's own log does not reach the driver (log_to_driver=False): what the driver
+        # must say comes back in the trial's results.
+        n = result.get("tiles_corrupt")
+        if n:
+            log.warning("trial %s: %s kernel tile(s) were corrupt or not their key's and were "
+                        "recomputed: %s", self._id(trial), n,
+                        result.get("tiles_corrupt_note") or "(no detail)")
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         self._refresh()

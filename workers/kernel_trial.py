@@ -30,23 +30,10 @@ from typing import Any
 import numpy as np
 
 from workers.errors import ConfigError
+from workers.metrics import accuracy, mse
+from workers.vocab import FULL_COV_ARCHS
 
 KERNEL_INFERENCES = ("ntk", "nngp")
-FULL_COV = ("gap", "lap4", "lap8")
-
-
-def _accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
-    """Fraction of rows of pred (N, K) whose argmax equals labels (N,)."""
-    if len(labels) == 0:
-        return math.nan
-    return float(np.mean(np.argmax(pred, axis=1) == labels))
-
-
-def _mse(pred: np.ndarray, y: np.ndarray) -> float:
-    """Mean of (pred - y)^2 over all N x K entries."""
-    if y.size == 0:
-        return math.nan
-    return float(np.mean((np.asarray(pred, np.float64) - y) ** 2))
 
 
 def kernel_metrics(k_train: Mapping[str, np.ndarray], k_test: Mapping[str, np.ndarray],
@@ -80,13 +67,13 @@ def kernel_metrics(k_train: Mapping[str, np.ndarray], k_test: Mapping[str, np.nd
         p_va = (kernel_apply(k_val[kind], alpha) if k_val is not None and kind in k_val
                 and k_val[kind].shape[0] else np.zeros((0,) + alpha.shape[1:]))
         finite = all(np.all(np.isfinite(p)) for p in (p_tr, p_te, p_va))
-        m = {"test_acc": _accuracy(p_te, labels_test), "test_mse": _mse(p_te, y_test),
-             "train_acc": _accuracy(p_tr, labels_train),
-             "val_acc": _accuracy(p_va, labels_val) if len(p_va) and labels_val is not None
+        m = {"test_acc": accuracy(p_te, labels_test), "test_mse": mse(p_te, y_test),
+             "train_acc": accuracy(p_tr, labels_train),
+             "val_acc": accuracy(p_va, labels_val) if len(p_va) and labels_val is not None
              else math.nan,
              "finite": float(finite)}
         if len(p_va) and y_val is not None:
-            m["val_mse"] = _mse(p_va, y_val)
+            m["val_mse"] = mse(p_va, y_val)
         if test_predictions is not None:
             test_predictions[kind] = p_te
         out[kind] = m
@@ -122,7 +109,7 @@ def run_kernel_trial(config: Mapping[str, Any],
     # together costs about one, and the tiles (cached by content) then serve all three cells.
     # Only this cell's arch is assembled into (N, N) matrices; the sibling readouts of the
     # tiles go to the tile cache (through map_tiles) for their own cells.
-    archs = list(FULL_COV) if arch in FULL_COV else [arch]
+    archs = list(FULL_COV_ARCHS) if arch in FULL_COV_ARCHS else [arch]
     kw["assemble"] = [arch]
     k_tr = kernel_matrices(archs, ds.x_train, None, **kw)[arch]
     k_te = kernel_matrices(archs, ds.x_test, ds.x_train, **kw)[arch]

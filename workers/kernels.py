@@ -53,10 +53,10 @@ import numpy as np
 from jax import lax
 
 from workers.errors import ConfigError, DataError
+from workers.vocab import ARCHS, DIAG_COV_ARCHS, FULL_COV_ARCHS
 
-ARCHS: tuple[str, ...] = ("fcn", "lcn", "vec", "gap", "lap4", "lap8")
-_DIAG = ("vec", "lcn")
-_FULL = ("gap", "lap4", "lap8")
+_DIAG = DIAG_COV_ARCHS
+_FULL = FULL_COV_ARCHS
 
 # Default tile memory budget (bytes) of `kernel_matrices` / `plan_tiles`.
 DEFAULT_MEMORY_BYTES = 2 * 1024**3
@@ -139,9 +139,21 @@ def relu_kernels(k: Array, t: Array, s1: Array, s2: Array, same: Array | None) -
     (s1 s2 (sin th + (pi - th) cos th) / (2 pi), t (pi - th) / (2 pi)), cos th = k / (s1 s2).
     One square root per entry: with r = |cos th|, s = sqrt(1 - r), arccos(r) = s P(r) and
     sin th + (pi - th) cos th = s^3 R(r) + pi max(cos th, 0) (see `_poly_coefficients`).
+    Where s1 or s2 is 0 both outputs are 0 (the b_var -> 0 limit; see the comment below).
     """
     pc, rc = _poly_coefficients(_degree(k.dtype))
-    rho = jnp.clip(k * ((1.0 / s1) * (1.0 / s2)), -1.0, 1.0)
+    # A side with zero variance (b_var = 0 and an all-zero input or patch) has u == 0 almost
+    # surely, so relu(u) == 0 and E[relu(u) relu(v)] = 0; and |k| <= s1 s2 = 0, |t| <= 0 there
+    # (Cauchy-Schwarz on both kernels), so Theta_out = t * E[relu' relu'] = 0 whatever the
+    # correlation. Those are the b_var -> 0 limits (checked against b_var = 1e-8 in
+    # tests/faults/test_numerics.py). k / (s1 s2) would be 0 / 0 = NaN: use rho = 0 there (any
+    # finite value gives the same outputs, both being multiplied by 0), and divide by 1 instead
+    # of 0 so that no inf or NaN is formed at all.
+    ok = (s1 > 0) & (s2 > 0)
+    one = jnp.ones_like(s1 * s2)
+    rho = jnp.clip(k * ((1.0 / jnp.where(ok, s1, one)) * (1.0 / jnp.where(ok, s2, one))),
+                   -1.0, 1.0)
+    rho = jnp.where(ok, rho, jnp.zeros_like(rho))
     if same is not None:
         rho = jnp.where(same, jnp.ones_like(rho), rho)
     r = jnp.abs(rho)

@@ -42,6 +42,8 @@ from typing import Any
 
 import numpy as np
 
+from workers.vocab import FULL_COV_ARCHS
+
 # Python + NumPy + JAX/XLA runtime and compiled kernels of one trial process (measured RSS of
 # a worker after importing jax and compiling one tile is 0.4-0.6 GB on CPU; rounded up).
 PROCESS_BYTES = 1 << 30
@@ -65,8 +67,7 @@ def kernel_trial_bytes(
     """
     from workers.kernels import DEFAULT_MEMORY_BYTES, plan_tiles, tile_bytes
 
-    full = ("gap", "lap4", "lap8")
-    comp = list(archs_computed or (full if arch in full else (arch,)))
+    comp = list(archs_computed or (FULL_COV_ARCHS if arch in FULL_COV_ARCHS else (arch,)))
     h, w, c = (int(s) for s in image_shape)
     n, v, m = int(n_train), int(n_val), int(n_test)
     matrices = 2 * n * (n + v + m) * itemsize

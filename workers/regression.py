@@ -19,6 +19,7 @@ import numpy as np
 import scipy.linalg
 
 from workers.errors import ConfigError, DataError
+from workers.metrics import accuracy, mse
 
 DEFAULT_DIAG_REG = 1e-6
 
@@ -146,26 +147,6 @@ def kernel_predict(
     if n == 0:
         return np.zeros((ksx.shape[0],) + y.shape[1:])
     return kernel_apply(ksx, kernel_fit(kxx, y, diag_reg=diag_reg))
-
-
-def accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
-    """Fraction of rows whose argmax of pred (M, K) equals the integer label (M,)."""
-    pred = np.asarray(pred)
-    labels = np.asarray(labels)
-    if pred.shape[0] != labels.shape[0]:
-        raise ConfigError(f"pred has {pred.shape[0]} rows, labels {labels.shape[0]}")
-    if pred.shape[0] == 0:
-        return float("nan")
-    return float(np.mean(np.argmax(pred, axis=1) == labels))
-
-
-def mse(pred: np.ndarray, y: np.ndarray) -> float:
-    """Mean squared error per output: mean over rows and outputs of (pred - y)^2."""
-    pred = np.asarray(pred, np.float64)
-    y = np.asarray(y, np.float64)
-    if pred.shape != y.shape:
-        raise ConfigError(f"pred shape {pred.shape} differs from target shape {y.shape}")
-    return float(np.mean((pred - y) ** 2))
 
 
 def regression_metrics(

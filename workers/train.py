@@ -44,17 +44,15 @@ import numpy as np
 import optax
 
 from workers.errors import ConfigError
+from workers.metrics import accuracy, mse
 from workers.models import count_params, init_params, make_model
-from workers.vocab import PAPER_WIDTHS
+from workers.vocab import FINITE_INFERENCES, INFERENCE_DEFAULTS, PAPER_WIDTHS
 
 Report = Callable[[dict, "str | None"], None]
 
-INFERENCES: tuple[str, ...] = ("nn", "nn_plus")
-# c (learning-rate factor) and lambda (L2) per inference algorithm (docs/protocol.md, "I").
-INFERENCE_DEFAULTS: dict[str, dict[str, float]] = {
-    "nn": {"lr_factor": 1.0, "l2": 0.0},
-    "nn_plus": {"lr_factor": 8.0, "l2": 1e-7},
-}
+# the inferences this worker runs; c (learning-rate factor) and lambda (L2) of each are
+# INFERENCE_DEFAULTS (docs/protocol.md, "I")
+INFERENCES: tuple[str, ...] = FINITE_INFERENCES
 
 DEFAULTS: dict[str, Any] = {
     "arch": "fcn",
@@ -462,11 +460,7 @@ class Trainer:
 
 def _scores(logits: np.ndarray, y: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """(accuracy, MSE) of logits (N, K) against targets y (N, K); MSE is the mean over N K."""
-    if logits.shape[0] == 0:
-        return float("nan"), float("nan")
-    acc = float(np.mean(np.argmax(logits, 1) == np.asarray(labels)))
-    mse = float(np.mean(np.square(logits - np.asarray(y, logits.dtype))))
-    return acc, mse
+    return accuracy(logits, labels), mse(logits, y, dtype=logits.dtype)
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -11,7 +11,6 @@ traceback.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -20,35 +19,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from fault_helpers import FIG2, REPO, one_line_error, snapshot
 
 from orchestrator.cli import main
 from orchestrator.spec import file_sha256, load_sweep, parse_only, select_trials
 from orchestrator.store import Store
 from workers.errors import ConfigError
-
-REPO = Path(__file__).resolve().parents[2]
-FIG2 = REPO / "sweeps" / "fig2.py"
-
-
-# ----------------------------------------------------------------------------- helpers
-def snapshot(root: Path) -> dict[str, str]:
-    """Every file under root -> sha256 of its bytes (directories too, as 'dir')."""
-    out: dict[str, str] = {}
-    if not root.exists():
-        return out
-    for p in sorted(root.rglob("*")):
-        rel = str(p.relative_to(root))
-        out[rel] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
-
-
-def one_line_error(capsys, *needles: str) -> str:
-    """The captured stderr: exactly one line, 'symsweep: error: ...', containing needles."""
-    err = capsys.readouterr().err
-    assert err.startswith("symsweep: error: ") and err.count("\n") == 1, err
-    for n in needles:
-        assert n in err, (n, err)
-    return err
 
 
 def assert_no_ray() -> None:

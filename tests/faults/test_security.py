@@ -8,33 +8,16 @@ part file rewrote a stored accuracy, ``ATTACH`` created files.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from fault_helpers import FIG2, REPO, one_line_error, snapshot
 
 from orchestrator.cli import main
 from orchestrator.spec import file_sha256, load_sweep
 from orchestrator.store import Store
-
-REPO = Path(__file__).resolve().parents[2]
-FIG2 = REPO / "sweeps" / "fig2.py"
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every file under root -> sha256 of its bytes."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def one_line_error(capsys, *needles: str) -> str:
-    err = capsys.readouterr().err
-    assert err.startswith("symsweep: error: ") and err.count("\n") == 1, err
-    for n in needles:
-        assert n in err, (n, err)
-    return err
 
 
 def evil_folder(root: Path, sweep: str, marker: Path) -> Path:
