@@ -249,12 +249,13 @@ def status(
     m = _manifest_or_fail(results, sweep)
     store = Store(results, sweep)
     df, corrupt = store.latest()
-    by_id = {r["trial_id"]: r for r in df.to_dict("records")}
+    # status per trial only: a dict per row (df.to_dict) took 3 of 4.7 s at 10^5 attempts
+    status_of = dict(zip(df["trial_id"], df["status"], strict=True))
     counts = {"completed": 0, "diverged": 0, "failed": 0, "missing": 0}
     per_kind: dict[str, dict[str, int]] = {}
     derived = 0
     for t in m["trials"]:
-        st = by_id.get(t["trial_id"], {}).get("status", "missing")
+        st = status_of.get(t["trial_id"], "missing")
         counts[st] = counts.get(st, 0) + 1
         per_kind.setdefault(t["kind"], {}).setdefault(st, 0)
         per_kind[t["kind"]][st] += 1
@@ -268,7 +269,7 @@ def status(
     tab.add_row("all", *(str(v) for v in counts.values()), str(len(m["trials"])))
     con.print(tab)
     con.print(f"{derived} trials are copies of an equal kernel cell (derived_from)")
-    extra = set(by_id) - {t["trial_id"] for t in m["trials"]}
+    extra = set(status_of) - {t["trial_id"] for t in m["trials"]}
     if extra:
         con.print(f"{len(extra)} trials in the store are not in the last expansion")
     lock = store.read_lock()
@@ -455,6 +456,30 @@ def plot(
     path = out or f"{results.rstrip('/')}/{sweep}/{sweep}.png"
     p = plot_fig2(cells, path, title=f"{sweep} [{m['preset']}]: {metric}")
     print(f"wrote {p}")
+
+
+@app.command()
+def compact(
+    sweep: str = typer.Argument(..., help="Sweep name, e.g. fig2"),
+    results: str = typer.Option("results", envvar="SYMSWEEP_RESULTS", help=RESULTS_HELP),
+) -> None:
+    """Fold SWEEP's finished part files into one larger file per directory (optional: makes
+    status / query / table fast at 10^5 attempts). Every attempt row is kept; refused while a
+    driver runs the sweep."""
+    from orchestrator.store import Store
+
+    _manifest_or_fail(results, sweep)
+    store = Store(results, sweep)
+    out = store.compact()
+    print(f"{sweep}: folded {out['attempts']} attempt part(s) and {out['history_parts']} "
+          f"history part(s) into {len(out['written'])} file(s), deleted {out['deleted']} "
+          "folded part file(s)")
+    for f in out["written"]:
+        print(f"  wrote {f}")
+    if out["corrupt"]:
+        print(f"{len(out['corrupt'])} CORRUPT file(s) left in place (see `symsweep status "
+              f"{sweep}`)", file=sys.stderr)
+        raise typer.Exit(1)
 
 
 def _click_exception_types() -> tuple[tuple[type, ...], tuple[type, ...]]:

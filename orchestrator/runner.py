@@ -579,6 +579,7 @@ def materialize_derived(store: Store, trials: list[Trial], ctx: Mapping[str, Any
         return 0
     df, _ = store.latest()
     rows = {r["trial_id"]: r for r in df.to_dict("records")}
+    attempts = store.attempt_index()  # one listing, not one per derived trial
     n = 0
     for t in derived:
         mine = rows.get(t.trial_id)
@@ -590,7 +591,7 @@ def materialize_derived(store: Store, trials: list[Trial], ctx: Mapping[str, Any
         import json
 
         metrics = json.loads(src.get("metrics_json") or "{}")
-        r = _row(t, ctx, store.next_attempt(t.trial_id), now_utc(), metrics, src["status"],
+        r = _row(t, ctx, attempts.get(t.trial_id, 0) + 1, now_utc(), metrics, src["status"],
                  src.get("error"), 0.0)
         for k in ("best_test_acc", "test_acc", "test_mse", "val_acc", "train_acc", "steps",
                   "best_train_acc", "eta0", "train_size", "test_size"):
@@ -969,12 +970,10 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
     # the second finds the first's tiles in the cache instead of computing them concurrently
     order = sorted(todo, key=lambda t: (t.kind != "kernel", t.config.get("arch") not in
                                         FULL_COV_ARCHS, t.config.get("arch")))
-    has_derived = {t.derived_from for t in trials if t.derived_from}
 
     def on_complete(trial_id: str) -> None:
-        if trial_id in has_derived:
-            summary.derived_written += materialize_derived(store, trials, ctx,
-                                                           only_source=trial_id)
+        # derived cells are written once after the run (run_sweep), not here: re-reading the
+        # store after every source trial is quadratic in the number of attempts
         if tracker is not None:
             tracker.poke()
 

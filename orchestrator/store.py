@@ -6,20 +6,39 @@ Layout under the results root (a local directory or any URI pyarrow understands)
     <root>/<sweep>/history/<same name>.parquet                   long format: step, metric, value
     <root>/<sweep>/sweep.json                                    what the last `run` expanded
     <root>/<sweep>/driver.lock                                   the live driver (host, pid, ...)
+    <root>/<sweep>/{trials,history}/compacted-<stamp>-<rand>.parquet   parts folded by `compact`
 
 Every part file is written to a hidden temporary name and then renamed, so a reader never sees
 half a file and two writers never share one. Readers skip hidden names; a part file that
 exists but does not parse is reported as corrupt (never silently read or dropped).
 The DuckDB view ``trials`` keeps the latest attempt per (sweep, trial_id); ``trials_all`` has
 every attempt and ``history`` the per-step metrics.
+
+Reading: one directory listing, then ONE pyarrow-dataset scan over all part files (a
+multi-threaded read, not a ``pq.read_table`` per file). pyarrow datasets rather than DuckDB's
+``read_parquet`` glob because they read through the same ``pyarrow.fs`` filesystem the writer
+uses, so local paths, s3:// and gs:// work with the same credentials and no DuckDB ``httpfs``
+extension to download at run time (clusters are often offline); DuckDB then queries the Arrow
+table in memory. Only when that scan fails are the files read one by one, to name the corrupt
+part(s) and keep the rest.
+
+Compaction (``Store.compact``, ``symsweep compact``) writes each batch of folded parts as one
+``compacted-*.parquet`` per directory, whose rows carry their part name (column ``part``) and
+whose footer lists every folded part (key ``symsweep.parts``, so parts without history rows
+count too). The compacted file is written atomically first, then the folded parts are deleted;
+readers drop every loose part already listed in a compacted file, so the window between the two
+steps (or a crash inside it) never double counts and never loses a row.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import glob
 import json
+import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,10 +46,14 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from workers.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 TS = pa.timestamp("us", tz="UTC")
 TRIAL_SCHEMA = pa.schema([
@@ -80,6 +103,9 @@ HISTORY_SCHEMA = pa.schema([
 ])
 STATUSES = ("completed", "diverged", "failed")
 DONE_STATUSES = ("completed", "diverged")  # a finished result; resume does not redo these
+COMPACT_PREFIX = "compacted-"  # never a part name: parse_part_name needs '-a<digits>-'
+PARTS_KEY = b"symsweep.parts"  # footer key of a compacted file: JSON list of folded parts
+PART_COL = "part"  # the part name of each row inside a compacted file
 LATEST_SQL = (
     "select * exclude (_rn) from (select *, row_number() over (partition by sweep, trial_id "
     "order by attempt desc, finished_at desc) as _rn from trials_all) where _rn = 1"
@@ -116,16 +142,27 @@ def _to_record(row: Mapping[str, Any]) -> dict[str, Any]:
     return rec
 
 
+def _conform(t: pa.Table, schema: pa.Schema) -> pa.Table:
+    """t with exactly schema's columns, in order, cast to schema's types; a column an older
+    file lacks is null. Raises (ArrowInvalid / ArrowTypeError) when a column cannot cast."""
+    cols = [t[f.name].cast(f.type) if f.name in t.column_names
+            else pa.nulls(t.num_rows, f.type) for f in schema]
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
 @dataclass
 class PartInfo:
+    """One attempt's part: its file name, and the compacted file holding it (None: loose)."""
+
     name: str
     trial_id: str
     attempt: int
+    compacted_in: str | None = None
 
 
 def parse_part_name(name: str) -> PartInfo | None:
     """`<trial_id>-a<attempt>-<rand>.parquet` -> PartInfo; None for other names."""
-    if name.startswith(".") or not name.endswith(".parquet"):
+    if name.startswith((".", COMPACT_PREFIX)) or not name.endswith(".parquet"):
         return None
     stem = name[: -len(".parquet")]
     parts = stem.split("-")
@@ -144,24 +181,90 @@ class Store:
         self.dir = f"{self.base}/{sweep}"
         self.trials_dir = f"{self.dir}/trials"
         self.history_dir = f"{self.dir}/history"
+        self._folded_cache: dict[str, list[str]] = {}
 
     # ------------------------------------------------------------------ listing
     def _list(self, d: str) -> list[str]:
+        """File names in d: one listing (one paginated LIST request on an object store)."""
         sel = pafs.FileSelector(d, allow_not_found=True)
         return sorted(i.base_name for i in self.fs.get_file_info(sel)
                       if i.type == pafs.FileType.File)
 
+    def _folded(self, d: str, compacted: list[str]) -> dict[str, str]:
+        """{part name: compacted file} for the compacted files of d (their footers only;
+        cached, since a compacted file is never rewritten). An unreadable compacted file
+        raises: it holds rows whose parts are gone, so skipping it would lose them."""
+        out: dict[str, str] = {}
+        for c in compacted:
+            key = f"{d}/{c}"
+            if key not in self._folded_cache:
+                try:
+                    meta = pq.read_schema(key, filesystem=self.fs).metadata or {}
+                    self._folded_cache[key] = json.loads(meta[PARTS_KEY].decode())
+                except Exception as ex:
+                    raise ConfigError(
+                        f"compacted file {key} is unreadable or lacks its part list ({ex}); "
+                        "the parts it folded exist only there: restore it from a copy (or move"
+                        " it away to read the rest of the sweep without those attempts)") from ex
+            out.update(dict.fromkeys(self._folded_cache[key], c))
+        return out
+
+    def _layout(self, d: str) -> tuple[list[str], list[str], dict[str, str]]:
+        """(loose part names not yet folded, compacted file names, folded part -> file)."""
+        names = self._list(d)
+        compacted = [n for n in names if n.startswith(COMPACT_PREFIX) and n.endswith(".parquet")]
+        folded = self._folded(d, compacted)
+        loose = [n for n in names if parse_part_name(n) is not None and n not in folded]
+        return loose, compacted, folded
+
     def parts(self) -> list[PartInfo]:
-        return [p for p in map(parse_part_name, self._list(self.trials_dir)) if p is not None]
+        """Every attempt's part, loose or folded into a compacted file, by name."""
+        loose, _, folded = self._layout(self.trials_dir)
+        out = [p for p in map(parse_part_name, loose) if p is not None]
+        for name, c in folded.items():
+            p = parse_part_name(name)
+            if p is not None:
+                out.append(PartInfo(p.name, p.trial_id, p.attempt, compacted_in=c))
+        return sorted(out, key=lambda p: p.name)
+
+    def attempt_index(self) -> dict[str, int]:
+        """{trial_id: highest attempt number used} over trial AND history parts, loose or
+        compacted, from one listing per directory. A history part counts because its trial
+        part may have been deleted (as `status` advises for a corrupt one): numbering the
+        re-run after it keeps the two attempts' history rows apart."""
+        best: dict[str, int] = {}
+        for d in (self.trials_dir, self.history_dir):
+            loose, _, folded = self._layout(d)
+            for n in (*loose, *folded):
+                p = parse_part_name(n)
+                if p is not None and p.attempt > best.get(p.trial_id, 0):
+                    best[p.trial_id] = p.attempt
+        return best
 
     def next_attempt(self, trial_id: str) -> int:
-        return 1 + max((p.attempt for p in self.parts() if p.trial_id == trial_id), default=0)
+        """1 + the highest attempt of trial_id in trial or history parts (loose or compacted).
+        Locally a glob on ``<trial_id>-a*.parquet`` (no per-file work for other trials);
+        elsewhere one listing per directory. Compacted files' part lists are cached."""
+        if not isinstance(self.fs, pafs.LocalFileSystem):
+            return 1 + self.attempt_index().get(trial_id, 0)
+        best = 0
+        for d in (self.trials_dir, self.history_dir):
+            names = [os.path.basename(p) for p in
+                     glob.glob(f"{glob.escape(d)}/{glob.escape(trial_id)}-a*.parquet")]
+            compacted = sorted(os.path.basename(p) for p in
+                               glob.glob(f"{glob.escape(d)}/{COMPACT_PREFIX}*.parquet"))
+            names += list(self._folded(d, compacted))
+            for n in names:
+                p = parse_part_name(n)
+                if p is not None and p.trial_id == trial_id:
+                    best = max(best, p.attempt)
+        return 1 + best
 
     # ------------------------------------------------------------------ writing
-    def _write_atomic(self, table: pa.Table, d: str, name: str) -> str:
+    def _write_atomic(self, table: pa.Table, d: str, name: str, **kw: Any) -> str:
         self.fs.create_dir(d, recursive=True)
         tmp = f"{d}/.{name}.{uuid.uuid4().hex[:6]}.tmp"
-        pq.write_table(table, tmp, filesystem=self.fs)
+        pq.write_table(table, tmp, filesystem=self.fs, **kw)
         self.fs.move(tmp, f"{d}/{name}")
         return f"{d}/{name}"
 
@@ -191,42 +294,104 @@ class Store:
                                   self.trials_dir, name)
 
     # ------------------------------------------------------------------ reading
-    def read_trials_all(self) -> tuple[pa.Table, list[tuple[str, str]]]:
-        """Every attempt row, and [(part name, error)] for part files that do not parse."""
-        tables, corrupt = [], []
-        for p in self.parts():
+    def _scan(self, d: str, schema: pa.Schema, one_row: bool
+              ) -> tuple[pa.Table, list[tuple[str, str]]]:
+        """All rows of directory d (schema + ``part``): compacted files, then every loose part
+        not yet folded in ONE dataset scan. Returns (table, [(file name, error)] for files that
+        do not parse). ``one_row``: a loose part must hold exactly one row (trial parts)."""
+        loose, compacted, _ = self._layout(d)
+        out_schema = schema.append(pa.field(PART_COL, pa.string()))
+        tables: list[pa.Table] = []
+        corrupt: list[tuple[str, str]] = []
+        for c in compacted:  # few, large: one read each
             try:
-                t = pq.read_table(f"{self.trials_dir}/{p.name}", filesystem=self.fs)
-                t = t.select(TRIAL_SCHEMA.names).cast(TRIAL_SCHEMA)
-                if t.num_rows != 1:
-                    raise ValueError(f"expected 1 row, found {t.num_rows}")
-                tables.append(t)
+                tables.append(_conform(pq.read_table(f"{d}/{c}", filesystem=self.fs),
+                                       out_schema))
             except Exception as ex:
-                corrupt.append((p.name, f"{type(ex).__name__}: {str(ex)[:200]}"))
-        table = pa.concat_tables(tables) if tables else TRIAL_SCHEMA.empty_table()
-        return table, corrupt
+                corrupt.append((c, f"{type(ex).__name__}: {str(ex)[:200]}"))
+        if loose:
+            try:
+                t = self._scan_fast(d, loose, schema)
+            except Exception as ex:  # name the culprit(s): rescan in chunks, per file in the
+                # chunks that fail (a corrupt part costs one chunk read one by one, not all)
+                log.warning("store: one scan over %d parts in %s failed (%s: %s); rescanning "
+                            "to name the corrupt part(s)", len(loose), d, type(ex).__name__,
+                            str(ex)[:200])
+                chunks = []
+                for i in range(0, len(loose), 512):
+                    try:
+                        chunks.append(self._scan_fast(d, loose[i:i + 512], schema))
+                    except Exception:
+                        c, bad = self._scan_slow(d, loose[i:i + 512], schema)
+                        chunks.append(c)
+                        corrupt += bad
+                t = pa.concat_tables(chunks)
+            if one_row:
+                counts = pc.value_counts(t[PART_COL])
+                n_by_part = dict(zip(counts.field("values").to_pylist(),
+                                     counts.field("counts").to_pylist(), strict=True))
+                named = {c for c, _ in corrupt}
+                wrong = {n for n in loose if n_by_part.get(n, 0) != 1 and n not in named}
+                if wrong:
+                    corrupt += [(n, f"ValueError: expected 1 row, found {n_by_part.get(n, 0)}")
+                                for n in sorted(wrong)]
+                    t = t.filter(pc.invert(pc.is_in(t[PART_COL], pa.array(sorted(wrong)))))
+            tables.append(t)
+        table = pa.concat_tables(tables) if tables else out_schema.empty_table()
+        return table, sorted(corrupt)
+
+    def _scan_fast(self, d: str, names: list[str], schema: pa.Schema) -> pa.Table:
+        """One multi-threaded pyarrow dataset scan over the listed files; a column missing from
+        an older part reads as null (the schema may gain columns)."""
+        dset = ds.dataset([f"{d}/{n}" for n in names], schema=schema, format="parquet",
+                          filesystem=self.fs)
+        t = dset.to_table(columns=[*schema.names, "__filename"])
+        part = pa.array([os.path.basename(f) for f in t["__filename"].to_pylist()],
+                        pa.string())
+        return t.drop_columns(["__filename"]).append_column(PART_COL, part)
+
+    def _scan_slow(self, d: str, names: list[str], schema: pa.Schema
+                   ) -> tuple[pa.Table, list[tuple[str, str]]]:
+        out_schema = schema.append(pa.field(PART_COL, pa.string()))
+        tables, corrupt = [], []
+        for n in names:
+            try:
+                t = _conform(pq.read_table(f"{d}/{n}", filesystem=self.fs), schema)
+                tables.append(t.append_column(PART_COL, pa.array([n] * t.num_rows, pa.string())))
+            except Exception as ex:
+                corrupt.append((n, f"{type(ex).__name__}: {str(ex)[:200]}"))
+        return (pa.concat_tables(tables) if tables else out_schema.empty_table()), corrupt
+
+    def read_trials_all(self) -> tuple[pa.Table, list[tuple[str, str]]]:
+        """Every attempt row (TRIAL_SCHEMA), and [(file name, error)] for files that do not
+        parse (their rows are left out and named, never silently dropped)."""
+        t, corrupt = self._scan(self.trials_dir, TRIAL_SCHEMA, one_row=True)
+        return t.drop_columns([PART_COL]), corrupt
 
     def read_history(self) -> tuple[pa.Table, list[tuple[str, str]]]:
-        tables, corrupt = [], []
-        for name in self._list(self.history_dir):
-            if parse_part_name(name) is None:
-                continue
-            try:
-                tables.append(pq.read_table(f"{self.history_dir}/{name}",
-                                            filesystem=self.fs).cast(HISTORY_SCHEMA))
-            except Exception as ex:
-                corrupt.append((name, f"{type(ex).__name__}: {str(ex)[:200]}"))
-        table = pa.concat_tables(tables) if tables else HISTORY_SCHEMA.empty_table()
-        return table, corrupt
+        """Every history row (HISTORY_SCHEMA) and the history files that do not parse."""
+        t, corrupt = self._scan(self.history_dir, HISTORY_SCHEMA, one_row=False)
+        return t.drop_columns([PART_COL]), corrupt
 
     def read_part(self, name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """One attempt's row and its history rows."""
-        row = pq.read_table(f"{self.trials_dir}/{name}", filesystem=self.fs).to_pylist()[0]
-        try:
-            hist = pq.read_table(f"{self.history_dir}/{name}", filesystem=self.fs).to_pylist()
-        except Exception:
-            hist = []
-        return row, hist
+        """One attempt's row and its history rows, from its part files or the compacted files
+        that folded them. Raises when either cannot be read or is missing (the writer writes
+        the history first, so a missing one was lost: it is not an empty history)."""
+        row = self._read_one(self.trials_dir, name, TRIAL_SCHEMA)
+        if len(row) != 1:
+            raise ValueError(f"part {name}: expected 1 row, found {len(row)}")
+        return row[0], self._read_one(self.history_dir, name, HISTORY_SCHEMA)
+
+    def _read_one(self, d: str, name: str, schema: pa.Schema) -> list[dict[str, Any]]:
+        # the loose file first (one stat, no listing: the mirror calls this once per part)
+        if self.fs.get_file_info(f"{d}/{name}").type == pafs.FileType.File:
+            return pq.read_table(f"{d}/{name}", filesystem=self.fs).to_pylist()
+        _, _, folded = self._layout(d)
+        if name not in folded:
+            raise FileNotFoundError(f"{d}/{name}")
+        t = pq.read_table(f"{d}/{folded[name]}", filesystem=self.fs,
+                          filters=[(PART_COL, "==", name)])
+        return _conform(t, schema).to_pylist()
 
     def latest(self) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
         """Latest attempt per trial_id as a DataFrame, plus corrupt part files."""
@@ -240,6 +405,74 @@ class Store:
     def done_ids(self) -> set[str]:
         df, _ = self.latest()
         return set(df.loc[df["status"].isin(DONE_STATUSES), "trial_id"])
+
+    # ------------------------------------------------------------------ compaction
+    def compact(self, held_lock: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Fold every readable loose part (trial rows and their history) into one new
+        ``compacted-*.parquet`` per directory, then delete the folded parts. Every attempt row
+        is kept (``trials_all`` unchanged, so the latest view, status and resume are too).
+        Takes the driver lock for its duration: refuses (ConfigError naming the driver)
+        while a live driver runs, and no driver starts meanwhile. Corrupt parts stay where
+        they are, for `status` to name. Returns counts and the files written.
+        ``held_lock``: the lock of the caller, a driver that owns the sweep (it may compact its
+        own parts at the end of a run); it must still be the current lock."""
+        if held_lock is not None:
+            cur = self.read_lock() or {}
+            if cur.get("token") != held_lock.get("token"):
+                raise ConfigError(f"sweep '{self.sweep}': compaction needs the driver lock, but "
+                                  f"it is held by pid {cur.get('pid')} on {cur.get('host')}")
+            lock = None
+        else:
+            lock, _ = self.acquire_lock()
+        try:
+            trials, corrupt = self._scan(self.trials_dir, TRIAL_SCHEMA, one_row=True)
+            loose_t, _, folded_t = self._layout(self.trials_dir)
+            bad = {n for n, _ in corrupt}
+            new_t = sorted(n for n in loose_t if n not in bad)
+            hist, hcorrupt = self._scan(self.history_dir, HISTORY_SCHEMA, one_row=False)
+            loose_h, _, _ = self._layout(self.history_dir)
+            hbad = {n for n, _ in hcorrupt}
+            # a history part goes with its trial part; an orphan (its trial part deleted or
+            # corrupt) stays loose, still counted by next_attempt
+            with_trial = set(new_t) | set(folded_t)
+            new_h = sorted(n for n in loose_h if n in with_trial and n not in hbad)
+            stamp = f"{now_utc():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+            name = f"{COMPACT_PREFIX}{stamp}.parquet"
+            written = []
+            # history first: a trial row is never folded without its history
+            for d, table, new in ((self.history_dir, hist, new_h),
+                                  (self.trials_dir, trials, new_t)):
+                if not new:
+                    continue
+                rows = table.filter(pc.is_in(table[PART_COL], pa.array(new, pa.string())))
+                rows = rows.sort_by([("trial_id", "ascending"), ("attempt", "ascending")]) \
+                    if "step" not in rows.schema.names else \
+                    rows.sort_by([("trial_id", "ascending"), ("attempt", "ascending"),
+                                  ("step", "ascending")])
+                meta = {PARTS_KEY: json.dumps(new).encode()}
+                written.append(self._write_atomic(
+                    rows.replace_schema_metadata(meta), d, name, row_group_size=16384))
+            # only now delete the folded parts
+            deleted = self._delete_folded()
+            return {"attempts": len(new_t), "history_parts": len(new_h),
+                    "deleted": deleted, "written": written,
+                    "corrupt": sorted(corrupt) + sorted(hcorrupt)}
+        finally:
+            if lock is not None:
+                self.release_lock(lock)
+
+    def _delete_folded(self) -> int:
+        """Delete every loose part listed in a compacted file (also those of an earlier
+        compaction that crashed before deleting them); returns how many."""
+        deleted = 0
+        for d in (self.history_dir, self.trials_dir):
+            names = self._list(d)
+            present = set(names)
+            for n in self._folded(d, [c for c in names if c.startswith(COMPACT_PREFIX)]):
+                if n in present:
+                    self.fs.delete_file(f"{d}/{n}")
+                    deleted += 1
+        return deleted
 
     # ------------------------------------------------------------------ manifest
     def write_manifest(self, manifest: Mapping[str, Any]) -> None:
@@ -268,38 +501,65 @@ class Store:
         except (FileNotFoundError, OSError, json.JSONDecodeError):
             return None
 
-    def acquire_lock(self, *, stale_after_s: float = 600.0) -> tuple[dict[str, Any], str | None]:
+    def acquire_lock(self, *, stale_after_s: float = 600.0,
+                     settle_s: float = 2.0) -> tuple[dict[str, Any], str | None]:
         """Take the driver lock of this sweep. Returns (our lock, note about a stale lock taken
-        over or None). Raises ConfigError naming the live driver when one holds it."""
+        over or None). Raises ConfigError naming the live driver when one holds it.
+
+        Of several drivers that race here (also over the same stale lock) exactly one wins.
+        Locally the whole read / judge / take-over step runs under an OS file lock
+        (``filelock``, i.e. flock on ``.driver.lock.guard``; released by the kernel when its
+        holder dies, so it can never go stale itself; flock works on NFS v4 too) and the lock
+        file is created with O_EXCL. Object stores (s3://, gs://) have neither flock nor an
+        atomic create or rename in pyarrow's API; there a driver writes its lock, waits
+        ``settle_s`` and reads it back: it wins only if its token is still there. That holds
+        unless a rival stalls longer than settle_s between reading the old lock and writing
+        its own (a best effort; such stores are strongly consistent, so no stale reads)."""
         self.fs.create_dir(self.dir, recursive=True)
         me = {"host": socket.gethostname(), "pid": os.getpid(),
               "started_at": now_utc().isoformat(timespec="seconds"),
               "heartbeat": now_utc().timestamp(), "token": uuid.uuid4().hex}
-        note = None
-        old = self.read_lock()
-        if old is not None:
-            if _lock_is_live(old, stale_after_s):
-                raise ConfigError(
-                    f"sweep '{self.sweep}' is already running under {self.root}: driver pid "
-                    f"{old.get('pid')} on host {old.get('host')}, started {old.get('started_at')}"
-                    "; wait for it, or stop it and run `symsweep resume`")
-            note = (f"took over a stale lock of a dead driver (pid {old.get('pid')} on "
-                    f"{old.get('host')}, started {old.get('started_at')})")
-            self.fs.delete_file(self.lock_path)
         if isinstance(self.fs, pafs.LocalFileSystem):
-            try:  # O_EXCL: of two drivers racing here, exactly one wins
-                fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError as ex:
-                cur = self.read_lock() or {}
-                raise ConfigError(
-                    f"sweep '{self.sweep}' is already running: driver pid {cur.get('pid')} on "
-                    f"host {cur.get('host')}, started {cur.get('started_at')}") from ex
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-        else:
-            with self.fs.open_output_stream(self.lock_path) as f:
-                f.write(json.dumps(me).encode())
+            from filelock import FileLock
+
+            with FileLock(f"{self.dir}/.driver.lock.guard"):
+                note = self._judge_old_lock(stale_after_s)
+                try:  # O_EXCL as well: a driver of an older symsweep takes no guard
+                    fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                except FileExistsError as ex:
+                    cur = self.read_lock() or {}
+                    raise ConfigError(
+                        f"sweep '{self.sweep}' is already running: driver pid {cur.get('pid')} "
+                        f"on host {cur.get('host')}, started {cur.get('started_at')}") from ex
+                with os.fdopen(fd, "w") as f:
+                    json.dump(me, f)
+            return me, note
+        note = self._judge_old_lock(stale_after_s)
+        with self.fs.open_output_stream(self.lock_path) as f:
+            f.write(json.dumps(me).encode())
+        time.sleep(settle_s)
+        cur = self.read_lock() or {}
+        if cur.get("token") != me["token"]:
+            raise ConfigError(
+                f"sweep '{self.sweep}' was taken by another driver starting at the same time: "
+                f"pid {cur.get('pid')} on host {cur.get('host')}; wait for it, or stop it and "
+                "run `symsweep resume`")
         return me, note
+
+    def _judge_old_lock(self, stale_after_s: float) -> str | None:
+        """Raise ConfigError if a live driver holds the lock; delete a dead driver's lock and
+        return a note saying so; None when there is no lock. Callers serialise this."""
+        old = self.read_lock()
+        if old is None:
+            return None
+        if _lock_is_live(old, stale_after_s):
+            raise ConfigError(
+                f"sweep '{self.sweep}' is already running under {self.root}: driver pid "
+                f"{old.get('pid')} on host {old.get('host')}, started {old.get('started_at')}"
+                "; wait for it, or stop it and run `symsweep resume`")
+        self.fs.delete_file(self.lock_path)
+        return (f"took over a stale lock of a dead driver (pid {old.get('pid')} on "
+                f"{old.get('host')}, started {old.get('started_at')})")
 
     def heartbeat(self, lock: dict[str, Any]) -> None:
         cur = self.read_lock()

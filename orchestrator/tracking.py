@@ -207,11 +207,8 @@ class Tracker:
     def _read_part(self, name: str) -> tuple[dict, list[dict]]:
         """Row and history of one part; raises when either file cannot be read (an unreadable
         history is not an empty one)."""
-        import pyarrow.parquet as pq
-
-        st = self.store
-        row = pq.read_table(f"{st.trials_dir}/{name}", filesystem=st.fs).to_pylist()[0]
-        hist = pq.read_table(f"{st.history_dir}/{name}", filesystem=st.fs).to_pylist()
+        # through the store: after `symsweep compact` the part lives in a compacted file
+        row, hist = self.store.read_part(name)
         json.loads(row.get("config_json") or "{}")  # a corrupt config raises here
         return row, hist
 

@@ -232,3 +232,269 @@ def test_crashed_kernel_computation_keeps_finished_tiles(tmp_path):
     out = m(tile_ok, kws)
     assert calls == [3, 4] and m.hits == 3
     assert [float(o[0, 0]) for o in out] == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+# ---------------------------------------------------------------- glob reader and compaction
+def _snapshot(st: Store) -> dict:
+    """Everything a reader sees: every attempt row, the latest view, done ids, history rows,
+    the parts (as the MLflow mirror lists and reads them) and the next attempt numbers."""
+    all_rows, corrupt = st.read_trials_all()
+    hist, _ = st.read_history()
+    df, _ = st.latest()
+    key = ["trial_id", "attempt", "finished_at"]
+    return {
+        "all": sorted(all_rows.to_pylist(), key=lambda r: [str(r[k]) for k in key]),
+        "latest": df.sort_values("trial_id").reset_index(drop=True).to_json(),
+        "done": st.done_ids(),
+        "hist": sorted(tuple(r.values()) for r in hist.to_pylist()),
+        "parts": [(p.name, _read_part_or_error(st, p.name)) for p in st.parts()],
+        "next": {t: st.next_attempt(t) for t in ("a", "b", "c", "d", "zz")},
+        "index": st.attempt_index(),
+        "corrupt": [n for n, _ in corrupt],
+    }
+
+
+def _read_part_or_error(st: Store, name: str):
+    try:
+        return st.read_part(name)
+    except OSError as ex:  # a corrupt part (the mirror skips it the same way)
+        return type(ex).__name__
+
+
+def _filled_store(tmp_path) -> tuple[Store, str]:
+    st = Store(str(tmp_path), "s")
+    st.write_attempt(row("a", 1, "failed", acc=None, error="boom"), [{"step": 5, "test_acc": .1}])
+    st.write_attempt(row("a", 2, acc=0.6), [{"step": 5, "test_acc": .2}, {"step": 9, "x": .3}])
+    st.write_attempt(row("b", 1, acc=0.4))  # no history rows: an empty history part
+    st.write_attempt(row("c", 1, "diverged", acc=0.1), [{"step": 3, "test_acc": 0.1}])
+    bad = st.write_attempt(row("d", 1, acc=0.9), [{"step": 1, "test_acc": 0.9}])
+    with open(bad, "r+b") as f:  # d's trial part is corrupt
+        f.seek(-12, os.SEEK_END)
+        f.write(struct.pack("<q", 123456789))
+    return st, os.path.basename(bad)
+
+
+def test_reader_scans_all_parts_at_once_and_reads_older_parts_without_new_columns(
+        tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    st = Store(str(tmp_path), "s")
+    for i in range(5):
+        st.write_attempt(row(f"t{i}", acc=0.1 * i), [{"step": 1, "test_acc": 0.1 * i}])
+    # a part written before a column existed (TRIAL_SCHEMA gains columns over time)
+    old = pq.read_table(st.write_attempt(row("old", acc=0.3))).drop_columns(["node", "host"])
+    pq.write_table(old, f"{st.trials_dir}/old-a001-00000000.parquet")
+    os.remove(next(p for p in (tmp_path / "s" / "trials").iterdir()
+                   if p.name.startswith("old-") and p.name != "old-a001-00000000.parquet"))
+
+    def no_slow(*a, **k):
+        raise AssertionError("the per-file reader ran although no part is corrupt")
+
+    monkeypatch.setattr(Store, "_scan_slow", no_slow)
+    t, corrupt = st.read_trials_all()
+    assert corrupt == [] and t.num_rows == 6 and t.schema.names == list(
+        __import__("orchestrator.store", fromlist=["TRIAL_SCHEMA"]).TRIAL_SCHEMA.names)
+    o = [r for r in t.to_pylist() if r["trial_id"] == "old"][0]
+    assert o["node"] is None and o["host"] is None and o["best_test_acc"] == 0.3
+    h, hc = st.read_history()
+    assert hc == [] and h.num_rows == 5
+    assert isinstance(t, pa.Table)
+
+
+def test_a_part_with_two_rows_is_named_corrupt(tmp_path):
+    import pyarrow.parquet as pq
+
+    st = Store(str(tmp_path), "s")
+    st.write_attempt(row("a"))
+    p = st.write_attempt(row("b"))
+    t = pq.read_table(p)
+    pq.write_table(__import__("pyarrow").concat_tables([t, t]), p)
+    df, corrupt = st.latest()
+    assert list(df["trial_id"]) == ["a"]
+    assert corrupt == [(os.path.basename(p), "ValueError: expected 1 row, found 2")]
+
+
+def test_deleting_a_corrupt_part_and_rerunning_keeps_history_apart(tmp_path):
+    """issue 12: the re-run after deleting a trial's part (as status advises) was numbered
+    attempt 1 again, so its history rows mixed with the first attempt's."""
+    st = Store(str(tmp_path), "s")
+    p = st.write_attempt(row("a", 1), [{"step": 1, "test_acc": 0.1}, {"step": 2, "test_acc": .2}])
+    os.remove(p)  # the history part of attempt 1 stays
+    assert st.next_attempt("a") == 2 and st.attempt_index() == {"a": 1}
+    st.write_attempt(row("a", st.next_attempt("a"), acc=0.7), [{"step": 1, "test_acc": 0.5}])
+    con, _ = connect(str(tmp_path))
+    assert con.execute("select attempt, count(*) from history group by attempt order by 1"
+                       ).fetchall() == [(1, 2), (2, 1)]
+    assert con.execute("select attempt, best_test_acc from trials").fetchall() == [(2, 0.7)]
+
+
+def test_compact_keeps_every_attempt_and_every_answer(tmp_path):
+    st, bad = _filled_store(tmp_path)
+    before = _snapshot(Store(str(tmp_path), "s"))
+    assert before["corrupt"] == [bad] and before["next"]["d"] == 2  # d's history part counts
+    n_before = len(os.listdir(st.trials_dir)) + len(os.listdir(st.history_dir))
+    out = Store(str(tmp_path), "s").compact()
+    assert out["attempts"] == 4 and out["history_parts"] == 4 and out["deleted"] == 8
+    assert [n for n, _ in out["corrupt"]] == [bad] and len(out["written"]) == 2
+    trials_left = sorted(os.listdir(st.trials_dir))
+    assert len(trials_left) == 2 and bad in trials_left  # the corrupt part stays, named
+    hist_left = sorted(os.listdir(st.history_dir))
+    assert bad in hist_left and len(hist_left) == 2  # d's history stays loose (orphan)
+    assert len(trials_left) + len(hist_left) < n_before
+    assert _snapshot(Store(str(tmp_path), "s")) == before
+    assert Store(str(tmp_path), "s").compact()["attempts"] == 0  # nothing new: nothing done
+    # later attempts land in loose parts again and fold into a second file
+    st2 = Store(str(tmp_path), "s")
+    assert st2.next_attempt("a") == 3
+    st2.write_attempt(row("a", 3, acc=0.8), [{"step": 5, "test_acc": 0.8}])
+    mid = _snapshot(Store(str(tmp_path), "s"))
+    assert st2.latest()[0].set_index("trial_id").loc["a", "attempt"] == 3
+    assert len(mid["all"]) == len(before["all"]) + 1
+    assert Store(str(tmp_path), "s").compact()["attempts"] == 1
+    assert _snapshot(Store(str(tmp_path), "s")) == mid
+    con, corrupt = connect(str(tmp_path))
+    assert con.execute("select count(*) from trials_all").fetchone()[0] == 5
+    assert con.execute("select count(*) from trials").fetchone()[0] == 3
+    assert [c[0] for c in corrupt] == [f"s/trials/{bad}"]
+
+
+def test_compaction_crash_before_deleting_parts_loses_and_doubles_nothing(tmp_path,
+                                                                           monkeypatch):
+    st, bad = _filled_store(tmp_path)
+    before = _snapshot(Store(str(tmp_path), "s"))
+
+    def crash(self):  # dies after the compacted files are written and 3 parts deleted
+        for n in sorted(os.listdir(self.trials_dir))[:3]:
+            if not n.startswith("compacted-") and n != bad:
+                os.remove(f"{self.trials_dir}/{n}")
+        raise OSError("killed during compaction")
+
+    monkeypatch.setattr(Store, "_delete_folded", crash)
+    with pytest.raises(OSError, match="killed"):
+        Store(str(tmp_path), "s").compact()
+    monkeypatch.undo()
+    # the compacted files exist next to loose parts they fold: read once, not twice
+    left = os.listdir(st.trials_dir)
+    assert any(n.startswith("compacted-") for n in left) and len(left) == 3
+    assert len(os.listdir(st.history_dir)) == 6
+    assert _snapshot(Store(str(tmp_path), "s")) == before
+    out = Store(str(tmp_path), "s").compact()  # finishes the job, folds nothing twice
+    assert out["attempts"] == 0 and out["deleted"] == 5
+    assert _snapshot(Store(str(tmp_path), "s")) == before
+
+
+def test_compact_is_refused_while_a_driver_runs(tmp_path):
+    from orchestrator.cli import main
+
+    st, _ = _filled_store(tmp_path)
+    st.write_manifest({"sweep": "s", "preset": "smoke", "trials": []})
+    lock, _ = st.acquire_lock()
+    with pytest.raises(ConfigError, match=f"pid {os.getpid()}"):
+        Store(str(tmp_path), "s").compact()
+    assert len(os.listdir(st.trials_dir)) == 5  # nothing touched
+    # the driver itself may compact under its own lock (and keeps it)
+    assert Store(str(tmp_path), "s").compact(held_lock=lock)["attempts"] == 4
+    assert st.read_lock()["token"] == lock["token"]
+    with pytest.raises(ConfigError, match="needs the driver lock"):
+        Store(str(tmp_path), "s").compact(held_lock={"token": "not-ours"})
+    st.release_lock(lock)
+    st.write_attempt(row("e", 1))
+    assert main(["compact", "s", "--results", str(tmp_path)]) == 1  # 1: a corrupt part left
+    left = sorted(os.listdir(st.trials_dir))  # two compacted files and the corrupt part
+    assert len(left) == 3 and sum(n.startswith("compacted-") for n in left) == 2
+    assert st.read_lock() is None and sorted(Store(str(tmp_path), "s").done_ids()) == \
+        ["a", "b", "c", "e"]
+
+
+def test_status_query_and_mirror_answer_the_same_after_compaction(tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.cli import main
+    from orchestrator.tracking import Tracker
+
+    st, bad = _filled_store(tmp_path)
+    st.write_manifest({"sweep": "s", "preset": "smoke", "success_train_acc": 0.95,
+                       "trials": [{"trial_id": t, "kind": "train"} for t in "abcde"]})
+    args = ["--results", str(tmp_path)]
+    sql = "select trial_id, attempt, status from trials_all order by all"
+
+    def answers():
+        out = []
+        for argv in (["status", "s", *args], ["query", sql, *args, "--format", "csv"],
+                     ["query", "select * from history order by all", *args, "--format", "csv"]):
+            code = main(argv)
+            out.append((code, capsys.readouterr().out))
+        return out
+
+    before = answers()
+    assert before[0][0] == 1 and bad in before[0][1]  # status names the corrupt part
+    assert main(["compact", "s", *args]) == 1
+    capsys.readouterr()
+    assert answers() == before
+    # an attempt folded before the mirror saw it is still mirrored, with its history
+    tr = Tracker(Store(str(tmp_path), "s"), preset="smoke")
+    assert tr.sync() == 4 and tr.sync() == 0
+    c = MlflowClient(tr.uri)
+    runs = c.search_runs([c.get_experiment_by_name("s").experiment_id])
+    r = next(r for r in runs if r.data.tags["trial_id"] == "a" and r.data.tags["attempt"] == "2")
+    assert [(m.step, m.value) for m in c.get_metric_history(r.info.run_id, "test_acc")] == \
+        [(5, 0.2)]
+
+
+def test_an_unreadable_compacted_file_is_named_not_skipped(tmp_path):
+    st, _ = _filled_store(tmp_path)
+    out = st.compact()
+    trials_file = next(f for f in out["written"] if "/trials/" in f)
+    with open(trials_file, "r+b") as f:
+        f.seek(-12, os.SEEK_END)
+        f.write(struct.pack("<q", 123456789))
+    with pytest.raises(ConfigError, match=os.path.basename(trials_file)):
+        Store(str(tmp_path), "s").latest()
+
+
+def test_non_local_filesystem_paths(monkeypatch):
+    """The object-store branches (no glob, no flock: listing-based next_attempt, lock written
+    then read back after a settle time) on pyarrow's in-memory mock filesystem."""
+    import pyarrow.fs as pafs
+
+    from orchestrator import store as store_mod
+
+    fs = pafs._MockFileSystem()
+    monkeypatch.setattr(store_mod, "resolve_root", lambda root: (fs, "/bucket"))
+    st = Store("mock://bucket", "s")
+    assert not isinstance(st.fs, pafs.LocalFileSystem)
+    p = st.write_attempt(row("a", 1, "failed", acc=None), [{"step": 1, "test_acc": 0.1}])
+    st.write_attempt(row("b", 1, acc=0.4))
+    fs.delete_file(p)  # a deleted trial part: its history part still counts
+    assert st.next_attempt("a") == 2 and st.next_attempt("b") == 2
+    st.write_attempt(row("a", 2, acc=0.6), [{"step": 1, "test_acc": 0.6}])
+    before = _snapshot(st)
+    monkeypatch.setattr(store_mod.time, "sleep", lambda s: None)  # the lock's settle time
+    out = st.compact()
+    assert out["attempts"] == 2 and out["history_parts"] == 2
+    assert _snapshot(Store("mock://bucket", "s")) == before
+    lock, _ = st.acquire_lock()
+    with pytest.raises(ConfigError, match="already running"):
+        Store("mock://bucket", "s").acquire_lock()
+    st.release_lock(lock)
+
+
+def test_derived_rows_list_the_store_a_fixed_number_of_times(tmp_path, monkeypatch):
+    """materialize_derived numbers its rows from one attempt index, not a listing per row."""
+    st = Store(str(tmp_path), "s")
+    res = {"cpu": 1.0}
+    cfg = {"arch": "fcn", "inference": "ntk", "seed": 0}
+    src = Trial("src", "kernel", {**cfg, "transform": "identity"}, res)
+    ders = [Trial(f"d{i}", "kernel", {**cfg, "transform": f"t{i}"}, res, derived_from="src")
+            for i in range(8)]
+    st.write_attempt(row("src", kind="kernel", arch="fcn", inference="ntk", acc=0.3))
+    st.write_attempt(row("d3", 1, "failed", acc=None))  # d3's next row is attempt 2
+    calls = []
+    real = Store._list
+    monkeypatch.setattr(Store, "_list", lambda self, d: calls.append(d) or real(self, d))
+    ctx = {"sweep": "s", "preset": "smoke", "code_version": "x"}
+    assert materialize_derived(st, [src, *ders], ctx) == 8
+    assert len(calls) <= 3  # latest (trials) + attempt index (trials, history)
+    df = st.latest()[0].set_index("trial_id")
+    assert df.loc["d3", "attempt"] == 2 and df.loc["d0", "attempt"] == 1
