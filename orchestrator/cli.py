@@ -244,7 +244,7 @@ def status(
     from rich.console import Console
     from rich.table import Table
 
-    from orchestrator.store import Store, _lock_is_live
+    from orchestrator.store import Store, lock_is_live
 
     m = _manifest_or_fail(results, sweep)
     store = Store(results, sweep)
@@ -274,7 +274,7 @@ def status(
         con.print(f"{len(extra)} trials in the store are not in the last expansion")
     lock = store.read_lock()
     if lock:
-        live = _lock_is_live(lock, 600.0)
+        live = lock_is_live(lock, 600.0)
         con.print(f"driver lock: pid {lock.get('pid')} on {lock.get('host')}, started "
                   f"{lock.get('started_at')} ({'LIVE' if live else 'stale: dead driver'})")
     failed = df[df["status"] == "failed"]

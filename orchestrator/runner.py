@@ -846,6 +846,7 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
     hb = threading.Thread(target=heartbeat, daemon=True, name="driver-lock-heartbeat")
     hb.start()
     started_ray = False
+    finished = False
     try:
         store.write_manifest({
             "sweep": sweep.name, "preset": preset, "source": sweep.source, "dedupe": dedupe,
@@ -877,12 +878,12 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
             if lost:  # Tune stopped on the heartbeat's SIGINT
                 raise LockLostError(lost[0])
         summary.derived_written += materialize_derived(store, trials, ctx)
+        finished = True
     except KeyboardInterrupt:
         if lost:  # the heartbeat's SIGINT outside Tune
             raise LockLostError(lost[0]) from None
         raise
     finally:
-        stop_hb.set()
         if tracker is not None:
             tracker.stop()
         if started_ray:
@@ -890,6 +891,9 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
 
             ray.shutdown()
             stop_reaper()
+        if finished:
+            _compact_after_run(store, lock, summary)
+        stop_hb.set()
         try:
             store.release_lock(lock)
         except Exception as ex:  # e.g. the access the heartbeat lost: the error above stands
@@ -951,6 +955,23 @@ def memory_requests(trials: list[Trial], node_memory: float | None) -> list[dict
         d["resources"]["memory"] = need
         out.append(d)
     return out
+
+
+def _compact_after_run(store: Store, lock: Mapping[str, Any], summary: RunSummary) -> None:
+    """Fold this run's part files into one file per directory (Store.compact: every attempt
+    row is kept, readers then open a few files instead of one per attempt; at 10^5 attempts
+    that is seconds instead of minutes). Runs under the driver's own lock, after Tune and the
+    MLflow mirror have stopped. A failure loses nothing (the parts stay as they were) and is
+    said as a note; `symsweep compact` retries it."""
+    try:
+        out = store.compact(held_lock=lock)
+    except Exception as ex:
+        note = (f"compaction of {store.sweep} skipped ({type(ex).__name__}: {ex}); every part "
+                f"file is intact; `symsweep compact {store.sweep}` retries it")
+        log.warning(note)
+        summary.notes.append(note)
+        return
+    log.info("compacted %s: %s", store.sweep, out)
 
 
 def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, store: Store,

@@ -552,7 +552,7 @@ class Store:
         old = self.read_lock()
         if old is None:
             return None
-        if _lock_is_live(old, stale_after_s):
+        if lock_is_live(old, stale_after_s):
             raise ConfigError(
                 f"sweep '{self.sweep}' is already running under {self.root}: driver pid "
                 f"{old.get('pid')} on host {old.get('host')}, started {old.get('started_at')}"
@@ -591,7 +591,7 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def _lock_is_live(lock: Mapping[str, Any], stale_after_s: float) -> bool:
+def lock_is_live(lock: Mapping[str, Any], stale_after_s: float) -> bool:
     """Same host: the pid decides. Other host: a heartbeat newer than stale_after_s."""
     if lock.get("host") == socket.gethostname():
         return _pid_alive(int(lock.get("pid", -1)))

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from orchestrator.spec import Preset
+from workers.vocab import PAPER_WIDTHS  # noqa: F401  (the sweep files' source of widths)
 
 # The networks' hyper-parameters (docs/protocol.md, "M").
 NETWORK = dict(w_var=2.0, b_var=0.01)
@@ -25,8 +26,6 @@ PAPER_CONFIG: dict[str, Any] = dict(
     dataset="cifar10", val_size=5000, depth=8, **NETWORK, max_steps=1_000_000,
     eval_every=10_000, checkpoint_every=10_000, batch_size=40)
 
-# The paper's widths per architecture (docs/protocol.md, "M").
-PAPER_WIDTHS: dict[str, int] = dict(fcn=1024, lcn=32, vec=128, gap=128, lap4=128, lap8=128)
 
 # A cluster: finite nets share a GPU four ways; a kernel cell runs its tiles on whole GPUs.
 GPU_RESOURCES: dict[str, dict[str, float]] = dict(

@@ -22,10 +22,7 @@ Presets:
 
 from orchestrator.spec import Preset, Sweep
 from sweeps.common import CPU_RESOURCES, PAPER_WIDTHS, paper_preset, smoke_config
-
-ARCHS = ["fcn", "lcn", "vec", "gap", "lap4", "lap8"]
-TRANSFORMS = ["identity", "shared_rotation", "pixel_rotation", "permutation", "global_rotation"]
-FULL_COV = ["gap", "lap4", "lap8"]
+from workers.vocab import ARCHS, FULL_COV_ARCHS, TRANSFORMS
 
 SMOKE = Preset(
     description="synthetic 8x8, depth 2, narrow nets, 300 steps; minutes on 2 cores",
@@ -50,7 +47,7 @@ CPU = Preset(
         # finite nets see more data; kernels stay at 500 (N^2 pairs: a 500 + 500 gap kernel at
         # 8x8 is ~375k pairs, minutes per core; vec at 32x32 likewise)
         ({"kind": "train"}, {"train_size": 5000, "val_size": 1000}),
-        ({"arch": FULL_COV}, {"image_size": 8}),
+        ({"arch": list(FULL_COV_ARCHS)}, {"image_size": 8}),
     ),
     resources=CPU_RESOURCES,
     success_train_acc=0.95,
@@ -64,7 +61,7 @@ PAPER = paper_preset(
 SWEEP = Sweep(
     name="fig2",
     description=__doc__.splitlines()[0],
-    axes=dict(inference=["ntk", "nn", "nn_plus"], arch=ARCHS, transform=TRANSFORMS),
+    axes=dict(inference=["ntk", "nn", "nn_plus"], arch=list(ARCHS), transform=list(TRANSFORMS)),
     presets=dict(smoke=SMOKE, cpu=CPU, paper=PAPER),
 )
 
