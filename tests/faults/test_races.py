@@ -14,6 +14,14 @@ RACES = 20
 DRIVERS = 3
 
 
+def _context():
+    """Contenders start from a fork server, not by forking pytest: by the time this runs the
+    test process holds JAX's and Ray's threads, and forking a threaded process can deadlock."""
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["orchestrator.store"])
+    return ctx
+
+
 def _contender(root: str, start, done, q) -> None:
     start.wait()  # all contenders leave the barrier together
     try:
@@ -30,7 +38,7 @@ def test_exactly_one_driver_takes_over_a_stale_lock(tmp_path):
     """Two or more drivers that find the same dead driver's lock: before the fix both could
     delete it and create their own (3 of 40 synchronised races). Real processes, synchronised
     by a barrier, 20 races: exactly one winner each time."""
-    ctx = mp.get_context("fork")
+    ctx = _context()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     outcomes = []
@@ -65,7 +73,7 @@ def test_exactly_one_driver_takes_over_a_stale_lock(tmp_path):
 
 
 def test_exactly_one_driver_wins_on_a_fresh_sweep(tmp_path):
-    ctx = mp.get_context("fork")
+    ctx = _context()
     for i in range(5):
         root = str(tmp_path / f"r{i}")
         start, done, q = ctx.Barrier(DRIVERS), ctx.Barrier(DRIVERS + 1), ctx.Queue()
