@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
-from orchestrator.store import resolve_root
+from orchestrator.fsio import resolve_root, write_atomic
 
 log = logging.getLogger("symsweep")
 
@@ -134,10 +134,7 @@ class TrialCheckpoints:
         manifest = {"format": FORMAT, "trial_id": self.trial_id, "step": int(step),
                     "files": files, "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                 time.gmtime())}
-        tmp = f"{dest}/.{MANIFEST}.tmp"
-        with self.fs.open_output_stream(tmp) as out:
-            out.write(json.dumps(manifest, sort_keys=True).encode())
-        self.fs.move(tmp, f"{dest}/{MANIFEST}")
+        write_atomic(self.fs, f"{dest}/{MANIFEST}", json.dumps(manifest, sort_keys=True).encode())
         self._prune(newest=(int(step), name))
         return dest
 

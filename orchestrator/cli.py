@@ -81,7 +81,8 @@ def check_results_exist(results: str, sweeps: list[str] | None = None) -> None:
     results') and named sweeps that are not under it. Read-only roots are fine."""
     import pyarrow.fs as pafs
 
-    from orchestrator.store import list_sweeps, resolve_root
+    from orchestrator.fsio import resolve_root
+    from orchestrator.store import list_sweeps
 
     fs, base = resolve_root(results)
     if fs.get_file_info(base).type != pafs.FileType.Directory:

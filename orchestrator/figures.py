@@ -543,7 +543,7 @@ def figS5_plot(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path, **_: Any
 
 # ====================================================================== figS1
 def _read_npy(results: str, path: str) -> np.ndarray:
-    from orchestrator.store import resolve_root
+    from orchestrator.fsio import resolve_root
 
     fs, _ = resolve_root(results)
     with fs.open_input_file(path) as f:

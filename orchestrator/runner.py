@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from orchestrator.checkpoints import DEFAULT_KEEP, TrialCheckpoints, clear_tune_state
+from orchestrator.fsio import resolve_root, write_atomic
 from orchestrator.spec import (
     SWEEP_MODULE_PREFIX,
     Sweep,
@@ -50,7 +51,7 @@ from orchestrator.spec import (
     file_sha256,
     select_trials,
 )
-from orchestrator.store import DONE_STATUSES, Store, now_utc, resolve_root
+from orchestrator.store import DONE_STATUSES, Store, now_utc
 from workers.errors import ConfigError, UserError
 from workers.vocab import FULL_COV_ARCHS
 
@@ -203,11 +204,7 @@ class TileCache:
         flat = _flatten(value)
         buf = io.BytesIO()
         np.savez(buf, **flat, **{_TILE_SUM: np.array(_tile_checksum(key, flat))})
-        self.fs.create_dir(self.dir, recursive=True)
-        tmp = f"{self.dir}/.{key}.{os.getpid()}.{time.monotonic_ns()}.tmp"
-        with self.fs.open_output_stream(tmp) as f:
-            f.write(buf.getvalue())
-        self.fs.move(tmp, f"{self.dir}/{key}.npz")
+        write_atomic(self.fs, f"{self.dir}/{key}.npz", buf.getvalue())
 
 
 def ship_by_value(fn: Callable) -> None:
@@ -530,13 +527,7 @@ def save_predictions(store: Store, trial_id: str, attempt: int, preds: Any) -> s
     rename); returns the path (relative to the store's filesystem)."""
     buf = io.BytesIO()
     np.save(buf, np.asarray(preds, dtype=np.float32))
-    path = predictions_path(store, trial_id, attempt)
-    store.fs.create_dir(f"{store.dir}/predictions", recursive=True)
-    tmp = f"{store.dir}/predictions/.{trial_id}-a{attempt}.{os.getpid()}.tmp"
-    with store.fs.open_output_stream(tmp) as f:
-        f.write(buf.getvalue())
-    store.fs.move(tmp, path)
-    return path
+    return write_atomic(store.fs, predictions_path(store, trial_id, attempt), buf.getvalue())
 
 
 def tune_trainable(config: dict, workers: Mapping[str, Callable] | None = None) -> None:

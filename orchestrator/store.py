@@ -51,6 +51,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from orchestrator.fsio import resolve_root, write_atomic
 from workers.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -114,18 +115,6 @@ LATEST_SQL = (
 
 def now_utc() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def resolve_root(root: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, base path) for a results root: a local path (made absolute) or a URI."""
-    if "://" in root:
-        try:
-            return pafs.FileSystem.from_uri(root)
-        except Exception as ex:
-            raise ConfigError(f"--results {root!r}: pyarrow cannot open it ({ex}); use a "
-                              "local directory or an s3:// / gs:// URI") from ex
-    path = os.path.abspath(os.path.expanduser(root))
-    return pafs.LocalFileSystem(), path
 
 
 def _to_record(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -262,11 +251,9 @@ class Store:
 
     # ------------------------------------------------------------------ writing
     def _write_atomic(self, table: pa.Table, d: str, name: str, **kw: Any) -> str:
-        self.fs.create_dir(d, recursive=True)
-        tmp = f"{d}/.{name}.{uuid.uuid4().hex[:6]}.tmp"
-        pq.write_table(table, tmp, filesystem=self.fs, **kw)
-        self.fs.move(tmp, f"{d}/{name}")
-        return f"{d}/{name}"
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, **kw)
+        return write_atomic(self.fs, f"{d}/{name}", sink.getvalue().to_pybytes())
 
     def write_attempt(self, row: Mapping[str, Any],
                       history: list[Mapping[str, Any]] | None = None) -> str:
@@ -476,11 +463,8 @@ class Store:
 
     # ------------------------------------------------------------------ manifest
     def write_manifest(self, manifest: Mapping[str, Any]) -> None:
-        self.fs.create_dir(self.dir, recursive=True)
-        tmp = f"{self.dir}/.sweep.json.{uuid.uuid4().hex[:6]}.tmp"
-        with self.fs.open_output_stream(tmp) as f:
-            f.write(json.dumps(manifest, indent=1, default=str).encode())
-        self.fs.move(tmp, f"{self.dir}/sweep.json")
+        write_atomic(self.fs, f"{self.dir}/sweep.json",
+                     json.dumps(manifest, indent=1, default=str).encode())
 
     def read_manifest(self) -> dict[str, Any] | None:
         try:
@@ -566,10 +550,7 @@ class Store:
         if cur is None or cur.get("token") != lock["token"]:
             return
         lock["heartbeat"] = now_utc().timestamp()
-        tmp = f"{self.dir}/.driver.lock.{uuid.uuid4().hex[:6]}.tmp"
-        with self.fs.open_output_stream(tmp) as f:
-            f.write(json.dumps(lock).encode())
-        self.fs.move(tmp, self.lock_path)
+        write_atomic(self.fs, self.lock_path, json.dumps(lock).encode())
 
     def release_lock(self, lock: dict[str, Any]) -> None:
         cur = self.read_lock()
