@@ -230,10 +230,7 @@ def _manifest_or_fail(results: str, sweep: str) -> dict:
     from orchestrator.store import Store
 
     check_results_exist(results)
-    m = Store(results, sweep).read_manifest()
-    if m is None:
-        raise ConfigError(f"no sweep '{sweep}' under {results}; run it first or pass --results")
-    return m
+    return Store(results, sweep).manifest_or_fail()
 
 
 @app.command()
@@ -301,14 +298,13 @@ def query(
     """Run read-only SQL (SELECT / EXPLAIN) with DuckDB over the results."""
     import duckdb
 
-    from orchestrator.store import connect
+    from orchestrator.store import connect, warn_corrupt
 
     if fmt not in ("table", "csv", "json"):
         raise ConfigError(f"--format {fmt!r}: choose table, csv or json")
     check_results_exist(results, sweep or None)
     con, corrupt = connect(results, sweep or None)
-    for name, err in corrupt:
-        print(f"symsweep: warning: corrupt part file {name} skipped ({err})", file=sys.stderr)
+    warn_corrupt(corrupt)
     try:
         df = readonly_sql(con, sql, results).df()
     except duckdb.Error as ex:
@@ -366,12 +362,8 @@ def _cells(results: str, sweep: str, metric: str):
     from orchestrator.analysis import fig2_cells, success_threshold
     from orchestrator.store import Store
 
-    m = _manifest_or_fail(results, sweep)
-    df, corrupt = Store(results, sweep).latest()
-    for name, err in corrupt:
-        print(f"symsweep: warning: corrupt part file {name} skipped ({err})", file=sys.stderr)
-    if df.empty:
-        raise ConfigError(f"sweep '{sweep}' has no finished trials under {results} yet")
+    check_results_exist(results)
+    df, m = Store(results, sweep).load_finished()
     return fig2_cells(df, success_threshold(m), metric), m
 
 

@@ -27,7 +27,6 @@ import io
 import json
 import logging
 import math
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,15 +103,7 @@ def load(sweep: str, results: str) -> tuple[pd.DataFrame, dict]:
     """(enriched latest-attempt rows, manifest) of a sweep; `ConfigError` when absent."""
     from orchestrator.store import Store
 
-    store = Store(results, sweep)
-    m = store.read_manifest()
-    if m is None:
-        raise ConfigError(f"no sweep '{sweep}' under {results}; run it first or pass --results")
-    df, corrupt = store.latest()
-    for name, err in corrupt:
-        print(f"symsweep: warning: corrupt part file {name} skipped ({err})", file=sys.stderr)
-    if df.empty:
-        raise ConfigError(f"sweep '{sweep}' has no finished trials under {results} yet")
+    df, m = Store(results, sweep).load_finished()
     return enrich(df, success_threshold(m)), m
 
 

@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Mapping
@@ -473,6 +474,26 @@ class Store:
         except (FileNotFoundError, OSError):
             return None
 
+    def manifest_or_fail(self) -> dict[str, Any]:
+        """The manifest; ConfigError (one line) when this sweep was never run here."""
+        m = self.read_manifest()
+        if m is None:
+            raise ConfigError(f"no sweep '{self.sweep}' under {self.root}; run it first or pass "
+                              "--results")
+        return m
+
+    def load_finished(self) -> tuple[pd.DataFrame, dict[str, Any]]:
+        """(latest attempt per trial, manifest) for tables and figures: the one result loader.
+        Corrupt part files are named on stderr (`warn_corrupt`); ConfigError when the sweep is
+        absent or has no finished trial yet."""
+        m = self.manifest_or_fail()
+        df, corrupt = self.latest()
+        warn_corrupt(corrupt)
+        if df.empty:
+            raise ConfigError(f"sweep '{self.sweep}' has no finished trials under {self.root} "
+                              "yet")
+        return df, m
+
     # ------------------------------------------------------------------ driver lock
     @property
     def lock_path(self) -> str:
@@ -570,6 +591,12 @@ def _pid_alive(pid: int) -> bool:
             return f.read().split(") ")[-1][:1] != "Z"
     except OSError:
         return True
+
+
+def warn_corrupt(corrupt: list[tuple[str, str]]) -> None:
+    """Name each part file that does not parse on stderr: skipped, never silently dropped."""
+    for name, err in corrupt:
+        print(f"symsweep: warning: corrupt part file {name} skipped ({err})", file=sys.stderr)
 
 
 def lock_is_live(lock: Mapping[str, Any], stale_after_s: float) -> bool:
