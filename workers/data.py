@@ -45,6 +45,7 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -595,10 +596,14 @@ def cache_path(kind: str, cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def _read_cache_meta(path: Path) -> dict | None:
+    """The cache file's metadata, or None when it must be rebuilt: from an older cache version,
+    or unreadable (a truncated or foreign file, said as a warning: it is rebuilt, not used)."""
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta_json"]))
-    except Exception:
+    except Exception as ex:
+        warnings.warn(f"dataset cache {path} is unreadable ({type(ex).__name__}: {ex}); it is "
+                      "rebuilt from the source", stacklevel=2)
         return None
     return meta if meta.get("cache_version") == CACHE_VERSION else None
 
