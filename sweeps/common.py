@@ -16,7 +16,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from orchestrator.spec import Preset
-from workers.vocab import PAPER_WIDTHS  # noqa: F401  (the sweep files' source of widths)
+from workers.vocab import PAPER_WIDTHS
+
+__all__ = ["CPU_RESOURCES", "GPU_RESOURCES", "NETWORK", "PAPER_CONFIG", "PAPER_WIDTHS",
+           "paper_preset", "smoke_config"]
 
 # The networks' hyper-parameters (docs/protocol.md, "M").
 NETWORK = dict(w_var=2.0, b_var=0.01)
