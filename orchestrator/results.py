@@ -1,0 +1,55 @@
+"""The results of a sweep from Python (a notebook, a script), without the CLI:
+
+    from orchestrator.results import load
+    df = load("fig2")                                   # latest attempt per trial
+    df = load("fig2", view="trials_all")                # every attempt (retries, resumes)
+    hist = load("fig2", view="history")                 # per-step metrics, long format
+    con = connect("fig2")                               # DuckDB: trials, trials_all, history
+    con.sql("select arch, transform, avg(best_test_acc) from trials group by all").df()
+
+``root`` is the results root (a directory or an s3:// / gs:// URI); default ``$SYMSWEEP_RESULTS``,
+else ``results``, as for the CLI. Columns: the results schema (`orchestrator.store.TRIAL_SCHEMA`,
+`HISTORY_SCHEMA`; README "Where results land"). Part files that do not parse are named on stderr
+and skipped, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pandas as pd
+
+from orchestrator.store import Store, warn_corrupt
+from orchestrator.store import connect as _connect_store
+from workers.errors import ConfigError
+
+VIEWS = ("trials", "trials_all", "history")
+
+
+def default_root() -> str:
+    """``$SYMSWEEP_RESULTS`` if set, else ``results`` (the CLI's default)."""
+    return os.environ.get("SYMSWEEP_RESULTS") or "results"
+
+
+def connect(sweep: str | list[str] | None = None, root: str | None = None) -> Any:
+    """A DuckDB connection with the views ``trials`` (latest attempt per trial), ``trials_all``
+    and ``history`` over ``sweep`` (a name, a list, or None for every sweep under ``root``).
+
+    Raises ConfigError when a named sweep was never run under ``root``."""
+    root = root or default_root()
+    names = [sweep] if isinstance(sweep, str) else sweep
+    for name in names or []:
+        Store(root, name).manifest_or_fail()
+    con, corrupt = _connect_store(root, names)
+    warn_corrupt(corrupt)
+    return con
+
+
+def load(sweep: str, root: str | None = None, view: str = "trials") -> pd.DataFrame:
+    """One view of one sweep as a pandas DataFrame: ``trials`` (one row per trial, its latest
+    attempt), ``trials_all`` (one row per attempt) or ``history`` (step, metric, value per
+    attempt). Raises ConfigError for an unknown view or a sweep never run under ``root``."""
+    if view not in VIEWS:
+        raise ConfigError(f"view {view!r}: choose one of {', '.join(VIEWS)}")
+    return connect(sweep, root).execute(f"select * from {view}").df()
