@@ -233,6 +233,37 @@ def _manifest_or_fail(results: str, sweep: str) -> dict:
     return Store(results, sweep).manifest_or_fail()
 
 
+@app.command("ls")
+def ls_sweeps(
+    results: str = typer.Option("results", envvar="SYMSWEEP_RESULTS", help=RESULTS_HELP),
+) -> None:
+    """The sweeps under a results root: preset, trials, finished / failed / missing, driver."""
+    from orchestrator.store import DONE_STATUSES, Store, list_sweeps, lock_is_live, warn_corrupt
+
+    check_results_exist(results)
+    names = list_sweeps(results)
+    if not names:
+        print(f"no sweeps under {results} yet; start one with `symsweep run sweeps/fig2.py`")
+        return
+    print(f"{'sweep':<12} {'preset':<7} {'trials':>7} {'finished':>9} {'failed':>7} "
+          f"{'missing':>8}  driver")
+    for name in names:
+        store = Store(results, name)
+        m = store.read_manifest() or {}
+        ids = {t["trial_id"] for t in m.get("trials", [])}
+        df, corrupt = store.latest()
+        warn_corrupt(corrupt)
+        df = df[df["trial_id"].isin(ids)] if ids else df
+        done = int(df["status"].isin(DONE_STATUSES).sum())
+        failed = int((df["status"] == "failed").sum())
+        lock = store.read_lock()
+        drv = "-" if not lock else ("LIVE pid {pid} on {host}" if lock_is_live(lock, 600.0)
+                                    else "stale lock (pid {pid} on {host})").format(**{
+                                        "pid": lock.get("pid"), "host": lock.get("host")})
+        print(f"{name:<12} {m.get('preset', '?'):<7} {len(ids):>7} {done:>9} {failed:>7} "
+              f"{max(0, len(ids) - done - failed):>8}  {drv}")
+
+
 @app.command()
 def status(
     sweep: str = typer.Argument(..., help="Sweep name, e.g. fig2"),

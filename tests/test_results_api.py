@@ -50,3 +50,17 @@ def test_bad_names_are_one_line_errors(root):
         load("nope", root)
     with pytest.raises(ConfigError, match="view 'runs': choose one of trials, trials_all"):
         load("figx", root, view="runs")
+
+
+def test_symsweep_ls(root, tmp_path, capsys):
+    from orchestrator.cli import main
+
+    st = Store(root, "figx")
+    st.write_manifest({"sweep": "figx", "preset": "smoke",
+                       "trials": [{"trial_id": "a" * 16}, {"trial_id": "b" * 16},
+                                  {"trial_id": "c" * 16}]})
+    assert main(["ls", "--results", root]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:6] == ["sweep", "preset", "trials", "finished", "failed", "missing"]
+    assert out[1].split()[:6] == ["figx", "smoke", "3", "2", "0", "1"]
+    assert main(["ls", "--results", str(tmp_path / "nope")]) == 2
