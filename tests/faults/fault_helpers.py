@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+import json
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,3 +30,16 @@ def one_line_error(capsys, *needles: str) -> str:
     for n in needles:
         assert n in err, (n, err)
     return err
+
+
+def attempt_row(tid: str, **kw) -> dict:
+    """A finished attempt's row in the store's schema (a completed vec/nn run that reached
+    97% training accuracy), with ``kw`` replacing any column."""
+    t = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    base = dict(trial_id=tid, attempt=1, preset="smoke", kind="train", arch="vec",
+                inference="nn", transform="identity", seed=0, width=8, status="completed",
+                best_test_acc=0.5, test_acc=0.5, train_acc=1.0, best_train_acc=0.97,
+                started_at=t, finished_at=t, config_json=json.dumps({"arch": "vec", "seed": 0}),
+                metrics_json="{}")
+    base.update(kw)
+    return base

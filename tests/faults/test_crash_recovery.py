@@ -3,7 +3,6 @@ trust (MLflow runs), no process behind (Ray), and a driver that cannot keep its 
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import subprocess
@@ -11,20 +10,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+from fault_helpers import attempt_row
+
 from orchestrator.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
 
-
-def row(tid: str, **kw) -> dict:
-    t = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-    base = dict(trial_id=tid, attempt=1, preset="smoke", kind="train", arch="vec",
-                inference="nn", transform="identity", seed=0, width=8, status="completed",
-                best_test_acc=0.5, test_acc=0.5, train_acc=1.0, best_train_acc=0.97,
-                started_at=t, finished_at=t, config_json=json.dumps({"arch": "vec", "seed": 0}),
-                metrics_json="{}")
-    base.update(kw)
-    return base
 
 
 # ====================================================================== MLflow after SIGKILL
@@ -52,7 +43,8 @@ def test_mlflow_run_of_a_killed_driver_is_mirrored_again(tmp_path, caplog):
 
     st = Store(str(tmp_path), "s")
     st.write_manifest({"sweep": "s", "preset": "smoke", "success_train_acc": 0.95})
-    st.write_attempt(row("a"), [{"step": 5, "test_acc": 0.25}, {"step": 10, "test_acc": 0.5}])
+    st.write_attempt(attempt_row("a"),
+                     [{"step": 5, "test_acc": 0.25}, {"step": 10, "test_acc": 0.5}])
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     p = subprocess.run([sys.executable, "-c", KILLED_MID_LOG, str(tmp_path)], env=env,
                        capture_output=True, text=True, timeout=600)
@@ -116,7 +108,7 @@ def _hb_setup(monkeypatch, tmp_path, on_start=None):
     monkeypatch.setattr(runner, "ensure_ray", lambda *a, **k: False)
     monkeypatch.setattr(runner, "_run_tune", _fake_tune(on_start))
     st = Store(str(tmp_path), "hb")
-    st.write_attempt(row("earlier"), [{"step": 1, "test_acc": 0.5}])  # must survive
+    st.write_attempt(attempt_row("earlier"), [{"step": 1, "test_acc": 0.5}])  # must survive
     return runner
 
 

@@ -4,8 +4,6 @@ processes at once, and a store left broken is reported in one line naming the fi
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import os
 import sqlite3
 import subprocess
@@ -13,20 +11,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+from fault_helpers import attempt_row
+
 from orchestrator.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
 
-
-def row(tid: str, **kw) -> dict:
-    t = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-    base = dict(trial_id=tid, attempt=1, preset="smoke", kind="train", arch="vec",
-                inference="nn", transform="identity", seed=0, width=8, status="completed",
-                best_test_acc=0.5, test_acc=0.5, train_acc=1.0, best_train_acc=1.0,
-                started_at=t, finished_at=t, config_json=json.dumps({"arch": "vec", "seed": 0}),
-                metrics_json="{}")
-    base.update(kw)
-    return base
 
 
 DRIVER = textwrap.dedent('''
@@ -50,7 +40,8 @@ def test_drivers_starting_at_once_share_a_fresh_mlflow_db(tmp_path):
     n = 3
     names = [f"s{i}" for i in range(n)]
     for name in names:
-        Store(str(tmp_path), name).write_attempt(row(f"{name}t"), [{"step": 1, "test_acc": 0.5}])
+        Store(str(tmp_path), name).write_attempt(attempt_row(f"{name}t"),
+                                                 [{"step": 1, "test_acc": 0.5}])
     (tmp_path / "barrier").mkdir()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = [subprocess.Popen([sys.executable, "-c", DRIVER, str(tmp_path), name, str(n)],
@@ -68,7 +59,7 @@ def test_drivers_starting_at_once_share_a_fresh_mlflow_db(tmp_path):
         assert [r.data.tags["trial_id"] for r in runs] == [f"{name}t"]
         assert runs[0].data.tags["symsweep.mirrored"] == "1"
     # a later driver still mirrors (it logged 0 runs forever before)
-    Store(str(tmp_path), "later").write_attempt(row("latert"), [])
+    Store(str(tmp_path), "later").write_attempt(attempt_row("latert"), [])
     from orchestrator.tracking import Tracker
 
     assert Tracker(Store(str(tmp_path), "later")).sync() == 1
@@ -96,14 +87,14 @@ def test_broken_mlflow_db_is_one_line_naming_the_fix(tmp_path):
     migrations leave it): one error line saying to delete it; the Parquet record is intact and
     a new database gets every run."""
     st = Store(str(tmp_path), "s")
-    st.write_attempt(row("a"), [{"step": 1, "test_acc": 0.5}])
+    st.write_attempt(attempt_row("a"), [{"step": 1, "test_acc": 0.5}])
     from orchestrator.tracking import Tracker
 
     assert Tracker(st).sync() == 1
     db = tmp_path / "mlflow.db"
     with sqlite3.connect(db) as con:  # an older revision recorded over the newer tables
         con.execute("UPDATE alembic_version SET version_num = 'a8c4a736bde6'")
-    st.write_attempt(row("b"), [])
+    st.write_attempt(attempt_row("b"), [])
     out, err = _sync_in_new_process(tmp_path, "s")
     assert "SYNCED 0 0" in out, err[-2000:]
     lines = [ln for ln in err.splitlines() if "cannot be opened" in ln]

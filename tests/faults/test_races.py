@@ -34,6 +34,21 @@ def _contender(root: str, start, done, q) -> None:
     done.wait()  # stay alive until every contender has judged the winner's lock live
 
 
+def _race(ctx, root: str) -> list[tuple[str, str]]:
+    """DRIVERS processes try to take the lock of one sweep at the same instant; returns each
+    one's (outcome, message) once all have seen the winner's lock."""
+    start, done, q = ctx.Barrier(DRIVERS), ctx.Barrier(DRIVERS + 1), ctx.Queue()
+    procs = [ctx.Process(target=_contender, args=(root, start, done, q))
+             for _ in range(DRIVERS)]
+    for p in procs:
+        p.start()
+    res = [q.get(timeout=120) for _ in procs]
+    done.wait(timeout=120)
+    for p in procs:
+        p.join(timeout=120)
+    return res
+
+
 def test_exactly_one_driver_takes_over_a_stale_lock(tmp_path):
     """Two or more drivers that find the same dead driver's lock: before the fix both could
     delete it and create their own (3 of 40 synchronised races). Real processes, synchronised
@@ -50,15 +65,7 @@ def test_exactly_one_driver_takes_over_a_stale_lock(tmp_path):
             json.dump({"host": __import__("socket").gethostname(), "pid": dead.pid,
                        "started_at": "2026-01-01T00:00:00+00:00", "heartbeat": 0,
                        "token": "dead"}, f)
-        start, done, q = ctx.Barrier(DRIVERS), ctx.Barrier(DRIVERS + 1), ctx.Queue()
-        procs = [ctx.Process(target=_contender, args=(root, start, done, q))
-                 for _ in range(DRIVERS)]
-        for p in procs:
-            p.start()
-        res = [q.get(timeout=120) for _ in procs]
-        done.wait(timeout=120)
-        for p in procs:
-            p.join(timeout=120)
+        res = _race(ctx, root)
         outcomes.append(res)
         kinds = sorted(r[0] for r in res)
         assert kinds == ["lost"] * (DRIVERS - 1) + ["won"], (i, res)
@@ -76,14 +83,6 @@ def test_exactly_one_driver_wins_on_a_fresh_sweep(tmp_path):
     ctx = _context()
     for i in range(5):
         root = str(tmp_path / f"r{i}")
-        start, done, q = ctx.Barrier(DRIVERS), ctx.Barrier(DRIVERS + 1), ctx.Queue()
-        procs = [ctx.Process(target=_contender, args=(root, start, done, q))
-                 for _ in range(DRIVERS)]
-        for p in procs:
-            p.start()
-        res = [q.get(timeout=120) for _ in procs]
-        done.wait(timeout=120)
-        for p in procs:
-            p.join(timeout=120)
+        res = _race(ctx, root)
         assert sorted(r[0] for r in res) == ["lost"] * (DRIVERS - 1) + ["won"], res
         assert next(r[1] for r in res if r[0] == "won") is None
