@@ -160,3 +160,31 @@ def test_bad_inputs_raise_clear_errors():
         K.kernel_matrix("vec", x, np.zeros((2, 4, 5, 3)))
     with pytest.raises(ConfigError, match="dtype"):
         K.kernel_matrix("vec", x, dtype=np.float16)
+
+
+@pytest.mark.parametrize("archs", [["fcn"], ["vec"], ["gap", "lap4", "vec"]])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_column_threads_do_not_change_the_result(archs, dtype):
+    """A tile split over host threads (column parts) equals the one-thread tile: each column
+    part runs the same per-column computation; float64 must survive the worker threads (jax's
+    x64 switch is per thread)."""
+    rng = np.random.default_rng(3)
+    xr = rng.standard_normal((5, 8, 8, 3))
+    xc = np.concatenate([xr[:2], rng.standard_normal((9, 8, 8, 3))])  # shared images: 'same'
+    one = K.kernel_tile(archs, xr, xc, depth=3, dtype=dtype, threads=1)
+    for threads in (2, 3):
+        got = K.kernel_tile(archs, xr, xc, depth=3, dtype=dtype, threads=threads)
+        for a in archs:
+            for k in ("nngp", "ntk"):
+                assert got[a][k].dtype == np.dtype(dtype)
+                np.testing.assert_allclose(got[a][k], one[a][k], rtol=1e-6 if dtype ==
+                                           np.float32 else 1e-13)
+
+
+def test_column_parts_cover_once():
+    for n, threads in [(8, 1), (8, 2), (8, 3), (16, 3), (128, 2), (8, 16), (24, 5)]:
+        parts = K._column_parts(n, threads)
+        assert len(parts) <= threads
+        assert [p[0] for p in parts[1:]] == [p[1] for p in parts[:-1]]
+        assert parts[0][0] == 0 and parts[-1][1] == n
+        assert all(b0 % 4 == 0 for b0, _ in parts)

@@ -42,8 +42,10 @@ Public API: ``kernel_matrix``, ``kernel_matrices``, ``kernel_tile``, ``plan_tile
 from __future__ import annotations
 
 import math
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache, partial
 from typing import Any
 
@@ -475,13 +477,47 @@ def _item_rows_offsets(hw: int, n_rows: int) -> tuple[int, int]:
 
 
 def _diag_item(hw: int, n_rows: int, n_cols: int) -> tuple[int, int]:
-    """(rb, cb): row and column images of one per-pixel work item (rb * cb * hw numbers)."""
+    """(rb, cb): row and column images of one per-pixel work item (rb * cb * hw numbers).
+
+    n_cols: the column count of the call (cb divides it); n_rows is padded to `_PAD`."""
     cpu = jax.default_backend() == "cpu"
     pairs = max(1, (_ITEM_ENTRIES_CPU if cpu else _ITEM_ENTRIES_GPU) // hw)
     side = 1 << max(0, int(math.log2(pairs)) // 2)
-    cb = _pow2_divisor(_padded(n_cols), side)
+    cb = _pow2_divisor(n_cols, side)
     rb = _pow2_divisor(_padded(n_rows), max(1, pairs // cb))
     return rb, cb
+
+
+def host_threads() -> int:
+    """Threads one `kernel_tile` uses on a CPU backend: ``OMP_NUM_THREADS`` when set (the
+    orchestrator sets it to a trial's CPU resource), else the CPUs this process may run on;
+    1 on an accelerator (one device call already fills it)."""
+    if jax.default_backend() != "cpu":
+        return 1
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            print(f"symsweep kernels: ignoring OMP_NUM_THREADS={env!r} (not an integer)",
+                  file=sys.stderr)
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def _column_parts(n_cols: int, threads: int) -> list[tuple[int, int]]:
+    """Split n_cols into at most `threads` contiguous ranges of about equal size, with bounds
+    at multiples of 4 (n_cols is a multiple of `_PAD`), so that per-pixel work items of 4
+    columns still divide every range."""
+    n = max(1, min(threads, n_cols))
+    unit = 4 if n_cols % 4 == 0 else 1
+    bounds = [min(n_cols, unit * round(i * n_cols / n / unit)) for i in range(n)] + [n_cols]
+    return [(b0, b1) for b0, b1 in zip(bounds[:-1], bounds[1:], strict=True) if b1 > b0]
+
+
+@cache
+def _pool(n: int) -> ThreadPoolExecutor:
+    """A process-wide pool of n threads for the column parts of a tile (created once)."""
+    return ThreadPoolExecutor(max_workers=n, thread_name_prefix="symsweep-kernel")
 
 
 def _pad_rows(x: np.ndarray, same: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
@@ -519,10 +555,13 @@ def kernel_tile(
     w_var: float = 2.0,
     b_var: float = 0.01,
     dtype: Any = np.float32,
+    threads: int | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """NNGP and NTK of every arch in archs between x_rows (R, H, W, C) and x_cols (Cn, H, W, C).
 
     A plain function of arrays (the unit the orchestrator ships as a task and caches).
+    threads: host threads the tile's columns are split over (default `host_threads()`; 1 on an
+    accelerator); the result does not depend on it beyond float rounding.
     Returns {arch: {"nngp": (R, Cn), "ntk": (R, Cn)}} numpy arrays of dtype.
     One propagation of the conv stack serves every requested conv arch: if any of gap/lap4/lap8
     is requested the full covariance is propagated and vec/lcn are read from its diagonal;
@@ -552,27 +591,43 @@ def kernel_tile(
         w = jnp.asarray(w_var, dt)
         b = jnp.asarray(b_var, dt)
         dep = jnp.asarray(depth, jnp.int32)
-        jsame = jnp.asarray(same)
+        jxr = jnp.asarray(xr, dt)
+        parts = _column_parts(xc.shape[0], host_threads() if threads is None else threads)
+
+        def by_parts(fn: Callable[[Array, Array], Array]) -> np.ndarray:
+            """fn(xc part, same part) -> (..., R, part) on every column part, one thread each,
+            concatenated along the last axis. XLA runs a compiled loop (lax.map / scan / while)
+            on one thread, so the parts are what keeps every core of the host busy."""
+            def run(se: tuple[int, int]) -> np.ndarray:
+                with _dtype_context(dtype):  # jax's x64 switch is per thread
+                    return np.asarray(fn(jnp.asarray(xc[se[0]:se[1]], dt),
+                                         jnp.asarray(same[:, se[0]:se[1]])))
+            if len(parts) == 1:
+                return run(parts[0])
+            return np.concatenate(list(_pool(len(parts)).map(run, parts)), axis=-1)
+
         if "fcn" in archs:
-            r = np.asarray(_fcn_tile(jnp.asarray(xr.reshape(len(xr), -1), dt),
-                                     jnp.asarray(xc.reshape(len(xc), -1), dt), jsame, w, b, dep))
+            xrf = jxr.reshape(len(xr), -1)
+            r = by_parts(lambda xcp, sp: _fcn_tile(xrf, xcp.reshape(len(xcp), -1), sp, w, b,
+                                                   dep))
             out["fcn"] = {"nngp": r[0], "ntk": r[1]}
         full = [a for a in archs if a in _FULL]
         diag = [a for a in archs if a in _DIAG]
         if full:
             conv = full + diag
-            wts = np.stack([readout_weights(a, h, wd) for a in conv])
+            jwts = jnp.asarray(np.stack([readout_weights(a, h, wd) for a in conv]), dt)
+            jidx = jnp.asarray(_offset_index(h, wd))
             rb, dc = _item_rows_offsets(h * wd, n_rows)
-            r = np.asarray(_full_tile(
-                jnp.asarray(xr, dt), jnp.asarray(xc, dt), jsame, w, b, dep,
-                jnp.asarray(wts, dt), jnp.asarray(_offset_index(h, wd)), rb=rb, dc=dc,
-            ))
+            r = by_parts(lambda xcp, sp: _full_tile(jxr, xcp, sp, w, b, dep, jwts, jidx,
+                                                    rb=rb, dc=dc))
             for i, a in enumerate(conv):
                 out[a] = {"nngp": r[i, 0], "ntk": r[i, 1]}
         elif diag:
-            rb, cb = _diag_item(h * wd, n_rows, n_cols)
-            r = np.asarray(_diag_tile(jnp.asarray(xr, dt), jnp.asarray(xc, dt), jsame, w, b, dep,
-                                      rb=rb, cb=cb))
+            def diag_part(xcp: Array, sp: Array) -> Array:
+                rb, cb = _diag_item(h * wd, n_rows, xcp.shape[0])
+                return _diag_tile(jxr, xcp, sp, w, b, dep, rb=rb, cb=cb)
+
+            r = by_parts(diag_part)
             for a in diag:
                 out[a] = {"nngp": r[0], "ntk": r[1]}
     return {a: {k: np.array(v[:n_rows, :n_cols], copy=True) for k, v in out[a].items()}
