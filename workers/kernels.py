@@ -200,19 +200,41 @@ def _relu_inv(k: Array, t: Array, s1: Array, i1: Array, s2: Array, i2: Array,
 
 
 def _box(x: Array, axes: tuple[int, int]) -> Array:
-    """Sum over the 3x3 circular window on two axes (separable: two 1-D 3-tap passes).
-
-    Each pass pads the axis circularly by one on each side and adds three slices (the same sum,
-    in the same order, as ``x + roll(x, 1) + roll(x, -1)``; XLA fuses the slices of one padded
-    array more cheaply than two rolls: measured about 5% per layer, benchmarks/kernels.py
-    --ideas)."""
+    """Sum over the 3x3 circular window on two axes (separable: two 1-D 3-tap passes); for the
+    small per-side variance arrays (the covariances use `_window_pair`)."""
     for ax in axes:
-        n = x.shape[ax]
-        xp = jnp.concatenate([lax.slice_in_dim(x, n - 1, n, axis=ax), x,
-                              lax.slice_in_dim(x, 0, 1, axis=ax)], axis=ax)
-        x = (lax.slice_in_dim(xp, 1, n + 1, axis=ax) + lax.slice_in_dim(xp, 0, n, axis=ax)
-             + lax.slice_in_dim(xp, 2, n + 2, axis=ax))
+        x = x + jnp.roll(x, 1, ax) + jnp.roll(x, -1, ax)
     return x
+
+
+def _wrap_pad(x: Array) -> Array:
+    """x (H, W, ...) padded circularly by one on both spatial axes: (H + 2, W + 2, ...)."""
+    x = jnp.concatenate([x[-1:], x, x[:1]], axis=0)
+    return jnp.concatenate([x[:, -1:], x, x[:, :1]], axis=1)
+
+
+def _window_pair(k: Array, t: Array) -> tuple[Array, Array]:
+    """The 3x3 circular window sums of k and t (H, W, ...) over their two leading axes.
+
+    On a CPU the circularly padded copies are materialised first (`lax.optimization_barrier`)
+    and the window is the sum of nine plain slices of them: XLA then compiles the window, the
+    affine maps and the ReLU step into one loop that vectorises over the trailing (work item)
+    axes. Fused into that loop instead, the wrap-around of a roll or concatenate becomes a
+    per-element index select and the loop runs scalar: measured 1.6x more CPU time per layer
+    (benchmarks/kernels.py --ideas). Elsewhere XLA fuses the padding itself.
+    """
+    h, w = k.shape[0], k.shape[1]
+    kp, tp = _wrap_pad(k), _wrap_pad(t)
+    if jax.default_backend() == "cpu":
+        kp, tp = lax.optimization_barrier((kp, tp))
+
+    def window(xp: Array) -> Array:
+        out = xp[1:h + 1, 1:w + 1]
+        for i, j in ((0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2)):
+            out = out + xp[i:i + h, j:j + w]
+        return out
+
+    return window(kp), window(tp)
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,8 +281,9 @@ def _propagate(k: Array, v1: Array, v2: Array, same: Array, w: Array, b: Array,
 
     def layer(_, carry):
         k, t, v1, v2 = carry
-        k = w9 * _box(k, (0, 1)) + b
-        t = w9 * _box(t, (0, 1)) + k
+        bk, bt = _window_pair(k, t)
+        k = w9 * bk + b
+        t = w9 * bt + k
         v1 = w9 * _box(v1, (0, 1)) + b
         v2 = w9 * _box(v2, (0, 1)) + b
         k, t = _relu_inv(k, t, *_inv_std(v1), *_inv_std(v2), same)
