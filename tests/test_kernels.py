@@ -188,3 +188,46 @@ def test_column_parts_cover_once():
         assert [p[0] for p in parts[1:]] == [p[1] for p in parts[:-1]]
         assert parts[0][0] == 0 and parts[-1][1] == n
         assert all(b0 % 4 == 0 for b0, _ in parts)
+
+
+class _FakeDevice:
+    device_kind = "fake accelerator"
+
+    def __init__(self, stats):
+        self.stats = stats
+
+    def memory_stats(self):
+        if isinstance(self.stats, Exception):
+            raise self.stats
+        return self.stats
+
+
+@pytest.mark.parametrize("stats, want, warns", [
+    ({"bytes_limit": 100 * 2**30, "bytes_in_use": 0}, 2**26, False),   # big GPU: upper bound
+    ({"bytes_limit": 2**30, "bytes_in_use": 2**29}, 2**20, False),      # 512 MiB free
+    ({"bytes_limit": 16 * 2**30, "bytes_in_use": 0}, 2**25, False),     # 16 GiB: 4 GiB / 128 B
+    (None, K._ITEM_ENTRIES_GPU, True),                                 # no report: fallback
+    (NotImplementedError("no stats"), K._ITEM_ENTRIES_GPU, True),
+])
+def test_accelerator_work_items_are_sized_from_device_memory(monkeypatch, capsys, stats, want,
+                                                             warns):
+    monkeypatch.setattr(K.jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(K.jax, "devices", lambda backend=None: [_FakeDevice(stats)])
+    K._accelerator_item_entries.cache_clear()
+    try:
+        assert K.item_entries() == want
+        err = capsys.readouterr().err
+        assert ("fallback" in err and "fake accelerator" in err) == warns
+        assert K.host_threads() == 1  # an accelerator call is not split over host threads
+        rb, dc = K._item_rows_offsets(32 * 32, 128)
+        assert rb == 64 and rb * dc * 1024 <= max(want, 1024 * 64)
+    finally:
+        K._accelerator_item_entries.cache_clear()
+
+
+def test_host_threads_follows_omp_num_threads(monkeypatch, capsys):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert K.host_threads() == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "lots")
+    assert K.host_threads() >= 1
+    assert "OMP_NUM_THREADS='lots'" in capsys.readouterr().err

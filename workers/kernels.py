@@ -36,7 +36,7 @@ matrix are written with their transpose and diagonal tiles mirrored in place, so
 output plus about one tile (``benchmarks/memory.py``).
 
 Public API: ``kernel_matrix``, ``kernel_matrices``, ``kernel_tile``, ``plan_tiles``, ``acos``,
-``relu_kernels``, ``ARCHS``.
+``relu_kernels``, ``host_threads``, ``item_entries``, ``ARCHS``.
 """
 
 from __future__ import annotations
@@ -66,6 +66,11 @@ DEFAULT_MEMORY_BYTES = 2 * 1024**3
 # such arrays are live at once. On CPU this keeps an item within the L2/L3 caches (measured
 # best of 2^13..2^20 for vec and gap at 32x32 on this machine).
 _ITEM_ENTRIES_CPU = 2**18
+# On an accelerator an item is sized from the device's free memory (`item_entries`): about
+# 16 live arrays of this many numbers may use this fraction of it, between these bounds; the
+# fallback when the device does not report its memory.
+_ITEM_MEMORY_FRACTION = 0.25
+_ITEM_ENTRIES_ACCEL = (2**20, 2**26)
 _ITEM_ENTRIES_GPU = 2**23
 # Largest tile side per path (rows = columns); keeps a tile a reasonable unit of work and retry.
 _MAX_SIDE = {"fcn": 8192, "diag": 2048, "full": 128}
@@ -486,6 +491,42 @@ def _pow2_divisor(n: int, cap: int) -> int:
     return m
 
 
+def item_entries(itemsize: int = 8) -> int:
+    """Numbers per array in one work item on the default backend.
+
+    CPU: `_ITEM_ENTRIES_CPU` (sized to the caches; benchmarks/kernels.py --ideas). An
+    accelerator: from its free memory, ``jax.devices()[0].memory_stats()`` (``bytes_limit`` -
+    ``bytes_in_use``): the power of two whose ~16 live arrays of ``itemsize`` bytes take at
+    most `_ITEM_MEMORY_FRACTION` of it, clipped to `_ITEM_ENTRIES_ACCEL`. A device that does not
+    report its memory gets `_ITEM_ENTRIES_GPU` and a warning on stderr (once per process).
+    Itemsize 8 (float64) by default so the same size also fits a float64 run.
+    """
+    if jax.default_backend() == "cpu":
+        return _ITEM_ENTRIES_CPU
+    return _accelerator_item_entries(jax.default_backend(), itemsize)
+
+
+@cache
+def _accelerator_item_entries(backend: str, itemsize: int) -> int:
+    dev = jax.devices(backend)[0]
+    try:
+        stats = dev.memory_stats() or {}
+    except Exception as err:  # a backend without the query raises; say so, do not guess quietly
+        stats = {}
+        why = f"memory_stats() raised {type(err).__name__}: {err}"
+    else:
+        why = "memory_stats() reports no bytes_limit"
+    free = int(stats.get("bytes_limit", 0)) - int(stats.get("bytes_in_use", 0))
+    if free <= 0:
+        print(f"symsweep kernels: {dev.device_kind} ({backend}): {why}; work items of "
+              f"{_ITEM_ENTRIES_GPU} numbers per array (the fallback). If the device runs out "
+              "of memory, lower tile_memory_bytes", file=sys.stderr, flush=True)
+        return _ITEM_ENTRIES_GPU
+    lo, hi = _ITEM_ENTRIES_ACCEL
+    fit = int(free * _ITEM_MEMORY_FRACTION) // (16 * itemsize)
+    return max(lo, min(hi, 1 << max(0, fit.bit_length() - 1)))
+
+
 def _item_rows_offsets(hw: int, n_rows: int) -> tuple[int, int]:
     """(rb, dc): rows and offsets of one full-covariance work item for this backend.
 
@@ -493,7 +534,7 @@ def _item_rows_offsets(hw: int, n_rows: int) -> tuple[int, int]:
     caches, on an accelerator an item should be large enough to fill the device.
     """
     cpu = jax.default_backend() == "cpu"
-    entries = _ITEM_ENTRIES_CPU if cpu else _ITEM_ENTRIES_GPU
+    entries = item_entries()
     rb = _pow2_divisor(_padded(n_rows), 8 if cpu else 64)
     dc = _divisor_at_most(hw, max(1, entries // (hw * rb)))
     return rb, dc
@@ -503,8 +544,7 @@ def _diag_item(hw: int, n_rows: int, n_cols: int) -> tuple[int, int]:
     """(rb, cb): row and column images of one per-pixel work item (rb * cb * hw numbers).
 
     n_cols: the column count of the call (cb divides it); n_rows is padded to `_PAD`."""
-    cpu = jax.default_backend() == "cpu"
-    pairs = max(1, (_ITEM_ENTRIES_CPU if cpu else _ITEM_ENTRIES_GPU) // hw)
+    pairs = max(1, item_entries() // hw)
     side = 1 << max(0, int(math.log2(pairs)) // 2)
     cb = _pow2_divisor(n_cols, side)
     rb = _pow2_divisor(_padded(n_rows), max(1, pairs // cb))
