@@ -76,6 +76,9 @@ _ITEM_ENTRIES_GPU = 2**23
 _MAX_SIDE = {"fcn": 8192, "diag": 2048, "full": 128}
 
 Array = Any
+# Full-precision contractions: on recent GPUs XLA's default float32 matmul rounds its inputs to
+# TF32 (10-bit mantissa), about 1e-3 relative error in the input covariance; a no-op on CPUs.
+_EXACT = lax.Precision.HIGHEST
 
 
 # --------------------------------------------------------------------------------------------
@@ -250,7 +253,7 @@ def _window_pair(k: Array, t: Array) -> tuple[Array, Array]:
 def _fcn_tile(xr: Array, xc: Array, same: Array, w: Array, b: Array, depth: Array) -> Array:
     """fcn kernels of a tile. xr (R, D), xc (Cn, D), same (R, Cn) -> (2, R, Cn) [nngp, ntk]."""
     d = xr.shape[1]
-    k = xr @ xc.T / d
+    k = jnp.matmul(xr, xc.T, precision=_EXACT) / d
     v1 = jnp.sum(xr * xr, axis=1, keepdims=True) / d
     v2 = (jnp.sum(xc * xc, axis=1) / d)[None, :]
     t = jnp.zeros_like(k)
@@ -316,9 +319,9 @@ def _diag_tile(xr: Array, xc: Array, same: Array, w: Array, b: Array, depth: Arr
     same_b = same.reshape(n_rows // rb, rb, n_cols // cb, cb).transpose(0, 2, 1, 3)
 
     def item(xi: Array, xj: Array, sij: Array) -> Array:
-        k = jnp.einsum("ihwc,jhwc->hwij", xi, xj) / c
-        v1 = jnp.einsum("ihwc,ihwc->hwi", xi, xi)[..., None] / c
-        v2 = jnp.einsum("jhwc,jhwc->hwj", xj, xj)[:, :, None, :] / c
+        k = jnp.einsum("ihwc,jhwc->hwij", xi, xj, precision=_EXACT) / c
+        v1 = jnp.einsum("ihwc,ihwc->hwi", xi, xi, precision=_EXACT)[..., None] / c
+        v2 = jnp.einsum("jhwc,jhwc->hwj", xj, xj, precision=_EXACT)[:, :, None, :] / c
         k, t = _propagate(k, v1, v2, sij[None, None], w, b, depth)
         return jnp.stack([jnp.mean(k, axis=(0, 1)), jnp.mean(t, axis=(0, 1))])  # (2, rb, cb)
 
@@ -404,15 +407,16 @@ def _full_tile(
     def item(xrb: Array, xcj: Array, samej: Array, c0: Array) -> Array:
         ids = lax.dynamic_slice_in_dim(idx, c0, dc, axis=1)  # (hw, dc)
         xs = xcj[ids]  # (hw, dc, c): x'[a + d]
-        k = jnp.einsum("iac,adc->aid", xrb, xs).reshape(h, wd, rb, dc) / c
+        k = jnp.einsum("iac,adc->aid", xrb, xs, precision=_EXACT).reshape(h, wd, rb, dc) / c
         v1 = (jnp.sum(xrb * xrb, axis=-1).T / c).reshape(h, wd, rb, 1)
         v2 = (jnp.sum(xs * xs, axis=-1) / c).reshape(h, wd, 1, dc)
         dpos = c0 + jnp.arange(dc)
         same_m = (samej[:, None] & (dpos == 0)[None, :])[None, None]  # (1, 1, rb, dc)
         k, t = _propagate(k, v1, v2, same_m, w, b, depth)
         wc = lax.dynamic_slice_in_dim(wts, c0, dc, axis=3)  # (n_r, h, w, dc)
-        return jnp.stack([jnp.einsum("hwid,rhwd->ri", k, wc),
-                          jnp.einsum("hwid,rhwd->ri", t, wc)], axis=1)  # (n_r, 2, rb)
+        return jnp.stack([jnp.einsum("hwid,rhwd->ri", k, wc, precision=_EXACT),
+                          jnp.einsum("hwid,rhwd->ri", t, wc, precision=_EXACT)],
+                         axis=1)  # (n_r, 2, rb)
 
     def per_column(xrb: Array, sameb: Array) -> Array:
         def one(args):
