@@ -9,13 +9,13 @@
 #    (pip install --no-deps -e .); --python PY uses an existing interpreter and installs nothing;
 # 2. benchmarks/gpu_check.py: GPU float32 kernels against float64 CPU kernels on a few pairs
 #    per arch (<= 1e-5 relative), gap/lap pairs/s at 32x32, the trainer's steps/s per arch at
-#    paper widths; one JSON file (path printed at the end; default gpu_check-<host>.json).
+#    paper widths; one JSON file (path printed; default results/gpu_check-<host>.json).
 # Exit status: that of gpu_check.py (0 ok, 1 an accuracy check failed, 2 no GPU / bad use).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VENV="$ROOT/.venv-gpu"
 PY=""
-OUT="$ROOT/gpu_check-$(hostname).json"
+OUT="$ROOT/results/gpu_check-$(hostname).json"
 DRY=()
 while [ $# -gt 0 ]; do
   case "$1" in
