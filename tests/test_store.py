@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from orchestrator.analysis import fig2_cells, fig2_layout, plot_fig2
+from orchestrator.figures.fig2 import fig2_cells, fig2_layout, plot_fig2
 from orchestrator.runner import TileCache, TileMapper, materialize_derived, tile_key
 from orchestrator.spec import Trial
 from orchestrator.store import Store, connect
