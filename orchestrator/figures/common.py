@@ -210,9 +210,9 @@ def derived_handle() -> Any:
     """The legend entry of derived (hollow) points."""
     from matplotlib.lines import Line2D
 
-    from orchestrator.figures.palette import DERIVED_LABEL
+    from orchestrator.figures.palette import DERIVED_LABEL, KEY_COLOR
 
-    h = Line2D([], [], ls="none", marker="o", ms=4, color="#444444",
+    h = Line2D([], [], ls="none", marker="o", ms=4, color=KEY_COLOR,
                markerfacecolor="white", label=DERIVED_LABEL)
     h.set_gid("derived")
     return h

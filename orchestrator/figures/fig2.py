@@ -33,7 +33,7 @@ from orchestrator.figures.common import (
     savefig,
     title,
 )
-from orchestrator.figures.palette import DERIVED_HATCH, DERIVED_LABEL, TRANSFORM_COLORS
+from orchestrator.figures.palette import DERIVED_HATCH, DERIVED_LABEL, KEY_COLOR, TRANSFORM_COLORS
 from workers.vocab import ARCHS, INFERENCES, TRANSFORMS
 
 
@@ -130,7 +130,7 @@ def plot_fig2(cells: pd.DataFrame, out: str | Path, title: str = "", *,
     handles = [Patch(facecolor=TRANSFORM_COLORS[t], edgecolor=TRANSFORM_COLORS[t],
                      label=TRANSFORM_LABEL[t]) for t in transforms]
     if derived & {(r.inference, r.arch, r.transform) for r in cells.itertuples()}:
-        handles.append(Patch(facecolor="white", edgecolor="#444444", hatch=DERIVED_HATCH,
+        handles.append(Patch(facecolor="white", edgecolor=KEY_COLOR, hatch=DERIVED_HATCH,
                              label=DERIVED_LABEL))
     handles += chance_handles(axes[0][0])
     fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0),

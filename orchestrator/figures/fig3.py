@@ -28,7 +28,12 @@ from orchestrator.figures.common import (
     savefig,
     title,
 )
-from orchestrator.figures.palette import DERIVED_LABEL, INFERENCE_COLORS, INFERENCE_MARKERS
+from orchestrator.figures.palette import (
+    DERIVED_LABEL,
+    INFERENCE_COLORS,
+    INFERENCE_MARKERS,
+    KEY_COLOR,
+)
 from workers.vocab import INFERENCES, TRANSFORMS
 
 
@@ -132,7 +137,7 @@ def fig3_plot(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path, **_: Any)
     axes[0][0].set_ylabel("Test accuracy (%)")
     legend = list(handles.values()) + chance_handles(axes[0][0])
     if any(has_derived(ax) for ax in axes[0]):
-        legend.append(Line2D([], [], color="#444444", ls="--", lw=0.8,
+        legend.append(Line2D([], [], color=KEY_COLOR, ls="--", lw=0.8,
                              label=f"level {DERIVED_LABEL}"))
     fig.legend(handles=legend, loc="upper center", bbox_to_anchor=(0.5, 0.0),
                ncol=min(len(legend), 3))

@@ -24,7 +24,7 @@ from orchestrator.figures.common import (
     savefig,
     title,
 )
-from orchestrator.figures.palette import ARCH_COLORS, TRANSFORM_MARKERS
+from orchestrator.figures.palette import ARCH_COLORS, KEY_COLOR, TRANSFORM_MARKERS
 from workers.vocab import ARCHS, TRANSFORMS
 
 
@@ -115,7 +115,7 @@ def figS5_plot(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path, **_: Any
     ax.grid(alpha=0.3, lw=0.5)
     handles = [Line2D([], [], ls="none", marker="o", color=ARCH_COLORS[a],
                       label=arch_label(a, "nn")) for a in order(archs, ARCHS)]
-    handles += [Line2D([], [], ls="none", marker=TRANSFORM_MARKERS[t], color="#444444",
+    handles += [Line2D([], [], ls="none", marker=TRANSFORM_MARKERS[t], color=KEY_COLOR,
                        label=TRANSFORM_LABEL[t]) for t in order(trs, TRANSFORMS)]
     handles += [Line2D([], [], color="k", ls="--", lw=0.8, label="no change")]
     if chance is not None:

@@ -58,9 +58,10 @@ SPLIT_COLORS: dict[str, str] = {"train": "#4477AA", "val": "#228833", "test": "#
 
 # Shared marks: the chance level and the hatching of derived bars
 CHANCE_COLOR = "#555555"
+KEY_COLOR = "#444444"  # legend keys that stand for every series (a marker shape, "derived")
 DERIVED_HATCH = "////"
 DERIVED_LABEL = "equal by Theorem 4.1 (copied, not computed)"
 
 __all__ = ["ARCH_COLORS", "CHANCE_COLOR", "DERIVED_HATCH", "DERIVED_LABEL", "INFERENCE_COLORS",
-           "INFERENCE_MARKERS", "SPLIT_COLORS", "TRANSFORM_COLORS",
+           "INFERENCE_MARKERS", "KEY_COLOR", "SPLIT_COLORS", "TRANSFORM_COLORS",
            "TRANSFORM_LINESTYLES", "TRANSFORM_MARKERS"]
