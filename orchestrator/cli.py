@@ -457,7 +457,7 @@ def plot(
     check_results_exist(results)
     path = plot_any(sweep, results, out, curves=curves if isinstance(curves, str) else None,
                     metric=metric, **_fit_opts(fit_first, fit_last))
-    also = ", ".join(p.suffix for p in outputs(path)[1:])
+    also = ", ".join("." + p.rsplit(".", 1)[1] for p in outputs(path)[1:])
     print(f"wrote {path} (and {also} next to it)")
 
 

@@ -112,6 +112,13 @@ def test_out_may_name_any_of_the_three_formats(results):
     _check_files(results / "f.png")
 
 
+def test_out_may_be_a_uri(results, tmp_path):
+    """A URI keeps its '//' (pathlib would fold it) and goes through pyarrow's filesystem."""
+    uri = f"file://{tmp_path}/remote/f.pdf"
+    assert figure_plot("fig2", str(results), uri) == uri
+    _check_files(tmp_path / "remote" / "f.png")
+
+
 def test_bad_out_suffix_is_one_line_and_writes_nothing(results, capsys):
     before = sorted(p.name for p in results.rglob("*"))
     assert main(["plot", "fig2", "--results", str(results), "--out",

@@ -16,7 +16,7 @@ import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -223,21 +223,25 @@ def has_derived(ax: Any) -> bool:
     return any(a.get_gid() == "derived" for a in ax.get_children())
 
 
-def outputs(out: str | Path) -> list[Path]:
-    """The files a figure written to ``out`` becomes: ``out`` itself and its siblings in the
-    other `FORMATS`. ConfigError when ``out`` does not end in one of them."""
-    out = Path(out)
-    fmt = out.suffix.lstrip(".").lower()
+def outputs(out: str | Path) -> list[str]:
+    """The files a figure written to ``out`` becomes: ``out`` itself, then its siblings in the
+    other `FORMATS`, as strings (a local path, or an s3:// / gs:// URI kept intact, since
+    pathlib would fold its '//'). ConfigError when ``out`` does not end in one of them."""
+    scheme, sep, rest = str(out).partition("://") if "://" in str(out) else ("", "", str(out))
+    p = PurePosixPath(rest)
+    fmt = p.suffix.lstrip(".").lower()
     if fmt not in FORMATS:
         raise ConfigError(f"--out {out}: name a .png, .pdf or .svg file (the other two "
                           "formats are written next to it)")
-    return [out] + [out.with_suffix(f".{f}") for f in FORMATS if f != fmt]
+    sibs = [p.with_suffix(f".{f}") for f in FORMATS if f != fmt]
+    return [str(out)] + [f"{scheme}{sep}{q}" for q in sibs]
 
 
-def savefig(fig: Any, out: str | Path) -> Path:
-    """Write ``fig`` to every path of `outputs(out)` (PNG at `PNG_DPI`, PDF and SVG vector),
-    each atomically (`orchestrator.fsio.write_atomic`: a reader never sees half a figure);
-    close it and return ``out``."""
+def savefig(fig: Any, out: str | Path) -> Path | str:
+    """Write ``fig`` to every file of `outputs(out)` (PNG at `PNG_DPI`, PDF and SVG vector),
+    each atomically through the results root's filesystem (`orchestrator.fsio.write_atomic`:
+    a reader never sees half a figure; s3:// and gs:// work too); close it and return ``out``:
+    a Path, or the URI string as given (Path would fold its '//')."""
     import matplotlib.pyplot as plt
 
     from orchestrator.fsio import resolve_root, write_atomic
@@ -245,16 +249,16 @@ def savefig(fig: Any, out: str | Path) -> Path:
     paths = outputs(out)
     try:
         for p in paths:
-            fmt = p.suffix.lstrip(".").lower()
+            fmt = p.rsplit(".", 1)[1].lower()
             buf = io.BytesIO()
             # no creation date in the vector files: the same results give the same bytes
             meta = {"png": {}, "pdf": {"CreationDate": None}, "svg": {"Date": None}}[fmt]
             fig.savefig(buf, format=fmt, dpi=PNG_DPI, metadata=meta)
-            fs, path = resolve_root(str(p))
+            fs, path = resolve_root(p)
             write_atomic(fs, path, buf.getvalue())
     finally:
         plt.close(fig)
-    return paths[0]
+    return str(out) if "://" in str(out) else Path(out)
 
 
 def pyplot() -> Any:
