@@ -158,7 +158,8 @@ def plot(df: pd.DataFrame, m: dict[str, Any], out: str | Path, *, sweep: str = "
          metric: str = "best_test_acc", **_: Any) -> Path:
     """Write the Fig. 2 figure of ``metric`` to ``out`` (and its format siblings)."""
     cells = fig2_cells(df, success_threshold(m), metric)
-    what = metric_label(metric)[0].split(" (")[0].lower()
+    label = metric_label(metric)[0].split(" (")[0]
+    what = label[:1].lower() + label[1:]  # "Test MSE" -> "test MSE", not "test mse"
     return plot_fig2(cells, out, title=title(sweep, m, f"{what} by data, model and inference"),
                      derived=derived_keys(df, ["inference", "arch", "transform"]),
                      chance=chance_accuracy(df), metric=metric)
