@@ -93,6 +93,18 @@ def _check_files(png: Path) -> tuple[Path, Path]:
     return pdf, svg
 
 
+# ------------------------------------------------------------------------------ registry
+def test_every_figure_module_is_registered_and_other_sweeps_get_fig2():
+    """Adding a figure is one module and one registry line: a fig*.py module that is not in
+    FIGURES (or a registry entry without its module) is caught here."""
+    from orchestrator.figures import FIGURES, fig2, figure_of
+
+    modules = {p.stem for p in (REPO / "orchestrator" / "figures").glob("fig*.py")}
+    assert modules == set(FIGURES)
+    assert figure_of("my_own_sweep") is FIGURES["fig2"]
+    assert FIGURES["fig2"].table is fig2.table
+
+
 # ------------------------------------------------------------------------------ Fig. 2
 def test_plot_writes_png_pdf_svg_with_paper_names(results, capsys):
     out = results / "figs" / "fig2.png"
