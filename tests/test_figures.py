@@ -124,6 +124,14 @@ def test_out_may_name_any_of_the_three_formats(results):
     _check_files(results / "f.png")
 
 
+def test_same_results_same_bytes(results, tmp_path):
+    """No creation date or random ids in the files: a figure can be diffed and versioned."""
+    a = figure_plot("fig2", str(results), tmp_path / "a" / "f.png")
+    b = figure_plot("fig2", str(results), tmp_path / "b" / "f.png")
+    for ext in ("png", "pdf", "svg"):
+        assert a.with_suffix(f".{ext}").read_bytes() == b.with_suffix(f".{ext}").read_bytes()
+
+
 def test_out_may_be_a_uri(results, tmp_path):
     """A URI keeps its '//' (pathlib would fold it) and goes through pyarrow's filesystem."""
     uri = f"file://{tmp_path}/remote/f.pdf"
