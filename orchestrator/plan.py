@@ -114,7 +114,7 @@ _NOT_IN_TILES = ("arch", "inference", "diag_reg", "store_predictions", "data_dir
 def propagation_key(t: Trial) -> str:
     """Kernel cells with equal keys compute the same tiles (same images, depth, w/b, dtype,
     tiling and tile archs): the first computes them, the others find them in the tile cache
-    (`orchestrator.runner.TileCache`). NNGP and NTK come from the same tiles, and gap, lap4 and
+    (`orchestrator.tiles.TileCache`). NNGP and NTK come from the same tiles, and gap, lap4 and
     lap8 from one propagation."""
     cfg = {k: v for k, v in t.config.items() if k not in _NOT_IN_TILES}
     cfg["tile_archs"] = tile_archs(t.config)
