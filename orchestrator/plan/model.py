@@ -55,7 +55,7 @@ def data_sizes(cfg: Mapping[str, Any]) -> dict[str, int]:
     if (cfg.get("dataset") or "synthetic") == "cifar10":
         base = CIFAR_SIZES
     else:
-        from workers.data import SYNTHETIC_DEFAULT_SIZES as base
+        from workers.synthetic import SYNTHETIC_DEFAULT_SIZES as base
     out = {s: int(cfg[f"{s}_size"]) if cfg.get(f"{s}_size") is not None else int(base[s])
            for s in ("train", "val", "test")}
     if cfg.get("flip"):

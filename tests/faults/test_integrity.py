@@ -10,7 +10,7 @@ import os
 import numpy as np
 from conftest import write_image_folder
 
-from workers.data import load_cifar10
+from workers.cifar10 import load_cifar10
 
 
 # ====================================================================== data fingerprint
