@@ -112,10 +112,10 @@ def measure_train(key: tuple, *, steps: int = 200, budget_s: float = 30.0) -> Un
 
 
 def _time_matvec(model: Any, params: Any, x: np.ndarray) -> float:
-    """Seconds of one warm NTK-vector product of `workers.train.ntk_matvec` on x."""
+    """Seconds of one warm NTK-vector product of `workers.eta0.ntk_matvec` on x."""
     import jax.numpy as jnp
 
-    from workers.train import ntk_matvec
+    from workers.eta0 import ntk_matvec
 
     mv = ntk_matvec(lambda p, xx: model.apply({"params": p}, xx), params, jnp.asarray(x))
     u = jnp.ones((x.shape[0],), jnp.float32)
