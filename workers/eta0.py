@@ -1,6 +1,6 @@
 """eta_0, the base learning rate of the finite networks (docs/protocol.md, "I"), by Lanczos.
 
-momentum 0.9 (optax), learning rate c * eta_0 with
+The SGD worker (workers/train.py) trains at learning rate c * eta_0 with
 
     eta_0 = 2 n K / lambda_max(Theta_hat),
 
