@@ -1,9 +1,9 @@
 """The SGD trainer's checkpoints: (params, opt_state) as one .npz of the state's leaves plus a
 JSON meta file (the trainer writes step, best metrics, history, eta_0, the scientific config
-and the data key), written to a temporary directory
-and renamed, so a reader never sees half a checkpoint. Loading checks every array's shape and
-dtype against the model's own state and refuses (`ConfigError`) a checkpoint of another config.
-The orchestrator copies them into its trial-keyed store (orchestrator/checkpoints.py).
+and the data key), written to a temporary directory and renamed, so a reader never sees half a
+checkpoint. Loading checks every array's shape and dtype against the model's own state and
+refuses (`ConfigError`) a checkpoint of another config. The orchestrator copies them into its
+trial-keyed store (orchestrator/checkpoints.py).
 """
 
 from __future__ import annotations
