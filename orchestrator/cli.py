@@ -432,15 +432,6 @@ def readonly_sql(con, sql: str, results: str):
     return con.execute(sql)
 
 
-def _cells(results: str, sweep: str, metric: str):
-    from orchestrator.analysis import fig2_cells, success_threshold
-    from orchestrator.store import Store
-
-    check_results_exist(results)
-    df, m = Store(results, sweep).load_finished()
-    return fig2_cells(df, success_threshold(m), metric), m
-
-
 def metrics() -> list[str]:
     """Columns `table` / `plot` can aggregate: the numeric result columns of a trial row."""
     import pyarrow as pa
@@ -471,33 +462,19 @@ def _fit_opts(first: object, last: object) -> dict:
 def table(
     sweep: str = typer.Argument("fig2", help="Sweep name"),
     results: str = typer.Option("results", envvar="SYMSWEEP_RESULTS", help=RESULTS_HELP),
-    metric: str = typer.Option("best_test_acc", help="Column to aggregate"),
+    metric: str = typer.Option("best_test_acc", help="Column to aggregate (Fig. 2 layout)"),
     fmt: str = typer.Option("text", "--format", help="text | csv"),
     fit_first: int = _FIT_FIRST_OPT,
     fit_last: int = _FIT_LAST_OPT,
 ) -> None:
-    """Fig. 2 table: mean ± std of the metric over successful seeds (in %), with counts.
-    Other figures (fig3, fig4, figS1, figS5, figS6) print their own tables (figures.py)."""
-    from orchestrator.analysis import fig2_layout
-    from orchestrator.figures import FIGURES, figure_table
+    """The paper's table of a sweep (orchestrator/figures/<sweep>.py; Fig. 2's layout, mean ±
+    std of the metric over successful seeds in %, for a sweep without its own)."""
+    from orchestrator.figures import figure_table
 
     _check_metric(metric)
-
-    if sweep in FIGURES:
-        print(figure_table(sweep, results, fmt=fmt, **_fit_opts(fit_first, fit_last)), end="")
-        return
-    cells, m = _cells(results, sweep, metric)
-    if fmt == "csv":
-        print(cells.to_csv(index=False), end="")
-        return
-    lay = fig2_layout(cells)
-    print(f"{sweep} [{m['preset']}]: {metric} in %, mean ± std over successful runs "
-          f"(successful/finished; success = completed, finite nets with train acc >= "
-          f"{m.get('success_train_acc')})")
-    import pandas as pd
-
-    with pd.option_context("display.width", 250, "display.max_columns", 20):
-        print(lay.to_string())
+    check_results_exist(results)
+    print(figure_table(sweep, results, fmt=fmt, metric=metric,
+                       **_fit_opts(fit_first, fit_last)), end="")
 
 
 @app.command()
@@ -505,24 +482,18 @@ def plot(
     sweep: str = typer.Argument("fig2", help="Sweep name"),
     results: str = typer.Option("results", envvar="SYMSWEEP_RESULTS", help=RESULTS_HELP),
     out: str = typer.Option(None, help="PNG path (default <results>/<sweep>/<sweep>.png)"),
-    metric: str = typer.Option("best_test_acc", help="Column to plot"),
+    metric: str = typer.Option("best_test_acc", help="Column to plot (Fig. 2 layout)"),
     fit_first: int = _FIT_FIRST_OPT,
     fit_last: int = _FIT_LAST_OPT,
 ) -> None:
-    """Fig. 2 figure: panels NTK, NN, NN+; bars per arch and transform. Other figures
-    (fig3, fig4, figS1, figS5, figS6) draw their own plots (figures.py)."""
-    from orchestrator.analysis import plot_fig2
-    from orchestrator.figures import FIGURES, figure_plot
+    """The paper's figure of a sweep (orchestrator/figures/<sweep>.py; Fig. 2's bars for a
+    sweep without its own)."""
+    from orchestrator.figures import figure_plot
 
     _check_metric(metric)
-
-    if sweep in FIGURES:
-        print(f"wrote {figure_plot(sweep, results, out, **_fit_opts(fit_first, fit_last))}")
-        return
-    cells, m = _cells(results, sweep, metric)
-    path = out or f"{results.rstrip('/')}/{sweep}/{sweep}.png"
-    p = plot_fig2(cells, path, title=f"{sweep} [{m['preset']}]: {metric}")
-    print(f"wrote {p}")
+    check_results_exist(results)
+    path = figure_plot(sweep, results, out, metric=metric, **_fit_opts(fit_first, fit_last))
+    print(f"wrote {path}")
 
 
 @app.command()

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from orchestrator.analysis import fig2_cells, fig2_layout, plot_fig2
+from orchestrator.figures.fig2 import fig2_cells, fig2_layout, plot_fig2
 from orchestrator.spec import Trial
 from orchestrator.store import Store, connect
 from orchestrator.tiles import TileCache, TileMapper, tile_key

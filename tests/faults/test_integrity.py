@@ -152,28 +152,28 @@ def test_corrupt_config_json_is_said(caplog):
 def test_fit_segments_reset_is_said(caplog):
     import pandas as pd
 
-    from orchestrator.figures import _points_and_fits
+    from orchestrator.figures.fig4 import points_and_fits
 
     df = pd.DataFrame(columns=["inference", "arch", "transform", "m", "ok"])
     m = {"sweep": "fr_no_such_sweep", "preset": "smoke"}  # e.g. renamed since it was run
     with caplog.at_level(logging.WARNING, logger="symsweep"):
-        *_, first, last = _points_and_fits_safe(_points_and_fits, df, m)
+        *_, first, last = _points_and_fits_safe(points_and_fits, df, m)
     assert "fit segments: the sweep 'fr_no_such_sweep' does not load" in caplog.text
     assert f"using first {first} / last {last} points" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="symsweep"):  # both given: nothing to guess
-        _points_and_fits_safe(_points_and_fits, df, m, 2, 2)
+        _points_and_fits_safe(points_and_fits, df, m, 2, 2)
     assert "fit segments" not in caplog.text
 
 
 def _points_and_fits_safe(fn, df, m, first=None, last=None):
     """The curve maths may refuse an empty frame; the segment choice comes first."""
-    from orchestrator import figures
+    from orchestrator.figures import fig4
 
     try:
         return fn(df, m, first, last)
     except Exception:
-        f, la = figures._fit_defaults({}, first, last)
+        f, la = fig4.fit_defaults({}, first, last)
         return None, None, f, la
 
 
@@ -225,7 +225,7 @@ def test_unreadable_history_is_not_mirrored_as_empty(tmp_path, caplog):
         [(3, 0.5)]
     # success: one definition (analysis.successful) at the preset's threshold, not 0.95:
     # best_train_acc 0.5 succeeds under success_train_acc = 0.0, as the tables count it
-    from orchestrator.analysis import fig2_cells
+    from orchestrator.figures.fig2 import fig2_cells
 
     assert run.data.tags["success"] == "true"
     assert fig2_cells(st.latest()[0], 0.0)["n_success"].tolist() == [1]
