@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 import typer
 
 from orchestrator.data_cli import app as data_app
-from orchestrator.plan import plan as plan_cmd
 from workers.errors import ConfigError, UserError
 
 if TYPE_CHECKING:
@@ -33,12 +32,56 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data_app, name="data")
-app.command("plan")(plan_cmd)
 
 RESULTS_HELP = "Results root: a directory or a pyarrow URI (s3://, gs://)."
 _ONLY_OPT = typer.Option(None, help="Restrict to FIELD=V1,V2 (repeatable), e.g. --only "
                          "inference=ntk")
 _SWEEPS_OPT = typer.Option(None, help="Only these sweeps (default: all)")
+_PLAN_FILES = typer.Argument(..., help="Sweep file(s), e.g. sweeps/fig2.py")
+_PLAN_ONLY = typer.Option(None, help="Restrict to FIELD=V1,V2 (repeatable), e.g. --only arch=vec")
+
+
+@app.command("plan")
+def plan(
+    sweep_files: list[str] = _PLAN_FILES,
+    preset: str = typer.Option("paper", help="smoke | cpu | paper"),
+    gpus: int = typer.Option(8, help="GPUs for the wall-time estimate"),
+    device_factor: float = typer.Option(1.0, help="How many times faster your GPU runs the "
+                                        "same work than this machine (1: no scaling)"),
+    steps: int = typer.Option(200, help="SGD steps to time per unit (fewer when slow)"),
+    budget_s: float = typer.Option(30.0, "--budget-s", help="Seconds of timing per unit"),
+    solve_n: int = typer.Option(1000, help="Training points of the timed regression solve"),
+    only: list[str] = _PLAN_ONLY,
+    units: str = typer.Option(None, help="Reuse units from a --save-units JSON file"),
+    save_units: str = typer.Option(None, help="Write the measured units to this JSON file"),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output"),
+) -> None:
+    """Projected compute per figure / column and wall time on N GPUs, from unit costs
+    measured on this machine."""
+    import json
+
+    from orchestrator.plan import format_plans, load_units, make_plan
+    from orchestrator.plan import save_units as write_units
+    from orchestrator.spec import load_sweep, parse_only
+
+    if steps < 1 or budget_s <= 0 or solve_n < 2:
+        raise ConfigError("need --steps >= 1, --budget-s > 0 and --solve-n >= 2")
+    known = load_units(units) if units else {}
+    plans = []
+    for f in sweep_files:
+        sw = load_sweep(f)
+        plans.append(make_plan(sw, preset, gpus=gpus, device_factor=device_factor,
+                               steps=steps, budget_s=budget_s, solve_n=solve_n,
+                               only=parse_only(only), units=known,
+                               log=lambda m: print(f"symsweep plan: {m}", file=sys.stderr,
+                                                   flush=True)))
+        known.update(plans[-1].units)
+    if save_units:
+        write_units(known, save_units)
+    if as_json:
+        print(json.dumps([p.to_dict() for p in plans], default=str))
+    else:
+        print(format_plans(plans))
 
 
 def _check_max_failures(max_failures: int | None) -> None:

@@ -10,7 +10,7 @@ import os
 import numpy as np
 from conftest import write_image_folder
 
-from workers.data import load_cifar10
+from workers.cifar10 import load_cifar10
 
 
 # ====================================================================== data fingerprint
@@ -41,7 +41,7 @@ def test_image_rewritten_in_place_is_reread(tmp_path):
 
 # ====================================================================== kernel tiles
 def _two_tiles(root: str) -> tuple[list[dict], list[str]]:
-    from orchestrator.runner import TileCache, TileMapper, tile_key
+    from orchestrator.tiles import TileCache, TileMapper, tile_key
 
     def tile(i: int) -> dict:
         return {"nngp": np.full((2, 2), float(i)), "ntk": np.full((2, 2), 10.0 + i)}
@@ -54,7 +54,7 @@ def _two_tiles(root: str) -> tuple[list[dict], list[str]]:
 def test_swapped_tile_is_recomputed_and_reported(tmp_path, caplog):
     """Another tile's valid .npz under this tile's name (a cell 'completed' with the wrong
     kernel before) fails the checksum: recomputed, counted for the driver, nothing lost."""
-    from orchestrator.runner import TileCache, TileMapper
+    from orchestrator.tiles import TileCache, TileMapper
 
     kws, keys, tile = _two_tiles(str(tmp_path))
     tiles = tmp_path / "tiles"
@@ -75,7 +75,7 @@ def test_swapped_tile_is_recomputed_and_reported(tmp_path, caplog):
 
 
 def test_edited_and_truncated_tiles_are_recomputed(tmp_path):
-    from orchestrator.runner import TileCache
+    from orchestrator.tiles import TileCache
 
     kws, keys, tile = _two_tiles(str(tmp_path))
     path = tmp_path / "tiles" / f"{keys[0]}.npz"
@@ -93,9 +93,9 @@ def test_edited_and_truncated_tiles_are_recomputed(tmp_path):
 def test_corrupt_tile_count_reaches_the_driver(tmp_path, caplog):
     """The trial's result carries tiles_corrupt (a trial's log never reaches the driver), and
     the driver's Tune callback prints it."""
-    from orchestrator.runner import execute_trial
     from orchestrator.spec import Trial
     from orchestrator.tracking import ProgressCallback
+    from orchestrator.trial import execute_trial
 
     kws, keys, tile = _two_tiles(str(tmp_path))
     tiles = tmp_path / "tiles"
