@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.analysis import success_threshold, successful
+from workers.cifar10 import NUM_CLASSES
 from workers.errors import ConfigError
 from workers.vocab import KERNEL_INFERENCES
 
@@ -124,9 +125,9 @@ METRIC_LABEL: dict[str, tuple[str, float, bool]] = {
     "best_train_acc": ("Best training accuracy (%)", 100.0, True),
     "test_mse": ("Test MSE", 1.0, False),
 }
-# Chance accuracy per dataset: 1 / classes. CIFAR-10 has 10, and so has the synthetic stand-in
-# (workers/data.py draws its labels from CIFAR-10's classes). A dataset not listed gets no line.
-CHANCE_ACCURACY = {"cifar10": 0.1, "synthetic": 0.1}
+# Chance accuracy per dataset: 1 / classes. The synthetic stand-in draws its labels from
+# CIFAR-10's classes (workers/synthetic.py). A dataset not listed gets no chance line.
+CHANCE_ACCURACY = {"cifar10": 1.0 / NUM_CLASSES, "synthetic": 1.0 / NUM_CLASSES}
 
 
 def metric_label(metric: str) -> tuple[str, float, bool]:

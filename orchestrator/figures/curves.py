@@ -3,7 +3,7 @@ training step) from the results' ``history`` view, for ``symsweep plot TRIAL_ID`
 ``symsweep plot SWEEP --curves TRIAL_ID`` (issue 15 item 5).
 
 The history of a trial's latest attempt is the whole curve: a resumed attempt starts from its
-checkpoint, which carries the evaluations before it (`workers/train.py`), so nothing is
+checkpoint, whose meta carries the evaluations before it (`workers/checkpoint.py`), so nothing is
 stitched across attempts here. Kernel trials (NTK / NNGP regression) have no steps and hence no
 curve; asking for one is a one-line error.
 """
