@@ -282,24 +282,28 @@ def pyplot() -> Any:
 
 
 def loglog(ax: Any) -> None:
-    """Log-log axes (call after drawing: the labels depend on the data's range) with plain
-    numbers ("0.6", "100", not 6x10^-1): major ticks labelled; minor ticks labelled too when
-    the axis spans a short range (under a factor 3: every one; under 30: those at 2, 3 and 5
-    times a power of ten), else left bare (their labels would overlap)."""
-    from matplotlib.ticker import FuncFormatter, NullFormatter
-
+    """Log-log axes with plain tick labels (`plain_log_labels`); call after drawing."""
     ax.set_xscale("log")
     ax.set_yscale("log")
-    plain = FuncFormatter(lambda v, _: f"{v:g}")
-    for axis, (lo, hi) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
-        span = hi / lo if lo > 0 else math.inf
+    plain_log_labels(ax.xaxis, *ax.get_xlim())
+    plain_log_labels(ax.yaxis, *ax.get_ylim())
 
-        def minor(v: float, _: Any, span: float = span) -> str:
-            mant = round(v / 10 ** math.floor(math.log10(v)), 6)
-            return f"{v:g}" if span < 3 or mant in (2.0, 3.0, 5.0) else ""
 
-        axis.set_major_formatter(plain)
-        axis.set_minor_formatter(FuncFormatter(minor) if span < 30 else NullFormatter())
+def plain_log_labels(axis: Any, lo: float, hi: float) -> None:
+    """Tick labels of a log axis spanning [lo, hi] as plain numbers ("0.6", "100", not
+    6x10^-1): major ticks labelled; minor ticks labelled too when the span is short (under a
+    factor 3: every one; under 30: those at 2, 3 and 5 times a power of ten), else left bare
+    (their labels would overlap)."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    span = hi / lo if lo > 0 else math.inf
+
+    def minor(v: float, _: Any) -> str:
+        mant = round(v / 10 ** math.floor(math.log10(v)), 6)
+        return f"{v:g}" if span < 3 or mant in (2.0, 3.0, 5.0) else ""
+
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(FuncFormatter(minor) if span < 30 else NullFormatter())
 
 
 def format_cell(mean: float, std: float, n: int, total: int, percent: bool = True) -> str:

@@ -21,6 +21,7 @@ from orchestrator.figures.common import (
     TRANSFORM_LABEL,
     arch_label,
     draw_chance,
+    plain_log_labels,
     pyplot,
     savefig,
 )
@@ -102,6 +103,7 @@ def trial_curves(results: str, trial_id: str, sweep: str | None = None,
             ax_l.plot(wide.index, wide[key], color=SPLIT_COLORS[split],
                       ls="-" if key != "train_loss" else "--", lw=1.2, label=label)
     ax_l.set_yscale("log")
+    plain_log_labels(ax_l.yaxis, *ax_l.get_ylim())
     ax_l.set_ylabel("Loss / MSE")
     for key, label, split in ACC_METRICS:
         if key in wide and np.isfinite(wide[key]).any():
