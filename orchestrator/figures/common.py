@@ -262,6 +262,19 @@ def savefig(fig: Any, out: str | Path) -> Path | str:
     return str(out) if "://" in str(out) else Path(out)
 
 
+def finish(fig: Any, out: str | Path, heading: str = "", handles: Sequence[Any] = (),
+           ncol: int = 4, legend_title: str | None = None) -> Path | str:
+    """The end every figure shares: one legend of ``handles`` centred under the panels (the
+    tight bounding box takes it in), the title, a tight layout, and `savefig`."""
+    if handles:
+        fig.legend(handles=list(handles), loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                   ncol=min(len(handles), ncol), title=legend_title)
+    if heading:
+        fig.suptitle(heading)
+    fig.tight_layout()
+    return savefig(fig, out)
+
+
 def pyplot() -> Any:
     """matplotlib.pyplot on the Agg backend with the figures' shared style: small
     type for a two-column paper, no top/right spines, TrueType fonts in PDFs (editable text),

@@ -21,9 +21,9 @@ from orchestrator.figures.common import (
     TRANSFORM_LABEL,
     arch_label,
     draw_chance,
+    finish,
     plain_log_labels,
     pyplot,
-    savefig,
 )
 from orchestrator.figures.palette import SPLIT_COLORS
 from workers.errors import ConfigError
@@ -120,9 +120,7 @@ def trial_curves(results: str, trial_id: str, sweep: str | None = None,
         ax.set_xlabel("Training step")
         ax.grid(alpha=0.3, lw=0.5)
         ax.legend()
-    fig.suptitle(_describe(row))
-    fig.tight_layout()
-    return savefig(fig, out or f"{results.rstrip('/')}/{sw}/curves/{tid}.png")
+    return finish(fig, out or f"{results.rstrip('/')}/{sw}/curves/{tid}.png", _describe(row))
 
 
 def _describe(row: Any) -> str:

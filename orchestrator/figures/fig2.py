@@ -27,10 +27,10 @@ from orchestrator.figures.common import (
     chance_handles,
     derived_keys,
     draw_chance,
+    finish,
     format_cell,
     metric_label,
     pyplot,
-    savefig,
     title,
 )
 from orchestrator.figures.palette import DERIVED_HATCH, DERIVED_LABEL, KEY_COLOR, TRANSFORM_COLORS
@@ -133,12 +133,7 @@ def plot_fig2(cells: pd.DataFrame, out: str | Path, title: str = "", *,
         handles.append(Patch(facecolor="white", edgecolor=KEY_COLOR, hatch=DERIVED_HATCH,
                              label=DERIVED_LABEL))
     handles += chance_handles(axes[0][0])
-    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0),
-               ncol=min(len(handles), 4))
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return savefig(fig, out)
+    return finish(fig, out, title, handles)
 
 
 def table(df: pd.DataFrame, m: dict[str, Any], fmt: str = "text", *, sweep: str = "fig2",

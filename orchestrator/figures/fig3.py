@@ -21,11 +21,11 @@ from orchestrator.figures.common import (
     chance_handles,
     derived_keys,
     draw_chance,
+    finish,
     format_cell,
     has_derived,
     order,
     pyplot,
-    savefig,
     title,
 )
 from orchestrator.figures.palette import (
@@ -139,8 +139,5 @@ def fig3_plot(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path, **_: Any)
     if any(has_derived(ax) for ax in axes[0]):
         legend.append(Line2D([], [], color=KEY_COLOR, ls="--", lw=0.8,
                              label=f"level {DERIVED_LABEL}"))
-    fig.legend(handles=legend, loc="upper center", bbox_to_anchor=(0.5, 0.0),
-               ncol=min(len(legend), 3))
-    fig.suptitle(title("fig3", m, "test accuracy against width, mean ± std over seeds"))
-    fig.tight_layout()
-    return savefig(fig, out)
+    return finish(fig, out, title("fig3", m, "test accuracy against width, mean ± std over "
+                                  "seeds"), legend, ncol=3)

@@ -27,11 +27,11 @@ from orchestrator.figures.common import (
     derived_keys,
     draw_chance,
     draw_points,
+    finish,
     format_cell,
     has_derived,
     loglog,
     pyplot,
-    savefig,
     title,
 )
 from orchestrator.figures.palette import ARCH_COLORS, INFERENCE_MARKERS, TRANSFORM_LINESTYLES
@@ -206,9 +206,6 @@ def curves_plot(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path,
     handles, _labels = axes[0].get_legend_handles_labels()
     if has_derived(axes[0]):
         handles.append(derived_handle())
-    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2,
-               title=f"power-law slopes over the first {first} / last {last} points "
-                     "(dashed / dotted)")
-    fig.suptitle(title(name, m, "learning curves with power-law fits"))
-    fig.tight_layout()
-    return savefig(fig, out)
+    return finish(fig, out, title(name, m, "learning curves with power-law fits"), handles,
+                  ncol=2, legend_title=f"power-law slopes over the first {first} / last {last} "
+                  "points (dashed / dotted)")

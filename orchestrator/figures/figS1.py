@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from orchestrator.figures.common import chance_accuracy, draw_chance, pyplot, savefig, title
+from orchestrator.figures.common import chance_accuracy, draw_chance, finish, pyplot, title
 from orchestrator.fits import ensemble_accuracy, ensemble_mse, s_dist
 from workers.errors import DataError
 
@@ -115,6 +115,5 @@ def figS1_plot(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path,
         ax.set_ylabel(lab)
         ax.grid(alpha=0.3, lw=0.5)
         ax.legend()
-    fig.suptitle(title("figS1", m, "along the rotation path, NN+ ensembles over initialisations"))
-    fig.tight_layout()
-    return savefig(fig, out)
+    return finish(fig, out, title("figS1", m, "along the rotation path, NN+ ensembles over "
+                                  "initialisations"))

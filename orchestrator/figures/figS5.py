@@ -18,10 +18,10 @@ from orchestrator.figures.common import (
     chance_accuracy,
     chance_handles,
     draw_chance,
+    finish,
     format_cell,
     order,
     pyplot,
-    savefig,
     title,
 )
 from orchestrator.figures.palette import ARCH_COLORS, KEY_COLOR, TRANSFORM_MARKERS
@@ -121,6 +121,4 @@ def figS5_plot(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path, **_: Any
     if chance is not None:
         handles += chance_handles(ax)
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    fig.suptitle(title("figS5", m, "Gaussian vs uniform first-layer initialisation"))
-    fig.tight_layout()
-    return savefig(fig, out)
+    return finish(fig, out, title("figS5", m, "Gaussian vs uniform first-layer initialisation"))

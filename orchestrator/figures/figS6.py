@@ -21,11 +21,11 @@ from orchestrator.figures.common import (
     derived_keys,
     draw_chance,
     draw_points,
+    finish,
     has_derived,
     loglog,
     order,
     pyplot,
-    savefig,
     title,
 )
 from orchestrator.figures.fig4 import curve_points, curves_table, points_and_fits
@@ -106,8 +106,5 @@ def figS6_plot(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path,
     if chance is not None:
         handles.append(Line2D([], [], color=CHANCE_COLOR, ls=":",
                               label=f"chance (error {1.0 - chance:g})"))
-    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0),
-               ncol=min(len(handles), 4))
-    fig.suptitle(title("figS6", m, "NTK scaling laws (legend: log-log slope over all m)"))
-    fig.tight_layout()
-    return savefig(fig, out)
+    return finish(fig, out, title("figS6", m, "NTK scaling laws (legend: log-log slope over "
+                                  "all m)"), handles)
