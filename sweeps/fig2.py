@@ -23,7 +23,7 @@ Presets:
 
 from orchestrator.spec import Preset, Sweep
 from sweeps.common import CPU_RESOURCES, PAPER_WIDTHS, paper_preset, smoke_config
-from workers.vocab import ARCHS, FULL_COV_ARCHS, TRANSFORMS
+from workers.vocab import ARCHS, TRANSFORMS
 
 SMOKE = Preset(
     description="synthetic 8x8, depth 2, narrow nets, 300 steps; minutes on 2 cores",
