@@ -191,7 +191,7 @@ def _relu_inv(k: Array, t: Array, s1: Array, i1: Array, s2: Array, i2: Array,
     arrays a factor m or n smaller than k, so the zero-variance guard (a select per entry in
     `relu_kernels`) moves onto them: with i = 0 there, rho = 0 and s1 s2 = 0, the same b_var -> 0
     limits. Measured about 20-30% less CPU time per layer than `relu_kernels`
-    (benchmarks/kernels.py --ideas).
+    (benchmarks/README.md, "Engine ideas").
     """
     pc, rc = _poly_coefficients(_degree(k.dtype))
     rho = jnp.clip(k * (i1 * i2), -1.0, 1.0)
@@ -229,7 +229,7 @@ def _window_pair(k: Array, t: Array) -> tuple[Array, Array]:
     affine maps and the ReLU step into one loop that vectorises over the trailing (work item)
     axes. Fused into that loop instead, the wrap-around of a roll or concatenate becomes a
     per-element index select and the loop runs scalar: measured 1.6x more CPU time per layer
-    (benchmarks/kernels.py --ideas). Elsewhere XLA fuses the padding itself.
+    (benchmarks/README.md, "Engine ideas"). Elsewhere XLA fuses the padding itself.
     """
     h, w = k.shape[0], k.shape[1]
     kp, tp = _wrap_pad(k), _wrap_pad(t)
@@ -498,7 +498,7 @@ def _pow2_divisor(n: int, cap: int) -> int:
 def item_entries(itemsize: int = 8) -> int:
     """Numbers per array in one work item on the default backend.
 
-    CPU: `_ITEM_ENTRIES_CPU` (sized to the caches; benchmarks/kernels.py --ideas). An
+    CPU: `_ITEM_ENTRIES_CPU` (sized to the caches; benchmarks/README.md, "Engine ideas"). An
     accelerator: from its free memory, ``jax.devices()[0].memory_stats()`` (``bytes_limit`` -
     ``bytes_in_use``): the power of two whose ~16 live arrays of ``itemsize`` bytes take at
     most `_ITEM_MEMORY_FRACTION` of it, clipped to `_ITEM_ENTRIES_ACCEL`. A device that does not
