@@ -63,9 +63,10 @@ _FULL = FULL_COV_ARCHS
 # Default tile memory budget (bytes) of `kernel_matrices` / `plan_tiles`.
 DEFAULT_MEMORY_BYTES = 2 * 1024**3
 # Numbers per array in one full-covariance work item (rows x offsets x pixels); about a dozen
-# such arrays are live at once. On CPU this keeps an item within the L2/L3 caches (measured
-# best of 2^13..2^20 for vec and gap at 32x32 on this machine).
-_ITEM_ENTRIES_CPU = 2**18
+# such arrays are live at once. On CPU this keeps an item within the L2/L3 caches: with the
+# vectorised layer, 2^16-2^17 beat 2^18-2^20 by 15-25% CPU time for gap at 16x16 and 32x32
+# (benchmarks/README.md, "Engine ideas").
+_ITEM_ENTRIES_CPU = 2**17
 # On an accelerator an item is sized from the device's free memory (`item_entries`): about
 # 16 live arrays of this many numbers may use this fraction of it, between these bounds; the
 # fallback when the device does not report its memory.
