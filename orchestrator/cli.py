@@ -39,6 +39,10 @@ RESULTS_HELP = "Results root: a directory or a pyarrow URI (s3://, gs://)."
 _ONLY_OPT = typer.Option(None, help="Restrict to FIELD=V1,V2 (repeatable), e.g. --only "
                          "inference=ntk")
 _SWEEPS_OPT = typer.Option(None, help="Only these sweeps (default: all)")
+_SET_OPT = typer.Option(None, "--set", help="Set a config key on every trial, KEY=VALUE "
+                        "(repeatable), e.g. --set max_steps=1000; VALUE is a Python literal "
+                        "(64, 1e-3, True) or a bare word; checked like the sweep file, part of "
+                        "the trial ids")
 
 
 def _check_max_failures(max_failures: int | None) -> None:
@@ -153,6 +157,7 @@ def run(
     data_dir: str = typer.Option(None, help="CIFAR-10 directory (cpu / paper presets)"),
     cache_dir: str = typer.Option(None, help="Dataset cache directory"),
     only: list[str] = _ONLY_OPT,
+    set_: list[str] = _SET_OPT,
     num_cpus: int = typer.Option(None, help="CPUs for embedded Ray (default: all)"),
     progress: bool = typer.Option(True, help="Live progress view"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and list, run nothing"),
@@ -163,11 +168,13 @@ def run(
         count_kernel_computations,
         load_sweep,
         parse_only,
+        parse_overrides,
         select_trials,
     )
 
     _check_max_failures(max_failures)
-    sweep = load_sweep(sweep_file)
+    overrides = parse_overrides(set_)
+    sweep = load_sweep(sweep_file).with_overrides(overrides)
     sweep.preset(preset)
     sel = parse_only(only)
     # the whole validation (ranges, selection) before anything is written or started
@@ -175,8 +182,9 @@ def run(
     if dry_run:
         cells, comps = count_kernel_computations(trials)
         kinds = {k: sum(t.kind == k for t in trials) for k in ("kernel", "train")}
-        print(f"{sweep.name} [{preset}]: {len(trials)} trials ({kinds['kernel']} kernel cells, "
-              f"{kinds['train']} finite runs); kernel computations {comps} of {cells}")
+        sets = "".join(f" --set {k}={v!r}" for k, v in sweep.overrides.items())
+        print(f"{sweep.name} [{preset}]{sets}: {len(trials)} trials ({kinds['kernel']} kernel "
+              f"cells, {kinds['train']} finite runs); kernel computations {comps} of {cells}")
         raise typer.Exit(0)
     check_results_writable(results, sweep.name)
     code = _run(sweep, preset, results, address, mlflow_uri, not no_dedupe, max_failures,
@@ -212,7 +220,9 @@ def resume(
     if not sweep.isidentifier():
         raise ConfigError(f"sweep name {sweep!r}: expected a name like fig2")
     m = _manifest_or_fail(results, sweep)
-    sw = load_recorded_sweep(sweep, m, sweep_file, force=force)
+    # the recorded --set values (checked again: a results folder is data)
+    sw = load_recorded_sweep(sweep, m, sweep_file, force=force).with_overrides(
+        m.get("overrides") or {})
     preset = str(m.get("preset"))
     sw.preset(preset)
     only = m.get("only") or None

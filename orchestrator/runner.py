@@ -845,6 +845,8 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
             "source_sha256": (file_sha256(sweep.source) if sweep.source and
                               os.path.isfile(sweep.source) else None),
             "only": dict(only) if only else None, "results": fs_root,
+            # --set: resume applies them again, so it continues the same trials
+            "overrides": dict(getattr(sweep, "overrides", {}) or {}) or None,
             "success_train_acc": p.success_train_acc, "data_dir": ctx["data_dir"],
             "cache_dir": ctx["cache_dir"], "written_at": now_utc().isoformat(),
             "trials": [t.to_dict() for t in trials],
