@@ -51,7 +51,7 @@ from orchestrator.spec import (
     file_sha256,
     select_trials,
 )
-from orchestrator.store import DONE_STATUSES, Store, now_utc
+from orchestrator.store import DONE_STATUSES, TIME_KEY, Store, now_utc
 from workers.errors import ConfigError, UserError
 from workers.vocab import FULL_COV_ARCHS
 
@@ -439,15 +439,22 @@ def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., di
             log.info("trial %s attempt %d: resuming from step %d (%s)", trial.trial_id,
                      attempt, restored.step, restored.source)
 
+    last_ms = 0
+
     def report(metrics: dict, checkpoint_dir: str | None = None) -> None:
+        nonlocal last_ms
         m = _scalars(metrics)
+        # when this point was measured, on this machine's clock (MLflow's time axis, live and
+        # rebuilt); strictly increasing within the attempt, so two points never share an
+        # instant (a point within the same millisecond as the last is put 1 ms after it)
+        last_ms = m[TIME_KEY] = max(int(time.time() * 1000), last_ms + 1)
         history.append(m)
         step = int(m.get("step", m.get("steps", len(history))) or 0)
         saved = None
         if checkpoint_dir and ckpts is not None:
             saved = ckpts.save(checkpoint_dir, step)
-        if report_fn is not None:
-            report_fn(m, saved)
+        if report_fn is not None:  # the attempt, so the driver's live view can key its run
+            report_fn({**m, "attempt": attempt}, saved)
         if _fault_fires(fault, trial.trial_id, attempt, step):
             raise InjectedFault(f"injected crash at step {step} (attempt {attempt})")
 
@@ -852,9 +859,18 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
             "trials": [t.to_dict() for t in trials],
         })
         if tracking:
+            import json
+
             from orchestrator.tracking import Tracker
 
-            tracker = Tracker(store, mlflow_uri=mlflow_uri, preset=preset)
+            # one parent MLflow run per invocation, the attempt runs nested under it
+            tracker = Tracker(store, mlflow_uri=mlflow_uri, preset=preset,
+                              source=sweep.source, code_version=ctx["code_version"],
+                              invocation={"preset": preset, "results": fs_root,
+                                          "only": json.dumps(only) if only else None,
+                                          "overrides": json.dumps(sweep.overrides)
+                                          if getattr(sweep, "overrides", None) else None,
+                                          "address": address, "trials": len(trials)})
             tracker.start()
         summary.derived_written += materialize_derived(store, trials, ctx)
         done = store.done_ids()
@@ -878,7 +894,7 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
         raise
     finally:
         if tracker is not None:
-            tracker.stop()
+            tracker.stop("FINISHED" if finished else "FAILED")
         if started_ray:
             import ray
 
@@ -973,7 +989,7 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
     import ray
     from ray import tune
 
-    from orchestrator.tracking import ProgressCallback
+    from orchestrator.tracking import MlflowLiveCallback, ProgressCallback
 
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -1022,7 +1038,8 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
             name=f"{ctx['preset']}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
             storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=max_failures),
-            callbacks=[cb],
+            # the live MLflow view logs from here, the driver (tracking.py says why)
+            callbacks=[cb] + ([MlflowLiveCallback(tracker)] if tracker is not None else []),
             verbose=0,
             log_to_file=False,
         ),

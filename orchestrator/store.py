@@ -102,7 +102,14 @@ HISTORY_SCHEMA = pa.schema([
     ("step", pa.int64()),
     ("metric", pa.string()),
     ("value", pa.float64()),
+    # when the trial measured the point (its own clock; null in parts written before it was
+    # recorded): the time axis of MLflow's live view and of its rebuild from the parts
+    ("measured_at", TS),
 ])
+# key of a history point (a dict reported by a worker) holding the time it was measured, in
+# integer milliseconds since the epoch (set by the trial, not by the worker)
+TIME_KEY = "measured_at_ms"
+HISTORY_NON_METRICS = frozenset({"step", "steps", TIME_KEY})
 STATUSES = ("completed", "diverged", "failed")
 DONE_STATUSES = ("completed", "diverged")  # a finished result; resume does not redo these
 COMPACT_PREFIX = "compacted-"  # never a part name: parse_part_name needs '-a<digits>-'
@@ -116,6 +123,15 @@ LATEST_SQL = (
 
 def now_utc() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def history_metrics(point: Mapping[str, Any]) -> dict[str, float]:
+    """The metric values of one history point: numbers other than the step and the time
+    (booleans and text are not metrics). The same selection for the Parquet history and for
+    MLflow's live view, so both hold the same points."""
+    return {k: float(v) for k, v in point.items()
+            if k not in HISTORY_NON_METRICS and isinstance(v, int | float)
+            and not isinstance(v, bool)}
 
 
 def _to_record(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -259,7 +275,8 @@ class Store:
     def write_attempt(self, row: Mapping[str, Any],
                       history: list[Mapping[str, Any]] | None = None) -> str:
         """Write one finished attempt (row: TRIAL_SCHEMA columns) and its per-step history
-        (dicts with 'step' and metric values). History first, so a row never lacks it."""
+        (dicts with 'step', metric values and optionally `TIME_KEY`, the point's measured time
+        in ms since the epoch). History first, so a row never lacks it."""
         rec = _to_record({"sweep": self.sweep, **row})
         if rec["status"] not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {rec['status']!r}")
@@ -267,16 +284,16 @@ class Store:
         hist_rows: dict[str, list[Any]] = {f.name: [] for f in HISTORY_SCHEMA}
         for h in history or []:
             step = int(h.get("step", h.get("steps", 0)) or 0)
-            for k, v in h.items():
-                if k in ("step", "steps") or isinstance(v, bool):
-                    continue
-                if isinstance(v, int | float):
-                    hist_rows["sweep"].append(self.sweep)
-                    hist_rows["trial_id"].append(rec["trial_id"])
-                    hist_rows["attempt"].append(rec["attempt"])
-                    hist_rows["step"].append(step)
-                    hist_rows["metric"].append(k)
-                    hist_rows["value"].append(float(v))
+            t_ms = h.get(TIME_KEY)
+            when = None if t_ms is None else dt.datetime.fromtimestamp(int(t_ms) / 1000, dt.UTC)
+            for k, v in history_metrics(h).items():
+                hist_rows["sweep"].append(self.sweep)
+                hist_rows["trial_id"].append(rec["trial_id"])
+                hist_rows["attempt"].append(rec["attempt"])
+                hist_rows["step"].append(step)
+                hist_rows["metric"].append(k)
+                hist_rows["value"].append(v)
+                hist_rows["measured_at"].append(when)
         self._write_atomic(pa.table(hist_rows, schema=HISTORY_SCHEMA), self.history_dir, name)
         return self._write_atomic(pa.Table.from_pylist([rec], schema=TRIAL_SCHEMA),
                                   self.trials_dir, name)
