@@ -102,7 +102,7 @@ def check_results_exist(results: str, sweeps: list[str] | None = None) -> None:
 
 def _print_summary(summary, console) -> None:
     console.print(
-        f"[bold]{summary.total}[/] trials: {summary.skipped} already finished, "
+        f"{summary.total} trials: {summary.skipped} already finished, "
         f"{summary.launched} launched ({summary.completed} completed, {summary.diverged} "
         f"diverged, {summary.failed} failed, {summary.retries} retries), "
         f"{summary.derived_written} derived rows written; kernel cells {summary.kernel_cells}, "
@@ -118,11 +118,13 @@ def _run(sweep, preset: str, results: str, address: str | None, mlflow_uri: str 
 
     from orchestrator.runner import run_sweep
 
-    console = Console(stderr=True)
+    # markup off: a preset "[smoke]", a path or an error message is printed as written
+    console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
+    # progress: a live table on a terminal, plain periodic lines otherwise (SLURM, nohup)
     summary = run_sweep(sweep, preset, results=results, address=address, mlflow_uri=mlflow_uri,
                         dedupe=dedupe, max_failures=max_failures, data_dir=data_dir,
                         cache_dir=cache_dir, only=only, num_cpus=num_cpus,
-                        progress=progress and console.is_terminal, console=console)
+                        progress=progress, console=console)
     _print_summary(summary, console)
     # Tune stops on Ctrl-C (or SIGTERM) and returns normally: trials it had not finished
     # have no row, so say so and fail, rather than print a partial table as if it were all
@@ -159,7 +161,8 @@ def run(
     only: list[str] = _ONLY_OPT,
     set_: list[str] = _SET_OPT,
     num_cpus: int = typer.Option(None, help="CPUs for embedded Ray (default: all)"),
-    progress: bool = typer.Option(True, help="Live progress view"),
+    progress: bool = typer.Option(True, help="Progress: a live table on a terminal, plain "
+                                  "periodic lines otherwise (SLURM, nohup logs)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and list, run nothing"),
     report: bool = typer.Option(True, help="Print the table and write the plot at the end"),
 ) -> None:
@@ -282,6 +285,7 @@ def status(
     """Done / failed / missing trials of SWEEP, corrupt part files, the live driver."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from orchestrator.store import Store, lock_is_live
 
@@ -299,8 +303,9 @@ def status(
         per_kind.setdefault(t["kind"], {}).setdefault(st, 0)
         per_kind[t["kind"]][st] += 1
         derived += bool(t.get("derived_from"))
-    con = Console()
-    tab = Table(title=f"{sweep} [{m['preset']}] under {results}")
+    # "[smoke]", errors: printed as written, one line each (never wrapped: grep finds them)
+    con = Console(markup=False, highlight=False, soft_wrap=True)
+    tab = Table(title=Text(f"{sweep} [{m['preset']}] under {results}"))
     for c in ("kind", *counts, "total"):
         tab.add_column(c, justify="right")
     for kind, c in sorted(per_kind.items()):

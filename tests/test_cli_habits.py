@@ -90,3 +90,78 @@ def test_dry_run_shows_the_overrides(capsys):
     assert main(["run", str(FIG2), "--dry-run", "--set", "max_steps=7"]) == 0
     out = capsys.readouterr().out
     assert "fig2 [smoke] --set max_steps=7: 330 trials" in out, out
+
+
+# ====================================================================== progress, markup
+def _fake_trial(tid: str):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(config={"trial": {"trial_id": tid}})
+
+
+def _progress(console, **kw):
+    from orchestrator.tracking import ProgressCallback
+
+    return ProgressCallback(total=3, title="fig2 [smoke]", on_attempt_end=lambda _t: None,
+                            console=console, **kw)
+
+
+def test_progress_is_plain_periodic_lines_when_not_a_terminal():
+    import io
+
+    from rich.console import Console
+
+    buf = io.StringIO()
+    con = Console(file=buf, force_terminal=False, width=60)  # a SLURM / nohup log file
+    with _progress(con, line_every_s=0.0) as cb:  # a line at every event
+        cb.on_trial_start(0, [], _fake_trial("a"))
+        cb.on_trial_start(0, [], _fake_trial("b"))
+        cb.on_trial_complete(0, [], _fake_trial("a"))
+        cb.on_trial_error(0, [], _fake_trial("b"))
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 6 and not any("\x1b" in x for x in lines)  # no escape codes
+    # whole lines (never wrapped at the console's width), the title's "[smoke]" kept
+    assert lines[0].endswith("fig2 [smoke]: 0/3 done, 0 running, 0 failed, 3 pending, "
+                             "0 retries; elapsed 0:00:00, ETA ?")
+    assert "fig2 [smoke]: 0/3 done, 2 running, 0 failed, 1 pending" in lines[2]
+    assert "fig2 [smoke]: 1/3 done, 0 running, 1 failed, 1 pending" in lines[-1]
+    # periodic: with a long period only the first and the last line
+    buf = io.StringIO()
+    with _progress(Console(file=buf, force_terminal=False), line_every_s=3600.0) as cb:
+        for t in "abc":
+            cb.on_trial_start(0, [], _fake_trial(t))
+            cb.on_trial_complete(0, [], _fake_trial(t))
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 2 and "3/3 done" in lines[1], lines
+
+
+def test_the_live_table_on_a_terminal_keeps_the_smoke_in_its_title():
+    import io
+
+    from rich.console import Console
+
+    buf = io.StringIO()
+    with _progress(Console(file=buf, force_terminal=True, width=100)) as cb:
+        cb.on_trial_start(0, [], _fake_trial("a"))
+    out = buf.getvalue()
+    assert "fig2 [smoke]" in out and "done" in out
+
+
+def test_status_prints_brackets_and_errors_as_written(tmp_path, capsys):
+    from orchestrator.store import Store
+
+    sw = load_sweep(FIG2)
+    trials = sw.expand("smoke")
+    st = Store(str(tmp_path), "fig2")
+    st.write_manifest({"sweep": "fig2", "preset": "smoke", "trials": [t.to_dict()
+                                                                     for t in trials]})
+    t = next(t for t in trials if t.kind == "train")
+    c = t.config
+    st.write_attempt(dict(trial_id=t.trial_id, attempt=1, preset="smoke", kind="train",
+                          arch=c["arch"], inference=c["inference"], transform=c["transform"],
+                          seed=c["seed"], status="failed",
+                          error="ConfigError: width [bold]0[/bold] is not allowed"))
+    assert main(["status", "fig2", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "fig2 [smoke] under" in out
+    assert "width [bold]0[/bold] is not allowed" in out
