@@ -294,7 +294,11 @@ def status(
     df, corrupt = store.latest()
     # status per trial only: a dict per row (df.to_dict) took 3 of 4.7 s at 10^5 attempts
     status_of = dict(zip(df["trial_id"], df["status"], strict=True))
-    counts = {"completed": 0, "diverged": 0, "failed": 0, "missing": 0}
+    # running: an attempt in flight (its marker, newer than the trial's rows, under a live
+    # driver), whatever an earlier attempt ended as
+    running = store.running_trials(dict(zip(df["trial_id"], df["attempt"], strict=True)))
+    status_of.update(dict.fromkeys(running, "running"))
+    counts = {"completed": 0, "diverged": 0, "failed": 0, "running": 0, "missing": 0}
     per_kind: dict[str, dict[str, int]] = {}
     derived = 0
     for t in m["trials"]:
@@ -313,7 +317,7 @@ def status(
     tab.add_row("all", *(str(v) for v in counts.values()), str(len(m["trials"])))
     con.print(tab)
     con.print(f"{derived} trials are copies of an equal kernel cell (derived_from)")
-    extra = set(status_of) - {t["trial_id"] for t in m["trials"]}
+    extra = set(status_of) - set(running) - {t["trial_id"] for t in m["trials"]}
     if extra:
         con.print(f"{len(extra)} trials in the store are not in the last expansion")
     lock = store.read_lock()
@@ -321,7 +325,7 @@ def status(
         live = lock_is_live(lock, 600.0)
         con.print(f"driver lock: pid {lock.get('pid')} on {lock.get('host')}, started "
                   f"{lock.get('started_at')} ({'LIVE' if live else 'stale: dead driver'})")
-    failed = df[df["status"] == "failed"]
+    failed = df[(df["status"] == "failed") & ~df["trial_id"].isin(list(running))]
     for r in failed.head(10).itertuples():
         con.print(f"failed {r.trial_id} ({r.inference} {r.arch} {r.transform} s{r.seed}) "
                   f"attempt {r.attempt}: {r.error}")
@@ -331,6 +335,126 @@ def status(
         for name, err in corrupt:
             print(f"  {store.trials_dir}/{name}: {err}")
         raise typer.Exit(1)
+
+
+def _find_trial(results: str, prefix: str, sweep: str | None) -> tuple[str, str]:
+    """(sweep, trial_id) of the one trial whose id starts with ``prefix`` (like git's short
+    hashes), among the trials of the sweeps' manifests and stored rows. `ConfigError` (one line)
+    when none or several match."""
+    from orchestrator.store import Store, list_sweeps
+
+    p = prefix.strip().lower()
+    if not p:
+        raise ConfigError("show: give a trial id (or its first characters); `symsweep query "
+                          "'select trial_id, arch, transform from trials'` lists them")
+    sweeps = [sweep] if sweep else list_sweeps(results)
+    hits: set[tuple[str, str]] = set()
+    for name in sweeps:
+        st = Store(results, name)
+        ids = {t["trial_id"] for t in (st.read_manifest() or {}).get("trials", [])}
+        ids |= set(st.read_trials_all()[0]["trial_id"].to_pylist())
+        hits |= {(name, i) for i in ids if i.startswith(p)}
+    if not hits:
+        raise ConfigError(f"show: no trial {prefix!r} under {results} (sweeps: "
+                          f"{', '.join(sweeps) or 'none'}); `symsweep query 'select trial_id, "
+                          "arch, transform from trials'` lists the ids")
+    if len(hits) > 1:
+        some = ", ".join(f"{i} ({s})" for s, i in sorted(hits)[:5])
+        raise ConfigError(f"show: trial id prefix {prefix!r} is ambiguous, {len(hits)} trials "
+                          f"match: {some}{', ...' if len(hits) > 5 else ''}; give more "
+                          "characters")
+    return next(iter(hits))
+
+
+_ROW_METRICS = ("best_test_acc", "test_acc", "test_mse", "val_acc", "train_acc",
+                "best_train_acc", "eta0")
+
+
+def _fmt(v: object) -> str:
+    import datetime as dt
+
+    if isinstance(v, dt.datetime):
+        return v.strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+@app.command()
+def show(
+    trial_id: str = typer.Argument(..., help="Trial id, or its first characters if no other "
+                                   "trial's id starts with them"),
+    results: str = typer.Option("results", envvar="SYMSWEEP_RESULTS", help=RESULTS_HELP),
+    sweep: str = typer.Option(None, help="Look only in this sweep (default: every sweep)"),
+) -> None:
+    """One trial: its config, every attempt (status, start step, metrics, error and
+    traceback), its history and the checkpoints on disk."""
+    import json
+
+    from orchestrator.checkpoints import TrialCheckpoints
+    from orchestrator.store import Store
+
+    check_results_exist(results, [sweep] if sweep else None)
+    name, tid = _find_trial(results, trial_id, sweep)
+    st = Store(results, name)
+    m = st.read_manifest() or {}
+    trial = next((t for t in m.get("trials", []) if t["trial_id"] == tid), None)
+    rows = sorted((r for r in st.read_trials_all()[0].to_pylist() if r["trial_id"] == tid),
+                  key=lambda r: r["attempt"])
+    cfg = trial["config"] if trial else json.loads(rows[-1]["config_json"] or "{}")
+    kind = trial["kind"] if trial else rows[-1]["kind"]
+    out = [f"trial {tid}  sweep {name} [{m.get('preset', '?')}]  {kind}: "
+           f"{cfg.get('inference')} {cfg.get('arch')} {cfg.get('transform')} seed "
+           f"{cfg.get('seed')}"]
+    if trial is None:
+        out.append("  (not in the last expansion of the sweep: a trial of an earlier run)")
+    elif trial.get("derived_from"):
+        out.append(f"  derived from {trial['derived_from']} (Theorem 4.1: an equal kernel cell, "
+                   "not computed itself)")
+    live = st.running_trials({tid: rows[-1]["attempt"] if rows else 0})
+    if tid in live:
+        r = live[tid]
+        out.append(f"  RUNNING attempt {r.get('attempt')} since {r.get('started_at')} on "
+                   f"{r.get('host')} (pid {r.get('pid')})")
+    out.append("config:")
+    out += [f"  {k} = {cfg[k]!r}" for k in sorted(cfg)]
+    if trial:
+        out.append("resources: " + ", ".join(f"{k}={_fmt(v)}" for k, v in
+                                              sorted(trial["resources"].items())))
+    out.append(f"attempts: {len(rows) or 'none yet'}")
+    for r in rows:
+        facts = [f"{label} {_fmt(r[k])}{unit}" for label, k, unit in (
+            ("start_step", "start_step", ""), ("steps", "steps", ""),
+            ("started", "started_at", ""), ("finished", "finished_at", ""),
+            ("wall", "wall_s", " s"), ("host", "host", ""), ("code", "code_version", ""))
+            if r.get(k) is not None]
+        out.append(f"  #{r['attempt']} {r['status']}: {', '.join(facts)}")
+        mets = {k: r[k] for k in _ROW_METRICS if r.get(k) is not None}
+        extra = json.loads(r.get("metrics_json") or "{}")
+        mets.update({k: v for k, v in extra.items() if k not in mets and v is not None
+                     and k not in ("status", "error")})
+        if mets:
+            out.append("     metrics: " + ", ".join(f"{k}={_fmt(v)}" for k, v in
+                                                    sorted(mets.items())))
+        if r.get("error"):
+            out.append(f"     error: {r['error']}")
+        if r.get("traceback"):
+            out.append("     traceback:")
+            out += [f"       {line}" for line in r["traceback"].rstrip().splitlines()]
+    hist = st.read_history()[0]
+    if hist.num_rows:
+        import pyarrow.compute as pc
+
+        h = hist.filter(pc.equal(hist["trial_id"], tid)).to_pylist()
+        for a in sorted({x["attempt"] for x in h}):
+            pts = [x for x in h if x["attempt"] == a]
+            steps = sorted({x["step"] for x in pts})
+            out.append(f"history of attempt {a}: {len(steps)} points, steps {steps[0]}.."
+                       f"{steps[-1]}; {', '.join(sorted({x['metric'] for x in pts}))}")
+    ck = TrialCheckpoints(results, name, tid)
+    entries = ck.entries()
+    out.append(f"checkpoints on disk ({ck.dir}): {len(entries) or 'none'}")
+    out += [f"  step {step}: {path}{'' if ok else ' (incomplete: no manifest, never loaded)'}"
+            for step, path, ok in entries]
+    print("\n".join(out))
 
 
 @app.command()

@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -417,6 +418,8 @@ def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., di
     attempt = store.next_attempt(trial.trial_id)
     started = now_utc()
     t0 = time.time()
+    # in flight (`symsweep status`'s running column, `show`); removed once the part exists
+    store.mark_running(trial.trial_id, attempt, {"started_at": started.isoformat()})
     wcfg = dict(trial.config)
     for k in ("data_dir", "cache_dir"):
         if ctx.get(k):
@@ -481,8 +484,12 @@ def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., di
                else f"{type(root).__name__}: {root}").strip()
         msg = (msg.splitlines() or [type(root).__name__])[0][:500]
         failed = {"checkpoint_warnings": " | ".join(ckpt_warnings)} if ckpt_warnings else {}
-        store.write_attempt(_row(trial, ctx, attempt, started, failed, "failed", msg,
-                                 time.time() - t0, start_step), history)
+        row = _row(trial, ctx, attempt, started, failed, "failed", msg, time.time() - t0,
+                   start_step)
+        # the whole traceback next to the one-line message (`symsweep show` prints it)
+        row["traceback"] = "".join(traceback.format_exception(root))[-20000:]
+        store.write_attempt(row, history)
+        store.clear_running(trial.trial_id)
         if isinstance(root, UserError) and root is not ex:
             raise root from None  # the caller tells bad input from crashes by its type
         raise
@@ -506,6 +513,7 @@ def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., di
     store.write_attempt(_row(trial, ctx, attempt, started, result, status, result.get("error"),
                              float(result.get("wall_s") or (time.time() - t0)), start_step),
                         history)
+    store.clear_running(trial.trial_id)
     # a finished trial is never run again: its checkpoints only take space (the row is
     # written first, so a crash in between leaves checkpoints, never a lost result)
     if ckpts is not None and status in DONE_STATUSES and ckpts.keep > 0:
@@ -843,6 +851,7 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
 
     hb = threading.Thread(target=heartbeat, daemon=True, name="driver-lock-heartbeat")
     hb.start()
+    store.clear_running()  # in-flight markers of a dead driver's attempts: none runs now
     started_ray = False
     finished = False
     try:
@@ -902,6 +911,11 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
             stop_reaper()
         if finished:
             _compact_after_run(store, lock, summary)
+        try:  # no attempt of this driver runs any more (Ray is shut down or never started)
+            store.clear_running()
+        except Exception as ex:  # a leftover marker never counts without a live driver
+            log.warning("could not remove in-flight markers under %s (%s)", store.running_dir,
+                        ex)
         stop_hb.set()
         try:
             store.release_lock(lock)

@@ -6,6 +6,7 @@ Layout under the results root (a local directory or any URI pyarrow understands)
     <root>/<sweep>/history/<same name>.parquet                   long format: step, metric, value
     <root>/<sweep>/sweep.json                                    what the last `run` expanded
     <root>/<sweep>/driver.lock                                   the live driver (host, pid, ...)
+    <root>/<sweep>/running/<trial_id>.json                       an attempt in flight (see below)
     <root>/<sweep>/{trials,history}/compacted-<stamp>-<rand>.parquet   parts folded by `compact`
 
 Every part file is written to a hidden temporary name and then renamed, so a reader never sees
@@ -94,6 +95,8 @@ TRIAL_SCHEMA = pa.schema([
     ("host", pa.string()),
     ("config_json", pa.string()),
     ("metrics_json", pa.string()),
+    # a failed attempt's Python traceback (`error` is its one-line message); `symsweep show`
+    ("traceback", pa.string()),
 ])
 HISTORY_SCHEMA = pa.schema([
     ("sweep", pa.string()),
@@ -478,6 +481,62 @@ class Store:
                     self.fs.delete_file(f"{d}/{n}")
                     deleted += 1
         return deleted
+
+    # ------------------------------------------------------------------ in-flight attempts
+    # An attempt writes running/<trial_id>.json when it starts (host, pid, attempt, times) and
+    # deletes it after its part; the driver deletes them all when it starts and ends (it holds
+    # the lock: no attempt of the sweep runs then). So a marker counts as running only while
+    # the driver lock is live and the trial has no row of that attempt (`running_trials`).
+    @property
+    def running_dir(self) -> str:
+        return f"{self.dir}/running"
+
+    def mark_running(self, trial_id: str, attempt: int, info: Mapping[str, Any]) -> None:
+        """Record (atomically) that ``attempt`` of ``trial_id`` runs now; called again to
+        refresh ``heartbeat`` (seconds since the epoch)."""
+        rec = {"trial_id": trial_id, "attempt": int(attempt), "host": socket.gethostname(),
+               "pid": os.getpid(), "heartbeat": time.time(), **info}
+        write_atomic(self.fs, f"{self.running_dir}/{trial_id}.json",
+                     json.dumps(rec, default=str).encode())
+
+    def clear_running(self, trial_id: str | None = None) -> int:
+        """Delete the in-flight marker of ``trial_id`` (None: every marker); returns how many."""
+        names = ([f"{trial_id}.json"] if trial_id is not None else
+                 [n for n in self._list(self.running_dir) if n.endswith(".json")])
+        n = 0
+        for name in names:
+            try:
+                self.fs.delete_file(f"{self.running_dir}/{name}")
+                n += 1
+            except FileNotFoundError:
+                pass
+        return n
+
+    def running_markers(self) -> dict[str, dict[str, Any]]:
+        """{trial_id: marker} of every readable in-flight marker (an unreadable one, e.g. read
+        while being replaced, is left out with a warning: it only feeds a count)."""
+        out: dict[str, dict[str, Any]] = {}
+        for name in self._list(self.running_dir):
+            if not name.endswith(".json"):
+                continue
+            try:
+                with self.fs.open_input_stream(f"{self.running_dir}/{name}") as f:
+                    rec = json.loads(f.read().decode())
+                out[str(rec["trial_id"])] = rec
+            except (OSError, ValueError, KeyError) as ex:
+                log.warning("in-flight marker %s/%s unreadable (%s); not counted",
+                            self.running_dir, name, ex)
+        return out
+
+    def running_trials(self, latest_attempt: Mapping[str, int]) -> dict[str, dict[str, Any]]:
+        """The trials with an attempt in flight: a marker newer than every row of the trial
+        (``latest_attempt``: trial_id -> highest attempt with a row) while a live driver holds
+        the sweep's lock. Empty without a live driver (its markers are leftovers)."""
+        lock = self.read_lock()
+        if not lock or not lock_is_live(lock, 600.0):
+            return {}
+        return {tid: m for tid, m in self.running_markers().items()
+                if int(m.get("attempt", 0)) > int(latest_attempt.get(tid, 0))}
 
     # ------------------------------------------------------------------ manifest
     def write_manifest(self, manifest: Mapping[str, Any]) -> None:

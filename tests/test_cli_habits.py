@@ -3,6 +3,7 @@ column of `status`, plain progress lines when stdout is not a terminal, no rich 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,102 @@ def test_status_prints_brackets_and_errors_as_written(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "fig2 [smoke] under" in out
     assert "width [bold]0[/bold] is not allowed" in out
+
+
+# ====================================================================== show, running
+@pytest.fixture()
+def shown(tmp_path):
+    """fig2 smoke: one finite trial with a failed attempt (traceback), a completed attempt
+    resumed from step 20 with history, a checkpoint on disk; another trial in flight."""
+    import datetime as dt
+
+    from orchestrator.checkpoints import TrialCheckpoints
+    from orchestrator.store import TIME_KEY, Store
+
+    sw = load_sweep(FIG2)
+    trials = sw.expand("smoke")
+    st = Store(str(tmp_path), "fig2")
+    st.write_manifest({"sweep": "fig2", "preset": "smoke", "trials": [t.to_dict()
+                                                                     for t in trials]})
+    t, other = [t for t in trials if t.kind == "train"][:2]
+    c = t.config
+    t0 = dt.datetime(2026, 12, 1, 3, 0, tzinfo=dt.UTC)
+    base = dict(trial_id=t.trial_id, preset="smoke", kind="train", arch=c["arch"],
+                inference=c["inference"], transform=c["transform"], seed=c["seed"],
+                started_at=t0, finished_at=t0, config_json=json.dumps(c), host="node-1")
+    st.write_attempt({**base, "attempt": 1, "status": "failed", "start_step": 0,
+                      "error": "RuntimeError: node [lost]",
+                      "traceback": "Traceback (most recent call last):\n  File \"x.py\", "
+                                   "line 1, in <module>\nRuntimeError: node [lost]\n"})
+    st.write_attempt({**base, "attempt": 2, "status": "completed", "start_step": 20,
+                      "steps": 40, "best_test_acc": 0.25, "test_acc": 0.2, "wall_s": 3.5,
+                      "metrics_json": json.dumps({"resumed_from": 20})},
+                     [{"step": s, "test_acc": s / 200, TIME_KEY: 1_764_558_000_000 + s}
+                      for s in (30, 40)])
+    src = tmp_path / "ck"
+    src.mkdir()
+    (src / "state.json").write_text("{}")
+    TrialCheckpoints(str(tmp_path), "fig2", t.trial_id, keep=0).save(str(src), 20)
+    st.mark_running(other.trial_id, 1, {"started_at": "2026-12-01T03:05:00+00:00"})
+    return tmp_path, t.trial_id, other.trial_id, [x.trial_id for x in trials]
+
+
+def _unique_prefix(tid: str, ids: list[str]) -> str:
+    for n in range(1, len(tid) + 1):
+        if sum(i.startswith(tid[:n]) for i in ids) == 1:
+            return tid[:n]
+    raise AssertionError
+
+
+def test_show_a_trial_by_an_unambiguous_prefix(shown, capsys):
+    root, tid, _, ids = shown
+    assert main(["show", _unique_prefix(tid, ids), "--results", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"trial {tid}  sweep fig2 [smoke]  train: ")
+    assert "  width = " in out and "  max_steps = " in out  # the config
+    assert "attempts: 2" in out
+    assert "#1 failed: start_step 0" in out and "error: RuntimeError: node [lost]" in out
+    assert "       Traceback (most recent call last):" in out  # the stored traceback
+    assert "#2 completed: start_step 20, steps 40" in out
+    assert "best_test_acc=0.25" in out and "resumed_from=20" in out
+    assert "history of attempt 2: 2 points, steps 30..40; test_acc" in out
+    assert "checkpoints on disk" in out and "  step 20: " in out
+
+
+def test_show_refuses_unknown_and_ambiguous_ids(shown, capsys):
+    root, _, _, ids = shown
+    assert main(["show", "zzzz", "--results", str(root)]) == 2
+    one_line_error(capsys, "no trial 'zzzz' under")
+    first = next(c for c in "0123456789abcdef" if sum(i.startswith(c) for i in ids) > 1)
+    assert main(["show", first, "--results", str(root)]) == 2
+    one_line_error(capsys, f"prefix '{first}' is ambiguous", "give more characters")
+    assert main(["show", "abc", "--results", str(root / "nope")]) == 2
+    one_line_error(capsys, "no such results directory")
+
+
+def test_status_counts_running_trials_only_under_a_live_driver(shown, capsys):
+    from orchestrator.store import Store
+
+    root, tid, running, _ = shown
+    st = Store(str(root), "fig2")
+
+    def row(name: str) -> list[str]:
+        line = next(x for x in capsys.readouterr().out.splitlines() if f" {name} " in x)
+        return line.replace("│", " ").split()
+
+    # no driver: a marker is a leftover, the trial is missing
+    assert main(["status", "fig2", "--results", str(root)]) == 0
+    assert row("train")[4] == "0"  # kind completed diverged failed RUNNING missing total
+    lock, _ = st.acquire_lock()  # a live driver (this process)
+    try:
+        assert main(["status", "fig2", "--results", str(root)]) == 0
+        cells = row("train")
+        assert cells[1:5] == ["1", "0", "0", "1"], cells
+        # an attempt newer than the last row of a failed trial counts as running too
+        st.mark_running(tid, 3, {"started_at": "now"})
+        assert main(["status", "fig2", "--results", str(root)]) == 0
+        assert row("train")[1:5] == ["0", "0", "0", "2"]
+        assert main(["show", running, "--results", str(root)]) == 0
+        assert "RUNNING attempt 1 since 2026-12-01T03:05:00+00:00" in capsys.readouterr().out
+    finally:
+        st.release_lock(lock)
