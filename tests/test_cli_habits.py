@@ -265,3 +265,29 @@ def test_status_counts_running_trials_only_under_a_live_driver(shown, capsys):
         assert "RUNNING attempt 1 since 2026-12-01T03:05:00+00:00" in capsys.readouterr().out
     finally:
         st.release_lock(lock)
+
+
+def test_resume_applies_the_recorded_overrides(tmp_path, capsys):
+    """The manifest's --set values are applied again (and checked again: a results folder is
+    data): the resumed expansion has the same trial ids, so nothing finished runs twice."""
+    from orchestrator.spec import file_sha256, select_trials
+    from orchestrator.store import Store
+
+    only = {"arch": ["fcn"], "transform": ["identity"], "inference": ["nn"]}
+    trials = select_trials(load_sweep(FIG2).with_overrides({"max_steps": 7}).expand("smoke"),
+                           only)
+    assert len(trials) == 5
+    st = Store(str(tmp_path), "fig2")
+    m = {"sweep": "fig2", "preset": "smoke", "source_sha256": file_sha256(FIG2),
+         "dedupe": True, "only": only, "overrides": {"max_steps": 7},
+         "trials": [t.to_dict() for t in trials]}
+    st.write_manifest(m)
+    for t in trials:
+        st.write_attempt(dict(trial_id=t.trial_id, attempt=1, preset="smoke", kind="train",
+                              status="completed", config_json=json.dumps(t.config)))
+    args = ["resume", "fig2", "--results", str(tmp_path), "--no-report", "--no-progress"]
+    assert main(args) == 0
+    assert "5 trials: 5 already finished, 0 launched" in capsys.readouterr().err
+    st.write_manifest({**m, "overrides": {"max_steps": -1}})
+    assert main(args) == 2
+    one_line_error(capsys, "--set max_steps=-1", "max_steps must be >= 0")
