@@ -39,8 +39,8 @@ RESULTS_HELP = "Results root: a directory or a pyarrow URI (s3://, gs://)."
 _ONLY_OPT = typer.Option(None, help="Restrict to FIELD=V1,V2 (repeatable), e.g. --only "
                          "inference=ntk")
 _SWEEPS_OPT = typer.Option(None, help="Only these sweeps (default: all)")
-_SET_OPT = typer.Option(None, "--set", help="Set a config key on every trial, KEY=VALUE "
-                        "(repeatable), e.g. --set max_steps=1000; VALUE is a Python literal "
+_SET_OPT = typer.Option(None, "--set", metavar="KEY=VALUE", help="Set a config key on every "
+                        "trial (repeatable), e.g. --set max_steps=1000; VALUE is a Python literal "
                         "(64, 1e-3, True) or a bare word; checked like the sweep file, part of "
                         "the trial ids")
 
