@@ -85,6 +85,9 @@ def test_bad_set_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, args, 
     assert script_main(load_sweep(FIG2), ["--results", str(res), *args]) == 2
     one_line_error(capsys, *needles)
     assert not res.exists()
+    # and so does `plan`, before it measures anything
+    assert main(["plan", str(FIG2), "--preset", "smoke", *args]) == 2
+    one_line_error(capsys, *needles)
 
 
 def test_dry_run_shows_the_overrides(capsys):
