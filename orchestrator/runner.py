@@ -284,7 +284,8 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
 
     hb = threading.Thread(target=heartbeat, daemon=True, name="driver-lock-heartbeat")
     hb.start()
-    store.clear_running()  # in-flight markers of a dead driver's attempts: none runs now
+    # attempts a dead driver left in flight get their failed rows (none runs now: the lock)
+    summary.notes.extend(store.salvage_dead_attempts())
     started_ray = False
     finished = False
     try:
@@ -345,10 +346,10 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
         if finished:
             _compact_after_run(store, lock, summary)
         try:  # no attempt of this driver runs any more (Ray is shut down or never started)
-            store.clear_running()
-        except Exception as ex:  # a leftover marker never counts without a live driver
-            log.warning("could not remove in-flight markers under %s (%s)", store.running_dir,
-                        ex)
+            summary.notes.extend(store.salvage_dead_attempts())
+        except Exception as ex:  # the next driver salvages them; a marker never counts alone
+            log.warning("could not record the attempts that died under %s (%s: %s); the next "
+                        "run or resume does", store.running_dir, type(ex).__name__, ex)
         stop_hb.set()
         try:
             store.release_lock(lock)

@@ -284,22 +284,31 @@ class Store:
         if rec["status"] not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {rec['status']!r}")
         name = f"{rec['trial_id']}-a{rec['attempt']:03d}-{uuid.uuid4().hex[:8]}.parquet"
+        if isinstance(history, pa.Table):  # rows already in HISTORY_SCHEMA (salvaged)
+            table = history
+        else:
+            table = self._history_table(rec["trial_id"], rec["attempt"], history or [])
+        self._write_atomic(table, self.history_dir, name)
+        return self._write_atomic(pa.Table.from_pylist([rec], schema=TRIAL_SCHEMA),
+                                  self.trials_dir, name)
+
+    def _history_table(self, trial_id: str, attempt: int,
+                       history: list[Mapping[str, Any]]) -> pa.Table:
+        """History points (dicts) as HISTORY_SCHEMA rows: one per (point, metric)."""
         hist_rows: dict[str, list[Any]] = {f.name: [] for f in HISTORY_SCHEMA}
-        for h in history or []:
+        for h in history:
             step = int(h.get("step", h.get("steps", 0)) or 0)
             t_ms = h.get(TIME_KEY)
             when = None if t_ms is None else dt.datetime.fromtimestamp(int(t_ms) / 1000, dt.UTC)
             for k, v in history_metrics(h).items():
                 hist_rows["sweep"].append(self.sweep)
-                hist_rows["trial_id"].append(rec["trial_id"])
-                hist_rows["attempt"].append(rec["attempt"])
+                hist_rows["trial_id"].append(trial_id)
+                hist_rows["attempt"].append(int(attempt))
                 hist_rows["step"].append(step)
                 hist_rows["metric"].append(k)
                 hist_rows["value"].append(v)
                 hist_rows["measured_at"].append(when)
-        self._write_atomic(pa.table(hist_rows, schema=HISTORY_SCHEMA), self.history_dir, name)
-        return self._write_atomic(pa.Table.from_pylist([rec], schema=TRIAL_SCHEMA),
-                                  self.trials_dir, name)
+        return pa.table(hist_rows, schema=HISTORY_SCHEMA)
 
     # ------------------------------------------------------------------ reading
     def _scan(self, d: str, schema: pa.Schema, one_row: bool
@@ -512,21 +521,97 @@ class Store:
                 pass
         return n
 
+    # In-flight history: each point an attempt reports is written here (one small Parquet file,
+    # HISTORY_SCHEMA) before it goes to the driver and MLflow's live view, and the files are
+    # deleted once the attempt's part holds them. So MLflow never holds a point the results
+    # root lacks: an attempt that dies without its part is salvaged from these files
+    # (`salvage_dead_attempts`).
+    @property
+    def inflight_dir(self) -> str:
+        return f"{self.dir}/inflight"
+
+    def write_inflight(self, trial_id: str, attempt: int, seq: int,
+                       point: Mapping[str, Any]) -> None:
+        """Make one history point of a running attempt durable (``seq``: its index)."""
+        self._write_atomic(self._history_table(trial_id, attempt, [point]), self.inflight_dir,
+                           f"{trial_id}-a{int(attempt):03d}-{int(seq):07d}.parquet")
+
+    def _inflight_names(self, trial_id: str, attempt: int) -> list[str]:
+        head = f"{trial_id}-a{int(attempt):03d}-"
+        return [n for n in self._list(self.inflight_dir) if n.startswith(head)]
+
+    def clear_inflight(self, trial_id: str, attempt: int) -> None:
+        """Delete an attempt's in-flight points (after its part holds them)."""
+        for n in self._inflight_names(trial_id, attempt):
+            try:
+                self.fs.delete_file(f"{self.inflight_dir}/{n}")
+            except FileNotFoundError:
+                pass
+
+    def salvage_dead_attempts(self, trial_id: str | None = None) -> list[str]:
+        """Give every attempt that died without writing its part (an in-flight marker without
+        a part of that attempt: its process was killed, its node lost) a ``failed`` row whose
+        history is its in-flight points, then remove the marker and the points. Call only when
+        no attempt of the trial (None: of the sweep) can be running: the driver at start and
+        end, a new attempt before it numbers itself. Returns one line per salvaged attempt.
+
+        So the attempt is on record, the next attempt gets a new number (its points never
+        join the dead one's), and MLflow's live run of the dead attempt is completed from the
+        part like any other."""
+        if trial_id is None:
+            markers = self.running_markers()
+            done = self.attempt_index() if markers else {}
+        else:  # one trial (every attempt start): its own marker only, one read
+            m = self._read_marker(f"{trial_id}.json")
+            markers = {trial_id: m} if m is not None else {}
+            done = {trial_id: self.next_attempt(trial_id) - 1} if markers else {}
+        notes = []
+        for tid, m in markers.items():
+            att = int(m.get("attempt", 0))
+            if att > int(done.get(tid, 0)):
+                names = self._inflight_names(tid, att)
+                hist = (_conform(pa.concat_tables([pq.read_table(
+                    f"{self.inflight_dir}/{n}", filesystem=self.fs) for n in names]),
+                    HISTORY_SCHEMA) if names else HISTORY_SCHEMA.empty_table())
+                steps = hist["step"].to_pylist()
+                why = (f"attempt {att} died without writing its result (its process was killed "
+                       f"or its node lost, on host {m.get('host')} pid {m.get('pid')}); "
+                       f"{len(set(steps))} history point(s) up to step "
+                       f"{max(steps) if steps else '-'} were kept")
+                started = m.get("started_at")
+                self.write_attempt({
+                    **{k: m.get(k) for k in ("preset", "kind", "arch", "inference", "transform",
+                                             "seed", "config_json", "code_version")},
+                    "trial_id": tid, "attempt": att, "status": "failed", "error": why,
+                    "host": m.get("host"), "started_at": dt.datetime.fromisoformat(started)
+                    if isinstance(started, str) else None, "finished_at": now_utc()}, hist)
+                notes.append(f"trial {tid}: {why}")
+                log.warning("trial %s: %s", tid, why)
+            self.clear_inflight(tid, att)
+            self.clear_running(tid)
+        return notes
+
     def running_markers(self) -> dict[str, dict[str, Any]]:
         """{trial_id: marker} of every readable in-flight marker (an unreadable one, e.g. read
         while being replaced, is left out with a warning: it only feeds a count)."""
         out: dict[str, dict[str, Any]] = {}
         for name in self._list(self.running_dir):
-            if not name.endswith(".json"):
-                continue
-            try:
-                with self.fs.open_input_stream(f"{self.running_dir}/{name}") as f:
-                    rec = json.loads(f.read().decode())
+            if name.endswith(".json") and (rec := self._read_marker(name)) is not None:
                 out[str(rec["trial_id"])] = rec
-            except (OSError, ValueError, KeyError) as ex:
-                log.warning("in-flight marker %s/%s unreadable (%s); not counted",
-                            self.running_dir, name, ex)
         return out
+
+    def _read_marker(self, name: str) -> dict[str, Any] | None:
+        try:
+            with self.fs.open_input_stream(f"{self.running_dir}/{name}") as f:
+                rec = json.loads(f.read().decode())
+            str(rec["trial_id"])
+            return rec
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as ex:
+            log.warning("in-flight marker %s/%s unreadable (%s); not counted", self.running_dir,
+                        name, ex)
+            return None
 
     def running_trials(self, latest_attempt: Mapping[str, int]) -> dict[str, dict[str, Any]]:
         """The trials with an attempt in flight: a marker newer than every row of the trial

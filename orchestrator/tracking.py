@@ -23,11 +23,14 @@ part: the run the live view opened for (trial_id, attempt) when there is one (fo
 process or, after a restart, by its tags), else a new run. It logs only the history points the
 run lacks (keyed by metric and step, so nothing is logged twice), then the final metrics, the
 params, tags (trial_id, status, preset, attempt, part file, ...) and ``config.json``, ends the
-run, and sets ``symsweep.mirrored`` last. A crash therefore never leaves MLflow as the only
-copy (the part is written first, by the trial), and a deleted ``mlflow.db`` is rebuilt from the
-parts at the next `resume`, each point at its measured time (parts written before the time was
-recorded use the attempt's finish time). A live run whose attempt never wrote a part (its
-process died) is ended as KILLED, at the end of its invocation or at the next start.
+run, and sets ``symsweep.mirrored`` last. A crash never leaves MLflow as the only copy: the
+trial writes each point to the results root (its in-flight history) before it reports it, and
+its part before the mirror completes the run; an attempt that dies without its part is given a
+failed row from its in-flight history (`Store.salvage_dead_attempts`, by the trial's next
+attempt or the next driver), which then completes its live run like any other. A live run
+whose attempt left nothing (no marker, no part) is ended as KILLED. A deleted ``mlflow.db`` is
+rebuilt from the parts at the next `resume`, each point at its measured time (parts written
+before the time was recorded use the attempt's finish time).
 
 Faults: a run counts as mirrored only once fully logged (``symsweep.mirrored`` is set last); a
 run a killed driver left half-mirrored (a part_file tag, no mark) is deleted and mirrored again
@@ -391,7 +394,7 @@ class Tracker:
     def _kill(self, client: Any, rid: str, key: tuple[str, int]) -> None:
         client.set_tag(rid, "mlflow.note.content",
                        f"attempt {key[1]} of trial {key[0]} ended without writing its part "
-                       "file (its process died); the live points are all there is of it")
+                       "file or leaving an in-flight record (its process died)")
         client.set_terminated(rid, status="KILLED")
         self._stale.discard(rid)
 

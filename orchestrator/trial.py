@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import io
+import json
 import logging
 import shutil
 import socket
@@ -138,11 +139,20 @@ def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., di
     (whichever attempt, run or driver wrote it); each checkpoint the worker reports is copied
     there before the report returns (the worker may delete its own copy then)."""
     store = Store(ctx["results"], ctx["sweep"])
+    # an earlier attempt of this trial that died without its part (Tune retries after a lost
+    # worker) gets its failed row first, so this one is numbered after it
+    store.salvage_dead_attempts(trial.trial_id)
     attempt = store.next_attempt(trial.trial_id)
     started = now_utc()
     t0 = time.time()
-    # in flight (`symsweep status`'s running column, `show`); removed once the part exists
-    store.mark_running(trial.trial_id, attempt, {"started_at": started.isoformat()})
+    # in flight (`symsweep status`'s running column, `show`); removed once the part exists.
+    # It carries what a failed row needs, should this attempt die without writing one.
+    c = trial.config
+    store.mark_running(trial.trial_id, attempt, {
+        "started_at": started.isoformat(), "preset": ctx["preset"], "kind": trial.kind,
+        "arch": c.get("arch"), "inference": c.get("inference"),
+        "transform": c.get("transform"), "seed": c.get("seed"),
+        "config_json": json.dumps(c, sort_keys=True), "code_version": ctx.get("code_version")})
     wcfg = dict(trial.config)
     for k in ("data_dir", "cache_dir"):
         if ctx.get(k):
@@ -179,6 +189,8 @@ def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., di
         saved = None
         if checkpoint_dir and ckpts is not None:
             saved = ckpts.save(checkpoint_dir, step)
+        # durable in the results root before the driver (and MLflow's live view) sees it
+        store.write_inflight(trial.trial_id, attempt, len(history), m)
         if report_fn is not None:  # the attempt, so the driver's live view can key its run
             report_fn({**m, "attempt": attempt}, saved)
         if _fault_fires(fault, trial.trial_id, attempt, step):
@@ -212,6 +224,7 @@ def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., di
         # the whole traceback next to the one-line message (`symsweep show` prints it)
         row["traceback"] = "".join(traceback.format_exception(root))[-20000:]
         store.write_attempt(row, history)
+        store.clear_inflight(trial.trial_id, attempt)
         store.clear_running(trial.trial_id)
         if isinstance(root, UserError) and root is not ex:
             raise root from None  # the caller tells bad input from crashes by its type
@@ -236,6 +249,7 @@ def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., di
     store.write_attempt(_row(trial, ctx, attempt, started, result, status, result.get("error"),
                              float(result.get("wall_s") or (time.time() - t0)), start_step),
                         history)
+    store.clear_inflight(trial.trial_id, attempt)
     store.clear_running(trial.trial_id)
     # a finished trial is never run again: its checkpoints only take space (the row is
     # written first, so a crash in between leaves checkpoints, never a lost result)

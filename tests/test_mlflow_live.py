@@ -12,6 +12,7 @@ import subprocess
 import textwrap
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pytest
 
 from orchestrator.store import TIME_KEY, Store
@@ -239,3 +240,84 @@ def _no_ray_left():
 
         if ray.is_initialized():
             ray.shutdown()
+
+
+def test_every_live_point_is_in_the_results_root_first_and_a_dead_attempt_is_salvaged(
+        tmp_path):
+    """execute_trial writes each point to the in-flight history before reporting it (so before
+    MLflow can see it); an attempt that dies without its part (kill -9, lost node) leaves
+    those files, and the next attempt of the trial first turns them into a failed row: the
+    Parquet store holds every point MLflow has, and the next attempt gets a new number."""
+    from orchestrator.spec import Trial
+    from orchestrator.trial import execute_trial
+
+    st = Store(str(tmp_path), "s")
+    trial = Trial("t1", "train", dict(CFG), {"cpu": 1.0})
+    ctx = {"results": str(tmp_path), "sweep": "s", "preset": "smoke", "code_version": "x"}
+    seen: list[tuple[int, int]] = []
+
+    class Killed(BaseException):  # like SIGKILL: nothing in execute_trial handles it
+        pass
+
+    def inflight() -> list:
+        return st.fs.get_file_info(pafs.FileSelector(st.inflight_dir, allow_not_found=True))
+
+    def report_fn(point, _ckpt):
+        # at report time the point is already durable under the results root
+        seen.append((point["step"], len(inflight())))
+
+    def dies(config, report):
+        report({"step": 10, "test_acc": 0.1})
+        report({"step": 20, "test_acc": 0.2})
+        raise Killed
+
+    with pytest.raises(Killed):
+        execute_trial(trial, ctx, dies, report_fn=report_fn)
+    assert seen == [(10, 1), (20, 2)]
+    assert st.parts() == [] and st.running_markers()["t1"]["attempt"] == 1
+
+    def finishes(config, report):
+        report({"step": 10, "test_acc": 0.3})
+        return {"status": "completed", "test_acc": 0.3, "steps": 10}
+
+    execute_trial(trial, ctx, finishes, report_fn=report_fn)
+    rows = sorted(st.read_trials_all()[0].to_pylist(), key=lambda r: r["attempt"])
+    assert [(r["attempt"], r["status"]) for r in rows] == [(1, "failed"), (2, "completed")]
+    assert "attempt 1 died without writing its result" in rows[0]["error"]
+    assert "2 history point(s) up to step 20 were kept" in rows[0]["error"]
+    assert rows[0]["config_json"] == json.dumps(CFG, sort_keys=True)
+    h, _ = st.read_history()
+    pts = sorted(zip(h["attempt"].to_pylist(), h["step"].to_pylist(), h["value"].to_pylist(),
+                     strict=True))
+    assert pts == [(1, 10, 0.1), (1, 20, 0.2), (2, 10, 0.3)]
+    assert all(t is not None for t in h["measured_at"].to_pylist())
+    # nothing left in flight
+    assert st.running_markers() == {} and inflight() == []
+
+
+def test_a_dead_drivers_attempt_is_salvaged_and_its_live_run_completed(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.tracking import MIRRORED_TAG, Tracker
+
+    st = Store(str(tmp_path), "s")
+    t0 = 1_767_225_600_000
+    st.mark_running("a", 1, {"preset": "smoke", "kind": "train", "config_json":
+                             json.dumps(CFG), "started_at": "2026-01-01T00:00:00+00:00"})
+    point = {"step": 10, "test_acc": 0.2, TIME_KEY: t0}
+    st.write_inflight("a", 1, 1, point)
+    dead = Tracker(st, preset="smoke", invocation={"preset": "smoke"})
+    dead.add_point("a", 1, CFG, 10, t0, {"test_acc": 0.2})
+    dead.flush_live()  # ...then the driver is killed
+    # the next driver (under the lock) records the dead attempt, then mirrors
+    notes = st.salvage_dead_attempts()
+    assert len(notes) == 1 and "trial a: attempt 1 died" in notes[0]
+    nxt = Tracker(st, preset="smoke", invocation={"preset": "smoke"})
+    assert nxt.sync() == 1
+    nxt.stop("FINISHED")
+    c = MlflowClient(nxt.uri)
+    (run,) = [r for r in _runs(c) if r.data.tags.get("trial_id") == "a"]
+    assert run.info.status == "FAILED" and run.data.tags[MIRRORED_TAG] == "1"
+    assert "died without writing its result" in run.data.tags["error"]
+    assert _points(c, run.info.run_id) == [(10, t0, 0.2)]
+    assert st.next_attempt("a") == 2
