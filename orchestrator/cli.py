@@ -384,14 +384,17 @@ def status(
 
 def _find_trial(results: str, prefix: str, sweep: str | None) -> tuple[str, str]:
     """(sweep, trial_id) of the one trial whose id starts with ``prefix`` (like git's short
-    hashes), among the trials of the sweeps' manifests and stored rows. `ConfigError` (one line)
+    hashes, at least `MIN_PREFIX` characters as for `plot --curves`), among the trials of the
+    sweeps' manifests (so a trial not run yet too) and stored rows. `ConfigError` (one line)
     when none or several match."""
+    from orchestrator.figures.curves import MIN_PREFIX
     from orchestrator.store import Store, list_sweeps
 
     p = prefix.strip().lower()
-    if not p:
-        raise ConfigError("show: give a trial id (or its first characters); `symsweep query "
-                          "'select trial_id, arch, transform from trials'` lists them")
+    if len(p) < MIN_PREFIX:
+        raise ConfigError(f"show {prefix!r}: give at least {MIN_PREFIX} characters of a trial "
+                          "id; `symsweep query 'select trial_id, arch, transform from trials'` "
+                          "lists them")
     sweeps = [sweep] if sweep else list_sweeps(results)
     hits: set[tuple[str, str]] = set()
     for name in sweeps:

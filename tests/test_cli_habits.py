@@ -218,7 +218,8 @@ def _unique_prefix(tid: str, ids: list[str]) -> str:
 
 def test_show_a_trial_by_an_unambiguous_prefix(shown, capsys):
     root, tid, _, ids = shown
-    assert main(["show", _unique_prefix(tid, ids), "--results", str(root)]) == 0
+    short = tid[:max(4, len(_unique_prefix(tid, ids)))]  # git-like: 4 characters at least
+    assert main(["show", short, "--results", str(root)]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"trial {tid}  sweep fig2 [smoke]  train: ")
     assert "  width = " in out and "  max_steps = " in out  # the config
@@ -235,9 +236,18 @@ def test_show_refuses_unknown_and_ambiguous_ids(shown, capsys):
     root, _, _, ids = shown
     assert main(["show", "zzzz", "--results", str(root)]) == 2
     one_line_error(capsys, "no trial 'zzzz' under")
-    first = next(c for c in "0123456789abcdef" if sum(i.startswith(c) for i in ids) > 1)
-    assert main(["show", first, "--results", str(root)]) == 2
-    one_line_error(capsys, f"prefix '{first}' is ambiguous", "give more characters")
+    assert main(["show", ids[0][:3], "--results", str(root)]) == 2
+    one_line_error(capsys, "give at least 4 characters")
+    from orchestrator.store import Store
+
+    other = Store(str(root), "other")  # two trials whose ids share 4 characters
+    for tid in ("abcd0001", "abcd0002"):
+        other.write_attempt(dict(trial_id=tid, attempt=1, kind="train", status="completed"))
+    assert main(["show", "abcd", "--results", str(root)]) == 2
+    one_line_error(capsys, "prefix 'abcd' is ambiguous, 2 trials match: abcd0001 (other), "
+                   "abcd0002 (other); give more characters")
+    assert main(["show", "abcd0002", "--results", str(root)]) == 0
+    assert capsys.readouterr().out.startswith("trial abcd0002  sweep other [?]")
     assert main(["show", "abc", "--results", str(root / "nope")]) == 2
     one_line_error(capsys, "no such results directory")
 
