@@ -329,6 +329,9 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
                       console)
             if lost:  # Tune stopped on the heartbeat's SIGINT
                 raise LockLostError(lost[0])
+            # Tune has ended every trial: attempts that died without a part get their failed
+            # rows now, so this invocation's MLflow mirror completes their live runs
+            summary.notes.extend(store.salvage_dead_attempts())
         summary.derived_written += materialize_derived(store, trials, ctx)
         finished = True
     except KeyboardInterrupt:
