@@ -413,6 +413,14 @@ class Tracker:
                 tags = r.data.tags
                 part = tags.get("part_file")
                 mark = tags.get(MIRRORED_TAG)
+                if tags.get(INVOCATION_TAG) == "1":
+                    # a driver holds the sweep's lock: another invocation still RUNNING died
+                    if self.invocation is not None and r.info.status == "RUNNING" and \
+                            r.info.run_id != self.parent_run_id:
+                        client.set_tag(r.info.run_id, "mlflow.note.content",
+                                       "this invocation's driver died before it ended")
+                        client.set_terminated(r.info.run_id, status="KILLED")
+                    continue
                 if not part:
                     if tags.get(LIVE_TAG) == "1" and mark != "1" and tags.get("attempt"):
                         key = (tags.get("trial_id", ""), int(tags["attempt"]))

@@ -128,8 +128,11 @@ def test_a_live_run_without_a_part_ends_killed_and_a_later_part_completes_it(tmp
         a.data.tags["mlflow.note.content"]
     assert b.info.status == "FINISHED" and b.data.tags[MIRRORED_TAG] == "1"
     assert [(s, t) for s, t, _ in _points(c, b.info.run_id)] == [(10, t0), (20, t0 + 10)]
-    # b stays nested under the invocation that ran it
+    # b stays nested under the invocation that ran it; that invocation's driver died, so its
+    # parent run is ended KILLED by the next one, which ends FINISHED
     assert b.data.tags["mlflow.parentRunId"] == dead.parent_run_id
+    assert c.get_run(dead.parent_run_id).info.status == "KILLED"
+    assert c.get_run(nxt.parent_run_id).info.status == "FINISHED"
 
 
 def test_history_records_when_each_point_was_measured(tmp_path):
