@@ -130,6 +130,16 @@ METRIC_LABEL: dict[str, tuple[str, float, bool]] = {
 CHANCE_ACCURACY = {"cifar10": 1.0 / NUM_CLASSES, "synthetic": 1.0 / NUM_CLASSES}
 
 
+# Units of the non-accuracy result columns, for table headers (accuracies are in %)
+METRIC_UNIT = {"test_mse": "MSE, mean((f-y)^2)", "wall_s": "seconds", "steps": "SGD steps",
+               "start_step": "SGD steps", "eta0": "learning rate eta_0"}
+
+
+def metric_unit(metric: str) -> str:
+    """How a table states ``metric``'s values: "%" for an accuracy, else its unit."""
+    return "%" if metric_label(metric)[2] else METRIC_UNIT.get(metric, "as stored")
+
+
 def metric_label(metric: str) -> tuple[str, float, bool]:
     """(axis label, factor, is accuracy) of a result column; unknown columns as they are."""
     return METRIC_LABEL.get(metric, (metric, 1.0, False))
@@ -320,9 +330,14 @@ def plain_log_labels(axis: Any, lo: float, hi: float) -> None:
 
 
 def format_cell(mean: float, std: float, n: int, total: int, percent: bool = True) -> str:
+    """'mean ± std (n/total)' of a table cell: an accuracy (``percent``) x100 with one
+    decimal, any other metric as stored with 4 significant digits (seconds, steps, MSE)."""
     if n == 0:
         return f"- ({n}/{total})"
-    s = 100.0 if percent else 1.0
+    if percent:
+        m, s = f"{mean * 100:.1f}", f"{std * 100:.1f}"
+    else:
+        m, s = f"{mean:.4g}", f"{std:.4g}"
     if n == 1:
-        return f"{mean * s:.1f} ({n}/{total})"
-    return f"{mean * s:.1f} ± {std * s:.1f} ({n}/{total})"
+        return f"{m} ({n}/{total})"
+    return f"{m} ± {s} ({n}/{total})"

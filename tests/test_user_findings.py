@@ -1,0 +1,101 @@
+"""What a new user found on main (ux job): each test failed before its fix.
+
+Stores are written directly (no Ray); the CLI is called through `orchestrator.cli.main`, so
+exit codes and the exact stderr lines are what a shell sees."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+
+from orchestrator.cli import main
+from orchestrator.spec import load_sweep
+from orchestrator.store import Store
+
+REPO = Path(__file__).resolve().parents[1]
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+def _store(root: Path) -> Store:
+    """A fig2 smoke store (fcn x identity): kernel cells without steps / eta0, finite runs
+    with steps=40, wall_s=2.5, eta0=0.125, test_mse=0.09, and a short history."""
+    sw = load_sweep(REPO / "sweeps" / "fig2.py")
+    trials = [t for t in sw.expand("smoke") if t.config["arch"] == "fcn"
+              and t.config["transform"] == "identity"]
+    st = Store(str(root), "fig2")
+    st.write_manifest({"sweep": "fig2", "preset": "smoke", "source": sw.source, "dedupe": True,
+                       "only": None, "success_train_acc": 0.0,
+                       "trials": [t.to_dict() for t in trials]})
+    for t in trials:
+        c = t.config
+        train = t.kind == "train"
+        hist = [] if not train else [
+            {"step": s, "train_loss": 0.05 / s, "train_acc": 0.5, "test_acc": 0.3,
+             "test_mse": 0.09, "val_acc": float("nan")} for s in (10, 20)]
+        st.write_attempt(dict(trial_id=t.trial_id, attempt=1, preset="smoke", kind=t.kind,
+                              arch=c["arch"], inference=c["inference"],
+                              transform=c["transform"], seed=c["seed"], status="completed",
+                              dataset="synthetic", best_test_acc=0.3, test_acc=0.3,
+                              train_acc=1.0, test_mse=0.09, wall_s=2.5,
+                              steps=40 if train else None, eta0=0.125 if train else None,
+                              derived_from=t.derived_from, started_at=T0, finished_at=T0,
+                              config_json=json.dumps(c, sort_keys=True)), hist)
+    return st
+
+
+# 1. table --metric: only accuracies are percentages; a metric a kind lacks is n/a
+
+@pytest.mark.parametrize("metric,unit,value", [("wall_s", "seconds", "2.5"),
+                                               ("steps", "SGD steps", "40"),
+                                               ("test_mse", "MSE", "0.09"),
+                                               ("eta0", "eta_0", "0.125")])
+def test_table_of_a_raw_metric_is_not_in_percent(tmp_path, capsys, metric, unit, value):
+    _store(tmp_path)
+    assert main(["table", "fig2", "--results", str(tmp_path), "--metric", metric]) == 0
+    out = capsys.readouterr().out
+    head, body = out.split("\n", 1)
+    assert " in %" not in head and unit in head
+    assert f" {value} " in body and f" {float(value) * 100:g} " not in body
+    if metric in ("steps", "eta0"):  # kernel cells have no SGD steps / eta_0
+        ntk = [ln for ln in body.splitlines() if ln.startswith("NTK")]
+        assert ntk and "n/a" in ntk[0] and "(0/" not in ntk[0]
+
+
+def test_table_of_an_accuracy_stays_in_percent(tmp_path, capsys):
+    _store(tmp_path)
+    assert main(["table", "fig2", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "best_test_acc in %" in out and "30.0" in out and "n/a" not in out
+
+
+# 2. plot --out that cannot be written: one line, exit 2, no temporary file left
+
+@pytest.mark.parametrize("target", ["dir", "file_parent"])
+def test_plot_out_unwritable_is_one_line_exit_2(tmp_path, capsys, target):
+    _store(tmp_path / "r")
+    if target == "dir":
+        out = tmp_path / "somedir.png"
+        out.mkdir()
+    else:
+        (tmp_path / "afile").write_text("x")
+        out = tmp_path / "afile" / "x.png"
+    assert main(["plot", "fig2", "--results", str(tmp_path / "r"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"symsweep: error: cannot write --out {out}")
+    assert "pass a writable file path" in err
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_write_atomic_removes_its_temporary_on_failure(tmp_path):
+    import pyarrow.fs as pafs
+
+    from orchestrator.fsio import write_atomic
+
+    (tmp_path / "target").mkdir()
+    (tmp_path / "target" / "inside").write_text("keep")  # a non-empty directory: move fails
+    with pytest.raises(OSError):
+        write_atomic(pafs.LocalFileSystem(), str(tmp_path / "target"), b"data")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]
