@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -266,7 +267,12 @@ def savefig(fig: Any, out: str | Path) -> Path | str:
             meta = {"png": {}, "pdf": {"CreationDate": None}, "svg": {"Date": None}}[fmt]
             fig.savefig(buf, format=fmt, dpi=PNG_DPI, metadata=meta)
             fs, path = resolve_root(p)
-            write_atomic(fs, path, buf.getvalue())
+            try:
+                write_atomic(fs, path, buf.getvalue())
+            except OSError as ex:  # a user-named path: say which and how to fix, exit 2
+                reason = os.strerror(ex.errno) if ex.errno else " ".join(str(ex).split())
+                raise ConfigError(f"cannot write --out {p}: {reason}; pass a writable file "
+                                  "path") from ex
     finally:
         plt.close(fig)
     return str(out) if "://" in str(out) else Path(out)
