@@ -337,6 +337,10 @@ def status(
     m = _manifest_or_fail(results, sweep)
     store = Store(results, sweep)
     df, corrupt = store.latest()
+    # history files too, before anything is printed (a compacted file that does not parse is
+    # a ConfigError naming it, alone): a corrupt part loses learning curves (README: status
+    # names corrupt files)
+    _, hist_corrupt = store.read_history()
     # status per trial only: a dict per row (df.to_dict) took 3 of 4.7 s at 10^5 attempts
     status_of = dict(zip(df["trial_id"], df["status"], strict=True))
     # running: an attempt in flight (its marker, newer than the trial's rows, under a live
@@ -361,10 +365,12 @@ def status(
         tab.add_row(kind, *(str(c.get(k, 0)) for k in counts), str(sum(c.values())))
     tab.add_row("all", *(str(v) for v in counts.values()), str(len(m["trials"])))
     con.print(tab)
-    con.print(f"{derived} trials are copies of an equal kernel cell (derived_from)")
+    con.print(f"{derived} {'trial is a copy' if derived == 1 else 'trials are copies'} of an "
+              "equal kernel cell (derived_from)")
     extra = set(status_of) - set(running) - {t["trial_id"] for t in m["trials"]}
     if extra:
-        con.print(f"{len(extra)} trials in the store are not in the last expansion")
+        con.print(f"{len(extra)} {'trial' if len(extra) == 1 else 'trials'} in the store "
+                  f"{'is' if len(extra) == 1 else 'are'} not in the last expansion")
     lock = store.read_lock()
     if lock:
         live = lock_is_live(lock, 600.0)
@@ -374,11 +380,13 @@ def status(
     for r in failed.head(10).itertuples():
         con.print(f"failed {r.trial_id} ({r.inference} {r.arch} {r.transform} s{r.seed}) "
                   f"attempt {r.attempt}: {r.error}")
-    if corrupt:
-        print(f"{len(corrupt)} CORRUPT part file(s), not read (delete them and run "
+    bad = [(f"{store.trials_dir}/{n}", e) for n, e in corrupt] + \
+        [(f"{store.history_dir}/{n}", e) for n, e in hist_corrupt]
+    if bad:
+        print(f"{len(bad)} CORRUPT part file(s), not read (delete them and run "
               f"`symsweep resume {sweep}` to recompute):")
-        for name, err in corrupt:
-            print(f"  {store.trials_dir}/{name}: {err}")
+        for path, err in bad:
+            print(f"  {path}: {err}")
         raise typer.Exit(1)
 
 

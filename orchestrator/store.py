@@ -769,13 +769,17 @@ def lock_is_live(lock: Mapping[str, Any], stale_after_s: float) -> bool:
 
 
 def list_sweeps(root: str) -> list[str]:
+    """The sweeps under ``root``: folders with a manifest (``sweep.json``, written before the
+    first trial starts, so a sweep interrupted before its first part is listed) or a
+    ``trials/`` folder."""
     fs, base = resolve_root(root)
     infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
     out = []
     for i in infos:
         if i.type == pafs.FileType.Directory:
-            t = fs.get_file_info(f"{base}/{i.base_name}/trials")
-            if t.type == pafs.FileType.Directory:
+            marks = fs.get_file_info([f"{base}/{i.base_name}/trials",
+                                      f"{base}/{i.base_name}/sweep.json"])
+            if marks[0].type == pafs.FileType.Directory or marks[1].type == pafs.FileType.File:
                 out.append(i.base_name)
     return sorted(out)
 

@@ -99,3 +99,50 @@ def test_write_atomic_removes_its_temporary_on_failure(tmp_path):
     with pytest.raises(OSError):
         write_atomic(pafs.LocalFileSystem(), str(tmp_path / "target"), b"data")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]
+
+
+# 3. ls lists a sweep interrupted before its first part (only its manifest)
+
+def test_ls_lists_a_sweep_with_only_its_manifest(tmp_path, capsys):
+    st = Store(str(tmp_path), "fig3")
+    st.write_manifest({"sweep": "fig3", "preset": "smoke", "dedupe": True, "only": None,
+                       "trials": [{"trial_id": f"t{i}", "kind": "train"} for i in range(3)]})
+    assert main(["ls", "--results", str(tmp_path)]) == 0
+    rows = [ln.split() for ln in capsys.readouterr().out.splitlines()]
+    assert ["fig3", "smoke", "3", "0", "0", "3", "-"] in rows
+    assert main(["status", "fig3", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "CORRUPT" not in out and "0 trials are copies" in out
+    assert main(["table", "fig3", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("symsweep: error:")
+
+
+# 4. status names a corrupt history file and exits 1
+
+@pytest.mark.parametrize("compacted", [False, True])
+def test_status_names_a_corrupt_history_file(tmp_path, capsys, compacted):
+    st = _store(tmp_path)
+    if compacted:
+        st.compact()
+    hist = sorted(Path(st.history_dir).glob("compacted-*.parquet" if compacted else "*.parquet"))
+    assert hist
+    hist[0].write_bytes(b"garbage" * 10)
+    code = main(["status", "fig2", "--results", str(tmp_path)])
+    out, err = capsys.readouterr()
+    if compacted:  # the parts it folded exist only there: an error naming it, alone, exit 2
+        assert code == 2 and out == "" and err.count("\n") == 1
+        assert f"{st.history_dir}/{hist[0].name}" in err
+    else:  # a loose part: named under the table, exit 1 like a corrupt trial part
+        assert code == 1 and "CORRUPT" in out and f"{st.history_dir}/{hist[0].name}" in out
+
+
+# 10. plural of "trials are copies"
+
+def test_status_says_one_trial_is_a_copy(tmp_path, capsys):
+    st = Store(str(tmp_path), "fig2")
+    st.write_manifest({"sweep": "fig2", "preset": "smoke", "dedupe": True, "only": None,
+                       "trials": [{"trial_id": "a", "kind": "kernel"},
+                                  {"trial_id": "b", "kind": "kernel", "derived_from": "a"}]})
+    assert main(["status", "fig2", "--results", str(tmp_path)]) == 0
+    assert "1 trial is a copy of an equal kernel cell" in capsys.readouterr().out
