@@ -303,8 +303,9 @@ def ls_sweeps(
     if not names:
         print(f"no sweeps under {results} yet; start one with `symsweep run sweeps/fig2.py`")
         return
-    print(f"{'sweep':<12} {'preset':<7} {'trials':>7} {'finished':>9} {'failed':>7} "
-          f"{'missing':>8}  driver")
+    # every sweep read before anything is printed: an unreadable one is an error alone
+    lines = [f"{'sweep':<12} {'preset':<7} {'trials':>7} {'finished':>9} {'failed':>7} "
+             f"{'missing':>8}  driver"]
     for name in names:
         store = Store(results, name)
         m = store.read_manifest() or {}
@@ -318,8 +319,9 @@ def ls_sweeps(
         drv = "-" if not lock else ("LIVE pid {pid} on {host}" if lock_is_live(lock, 600.0)
                                     else "stale lock (pid {pid} on {host})").format(**{
                                         "pid": lock.get("pid"), "host": lock.get("host")})
-        print(f"{name:<12} {m.get('preset', '?'):<7} {len(ids):>7} {done:>9} {failed:>7} "
-              f"{max(0, len(ids) - done - failed):>8}  {drv}")
+        lines.append(f"{name:<12} {m.get('preset', '?'):<7} {len(ids):>7} {done:>9} "
+                     f"{failed:>7} {max(0, len(ids) - done - failed):>8}  {drv}")
+    print("\n".join(lines))
 
 
 @app.command()

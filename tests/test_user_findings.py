@@ -146,3 +146,28 @@ def test_status_says_one_trial_is_a_copy(tmp_path, capsys):
                                   {"trial_id": "b", "kind": "kernel", "derived_from": "a"}]})
     assert main(["status", "fig2", "--results", str(tmp_path)]) == 0
     assert "1 trial is a copy of an equal kernel cell" in capsys.readouterr().out
+
+
+# 7. a corrupt compacted trials file: the error first and alone (resume, ls)
+
+def _corrupt_compacted(root: Path) -> Path:
+    st = _store(root)
+    st.compact()
+    bad = sorted(Path(st.trials_dir).glob("compacted-*.parquet"))[0]
+    bad.write_bytes(b"garbage" * 10)
+    return bad
+
+
+def test_resume_on_a_corrupt_compacted_file_says_only_that(tmp_path, capsys):
+    bad = _corrupt_compacted(tmp_path)
+    assert main(["resume", "fig2", "--results", str(tmp_path), "--force", "--no-report"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and str(bad) in err and "MLflow" not in err
+    assert not (tmp_path / "mlflow.db").exists()  # nothing started
+
+
+def test_ls_on_a_corrupt_compacted_file_prints_nothing_before_the_error(tmp_path, capsys):
+    bad = _corrupt_compacted(tmp_path)
+    assert main(["ls", "--results", str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and str(bad) in err
