@@ -635,12 +635,13 @@ class Store:
         except (FileNotFoundError, OSError):
             return None
 
-    def manifest_or_fail(self) -> dict[str, Any]:
-        """The manifest; ConfigError (one line) when this sweep was never run here."""
+    def manifest_or_fail(self, root_option: str = "--results") -> dict[str, Any]:
+        """The manifest; ConfigError (one line) when this sweep was never run here, naming
+        ``root_option`` as the fix (the CLI's ``--results``, the Python API's ``root=``)."""
         m = self.read_manifest()
         if m is None:
             raise ConfigError(f"no sweep '{self.sweep}' under {self.root}; run it first or pass "
-                              "--results")
+                              f"{root_option}")
         return m
 
     def load_finished(self) -> tuple[pd.DataFrame, dict[str, Any]]:

@@ -171,3 +171,22 @@ def test_ls_on_a_corrupt_compacted_file_prints_nothing_before_the_error(tmp_path
     assert main(["ls", "--results", str(tmp_path)]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.count("\n") == 1 and str(bad) in err
+
+
+# 8. the Python API names root=, and a missing root; data prepare's error alone
+
+def test_results_load_names_root_and_a_missing_folder(tmp_path):
+    from orchestrator.results import load
+    from workers.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"root='[^']*nope': no such results folder"):
+        load("fig2", root=str(tmp_path / "nope"))
+    with pytest.raises(ConfigError, match=r"no sweep 'fig2' under .*pass root=$"):
+        load("fig2", root=str(tmp_path))
+
+
+def test_data_prepare_error_has_no_empty_line_before_it(tmp_path, capsys):
+    assert main(["data", "prepare", "--data-dir", str(tmp_path / "nope"),
+                 "--cache-dir", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("symsweep: error: --data-dir") and err.count("\n") == 1
