@@ -145,6 +145,9 @@ def check_results_exist(results: str, sweeps: list[str] | None = None) -> None:
                                   f"{', '.join(have) or 'none'}")
 
 
+INTERRUPTED = 130  # exit code of a run stopped by Ctrl-C: 128 + SIGINT, the shell's convention
+
+
 def _print_summary(summary, console) -> None:
     console.print(
         f"{summary.total} trials: {summary.skipped} already finished, "
@@ -172,11 +175,13 @@ def _run(sweep, preset: str, results: str, address: str | None, mlflow_uri: str 
                         progress=progress, console=console)
     _print_summary(summary, console)
     # Tune stops on Ctrl-C (or SIGTERM) and returns normally: trials it had not finished
-    # have no row, so say so and fail, rather than print a partial table as if it were all
+    # have no row, so say so and fail, rather than print a partial table as if it were all.
+    # Tune's loop ends early only on such a signal (a lost lock raises), so the exit code is
+    # the shell's for an interrupt, 130, as for a Ctrl-C outside Tune (click's Abort).
     unfinished = summary.launched - summary.completed - summary.diverged - summary.failed
     if unfinished > 0:
         console.print(f"{unfinished} of {summary.launched} launched trials did not finish "
-                      f"(interrupted?); `symsweep resume {sweep.name} --results {results}` "
+                      f"(interrupted); `symsweep resume {sweep.name} --results {results}` "
                       "runs only those")
     if report:
         try:
@@ -184,7 +189,9 @@ def _run(sweep, preset: str, results: str, address: str | None, mlflow_uri: str 
             plot(sweep.name, results, None, "best_test_acc")
         except ConfigError as ex:  # e.g. nothing finished
             console.print(f"no table: {ex}")
-    return 0 if summary.failed == 0 and unfinished <= 0 else 1
+    if unfinished > 0:
+        return INTERRUPTED
+    return 0 if summary.failed == 0 else 1
 
 
 @app.command()
@@ -712,7 +719,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(getattr(ex, "exit_code", 2) or 2)
     except aborts:
         print("Aborted.", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     # with standalone_mode=False click returns the code of a `typer.Exit(code)` instead of
     # raising it
     return rv if isinstance(rv, int) else 0

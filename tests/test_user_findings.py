@@ -190,3 +190,36 @@ def test_data_prepare_error_has_no_empty_line_before_it(tmp_path, capsys):
                  "--cache-dir", str(tmp_path / "cache")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("symsweep: error: --data-dir") and err.count("\n") == 1
+
+
+# 6 and 9: the run summary's resume command is never wrapped; an interrupted run exits 130
+
+def _fake_run(monkeypatch, outcome):
+    import orchestrator.runner as runner
+
+    def run_sweep(*a, **k):
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+    monkeypatch.setattr(runner, "run_sweep", run_sweep)
+
+
+def test_interrupted_tune_run_exits_130_with_the_resume_command_on_one_line(
+        tmp_path, monkeypatch, capsys):
+    from orchestrator.runner import RunSummary
+
+    # Tune returned after Ctrl-C: 2 of 3 launched trials have no row
+    _fake_run(monkeypatch, RunSummary(total=3, skipped=0, launched=3, derived_written=0,
+                                      completed=1))
+    results = tmp_path / ("a-long-results-folder-name-" * 4)  # the command is > 80 columns
+    argv = ["run", str(REPO / "sweeps" / "fig3.py"), "--results", str(results), "--no-report"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    cmd = f"`symsweep resume fig3 --results {results}`"
+    assert len(cmd) > 80 and any(cmd in ln for ln in err.splitlines())
+
+
+def test_ctrl_c_outside_tune_exits_130(tmp_path, monkeypatch, capsys):
+    _fake_run(monkeypatch, KeyboardInterrupt())
+    argv = ["run", str(REPO / "sweeps" / "fig2.py"), "--results", str(tmp_path), "--no-report"]
+    assert main(argv) == 130
