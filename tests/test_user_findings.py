@@ -223,3 +223,23 @@ def test_ctrl_c_outside_tune_exits_130(tmp_path, monkeypatch, capsys):
     _fake_run(monkeypatch, KeyboardInterrupt())
     argv = ["run", str(REPO / "sweeps" / "fig2.py"), "--results", str(tmp_path), "--no-report"]
     assert main(argv) == 130
+
+
+# 5. the minibatch loss 0.5*mean((f-y)^2) is drawn x2, labelled, on the MSE axis
+
+def test_learning_curve_draws_the_minibatch_loss_as_an_mse(tmp_path, monkeypatch):
+    import orchestrator.figures.curves as curves
+
+    st = _store(tmp_path)
+    tid = next(t["trial_id"] for t in st.read_manifest()["trials"] if t["kind"] == "train")
+    drawn = {}
+
+    def keep(fig, out, *a, **k):
+        drawn.update({ln.get_label(): ln.get_ydata() for ln in fig.axes[0].get_lines()})
+        return out
+    monkeypatch.setattr(curves, "finish", keep)
+    curves.trial_curves(str(tmp_path), tid)
+    loss = [k for k in drawn if k.startswith("training MSE (minibatches")]
+    assert loss and "2 × loss" in loss[0]
+    assert list(drawn[loss[0]]) == pytest.approx([2 * 0.05 / 10, 2 * 0.05 / 20])
+    assert list(drawn["test MSE"]) == pytest.approx([0.09, 0.09])
