@@ -392,7 +392,11 @@ def status(
     bad = [(f"{store.trials_dir}/{n}", e) for n, e in corrupt] + \
         [(f"{store.history_dir}/{n}", e) for n, e in hist_corrupt]
     if bad:
-        print(f"{len(bad)} CORRUPT part file(s), not read (delete them and run "
+        # a trial whose trial part reads is done: resume recomputes a lost history only
+        # when the trial part of the same name goes too
+        also = (", a history part with the trial part of the same name in "
+                f"{store.trials_dir}," if hist_corrupt else "")
+        print(f"{len(bad)} CORRUPT part file(s), not read (delete them{also} and run "
               f"`symsweep resume {sweep}` to recompute):")
         for path, err in bad:
             print(f"  {path}: {err}")
