@@ -150,8 +150,8 @@ def table(df: pd.DataFrame, m: dict[str, Any], fmt: str = "text", *, sweep: str 
     """The Fig. 2 table of ``metric`` (text: the paper's layout, accuracies in %, other
     metrics as stored with their unit in the header; csv: one row per cell, as stored)."""
     cells = fig2_cells(df, success_threshold(m), metric)
-    if fmt == "csv":
-        return cells.to_csv(index=False)
+    if fmt == "csv":  # the columns scripts read, unchanged (a cell without the metric: no mean)
+        return cells.drop(columns=["has_metric"]).to_csv(index=False)
     unit = metric_unit(metric)
     head = (f"{sweep} [{m['preset']}]: {metric} in {unit}, mean ± std over successful runs "
             f"(successful/finished; success = completed, finite nets with train acc >= "
