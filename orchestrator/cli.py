@@ -37,6 +37,10 @@ RESULTS_HELP = "Results root: a directory or a pyarrow URI (s3://, gs://)."
 _ONLY_OPT = typer.Option(None, help="Restrict to FIELD=V1,V2 (repeatable), e.g. --only "
                          "inference=ntk")
 _SWEEPS_OPT = typer.Option(None, help="Only these sweeps (default: all)")
+_SET_OPT = typer.Option(None, "--set", metavar="KEY=VALUE", help="Set a config key on every "
+                        "trial (repeatable), e.g. --set max_steps=1000; VALUE is a Python literal "
+                        "(64, 1e-3, True) or a bare word; checked like the sweep file, part of "
+                        "the trial ids")
 _PLAN_FILES = typer.Argument(..., help="Sweep file(s), e.g. sweeps/fig2.py")
 _PLAN_ONLY = typer.Option(None, help="Restrict to FIELD=V1,V2 (repeatable), e.g. --only arch=vec")
 
@@ -52,6 +56,7 @@ def plan(
     budget_s: float = typer.Option(30.0, "--budget-s", help="Seconds of timing per unit"),
     solve_n: int = typer.Option(1000, help="Training points of the timed regression solve"),
     only: list[str] = _PLAN_ONLY,
+    set_: list[str] = _SET_OPT,
     units: str = typer.Option(None, help="Reuse units from a --save-units JSON file"),
     save_units: str = typer.Option(None, help="Write the measured units to this JSON file"),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output"),
@@ -62,14 +67,15 @@ def plan(
 
     from orchestrator.plan import format_plans, load_units, make_plan
     from orchestrator.plan import save_units as write_units
-    from orchestrator.spec import load_sweep, parse_only
+    from orchestrator.spec import load_sweep, parse_only, parse_overrides
 
     if steps < 1 or budget_s <= 0 or solve_n < 2:
         raise ConfigError("need --steps >= 1, --budget-s > 0 and --solve-n >= 2")
+    overrides = parse_overrides(set_)  # checked before any sweep is loaded or measured
     known = load_units(units) if units else {}
     plans = []
     for f in sweep_files:
-        sw = load_sweep(f)
+        sw = load_sweep(f).with_overrides(overrides)
         plans.append(make_plan(sw, preset, gpus=gpus, device_factor=device_factor,
                                steps=steps, budget_s=budget_s, solve_n=solve_n,
                                only=parse_only(only), units=known,
@@ -139,9 +145,12 @@ def check_results_exist(results: str, sweeps: list[str] | None = None) -> None:
                                   f"{', '.join(have) or 'none'}")
 
 
+INTERRUPTED = 130  # exit code of a run stopped by Ctrl-C: 128 + SIGINT, the shell's convention
+
+
 def _print_summary(summary, console) -> None:
     console.print(
-        f"[bold]{summary.total}[/] trials: {summary.skipped} already finished, "
+        f"{summary.total} trials: {summary.skipped} already finished, "
         f"{summary.launched} launched ({summary.completed} completed, {summary.diverged} "
         f"diverged, {summary.failed} failed, {summary.retries} retries), "
         f"{summary.derived_written} derived rows written; kernel cells {summary.kernel_cells}, "
@@ -157,18 +166,22 @@ def _run(sweep, preset: str, results: str, address: str | None, mlflow_uri: str 
 
     from orchestrator.runner import run_sweep
 
-    console = Console(stderr=True)
+    # markup off: a preset "[smoke]", a path or an error message is printed as written
+    console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
+    # progress: a live table on a terminal, plain periodic lines otherwise (SLURM, nohup)
     summary = run_sweep(sweep, preset, results=results, address=address, mlflow_uri=mlflow_uri,
                         dedupe=dedupe, max_failures=max_failures, data_dir=data_dir,
                         cache_dir=cache_dir, only=only, num_cpus=num_cpus,
-                        progress=progress and console.is_terminal, console=console)
+                        progress=progress, console=console)
     _print_summary(summary, console)
     # Tune stops on Ctrl-C (or SIGTERM) and returns normally: trials it had not finished
-    # have no row, so say so and fail, rather than print a partial table as if it were all
+    # have no row, so say so and fail, rather than print a partial table as if it were all.
+    # Tune's loop ends early only on such a signal (a lost lock raises), so the exit code is
+    # the shell's for an interrupt, 130, as for a Ctrl-C outside Tune (click's Abort).
     unfinished = summary.launched - summary.completed - summary.diverged - summary.failed
     if unfinished > 0:
         console.print(f"{unfinished} of {summary.launched} launched trials did not finish "
-                      f"(interrupted?); `symsweep resume {sweep.name} --results {results}` "
+                      f"(interrupted); `symsweep resume {sweep.name} --results {results}` "
                       "runs only those")
     if report:
         try:
@@ -176,7 +189,9 @@ def _run(sweep, preset: str, results: str, address: str | None, mlflow_uri: str 
             plot(sweep.name, results, None, "best_test_acc")
         except ConfigError as ex:  # e.g. nothing finished
             console.print(f"no table: {ex}")
-    return 0 if summary.failed == 0 and unfinished <= 0 else 1
+    if unfinished > 0:
+        return INTERRUPTED
+    return 0 if summary.failed == 0 else 1
 
 
 @app.command()
@@ -196,8 +211,10 @@ def run(
     data_dir: str = typer.Option(None, help="CIFAR-10 directory (cpu / paper presets)"),
     cache_dir: str = typer.Option(None, help="Dataset cache directory"),
     only: list[str] = _ONLY_OPT,
+    set_: list[str] = _SET_OPT,
     num_cpus: int = typer.Option(None, help="CPUs for embedded Ray (default: all)"),
-    progress: bool = typer.Option(True, help="Live progress view"),
+    progress: bool = typer.Option(True, help="Progress: a live table on a terminal, plain "
+                                  "periodic lines otherwise (SLURM, nohup logs)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and list, run nothing"),
     report: bool = typer.Option(True, help="Print the table and write the plot at the end"),
 ) -> None:
@@ -206,11 +223,13 @@ def run(
         count_kernel_computations,
         load_sweep,
         parse_only,
+        parse_overrides,
         select_trials,
     )
 
     _check_max_failures(max_failures)
-    sweep = load_sweep(sweep_file)
+    overrides = parse_overrides(set_)
+    sweep = load_sweep(sweep_file).with_overrides(overrides)
     sweep.preset(preset)
     sel = parse_only(only)
     # the whole validation (ranges, selection) before anything is written or started
@@ -218,8 +237,9 @@ def run(
     if dry_run:
         cells, comps = count_kernel_computations(trials)
         kinds = {k: sum(t.kind == k for t in trials) for k in ("kernel", "train")}
-        print(f"{sweep.name} [{preset}]: {len(trials)} trials ({kinds['kernel']} kernel cells, "
-              f"{kinds['train']} finite runs); kernel computations {comps} of {cells}")
+        sets = "".join(f" --set {k}={v!r}" for k, v in sweep.overrides.items())
+        print(f"{sweep.name} [{preset}]{sets}: {len(trials)} trials ({kinds['kernel']} kernel "
+              f"cells, {kinds['train']} finite runs); kernel computations {comps} of {cells}")
         raise typer.Exit(0)
     check_results_writable(results, sweep.name)
     code = _run(sweep, preset, results, address, mlflow_uri, not no_dedupe, max_failures,
@@ -255,7 +275,9 @@ def resume(
     if not sweep.isidentifier():
         raise ConfigError(f"sweep name {sweep!r}: expected a name like fig2")
     m = _manifest_or_fail(results, sweep)
-    sw = load_recorded_sweep(sweep, m, sweep_file, force=force)
+    # the recorded --set values (checked again: a results folder is data)
+    sw = load_recorded_sweep(sweep, m, sweep_file, force=force).with_overrides(
+        m.get("overrides") or {})
     preset = str(m.get("preset"))
     sw.preset(preset)
     only = m.get("only") or None
@@ -288,8 +310,9 @@ def ls_sweeps(
     if not names:
         print(f"no sweeps under {results} yet; start one with `symsweep run sweeps/fig2.py`")
         return
-    print(f"{'sweep':<12} {'preset':<7} {'trials':>7} {'finished':>9} {'failed':>7} "
-          f"{'missing':>8}  driver")
+    # every sweep read before anything is printed: an unreadable one is an error alone
+    lines = [f"{'sweep':<12} {'preset':<7} {'trials':>7} {'finished':>9} {'failed':>7} "
+             f"{'missing':>8}  driver"]
     for name in names:
         store = Store(results, name)
         m = store.read_manifest() or {}
@@ -303,8 +326,9 @@ def ls_sweeps(
         drv = "-" if not lock else ("LIVE pid {pid} on {host}" if lock_is_live(lock, 600.0)
                                     else "stale lock (pid {pid} on {host})").format(**{
                                         "pid": lock.get("pid"), "host": lock.get("host")})
-        print(f"{name:<12} {m.get('preset', '?'):<7} {len(ids):>7} {done:>9} {failed:>7} "
-              f"{max(0, len(ids) - done - failed):>8}  {drv}")
+        lines.append(f"{name:<12} {m.get('preset', '?'):<7} {len(ids):>7} {done:>9} "
+                     f"{failed:>7} {max(0, len(ids) - done - failed):>8}  {drv}")
+    print("\n".join(lines))
 
 
 @app.command()
@@ -315,15 +339,24 @@ def status(
     """Done / failed / missing trials of SWEEP, corrupt part files, the live driver."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from orchestrator.store import Store, lock_is_live
 
     m = _manifest_or_fail(results, sweep)
     store = Store(results, sweep)
     df, corrupt = store.latest()
+    # history files too, before anything is printed (a compacted file that does not parse is
+    # a ConfigError naming it, alone): a corrupt part loses learning curves (README: status
+    # names corrupt files)
+    _, hist_corrupt = store.read_history()
     # status per trial only: a dict per row (df.to_dict) took 3 of 4.7 s at 10^5 attempts
     status_of = dict(zip(df["trial_id"], df["status"], strict=True))
-    counts = {"completed": 0, "diverged": 0, "failed": 0, "missing": 0}
+    # running: an attempt in flight (its marker, newer than the trial's rows, under a live
+    # driver), whatever an earlier attempt ended as
+    running = store.running_trials(dict(zip(df["trial_id"], df["attempt"], strict=True)))
+    status_of.update(dict.fromkeys(running, "running"))
+    counts = {"completed": 0, "diverged": 0, "failed": 0, "running": 0, "missing": 0}
     per_kind: dict[str, dict[str, int]] = {}
     derived = 0
     for t in m["trials"]:
@@ -332,33 +365,134 @@ def status(
         per_kind.setdefault(t["kind"], {}).setdefault(st, 0)
         per_kind[t["kind"]][st] += 1
         derived += bool(t.get("derived_from"))
-    con = Console()
-    tab = Table(title=f"{sweep} [{m['preset']}] under {results}")
+    # "[smoke]", errors: printed as written, one line each (never wrapped: grep finds them)
+    con = Console(markup=False, highlight=False, soft_wrap=True)
+    tab = Table(title=Text(f"{sweep} [{m['preset']}] under {results}"))
     for c in ("kind", *counts, "total"):
         tab.add_column(c, justify="right")
     for kind, c in sorted(per_kind.items()):
         tab.add_row(kind, *(str(c.get(k, 0)) for k in counts), str(sum(c.values())))
     tab.add_row("all", *(str(v) for v in counts.values()), str(len(m["trials"])))
     con.print(tab)
-    con.print(f"{derived} trials are copies of an equal kernel cell (derived_from)")
-    extra = set(status_of) - {t["trial_id"] for t in m["trials"]}
+    con.print(f"{derived} {'trial is a copy' if derived == 1 else 'trials are copies'} of an "
+              "equal kernel cell (derived_from)")
+    extra = set(status_of) - set(running) - {t["trial_id"] for t in m["trials"]}
     if extra:
-        con.print(f"{len(extra)} trials in the store are not in the last expansion")
+        con.print(f"{len(extra)} {'trial' if len(extra) == 1 else 'trials'} in the store "
+                  f"{'is' if len(extra) == 1 else 'are'} not in the last expansion")
     lock = store.read_lock()
     if lock:
         live = lock_is_live(lock, 600.0)
         con.print(f"driver lock: pid {lock.get('pid')} on {lock.get('host')}, started "
                   f"{lock.get('started_at')} ({'LIVE' if live else 'stale: dead driver'})")
-    failed = df[df["status"] == "failed"]
+    failed = df[(df["status"] == "failed") & ~df["trial_id"].isin(list(running))]
     for r in failed.head(10).itertuples():
         con.print(f"failed {r.trial_id} ({r.inference} {r.arch} {r.transform} s{r.seed}) "
                   f"attempt {r.attempt}: {r.error}")
-    if corrupt:
-        print(f"{len(corrupt)} CORRUPT part file(s), not read (delete them and run "
+    bad = [(f"{store.trials_dir}/{n}", e) for n, e in corrupt] + \
+        [(f"{store.history_dir}/{n}", e) for n, e in hist_corrupt]
+    if bad:
+        # a trial whose trial part reads is done: resume recomputes a lost history only
+        # when the trial part of the same name goes too
+        also = (", a history part with the trial part of the same name in "
+                f"{store.trials_dir}," if hist_corrupt else "")
+        print(f"{len(bad)} CORRUPT part file(s), not read (delete them{also} and run "
               f"`symsweep resume {sweep}` to recompute):")
-        for name, err in corrupt:
-            print(f"  {store.trials_dir}/{name}: {err}")
+        for path, err in bad:
+            print(f"  {path}: {err}")
         raise typer.Exit(1)
+
+
+_ROW_METRICS = ("best_test_acc", "test_acc", "test_mse", "val_acc", "train_acc",
+                "best_train_acc", "eta0")
+
+
+def _fmt(v: object) -> str:
+    import datetime as dt
+
+    if isinstance(v, dt.datetime):
+        return v.strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+@app.command()
+def show(
+    trial_id: str = typer.Argument(..., help="Trial id, or its first characters if no other "
+                                   "trial's id starts with them"),
+    results: str = typer.Option("results", envvar="SYMSWEEP_RESULTS", help=RESULTS_HELP),
+    sweep: str = typer.Option(None, help="Look only in this sweep (default: every sweep)"),
+) -> None:
+    """One trial: its config, every attempt (status, start step, metrics, error and
+    traceback), its history and the checkpoints on disk."""
+    import json
+
+    from orchestrator.checkpoints import TrialCheckpoints
+    from orchestrator.results import resolve_trial
+    from orchestrator.store import Store
+
+    check_results_exist(results, [sweep] if sweep else None)
+    name, tid = resolve_trial(trial_id, results, sweep)
+    st = Store(results, name)
+    m = st.read_manifest() or {}
+    trial = next((t for t in m.get("trials", []) if t["trial_id"] == tid), None)
+    rows = sorted((r for r in st.read_trials_all()[0].to_pylist() if r["trial_id"] == tid),
+                  key=lambda r: r["attempt"])
+    cfg = trial["config"] if trial else json.loads(rows[-1]["config_json"] or "{}")
+    kind = trial["kind"] if trial else rows[-1]["kind"]
+    out = [f"trial {tid}  sweep {name} [{m.get('preset', '?')}]  {kind}: "
+           f"{cfg.get('inference')} {cfg.get('arch')} {cfg.get('transform')} seed "
+           f"{cfg.get('seed')}"]
+    if trial is None:
+        out.append("  (not in the last expansion of the sweep: a trial of an earlier run)")
+    elif trial.get("derived_from"):
+        out.append(f"  derived from {trial['derived_from']} (Theorem 4.1: an equal kernel cell, "
+                   "not computed itself)")
+    live = st.running_trials({tid: rows[-1]["attempt"] if rows else 0})
+    if tid in live:
+        r = live[tid]
+        out.append(f"  RUNNING attempt {r.get('attempt')} since {r.get('started_at')} on "
+                   f"{r.get('host')} (pid {r.get('pid')})")
+    out.append("config:")
+    out += [f"  {k} = {cfg[k]!r}" for k in sorted(cfg)]
+    if trial:
+        out.append("resources: " + ", ".join(f"{k}={_fmt(v)}" for k, v in
+                                              sorted(trial["resources"].items())))
+    out.append(f"attempts: {len(rows) or 'none yet'}")
+    for r in rows:
+        facts = [f"{label} {_fmt(r[k])}{unit}" for label, k, unit in (
+            ("start_step", "start_step", ""), ("steps", "steps", ""),
+            ("started", "started_at", ""), ("finished", "finished_at", ""),
+            ("wall", "wall_s", " s"), ("host", "host", ""), ("code", "code_version", ""))
+            if r.get(k) is not None]
+        out.append(f"  #{r['attempt']} {r['status']}: {', '.join(facts)}")
+        mets = {k: r[k] for k in _ROW_METRICS if r.get(k) is not None}
+        extra = json.loads(r.get("metrics_json") or "{}")
+        mets.update({k: v for k, v in extra.items() if k not in mets and v is not None
+                     and k not in ("status", "error")})
+        if mets:
+            out.append("     metrics: " + ", ".join(f"{k}={_fmt(v)}" for k, v in
+                                                    sorted(mets.items())))
+        if r.get("error"):
+            out.append(f"     error: {r['error']}")
+        if r.get("traceback"):
+            out.append("     traceback:")
+            out += [f"       {line}" for line in r["traceback"].rstrip().splitlines()]
+    hist = st.read_history()[0]
+    if hist.num_rows:
+        import pyarrow.compute as pc
+
+        h = hist.filter(pc.equal(hist["trial_id"], tid)).to_pylist()
+        for a in sorted({x["attempt"] for x in h}):
+            pts = [x for x in h if x["attempt"] == a]
+            steps = sorted({x["step"] for x in pts})
+            out.append(f"history of attempt {a}: {len(steps)} points, steps {steps[0]}.."
+                       f"{steps[-1]}; {', '.join(sorted({x['metric'] for x in pts}))}")
+    ck = TrialCheckpoints(results, name, tid)
+    entries = ck.entries()
+    out.append(f"checkpoints on disk ({ck.dir}): {len(entries) or 'none'}")
+    out += [f"  step {step}: {path}{'' if ok else ' (incomplete: no manifest, never loaded)'}"
+            for step, path, ok in entries]
+    print("\n".join(out))
 
 
 @app.command()
@@ -589,7 +723,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(getattr(ex, "exit_code", 2) or 2)
     except aborts:
         print("Aborted.", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     # with standalone_mode=False click returns the code of a `typer.Exit(code)` instead of
     # raising it
     return rv if isinstance(rv, int) else 0
