@@ -282,7 +282,8 @@ def _finish(tau: Callable[[np.ndarray], np.ndarray] | None) -> Callable[[np.ndar
 def train_pipeline(folder: ImageFolder, indices: np.ndarray, *, image_size: int,
                    batch_size: int, seed: int, epochs: int,
                    tau: Callable[[np.ndarray], np.ndarray] | None = None,
-                   process_index: int = 0, process_count: int = 1) -> Any:
+                   process_index: int = 0, process_count: int = 1,
+                   batched: bool = True) -> Any:
     """The training batches of all ``epochs`` as a grain MapDataset of dicts
     ``{"image": (B, S, S, 3) float32, "label": (B,) int32}`` (S = image_size).
 
@@ -290,8 +291,8 @@ def train_pipeline(folder: ImageFolder, indices: np.ndarray, *, image_size: int,
     shuffle per epoch), augmentation seeded by the element index. This host reads the images
     ``process_index::process_count`` of every global batch (``batch_size`` is the global
     batch; it must divide by process_count); the last incomplete batch of the run is dropped.
-    Start at step s with ``ds[s:]``; iterate with ``.to_iter_dataset(grain.ReadOptions(...))``
-    for threaded prefetch.
+    Start at step s with ``ds[s:]``. ``batched=False``: the augmented images one by one (this
+    host's rows, in order), for `stream_batches`, which decodes them on several threads.
     """
     import grain
 
@@ -309,7 +310,20 @@ def train_pipeline(folder: ImageFolder, indices: np.ndarray, *, image_size: int,
     if process_count > 1:  # rows b*B + process_index + k*process_count of global batch b
         ds = ds[process_index::process_count]
     ds = ds.random_map(augment, seed=(int(seed) + 1) % 2**32)
-    return ds.batch(batch_size // process_count, drop_remainder=True)
+    return ds.batch(batch_size // process_count, drop_remainder=True) if batched else ds
+
+
+def stream_batches(elements: Any, local_batch: int, start_step: int, stop_step: int, *,
+                   threads: int) -> Any:
+    """Iterate batches ``start_step .. stop_step - 1`` of a `train_pipeline(batched=False)`
+    dataset: the images are decoded and augmented on ``threads`` threads (PIL releases the GIL
+    while decoding and resizing) with about 2 x threads images read ahead (host memory: a few
+    MB at 224x224, not whole batches), then stacked into batches of ``local_batch``."""
+    import grain
+
+    sub = elements[start_step * local_batch:stop_step * local_batch]
+    opts = grain.ReadOptions(num_threads=int(threads), prefetch_buffer_size=2 * int(threads))
+    return iter(sub.to_iter_dataset(opts).batch(local_batch, drop_remainder=True))
 
 
 def eval_pipeline(folder: ImageFolder, indices: np.ndarray | None = None, *, image_size: int,
@@ -380,7 +394,8 @@ def write_synthetic(root: str, *, num_classes: int = 4, train_per_class: int = 6
 
 
 def write_folder_one(root: str, split: str, cls: str, name: str, img: np.ndarray) -> None:
-    """Write one uint8 image as ``<root>/<split>/<cls>/<name>`` (JPEG), atomically."""
+    """Write one uint8 image as ``<root>/<split>/<cls>/<name>`` (JPEG) through a temporary
+    name, so a reader never sees half a file."""
     import os
 
     from PIL import Image
@@ -388,15 +403,129 @@ def write_folder_one(root: str, split: str, cls: str, name: str, img: np.ndarray
     d = os.path.join(root, split, cls)
     os.makedirs(d, exist_ok=True)
     final = os.path.join(d, name)
-    if os.path.exists(final):
-        return
-    tmp = final + ".part"
+    tmp = f"{final}.{os.getpid()}.part"
     Image.fromarray(np.asarray(img, np.uint8)).save(tmp, format="JPEG", quality=95)
     os.replace(tmp, final)
 
 
+# ----------------------------------------------------------------------------- sources
+SYNTHETIC_PREFIX = "synthetic:"  # synthetic:CxNxS  C classes, N train images a class, side S
+CIFAR_PREFIX = "cifar10:"        # cifar10:PATH    CIFAR-10 images as an ImageNet-layout folder
+
+
+def _build_once(final: str, build: Callable[[str], None]) -> str:
+    """Build a folder in a temporary sibling and rename it into place; a concurrent builder
+    that lost the race discards its copy (the folders are identical). A folder present is
+    complete (nothing else creates it)."""
+    import os
+    import shutil
+    import tempfile
+
+    if os.path.isdir(final):
+        return final
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".building-", dir=os.path.dirname(final))
+    try:
+        build(tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not os.path.isdir(final):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _parse_synthetic(spec: str) -> tuple[int, int, int, int]:
+    body = spec[len(SYNTHETIC_PREFIX):]
+    try:
+        dims, _, seed = body.partition(":")
+        c, n, side = (int(v) for v in dims.lower().split("x"))
+        out = (c, n, side, int(seed or 0))
+    except ValueError:
+        out = (0, 0, 0, 0)
+    if min(out[:3]) < 1:
+        raise DataError(f"data_dir {spec!r}: expected synthetic:CxNxS[:SEED] (C classes, N "
+                        "training images a class, images about S pixels), e.g. synthetic:4x64x24")
+    return out
+
+
+def _copy_cifar_tree(src: str, out: str) -> None:
+    """CIFAR-10 JPEGs (the tarball ``cifar10-images.tar.xz`` or its extracted folder, layout
+    train|test/<class>/<file>) -> ``out/train/<class>/``, ``out/val/<class>/`` (test -> val)."""
+    import os
+    import shutil
+    import tarfile
+
+    names = {"train": "train", "test": "val"}
+    path = src
+    if os.path.isdir(src) and not os.path.isdir(os.path.join(src, "train")):
+        cand = os.path.join(src, "cifar10-images.tar.xz")
+        if os.path.isfile(cand):
+            path = cand
+    if os.path.isdir(path):
+        for split, dst in names.items():
+            sdir = os.path.join(path, split)
+            if not os.path.isdir(sdir):
+                raise DataError(f"{path} has no {split}/ folder; give the CIFAR-10 JPEG folder "
+                                "(train|test/<class>/*.jpg) or cifar10-images.tar.xz")
+            shutil.copytree(sdir, os.path.join(out, dst))
+        return
+    if not os.path.isfile(path):
+        raise DataError(f"data_dir cifar10:{src}: no such file or folder; give the folder "
+                        "holding cifar10-images.tar.xz (e.g. cifar10:../shared/data)")
+    with tarfile.open(path) as tar:
+        for member in tar:
+            parts = member.name.split("/")
+            parts = parts[1:] if parts and parts[0] in (".", "") else parts
+            if not member.isfile() or len(parts) != 3 or parts[0] not in names or \
+                    not parts[2].lower().endswith(IMAGE_SUFFIXES) or \
+                    any(p in ("", "..") or p.startswith(".") for p in parts):
+                continue  # README and anything unexpected; never a path outside out/
+            d = os.path.join(out, names[parts[0]], parts[1])
+            os.makedirs(d, exist_ok=True)
+            fh = tar.extractfile(member)
+            if fh is None:
+                continue
+            with fh, open(os.path.join(d, parts[2]), "wb") as dst_fh:
+                shutil.copyfileobj(fh, dst_fh)
+
+
+def resolve_data_dir(data_dir: str, cache_dir: str | None = None) -> str:
+    """The image-folder root a config's ``data_dir`` names.
+
+    ``synthetic:CxNxS[:SEED]``: a generated folder (`write_synthetic`: C classes, N training
+    and max(N // 4, 1) val images a class, about S pixels a side), built once under the cache
+    (``cache_dir``, else $SYMSWEEP_CACHE, else ~/.cache/symsweep). ``cifar10:PATH``: the
+    CIFAR-10 JPEG copy (PATH: cifar10-images.tar.xz, the folder holding it, or the folder it
+    extracts to), copied once into an ImageNet-layout folder under the cache (test -> val), a
+    stand-in for ImageNet at CPU scale. Anything else is returned as it is (a local path or a
+    URL). Raises `DataError` for a malformed spec or a missing CIFAR-10 source."""
+    import hashlib
+    import os
+
+    from workers.data import default_cache_dir
+
+    base = str(cache_dir) if cache_dir else str(default_cache_dir())
+    if data_dir.startswith(SYNTHETIC_PREFIX):
+        c, n, side, seed = _parse_synthetic(data_dir)
+        final = os.path.join(base, f"imagenet-synthetic-{c}x{n}x{side}-{seed}")
+        return _build_once(final, lambda d: write_synthetic(
+            d, num_classes=c, train_per_class=n, val_per_class=max(n // 4, 1), size=side,
+            seed=seed))
+    if data_dir.startswith(CIFAR_PREFIX):
+        src = os.path.abspath(os.path.expanduser(data_dir[len(CIFAR_PREFIX):]))
+        key = hashlib.sha256(src.encode()).hexdigest()[:10]
+        return _build_once(os.path.join(base, f"imagenet-cifar10-{key}"),
+                           lambda d: _copy_cifar_tree(src, d))
+    return data_dir
+
+
 __all__ = ["CROP_PADDING", "IMAGE_SUFFIXES", "MEAN_RGB", "STDDEV_RGB", "ImageFolder",
            "center_crop_box", "decode", "eval_pipeline", "eval_view", "nested_order",
-           "nested_subset", "random_crop_box", "scan_split", "standardize", "subset_size",
+           "nested_subset", "random_crop_box", "scan_split", "standardize", "stream_batches",
+           "subset_size",
            "synthetic_images", "train_pipeline", "train_view", "write_folder",
-           "write_folder_one", "write_synthetic"]
+           "write_folder_one", "write_synthetic", "resolve_data_dir",
+           "SYNTHETIC_PREFIX", "CIFAR_PREFIX"]
