@@ -40,7 +40,7 @@ BASE = dict(arch="resnet18", width=4, image_size=12, epochs=2, batch_size=16,
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict:
     cache = str(tmp_path_factory.mktemp("cache"))
-    return dict(data_dir="synthetic:3x16x16", cache_dir=cache)
+    return dict(data_dir="synthetic://3x16x16", cache_dir=cache)
 
 
 def test_tiny_run_and_resume(data: dict, tmp_path) -> None:
@@ -76,8 +76,8 @@ def test_subset_and_bad_input(data: dict) -> None:
         train_imagenet({**BASE, "data_dir": None})
     with pytest.raises(DataError, match="expects 1000"):
         train_imagenet({**BASE, **data, "num_classes": 1000})
-    with pytest.raises(DataError, match="synthetic:CxNxS"):
-        train_imagenet({**BASE, "data_dir": "synthetic:3x"})
+    with pytest.raises(DataError, match="synthetic://CxNxS"):
+        train_imagenet({**BASE, "data_dir": "synthetic://3x"})
     out = train_imagenet({**BASE, **data, "subset": 2, "epochs": 1, "arch": "mixer_s16",
                           "width": 8, "depth": 1, "patch_size": 4})
     assert out["train_size"] == 24 and out["batch_size"] == 16 and out["steps"] == 1

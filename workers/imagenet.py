@@ -409,8 +409,8 @@ def write_folder_one(root: str, split: str, cls: str, name: str, img: np.ndarray
 
 
 # ----------------------------------------------------------------------------- sources
-SYNTHETIC_PREFIX = "synthetic:"  # synthetic:CxNxS  C classes, N train images a class, side S
-CIFAR_PREFIX = "cifar10:"        # cifar10:PATH    CIFAR-10 images as an ImageNet-layout folder
+SYNTHETIC_PREFIX = "synthetic://"  # synthetic://CxNxS: C classes, N train images a class, side S
+CIFAR_PREFIX = "cifar10://"  # cifar10://PATH: CIFAR-10 images as an ImageNet-layout folder
 
 
 def _build_once(final: str, build: Callable[[str], None]) -> str:
@@ -446,8 +446,9 @@ def _parse_synthetic(spec: str) -> tuple[int, int, int, int]:
     except ValueError:
         out = (0, 0, 0, 0)
     if min(out[:3]) < 1:
-        raise DataError(f"data_dir {spec!r}: expected synthetic:CxNxS[:SEED] (C classes, N "
-                        "training images a class, images about S pixels), e.g. synthetic:4x64x24")
+        raise DataError(f"data_dir {spec!r}: expected synthetic://CxNxS[:SEED] (C classes, "
+                        "N training images a class, about S pixels a side), e.g. "
+                        "synthetic://4x64x24")
     return out
 
 
@@ -473,8 +474,8 @@ def _copy_cifar_tree(src: str, out: str) -> None:
             shutil.copytree(sdir, os.path.join(out, dst))
         return
     if not os.path.isfile(path):
-        raise DataError(f"data_dir cifar10:{src}: no such file or folder; give the folder "
-                        "holding cifar10-images.tar.xz (e.g. cifar10:../shared/data)")
+        raise DataError(f"data_dir cifar10://{src}: no such file or folder; give the folder "
+                        "holding cifar10-images.tar.xz (e.g. cifar10://../shared/data)")
     with tarfile.open(path) as tar:
         for member in tar:
             parts = member.name.split("/")
@@ -495,9 +496,9 @@ def _copy_cifar_tree(src: str, out: str) -> None:
 def resolve_data_dir(data_dir: str, cache_dir: str | None = None) -> str:
     """The image-folder root a config's ``data_dir`` names.
 
-    ``synthetic:CxNxS[:SEED]``: a generated folder (`write_synthetic`: C classes, N training
+    ``synthetic://CxNxS[:SEED]``: a generated folder (`write_synthetic`: C classes, N training
     and max(N // 4, 1) val images a class, about S pixels a side), built once under the cache
-    (``cache_dir``, else $SYMSWEEP_CACHE, else ~/.cache/symsweep). ``cifar10:PATH``: the
+    (``cache_dir``, else $SYMSWEEP_CACHE, else ~/.cache/symsweep). ``cifar10://PATH``: the
     CIFAR-10 JPEG copy (PATH: cifar10-images.tar.xz, the folder holding it, or the folder it
     extracts to), copied once into an ImageNet-layout folder under the cache (test -> val), a
     stand-in for ImageNet at CPU scale. Anything else is returned as it is (a local path or a

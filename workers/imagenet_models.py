@@ -176,9 +176,9 @@ def make_imagenet_model(arch: str, *, num_classes: int = 1000, width: int | None
     """The flax module of ``arch`` (`workers.vocab.IMAGENET_ARCHS`).
 
     ``width``: ResNet base width (default 64) or Mixer hidden width C (default 512; token MLP
-    C/2, channel MLP 4C). ``depth``: Mixer blocks (default 8; a ResNet's depth is its name and
-    ``depth`` is refused for it). ``patch_size``: Mixer patch side (default 16). Raises
-    `ConfigError` for an unknown arch or a non-positive size.
+    C/2, channel MLP 4C). ``depth``: Mixer blocks (default 8; ignored for a ResNet, whose
+    depth is its name). ``patch_size``: Mixer patch side (default 16). Raises `ConfigError`
+    for an unknown arch or a non-positive size.
     """
     for k, v in (("width", width), ("depth", depth), ("patch_size", patch_size)):
         if v is not None and v < 1:
