@@ -629,6 +629,49 @@ def figS1_plot(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path,
     return _savefig(fig, out)
 
 
+# ====================================================================== ImageNet
+def _imagenet_segments(m: Mapping[str, Any], first: int | None, last: int | None
+                       ) -> tuple[int, int]:
+    a = _analysis_of(m) if first is None or last is None else {}
+    return _fit_defaults({"analysis": a}, first, last)
+
+
+def fig5_table(df: pd.DataFrame, m: Mapping[str, Any], fmt: str = "text",
+               first: int | None = None, last: int | None = None, **_: Any) -> str:
+    from orchestrator import imagenet_figures as inf
+
+    f, la = _imagenet_segments(m, first, last)
+    return inf.fig5_table(inf.with_subsets(df), m, fmt, first=f, last=la)
+
+
+def fig5_plot(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path,
+              first: int | None = None, last: int | None = None, **_: Any) -> Path:
+    from orchestrator import imagenet_figures as inf
+
+    f, la = _imagenet_segments(m, first, last)
+    return inf.fig5_plot(inf.with_subsets(df), m, out, first=f, last=la)
+
+
+def _history(m: Mapping[str, Any], results: str) -> pd.DataFrame:
+    from orchestrator.results import load as load_view
+
+    return load_view(m["sweep"], results, view="history")
+
+
+def figS4_table(df: pd.DataFrame, m: Mapping[str, Any], fmt: str = "text",
+                results: str = "results", **_: Any) -> str:
+    from orchestrator import imagenet_figures as inf
+
+    return inf.figS4_table(df, m, _history(m, results), fmt)
+
+
+def figS4_plot(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path,
+               results: str = "results", **_: Any) -> Path:
+    from orchestrator import imagenet_figures as inf
+
+    return inf.figS4_plot(df, m, _history(m, results), out)
+
+
 # ====================================================================== registry
 @dataclass(frozen=True)
 class Figure:
@@ -639,6 +682,8 @@ class Figure:
 FIGURES: dict[str, Figure] = {
     "fig3": Figure(fig3_table, fig3_plot),
     "fig4": Figure(curves_table, curves_plot),
+    "fig5": Figure(fig5_table, fig5_plot),
+    "figS4": Figure(figS4_table, figS4_plot),
     "figS1": Figure(figS1_table, figS1_plot),
     "figS5": Figure(figS5_table, figS5_plot),
     "figS6": Figure(figS6_table, figS6_plot),

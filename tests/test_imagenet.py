@@ -250,3 +250,16 @@ def test_unknown_arch() -> None:
 
     with pytest.raises(ConfigError, match="choose from resnet18"):
         make_imagenet_model("resnet19")
+
+
+def test_synthetic_val_shares_the_training_classes() -> None:
+    # a nearest-class-mean classifier on the (resized) pixels, fitted on train, must beat
+    # chance on val by far (val images are new draws of the same classes, not new classes)
+    tr, ltr = I.synthetic_images(4, 24, 16, seed=0, draw=0)
+    va, lva = I.synthetic_images(4, 24, 16, seed=0, draw=1)
+    feat = lambda imgs: np.stack([I.eval_view(im, 8).ravel() / 255.0  # noqa: E731
+                                  for im in imgs])
+    means = np.stack([feat(tr)[ltr == c].mean(0) for c in range(4)])
+    pred = np.argmin(((feat(va)[:, None] - means[None]) ** 2).sum(-1), axis=1)
+    assert (pred == lva).mean() > 0.6
+    assert not np.array_equal(tr[0], va[0])

@@ -358,16 +358,20 @@ def write_folder(root: str, images: Sequence[np.ndarray], labels: np.ndarray, sp
         write_folder_one(root, split, classes[int(lab)], f"{split}_{i:08d}.JPEG", img)
 
 
-def synthetic_images(num_classes: int, per_class: int, size: int, seed: int
-                     ) -> tuple[list[np.ndarray], np.ndarray]:
+def synthetic_images(num_classes: int, per_class: int, size: int, seed: int, *,
+                     draw: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
     """Learnable toy images, a list of N (h, w, 3) uint8 arrays and (N,) labels: each class is a
     coloured blob at its own place on a noisy background (so a small net beats chance within
     a few epochs, and crops and flips keep the class recognisable). Sizes vary by up to 25%
-    so the pipeline sees non-square, differently sized images like ImageNet's."""
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 17]))
+    so the pipeline sees non-square, differently sized images like ImageNet's.
+
+    The classes (place, colour) come from ``seed`` alone; ``draw`` selects independent
+    images of those classes (0 for train, 1 for val: the same classes, other images)."""
+    protos = np.random.default_rng(np.random.SeedSequence([int(seed), 17]))
+    centres = protos.uniform(0.3, 0.7, (num_classes, 2))
+    colours = protos.uniform(0, 255, (num_classes, 3))
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 18, int(draw)]))
     imgs, labs = [], []
-    centres = rng.uniform(0.3, 0.7, (num_classes, 2))
-    colours = rng.uniform(0, 255, (num_classes, 3))
     for c in range(num_classes):
         for _ in range(per_class):
             h = int(size * rng.uniform(1.0, 1.25))
@@ -387,8 +391,8 @@ def write_synthetic(root: str, *, num_classes: int = 4, train_per_class: int = 6
     """A tiny ImageNet-layout folder of `synthetic_images` (wnid-like names n0000000c) under
     ``root``; returns root. Idempotent for the same arguments (files present are kept)."""
     classes = [f"n{c:08d}" for c in range(num_classes)]
-    for split, per, s in (("train", train_per_class, seed), ("val", val_per_class, seed + 1)):
-        imgs, labs = synthetic_images(num_classes, per, size, s)
+    for draw, (split, per) in enumerate((("train", train_per_class), ("val", val_per_class))):
+        imgs, labs = synthetic_images(num_classes, per, size, seed, draw=draw)
         write_folder(root, imgs, labs, split, classes)
     return root
 
@@ -511,7 +515,7 @@ def resolve_data_dir(data_dir: str, cache_dir: str | None = None) -> str:
     base = str(cache_dir) if cache_dir else str(default_cache_dir())
     if data_dir.startswith(SYNTHETIC_PREFIX):
         c, n, side, seed = _parse_synthetic(data_dir)
-        final = os.path.join(base, f"imagenet-synthetic-{c}x{n}x{side}-{seed}")
+        final = os.path.join(base, f"imagenet-synthetic-v2-{c}x{n}x{side}-{seed}")
         return _build_once(final, lambda d: write_synthetic(
             d, num_classes=c, train_per_class=n, val_per_class=max(n // 4, 1), size=side,
             seed=seed))

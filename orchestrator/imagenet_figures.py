@@ -1,0 +1,347 @@
+"""Tables and plots of the ImageNet figures (sweeps/fig5.py, sweeps/figS4.py; paper Sec. 6.2,
+App. F.2).
+
+- fig5: Fig. 5, top-1 error (1 - best test accuracy) against the training-set size m on
+  log-log axes, one curve per (arch, transform) of the subsets i >= 1, power-law slopes on the
+  first and the last points (`orchestrator.fits.segment_fits`, the Fig. 4 code; six and six
+  in the sweep's ``analysis``); and Fig. 4 (right), rotated against clean top-1 accuracy on
+  the full training set (subset 0), one point per ResNet depth, with the gap in points.
+- figS4: test accuracy against the epoch per ResNet depth under identity, O(3)^d and P(3d),
+  from every trial's per-epoch history (all attempts: a resumed trial's curve continues).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from orchestrator.fits import PowerLawFit, segment_fits
+from workers.vocab import IMAGENET_ARCHS
+
+TRANSFORM_LABEL = {"identity": "clean", "pixel_rotation": "O(3)^d rotated",
+                   "permutation": "P(3d) permuted"}
+TRANSFORM_ORDER = ("identity", "pixel_rotation", "permutation")
+PAPER_NOTE = {  # the paper's numbers for the paper preset (Sec. 6.2, App. F.2)
+    "fig5": "paper: last-segment slopes 0.41 (ResNet-101 clean), 0.49 (ResNet-101 rotated), "
+            "0.38 (Mixer clean); a cusp near m_6 ~ 2e5",
+    "fig4r": "paper: the rotated-vs-clean gap is about 10 points at ResNet-18, about 6 at "
+             "ResNet-200",
+    "figS4": "paper: P(3d) stays below 35% for every depth",
+}
+
+
+def arch_label(arch: str, cfg: Mapping[str, Any] | None = None) -> str:
+    """'ResNet-101', 'Mixer-S/16'; with a non-default width / depth / patch (the smoke and cpu
+    stand-ins) those are said: 'ResNet-18 w16', 'Mixer w128 4 blocks 4x4'."""
+    cfg = cfg or {}
+    if arch.startswith("resnet"):
+        w = cfg.get("width")
+        return f"ResNet-{arch[6:]}" + (f" w{w}" if w and w != 64 else "")
+    w, d, p = cfg.get("width"), cfg.get("depth"), cfg.get("patch_size")
+    if (w in (None, 512)) and (d in (None, 8)) and (p in (None, 16)):
+        return "Mixer-S/16"
+    return f"Mixer w{w or 512} {d or 8} blocks {p or 16}x{p or 16}"
+
+
+def _order_key(arch: str) -> tuple[int, int]:
+    return (IMAGENET_ARCHS.index(arch) if arch in IMAGENET_ARCHS else 99, 0)
+
+
+def _first_config(df: pd.DataFrame, arch: str) -> Mapping[str, Any]:
+    rows = df[df["arch"] == arch]
+    return rows["config"].iloc[0] if len(rows) and "config" in rows else {}
+
+
+def curve_points(df: pd.DataFrame) -> pd.DataFrame:
+    """Fig. 5 points: one row per (arch, transform, m) of the subsets i >= 1, with the mean
+    best test accuracy over finished runs (acc), its error (err = 1 - acc) and the runs (n)."""
+    d = df[df["subset_i"] > 0]
+    rows = []
+    for (arch, tr, mm), g in d.groupby(["arch", "transform", "m"], sort=False):
+        acc = pd.to_numeric(g["best_test_acc"], errors="coerce").dropna()
+        a = float(acc.mean()) if len(acc) else math.nan
+        rows.append((arch, tr, int(g["subset_i"].iloc[0]), float(mm), a, 1.0 - a, len(acc)))
+    pts = pd.DataFrame(rows, columns=["arch", "transform", "subset", "m", "acc", "err", "n"])
+    if pts.empty:
+        return pts
+    pts["_a"] = pts["arch"].map(lambda a: _order_key(a)[0])
+    pts["_t"] = pts["transform"].map(lambda t: TRANSFORM_ORDER.index(t)
+                                     if t in TRANSFORM_ORDER else 9)
+    return pts.sort_values(["_a", "_t", "m"]).drop(columns=["_a", "_t"]).reset_index(drop=True)
+
+
+def curve_fits(pts: pd.DataFrame, first: int, last: int) -> dict[tuple[str, str],
+                                                                 dict[str, PowerLawFit | None]]:
+    """(arch, transform) -> segment fits of err against m (first, last, all). The slope
+    reported is that of the error, so a curve falling as m^-0.41 has slope -0.41."""
+    return {(a, t): segment_fits(g["m"], g["err"], first=first, last=last)
+            for (a, t), g in pts.dropna(subset=["acc"]).groupby(["arch", "transform"],
+                                                                sort=False)}
+
+
+def scatter_points(df: pd.DataFrame) -> pd.DataFrame:
+    """Fig. 4 (right): per ResNet arch trained on all images (subset 0), the mean best test
+    accuracy clean and rotated and the gap (clean - rotated, in points)."""
+    d = df[(df["subset_i"] == 0) & df["arch"].str.startswith("resnet")]
+    rows = []
+    for arch, g in d.groupby("arch", sort=False):
+        accs = {t: pd.to_numeric(g[g["transform"] == t]["best_test_acc"],
+                                 errors="coerce").mean() for t in ("identity", "pixel_rotation")}
+        rows.append((arch, accs["identity"], accs["pixel_rotation"],
+                     100 * (accs["identity"] - accs["pixel_rotation"])))
+    out = pd.DataFrame(rows, columns=["arch", "clean", "rotated", "gap_points"])
+    return out.sort_values("arch", key=lambda s: s.map(lambda a: _order_key(a)[0]))
+
+
+def _fmt_fit(f: PowerLawFit | None) -> str:
+    if f is None:
+        return "-"
+    se = f" ±{f.stderr:.2f}" if np.isfinite(f.stderr) else ""
+    return f"{f.slope:+.3f}{se} ({int(f.x_min)}-{int(f.x_max)})"
+
+
+def fig5_table(df: pd.DataFrame, m: Mapping[str, Any], fmt: str = "text", *, first: int,
+               last: int) -> str:
+    """Fig. 5 and Fig. 4 (right) as text (or csv: the points, the fits, the scatter)."""
+    pts, sc = curve_points(df), scatter_points(df)
+    fits = curve_fits(pts, first, last) if len(pts) else {}
+    if fmt == "csv":
+        frows = [(a, t, seg, f.slope, f.r2, f.stderr, f.n, f.x_min, f.x_max)
+                 for (a, t), fs in fits.items() for seg, f in fs.items() if f is not None]
+        fr = pd.DataFrame(frows, columns=["arch", "transform", "segment", "slope", "r2",
+                                          "stderr", "points", "m_min", "m_max"])
+        return "\n".join(x.to_csv(index=False) for x in (pts, fr, sc))
+    out = io.StringIO()
+    out.write(f"fig5 [{m.get('preset')}]: top-1 error (%) against the training-set size m "
+              "(best test accuracy over training; n = runs)\n")
+    if len(pts):
+        tab = pts.assign(curve=[f"{arch_label(a, _first_config(df, a))}, "
+                                f"{TRANSFORM_LABEL.get(t, t)}"
+                                for a, t in zip(pts["arch"], pts["transform"], strict=True)])
+        wide = tab.pivot_table(index=["subset", "m"], columns="curve", values="err",
+                               sort=False).sort_index(ascending=[False, True])
+        wide = wide.map(lambda v: f"{100 * v:.2f}" if np.isfinite(v) else "-")
+        wide.index = [f"i={i:>2}  m={int(mm):>9,}" for i, mm in wide.index]
+        with pd.option_context("display.width", 300, "display.max_columns", 20):
+            out.write(wide.to_string() + "\n")
+        out.write(f"\npower-law slopes of the error on log-log (first {first} / last {last} "
+                  "points / all; ± = stderr)\n")
+        for (a, t), fs in fits.items():
+            name = f"{arch_label(a, _first_config(df, a))}, {TRANSFORM_LABEL.get(t, t)}"
+            out.write(f"  {name:<40}"
+                      f" first {_fmt_fit(fs['first']):<28} last {_fmt_fit(fs['last']):<28} "
+                      f"all {_fmt_fit(fs['all'])}\n")
+        out.write(f"  ({PAPER_NOTE['fig5']})\n")
+    else:
+        out.write("(no learning-curve trials finished yet)\n")
+    out.write(f"\nFig. 4 (right) [{m.get('preset')}]: top-1 accuracy (%) on all training "
+              "images, clean vs O(3)^d rotated\n")
+    if len(sc):
+        t = pd.DataFrame({"arch": [arch_label(a, _first_config(df, a)) for a in sc["arch"]],
+                          "clean %": [f"{100 * v:.2f}" for v in sc["clean"]],
+                          "rotated %": [f"{100 * v:.2f}" for v in sc["rotated"]],
+                          "gap (points)": [f"{v:.2f}" for v in sc["gap_points"]]})
+        out.write(t.to_string(index=False) + f"\n  ({PAPER_NOTE['fig4r']})\n")
+    else:
+        out.write("(no full-data ResNet trials finished yet)\n")
+    return out.getvalue()
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, out: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=130)
+    plt.close(fig)
+    return out
+
+
+def fig5_plot(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path, *, first: int,
+              last: int) -> Path:
+    """Left: Fig. 5, top-1 error against m (log-log), fitted segments dashed (first) and
+    dotted (last), slopes in the legend. Right: Fig. 4 (right), rotated against clean top-1
+    accuracy per ResNet depth, the diagonal for reference."""
+    from matplotlib.ticker import NullFormatter
+
+    plt = _plt()
+    pts, sc = curve_points(df), scatter_points(df)
+    fits = curve_fits(pts, first, last) if len(pts) else {}
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12.5, 5.0),
+                                 gridspec_kw={"width_ratios": [1.45, 1]})
+    colors = {"resnet": ("#1f4e9c", "#79a6e8"), "mixer": ("#b8431d", "#f0a070")}
+    for (a, t), fs in fits.items():
+        g = pts[(pts["arch"] == a) & (pts["transform"] == t)].dropna(subset=["acc"])
+        fam = "mixer" if a.startswith("mixer") else "resnet"
+        col = colors[fam][0 if t == "identity" else 1]
+        mk = "o" if t == "identity" else "s"
+        sl = "/".join(f"{fs[s].slope:+.2f}" if fs[s] is not None else "-"
+                      for s in ("first", "last"))
+        ax.plot(g["m"], g["err"], mk + "-", color=col, lw=1.6, ms=5,
+                label=f"{arch_label(a, _first_config(df, a))}, {TRANSFORM_LABEL.get(t, t)}"
+                      f"  (slopes {sl})")
+        for seg, ls in (("first", "--"), ("last", ":")):
+            f = fs[seg]
+            if f is not None:
+                xs = np.geomspace(f.x_min, f.x_max, 20)
+                ax.plot(xs, f.predict(xs), ls, color="0.25", lw=1.0)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("training-set size m (images)")
+    ax.set_ylabel("top-1 test error")
+    ax.grid(alpha=0.3, which="both")
+    ax.set_title(f"Fig. 5: learning curves (fits: first {first} dashed, last {last} dotted)",
+                 fontsize=10)
+    if fits:
+        ax.legend(fontsize=7.5, loc="lower left")
+    if len(sc):
+        ok = sc.dropna(subset=["clean", "rotated"])
+        lo = float(min(ok["clean"].min(), ok["rotated"].min(), 1.0)) if len(ok) else 0.0
+        hi = float(max(ok["clean"].max(), ok["rotated"].max(), 0.0)) if len(ok) else 1.0
+        pad = 0.05 * max(hi - lo, 0.05)
+        bx.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "-", color="0.6", lw=1,
+                label="rotated = clean")
+        cmap = plt.get_cmap("viridis")
+        for k, r in enumerate(ok.itertuples()):
+            bx.plot(r.clean, r.rotated, "o", ms=8, color=cmap(k / max(len(ok) - 1, 1)))
+            bx.annotate(f"{arch_label(r.arch, _first_config(df, r.arch))}\n"
+                        f"gap {r.gap_points:.1f}", (r.clean, r.rotated), fontsize=7.5,
+                        xytext=(6, -10), textcoords="offset points")
+        bx.set_xlim(lo - pad, hi + pad)
+        bx.set_ylim(lo - pad, hi + pad)
+        bx.legend(fontsize=8, loc="upper left")
+    else:
+        bx.text(0.5, 0.5, "no full-data ResNet runs yet", ha="center", transform=bx.transAxes)
+    bx.set_xlabel("top-1 accuracy, clean")
+    bx.set_ylabel("top-1 accuracy, O(3)^d rotated")
+    bx.set_title("Fig. 4 (right): every ResNet depth, all training images", fontsize=10)
+    bx.grid(alpha=0.3)
+    fig.suptitle(f"fig5 [{m.get('preset')}]" + (
+        "  (CPU stand-in: CIFAR-10 through the ImageNet pipeline)" if m.get("preset") == "cpu"
+        else "  (synthetic smoke data)" if m.get("preset") == "smoke" else ""), fontsize=11)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+# ====================================================================== Fig. S4
+
+
+def epoch_curves(df: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
+    """(arch, transform, epoch, test_acc) from the history rows of the trials in ``df``: for
+    each trial and step the latest attempt's value (a resumed attempt continues the curve)."""
+    h = history[history["trial_id"].isin(set(df["trial_id"]))
+                & history["metric"].isin(["epoch", "test_acc"])]
+    if h.empty:
+        return pd.DataFrame(columns=["arch", "transform", "epoch", "test_acc", "trial_id"])
+    h = h.sort_values("attempt").drop_duplicates(["trial_id", "step", "metric"], keep="last")
+    wide = h.pivot_table(index=["trial_id", "step"], columns="metric", values="value")
+    wide = wide.dropna(subset=[c for c in ("epoch", "test_acc") if c in wide]).reset_index()
+    meta = df.set_index("trial_id")[["arch", "transform"]]
+    wide = wide.join(meta, on="trial_id")
+    return wide[["arch", "transform", "epoch", "test_acc", "trial_id"]].sort_values(
+        ["arch", "transform", "epoch"]).reset_index(drop=True)
+
+
+def figS4_table(df: pd.DataFrame, m: Mapping[str, Any], history: pd.DataFrame,
+                fmt: str = "text") -> str:
+    """Final and best test accuracy (%) per ResNet depth and transform, and the epochs run."""
+    cur = epoch_curves(df, history)
+    rows = []
+    for (a, t), g in df.groupby(["arch", "transform"], sort=False):
+        c = cur[(cur["arch"] == a) & (cur["transform"] == t)]
+        rows.append((a, t, float(pd.to_numeric(g["test_acc"], errors="coerce").mean()),
+                     float(pd.to_numeric(g["best_test_acc"], errors="coerce").mean()),
+                     float(c["epoch"].max()) if len(c) else math.nan))
+    t = pd.DataFrame(rows, columns=["arch", "transform", "final", "best", "epochs"])
+    if fmt == "csv":
+        return t.to_csv(index=False) + "\n" + cur.to_csv(index=False)
+    t["_a"] = t["arch"].map(lambda a: _order_key(a)[0])
+    t = t.sort_values("_a")
+    out = io.StringIO()
+    out.write(f"figS4 [{m.get('preset')}]: test top-1 accuracy (%), final / best over "
+              "training, per depth and transform\n")
+    wide = {}
+    for r in t.itertuples():
+        key = arch_label(r.arch, _first_config(df, r.arch))
+        wide.setdefault(key, {})[TRANSFORM_LABEL.get(r.transform, r.transform)] = (
+            f"{100 * r.final:.2f} / {100 * r.best:.2f}")
+    frame = pd.DataFrame(wide).T
+    cols = [TRANSFORM_LABEL[x] for x in TRANSFORM_ORDER if TRANSFORM_LABEL[x] in frame]
+    with pd.option_context("display.width", 300):
+        out.write(frame[cols].fillna("-").to_string() + "\n")
+    ep = t["epochs"].dropna()
+    out.write(f"epochs run: {int(ep.min()) if len(ep) else 0}"
+              f"{'' if ep.nunique() <= 1 else f'..{int(ep.max())}'}; "
+              f"{PAPER_NOTE['figS4']}\n")
+    return out.getvalue()
+
+
+def figS4_plot(df: pd.DataFrame, m: Mapping[str, Any], history: pd.DataFrame,
+               out: str | Path) -> Path:
+    """One panel per ResNet depth: test accuracy against the epoch, one line per transform,
+    the paper's 35% bound for P(3d) dotted."""
+    plt = _plt()
+    cur = epoch_curves(df, history)
+    archs = sorted(df["arch"].unique(), key=lambda a: _order_key(a)[0])
+    n = max(len(archs), 1)
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.3 * cols, 3.5 * rows), squeeze=False,
+                             sharey=True)
+    styles = {"identity": ("#1f4e9c", "o-"), "pixel_rotation": ("#2a9d5c", "s-"),
+              "permutation": ("#b8431d", "^-")}
+    for k, a in enumerate(archs):
+        ax = axes[k // cols][k % cols]
+        for t in TRANSFORM_ORDER:
+            c = cur[(cur["arch"] == a) & (cur["transform"] == t)]
+            if len(c):
+                col, st = styles[t]
+                g = c.groupby("epoch")["test_acc"].mean()
+                ax.plot(g.index, 100 * g.to_numpy(), st, color=col, ms=3.5, lw=1.4,
+                        label=TRANSFORM_LABEL[t])
+        ax.axhline(35, color="0.5", ls=":", lw=1)
+        ax.set_title(arch_label(a, _first_config(df, a)), fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if k % cols == 0:
+            ax.set_ylabel("test top-1 accuracy (%)")
+    for k in range(len(archs), rows * cols):
+        axes[k // cols][k % cols].axis("off")
+    axes[0][0].legend(fontsize=8, title="dotted: paper's P(3d) bound 35%", title_fontsize=7)
+    fig.suptitle(f"figS4 [{m.get('preset')}]: training dynamics under identity, O(3)^d, P(3d)"
+                 + ("  (CPU stand-in: CIFAR-10)" if m.get("preset") == "cpu" else
+                    "  (synthetic smoke data)" if m.get("preset") == "smoke" else ""),
+                 fontsize=11)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def with_subsets(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with ``subset_i`` (the config's subset index, 0 = all images) and ``m`` (the
+    row's train_size: the images the trial trained on)."""
+    d = df.copy()
+    cfgs = d["config"] if "config" in d else [{}] * len(d)
+    d["subset_i"] = [int(c.get("subset", 0) or 0) for c in cfgs]
+    d["m"] = pd.to_numeric(d["train_size"], errors="coerce")
+    return d
+
+
+__all__ = ["PAPER_NOTE", "TRANSFORM_LABEL", "arch_label", "curve_fits", "curve_points",
+           "epoch_curves", "fig5_plot", "fig5_table", "figS4_plot", "figS4_table",
+           "scatter_points", "with_subsets"]
