@@ -20,7 +20,7 @@ DIAG_COV_ARCHS: tuple[str, ...] = ("vec", "lcn")
 
 # The ImageNet experiments (paper Sec. 6.2, App. F.2): Flax's ImageNet-example ResNets and the
 # small MLP-Mixer with 16x16 patches (workers/imagenet_models.py). They are trained with the
-# example's recipe (workers/imagenet_train.py), never as kernels.
+# example's recipe (workers/imagenet_train.py), never as kernels; docs/protocol.md, "ImageNet".
 IMAGENET_ARCHS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "resnet101",
                                    "resnet152", "resnet200", "mixer_s16")
 ALL_ARCHS: tuple[str, ...] = ARCHS + IMAGENET_ARCHS
