@@ -28,8 +28,8 @@ TRANSFORM_LABEL = {"identity": "clean", "pixel_rotation": "O(3)^d rotated",
                    "permutation": "P(3d) permuted"}
 TRANSFORM_ORDER = ("identity", "pixel_rotation", "permutation")
 PAPER_NOTE = {  # the paper's numbers for the paper preset (Sec. 6.2, App. F.2)
-    "fig5": "paper: last-segment slopes 0.41 (ResNet-101 clean), 0.49 (ResNet-101 rotated), "
-            "0.38 (Mixer clean); a cusp near m_6 ~ 2e5",
+    "fig5": "paper: error ~ m^-0.41 (ResNet-101 clean), m^-0.49 (ResNet-101 rotated), "
+            "m^-0.38 (Mixer clean) on the last segment; a cusp near m_6 ~ 2e5",
     "fig4r": "paper: the rotated-vs-clean gap is about 10 points at ResNet-18, about 6 at "
              "ResNet-200",
     "figS4": "paper: P(3d) stays below 35% for every depth",
@@ -124,14 +124,19 @@ def fig5_table(df: pd.DataFrame, m: Mapping[str, Any], fmt: str = "text", *, fir
         tab = pts.assign(curve=[f"{arch_label(a, _first_config(df, a))}, "
                                 f"{TRANSFORM_LABEL.get(t, t)}"
                                 for a, t in zip(pts["arch"], pts["transform"], strict=True)])
-        wide = tab.pivot_table(index=["subset", "m"], columns="curve", values="err",
-                               sort=False).sort_index(ascending=[False, True])
+        wide = tab.pivot_table(index="curve", columns="m", values="err", sort=False)
+        wide = wide[sorted(wide.columns)]
+        sub = dict(zip(pts["m"], pts["subset"], strict=False))
+        wide.columns = [f"m_{sub[c]}={int(c):,}" for c in wide.columns]
+        wide.index.name = None
         wide = wide.map(lambda v: f"{100 * v:.2f}" if np.isfinite(v) else "-")
-        wide.index = [f"i={i:>2}  m={int(mm):>9,}" for i, mm in wide.index]
-        with pd.option_context("display.width", 300, "display.max_columns", 20):
+        with pd.option_context("display.width", 400, "display.max_columns", 30):
             out.write(wide.to_string() + "\n")
         out.write(f"\npower-law slopes of the error on log-log (first {first} / last {last} "
                   "points / all; ± = stderr)\n")
+        n_max = int(pts.groupby(["arch", "transform"]).size().max())
+        if n_max < first + last:
+            out.write(f"  (at most {n_max} sizes per curve: the segments overlap)\n")
         for (a, t), fs in fits.items():
             name = f"{arch_label(a, _first_config(df, a))}, {TRANSFORM_LABEL.get(t, t)}"
             out.write(f"  {name:<40}"
@@ -177,7 +182,7 @@ def fig5_plot(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path, *, first:
     """Left: Fig. 5, top-1 error against m (log-log), fitted segments dashed (first) and
     dotted (last), slopes in the legend. Right: Fig. 4 (right), rotated against clean top-1
     accuracy per ResNet depth, the diagonal for reference."""
-    from matplotlib.ticker import NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator
 
     plt = _plt()
     pts, sc = curve_points(df), scatter_points(df)
@@ -199,10 +204,15 @@ def fig5_plot(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path, *, first:
             f = fs[seg]
             if f is not None:
                 xs = np.geomspace(f.x_min, f.x_max, 20)
-                ax.plot(xs, f.predict(xs), ls, color="0.25", lw=1.0)
+                ax.plot(xs, f.predict(xs), ls, color=col, lw=1.1, alpha=0.8)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.yaxis.set_minor_formatter(NullFormatter())
+    # errors often span less than a decade: label the 1-2-3-5 minor ticks too, in percent
+    pct = FuncFormatter(lambda v, _: f"{100 * v:.3g}%")
+    ax.yaxis.set_minor_locator(LogLocator(subs=(2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)))
+    ax.yaxis.set_major_formatter(pct)
+    ax.yaxis.set_minor_formatter(pct)
+    ax.tick_params(axis="y", which="minor", labelsize=7)
     ax.set_xlabel("training-set size m (images)")
     ax.set_ylabel("top-1 test error")
     ax.grid(alpha=0.3, which="both")
@@ -214,20 +224,24 @@ def fig5_plot(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path, *, first:
         ok = sc.dropna(subset=["clean", "rotated"])
         lo = float(min(ok["clean"].min(), ok["rotated"].min(), 1.0)) if len(ok) else 0.0
         hi = float(max(ok["clean"].max(), ok["rotated"].max(), 0.0)) if len(ok) else 1.0
-        pad = 0.05 * max(hi - lo, 0.05)
+        pad = 0.12 * max(hi - lo, 0.05)
         bx.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "-", color="0.6", lw=1,
                 label="rotated = clean")
         cmap = plt.get_cmap("viridis")
         for k, r in enumerate(ok.itertuples()):
             bx.plot(r.clean, r.rotated, "o", ms=8, color=cmap(k / max(len(ok) - 1, 1)))
+            right = r.clean > lo + 0.6 * (hi - lo)  # label inside the axes
             bx.annotate(f"{arch_label(r.arch, _first_config(df, r.arch))}\n"
-                        f"gap {r.gap_points:.1f}", (r.clean, r.rotated), fontsize=7.5,
-                        xytext=(6, -10), textcoords="offset points")
+                        f"gap {r.gap_points:.1f} pts", (r.clean, r.rotated), fontsize=7.5,
+                        xytext=(-8 if right else 8, -4), textcoords="offset points",
+                        ha="right" if right else "left", va="top")
         bx.set_xlim(lo - pad, hi + pad)
         bx.set_ylim(lo - pad, hi + pad)
         bx.legend(fontsize=8, loc="upper left")
     else:
         bx.text(0.5, 0.5, "no full-data ResNet runs yet", ha="center", transform=bx.transAxes)
+    bx.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:.0f}%"))
+    bx.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:.0f}%"))
     bx.set_xlabel("top-1 accuracy, clean")
     bx.set_ylabel("top-1 accuracy, O(3)^d rotated")
     bx.set_title("Fig. 4 (right): every ResNet depth, all training images", fontsize=10)
