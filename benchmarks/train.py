@@ -22,8 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from workers.eta0 import estimate_eta0
 from workers.models import count_params, init_params, make_model
-from workers.train import Trainer, estimate_eta0
+from workers.train import Trainer
 from workers.vocab import ARCHS, PAPER_WIDTHS
 
 # default step counts: a few seconds to a minute per timed repeat on 2 CPU cores

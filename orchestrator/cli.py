@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 import typer
 
 from orchestrator.data_cli import app as data_app
-from orchestrator.plan import plan as plan_cmd
 from workers.errors import ConfigError, UserError
 
 if TYPE_CHECKING:
@@ -33,12 +32,67 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data_app, name="data")
-app.command("plan")(plan_cmd)
 
 RESULTS_HELP = "Results root: a directory or a pyarrow URI (s3://, gs://)."
 _ONLY_OPT = typer.Option(None, help="Restrict to FIELD=V1,V2 (repeatable), e.g. --only "
                          "inference=ntk")
 _SWEEPS_OPT = typer.Option(None, help="Only these sweeps (default: all)")
+_PLAN_FILES = typer.Argument(..., help="Sweep file(s), e.g. sweeps/fig2.py")
+_PLAN_ONLY = typer.Option(None, help="Restrict to FIELD=V1,V2 (repeatable), e.g. --only arch=vec")
+
+
+@app.command("plan")
+def plan(
+    sweep_files: list[str] = _PLAN_FILES,
+    preset: str = typer.Option("paper", help="smoke | cpu | paper"),
+    gpus: int = typer.Option(8, help="GPUs for the wall-time estimate"),
+    device_factor: float = typer.Option(1.0, help="How many times faster your GPU runs the "
+                                        "same work than this machine (1: no scaling)"),
+    steps: int = typer.Option(200, help="SGD steps to time per unit (fewer when slow)"),
+    budget_s: float = typer.Option(30.0, "--budget-s", help="Seconds of timing per unit"),
+    solve_n: int = typer.Option(1000, help="Training points of the timed regression solve"),
+    only: list[str] = _PLAN_ONLY,
+    units: str = typer.Option(None, help="Reuse units from a --save-units JSON file"),
+    save_units: str = typer.Option(None, help="Write the measured units to this JSON file"),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output"),
+    gpu_tflops: float = typer.Option(35.0, help="ImageNet sweeps: sustained TFLOP/s per GPU "
+                                     "the FLOP counts are divided by (an assumption)"),
+) -> None:
+    """Projected compute per figure / column and wall time on N GPUs, from unit costs
+    measured on this machine (ImageNet sweeps: from FLOP counts at --gpu-tflops)."""
+    import json
+
+    from orchestrator.plan import format_plans, load_units, make_plan
+    from orchestrator.plan import save_units as write_units
+    from orchestrator.plan.imagenet import is_imagenet, plan_imagenet
+    from orchestrator.spec import load_sweep, parse_only, select_trials
+
+    if steps < 1 or budget_s <= 0 or solve_n < 2:
+        raise ConfigError("need --steps >= 1, --budget-s > 0 and --solve-n >= 2")
+    known = load_units(units) if units else {}
+    plans = []
+    if gpu_tflops <= 0:
+        raise ConfigError(f"--gpu-tflops {gpu_tflops}: must be > 0")
+    for f in sweep_files:
+        sw = load_sweep(f)
+        trials = select_trials(sw.expand(preset), parse_only(only))
+        if is_imagenet(trials):  # priced from FLOP counts: a CPU step says little about a GPU
+            print(plan_imagenet(sw.name, preset, trials, gpus=gpus, gpu_tflops=gpu_tflops))
+            continue
+        plans.append(make_plan(sw, preset, gpus=gpus, device_factor=device_factor,
+                               steps=steps, budget_s=budget_s, solve_n=solve_n,
+                               only=parse_only(only), units=known,
+                               log=lambda m: print(f"symsweep plan: {m}", file=sys.stderr,
+                                                   flush=True)))
+        known.update(plans[-1].units)
+    if save_units:
+        write_units(known, save_units)
+    if not plans:
+        return
+    if as_json:
+        print(json.dumps([p.to_dict() for p in plans], default=str))
+    else:
+        print(format_plans(plans))
 
 
 def _check_max_failures(max_failures: int | None) -> None:
@@ -389,15 +443,6 @@ def readonly_sql(con, sql: str, results: str):
     return con.execute(sql)
 
 
-def _cells(results: str, sweep: str, metric: str):
-    from orchestrator.analysis import fig2_cells, success_threshold
-    from orchestrator.store import Store
-
-    check_results_exist(results)
-    df, m = Store(results, sweep).load_finished()
-    return fig2_cells(df, success_threshold(m), metric), m
-
-
 def metrics() -> list[str]:
     """Columns `table` / `plot` can aggregate: the numeric result columns of a trial row."""
     import pyarrow as pa
@@ -428,33 +473,19 @@ def _fit_opts(first: object, last: object) -> dict:
 def table(
     sweep: str = typer.Argument("fig2", help="Sweep name"),
     results: str = typer.Option("results", envvar="SYMSWEEP_RESULTS", help=RESULTS_HELP),
-    metric: str = typer.Option("best_test_acc", help="Column to aggregate"),
+    metric: str = typer.Option("best_test_acc", help="Column to aggregate (Fig. 2 layout)"),
     fmt: str = typer.Option("text", "--format", help="text | csv"),
     fit_first: int = _FIT_FIRST_OPT,
     fit_last: int = _FIT_LAST_OPT,
 ) -> None:
-    """Fig. 2 table: mean ± std of the metric over successful seeds (in %), with counts.
-    Other figures (fig3, fig4, figS1, figS5, figS6) print their own tables (figures.py)."""
-    from orchestrator.analysis import fig2_layout
-    from orchestrator.figures import FIGURES, figure_table
+    """The paper's table of a sweep (orchestrator/figures/<sweep>.py; Fig. 2's layout, mean ±
+    std of the metric over successful seeds in %, for a sweep without its own)."""
+    from orchestrator.figures import figure_table
 
     _check_metric(metric)
-
-    if sweep in FIGURES:
-        print(figure_table(sweep, results, fmt=fmt, **_fit_opts(fit_first, fit_last)), end="")
-        return
-    cells, m = _cells(results, sweep, metric)
-    if fmt == "csv":
-        print(cells.to_csv(index=False), end="")
-        return
-    lay = fig2_layout(cells)
-    print(f"{sweep} [{m['preset']}]: {metric} in %, mean ± std over successful runs "
-          f"(successful/finished; success = completed, finite nets with train acc >= "
-          f"{m.get('success_train_acc')})")
-    import pandas as pd
-
-    with pd.option_context("display.width", 250, "display.max_columns", 20):
-        print(lay.to_string())
+    check_results_exist(results)
+    print(figure_table(sweep, results, fmt=fmt, metric=metric,
+                       **_fit_opts(fit_first, fit_last)), end="")
 
 
 @app.command()
@@ -462,24 +493,18 @@ def plot(
     sweep: str = typer.Argument("fig2", help="Sweep name"),
     results: str = typer.Option("results", envvar="SYMSWEEP_RESULTS", help=RESULTS_HELP),
     out: str = typer.Option(None, help="PNG path (default <results>/<sweep>/<sweep>.png)"),
-    metric: str = typer.Option("best_test_acc", help="Column to plot"),
+    metric: str = typer.Option("best_test_acc", help="Column to plot (Fig. 2 layout)"),
     fit_first: int = _FIT_FIRST_OPT,
     fit_last: int = _FIT_LAST_OPT,
 ) -> None:
-    """Fig. 2 figure: panels NTK, NN, NN+; bars per arch and transform. Other figures
-    (fig3, fig4, figS1, figS5, figS6) draw their own plots (figures.py)."""
-    from orchestrator.analysis import plot_fig2
-    from orchestrator.figures import FIGURES, figure_plot
+    """The paper's figure of a sweep (orchestrator/figures/<sweep>.py; Fig. 2's bars for a
+    sweep without its own)."""
+    from orchestrator.figures import figure_plot
 
     _check_metric(metric)
-
-    if sweep in FIGURES:
-        print(f"wrote {figure_plot(sweep, results, out, **_fit_opts(fit_first, fit_last))}")
-        return
-    cells, m = _cells(results, sweep, metric)
-    path = out or f"{results.rstrip('/')}/{sweep}/{sweep}.png"
-    p = plot_fig2(cells, path, title=f"{sweep} [{m['preset']}]: {metric}")
-    print(f"wrote {p}")
+    check_results_exist(results)
+    path = figure_plot(sweep, results, out, metric=metric, **_fit_opts(fit_first, fit_last))
+    print(f"wrote {path}")
 
 
 @app.command()

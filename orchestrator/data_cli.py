@@ -31,7 +31,7 @@ CacheDir = Annotated[
 
 
 class _Bars:
-    """Adapts `workers.data` progress callbacks (stage, done, total) to rich progress bars."""
+    """Adapts `workers.cifar10` progress callbacks (stage, done, total) to rich progress bars."""
 
     def __init__(self, progress: object) -> None:
         self.progress = progress
@@ -67,7 +67,7 @@ def prepare(
     )
     from rich.table import Table
 
-    from workers.data import CLASSES, load_cifar10, prepare_cifar10
+    from workers.cifar10 import CLASSES, load_cifar10, prepare_cifar10
 
     err = Console(stderr=True)
     t0 = time.perf_counter()

@@ -1,5 +1,6 @@
-"""workers.data: CIFAR-10 sources, MD5, safe unpickling, cache, splits, subsets, standardisation,
-flips, targets, transforms, and the synthetic dataset's structure."""
+"""workers.cifar10 (CIFAR-10 sources, MD5, safe unpickling, cache), workers.data (splits, subsets,
+standardisation, flips, targets, transforms) and workers.synthetic (the synthetic dataset's
+structure)."""
 
 from __future__ import annotations
 
@@ -14,17 +15,11 @@ import numpy as np
 import pytest
 from conftest import CLASSES, write_image_folder
 
-from workers import data
-from workers.data import (
-    RestrictedUnpickler,
-    balanced_order,
-    build_dataset,
-    load_cifar10,
-    locate_source,
-    prepare_cifar10,
-    synthetic_images,
-)
+from workers import cifar10
+from workers.cifar10 import RestrictedUnpickler, load_cifar10, locate_source, prepare_cifar10
+from workers.data import balanced_order, build_dataset
 from workers.errors import ConfigError, DataError
+from workers.synthetic import synthetic_images
 from workers.transforms import TRANSFORMS, make_transform, path_transform
 
 
@@ -47,7 +42,7 @@ def _assert_official_split(raw, arrays):
 
 
 def test_official_tarball_is_verified_and_read_exactly(mini_cifar, tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "CIFAR10_MD5", _md5(mini_cifar["tarball"]))
+    monkeypatch.setattr(cifar10, "CIFAR10_MD5", _md5(mini_cifar["tarball"]))
     raw = load_cifar10(mini_cifar["tarball"], tmp_path / "cache")
     _assert_official_split(raw, mini_cifar["arrays"])
     assert raw.meta["source_kind"] == "tarball"
@@ -71,7 +66,7 @@ def test_tarball_with_wrong_md5_is_refused(mini_cifar, tmp_path):
 
 def test_download_checks_md5_then_caches(mini_cifar, tmp_path, monkeypatch):
     monkeypatch.setenv("SYMSWEEP_CIFAR10_URL", mini_cifar["tarball"].as_uri())
-    monkeypatch.setattr(data, "CIFAR10_MD5", _md5(mini_cifar["tarball"]))
+    monkeypatch.setattr(cifar10, "CIFAR10_MD5", _md5(mini_cifar["tarball"]))
     cache = tmp_path / "cache"
     seen = []
     raw = load_cifar10(None, cache, progress=lambda s, d, t: seen.append(s))
@@ -268,14 +263,14 @@ def test_concurrent_prepares_build_the_cache_once(tmp_path, monkeypatch):
     root = tmp_path / "imgs"
     write_image_folder(root, n_train=2, n_test=1)
     calls = []
-    real = data._READERS["image_folder"]
+    real = cifar10._READERS["image_folder"]
 
     def slow_reader(path, progress):
         calls.append(path)
         time.sleep(0.3)
         return real(path, progress)
 
-    monkeypatch.setitem(data._READERS, "image_folder", slow_reader)
+    monkeypatch.setitem(cifar10._READERS, "image_folder", slow_reader)
     out = []
     threads = [
         threading.Thread(target=lambda: out.append(prepare_cifar10(root, tmp_path / "c")))

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from orchestrator.figures import figure_plot, figure_table, load
-from orchestrator.runner import InjectedFault, code_version, execute_trial
+from orchestrator.runner import code_version
 from orchestrator.spec import Sweep, load_sweep
 from orchestrator.store import Store
+from orchestrator.trial import InjectedFault, execute_trial
 from workers.train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,7 +102,7 @@ def test_figS4_reduced_smoke_into_table_and_plot(tmp_path: Path) -> None:
 
 
 def test_paper_plan_counts_flops() -> None:
-    from orchestrator.imagenet_plan import model_flops, plan_imagenet
+    from orchestrator.plan.imagenet import model_flops, plan_imagenet
 
     f_train, f_eval = model_flops("resnet50", None, None, None, 224, 1000)
     # ResNet-50: about 4.1 G multiply-adds a 224x224 image forward (He et al. 2016), i.e.

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 import workers.kernels as K
-from orchestrator.runner import TileCache, TileMapper, memory_requests, trial_resources
+from orchestrator.runner import memory_requests, trial_resources
 from orchestrator.spec import Trial
+from orchestrator.tiles import TileCache, TileMapper
 from workers.kernel_trial import kernel_metrics
 from workers.memory import kernel_trial_bytes, param_count, train_trial_bytes
 from workers.regression import kernel_fit, kernel_predict

@@ -154,8 +154,8 @@ def test_wide_conv_nets_match_the_analytic_nngp_and_ntk_of_workers_kernels(arch)
     """Same conventions as the infinite-width kernels (readout scaling, flatten, pooling):
     the Monte-Carlo NNGP over inits x logits and the per-logit empirical NTK of one wide net
     match `workers.kernels.kernel_matrix` within their sampling/finite-width error."""
+    from workers.eta0 import empirical_ntk
     from workers.kernels import kernel_matrix
-    from workers.train import empirical_ntk
 
     x = _x(3, seed=9)
     ref = kernel_matrix(arch, x, depth=2)

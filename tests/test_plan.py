@@ -118,7 +118,7 @@ def test_measured_step_time_is_seconds_per_step(monkeypatch):
     advances exactly 2 ms per SGD step (plus 50 ms for the first, compiling call) and 0.1 ms
     per predicted image makes every number exact. No wall-clock assertion: the default suite
     must pass on a loaded 2-core machine (timings belong in benchmarks/)."""
-    from orchestrator import plan as plan_mod
+    from orchestrator.plan import measure as plan_mod
     from workers.train import Trainer
 
     clock = {"t": 0.0}

@@ -166,8 +166,9 @@ def test_finished_trial_checkpoints_removed_unless_keep_checkpoints_0(tmp_path, 
     """execute_trial (no Ray): checkpoints go to the trial-keyed store while the trial runs
     and are removed when it finishes, unless keep_checkpoints=0; a failed attempt keeps them
     and the next attempt starts where it stopped (start_step in its row)."""
-    from orchestrator.runner import execute_trial, run_local
+    from orchestrator.runner import run_local
     from orchestrator.spec import load_sweep
+    from orchestrator.trial import execute_trial
 
     p = tmp_path / "ft.py"
     src = textwrap.dedent(FAKE_TRAIN_SWEEP).format(
@@ -194,8 +195,9 @@ def test_finished_trial_checkpoints_removed_unless_keep_checkpoints_0(tmp_path, 
 def test_attempt_after_a_corrupt_latest_checkpoint_resumes_from_the_previous(tmp_path):
     """The fallback is on record: the attempt's row starts at the previous checkpoint and its
     metrics_json carries the warning (the driver prints it as a note)."""
-    from orchestrator.runner import execute_trial, run_local
+    from orchestrator.runner import run_local
     from orchestrator.spec import load_sweep
+    from orchestrator.trial import execute_trial
 
     p = tmp_path / "ft.py"
     p.write_text(textwrap.dedent(FAKE_TRAIN_SWEEP).format(keep="").replace("STATUS",
@@ -220,8 +222,8 @@ def test_attempt_after_a_corrupt_latest_checkpoint_resumes_from_the_previous(tmp
 def test_negative_keep_checkpoints_is_refused(tmp_path):
     """At expansion, before anything runs (the range table), and by the checkpoint store
     itself for a trial config built by hand (it then gets its failed row)."""
-    from orchestrator.runner import execute_trial
     from orchestrator.spec import Trial, load_sweep
+    from orchestrator.trial import execute_trial
     from workers.errors import ConfigError
 
     p = tmp_path / "ft.py"

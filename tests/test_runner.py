@@ -207,7 +207,7 @@ def test_killed_driver_resumes_only_missing_trials(ray_session, tmp_path, capsys
     """SIGKILL the driver (a subprocess with its own embedded Ray) mid-sweep, resume: every
     finished trial is kept, none is counted twice, and the table equals an uninterrupted
     run's."""
-    from orchestrator.analysis import fig2_cells
+    from orchestrator.figures.fig2 import fig2_cells
 
     sweep_file = write_fake(tmp_path, sleep=0.15)
     res = tmp_path / "killed"

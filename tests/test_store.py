@@ -14,10 +14,11 @@ import sys
 import numpy as np
 import pytest
 
-from orchestrator.analysis import fig2_cells, fig2_layout, plot_fig2
-from orchestrator.runner import TileCache, TileMapper, materialize_derived, tile_key
+from orchestrator.figures.fig2 import fig2_cells, fig2_layout, plot_fig2
 from orchestrator.spec import Trial
 from orchestrator.store import Store, connect
+from orchestrator.tiles import TileCache, TileMapper, tile_key
+from orchestrator.trial import materialize_derived
 from workers.errors import ConfigError
 
 
@@ -107,7 +108,7 @@ def test_tile_cache_is_content_addressed(tmp_path):
                                                                           scale=2))
     assert tile_key(tile, dict(x=x, y=y, scale=2)) != tile_key(tile, dict(x=x, y=y, scale=3))
     # stable across processes, also for a dtype argument (a class, not an array)
-    code = ("import numpy as np; from orchestrator.runner import tile_key; "
+    code = ("import numpy as np; from orchestrator.tiles import tile_key; "
             "from workers.kernels import kernel_tile; print(tile_key(kernel_tile, dict("
             "archs=('gap',), x_rows=np.ones((2, 4, 4, 3), np.float32), dtype=np.float32)))")
     keys = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

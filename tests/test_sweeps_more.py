@@ -16,16 +16,11 @@ import pandas as pd
 import pytest
 
 from orchestrator.figures import FIGURES, figure_plot, figure_table, load
-from orchestrator.runner import (
-    TileCache,
-    TileMapper,
-    _default_worker,
-    code_version,
-    execute_trial,
-    materialize_derived,
-)
+from orchestrator.runner import code_version
 from orchestrator.spec import CompositeSweep, Preset, Sweep, load_sweep, undo_orphan_derivations
 from orchestrator.store import Store
+from orchestrator.tiles import TileCache, TileMapper
+from orchestrator.trial import default_worker, execute_trial, materialize_derived
 from workers.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +47,7 @@ def run_subset(sweep: Sweep, preset: str, results: Path, keep=lambda t: True,
     out = []
     for t in trials:
         if t.derived_from is None:
-            worker = (sweep.workers or {}).get(t.kind) or _default_worker(t.kind)
+            worker = (sweep.workers or {}).get(t.kind) or default_worker(t.kind)
             out.append(execute_trial(t, ctx, worker))
     materialize_derived(store, trials, ctx)
     return out

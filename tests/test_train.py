@@ -12,18 +12,9 @@ import numpy as np
 import pytest
 
 from workers.errors import ConfigError
+from workers.eta0 import empirical_ntk, estimate_eta0, lanczos_max_eig, ntk_matvec
 from workers.models import init_params, make_model
-from workers.train import (
-    Trainer,
-    _grad_and_data_loss,
-    batch_loss,
-    empirical_ntk,
-    estimate_eta0,
-    lanczos_max_eig,
-    ntk_matvec,
-    train,
-    train_arrays,
-)
+from workers.train import Trainer, _grad_and_data_loss, batch_loss, train, train_arrays
 
 H, W, C, K = 8, 8, 3, 10
 

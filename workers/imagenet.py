@@ -510,7 +510,7 @@ def resolve_data_dir(data_dir: str, cache_dir: str | None = None) -> str:
     import hashlib
     import os
 
-    from workers.data import default_cache_dir
+    from workers.cifar10 import default_cache_dir
 
     base = str(cache_dir) if cache_dir else str(default_cache_dir())
     if data_dir.startswith(SYNTHETIC_PREFIX):

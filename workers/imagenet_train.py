@@ -17,7 +17,7 @@ images, ``subset`` = i, 0 = all; ``test_size`` caps the val images with a class-
 subset). The transform tau (``transform``, ``transform_seed``) is drawn once for the eval image
 size and applied to train and val images alike.
 
-Checkpoints: every ``checkpoint_every_epochs`` epochs, through `workers.train`'s
+Checkpoints: every ``checkpoint_every_epochs`` epochs, through `workers.checkpoint`'s
 save_checkpoint / load_checkpoint (the CIFAR trainer's format: state arrays + JSON meta); the
 runner copies each reported checkpoint into the trial-keyed store and passes the latest back as
 ``resume_from``, so a later attempt continues at that step. Batch s of the run is a pure
@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from workers.checkpoint import load_checkpoint, load_checkpoint_meta, save_checkpoint
 from workers.errors import ConfigError
 from workers.imagenet import (
     eval_pipeline,
@@ -54,7 +55,6 @@ from workers.imagenet import (
     train_pipeline,
 )
 from workers.imagenet_models import init_variables, make_imagenet_model
-from workers.train import load_checkpoint, load_checkpoint_meta, save_checkpoint
 from workers.transforms import make_transform
 from workers.vocab import IMAGENET_ARCHS
 

@@ -668,7 +668,7 @@ def kernel_matrices(
     is computed; off-diagonal tiles are written with their transpose, diagonal tiles are
     mirrored in place). map_tiles(fn, list_of_kwargs) -> list of fn(**kwargs) results lets the
     caller run the tiles elsewhere (e.g. as Ray tasks); the default is a plain loop. If
-    map_tiles also takes ``on_result=callback`` (as `orchestrator.runner.TileMapper` does), it
+    map_tiles also takes ``on_result=callback`` (as `orchestrator.tiles.TileMapper` does), it
     must call ``callback(i, result_i)`` once per tile as results arrive (any order); each tile is
     then written into the preallocated output and dropped, so the peak memory is the output
     plus about one tile. A map_tiles without it returns the whole list first (all tile results

@@ -6,16 +6,9 @@ momentum 0.9 (optax), learning rate c * eta_0 with
 
     eta_0 = 2 n K / lambda_max(Theta_hat),
 
-Theta_hat = sum_k J_k J_k^T the empirical NTK at initialisation on n training points, traced
-(summed) over the K logits, lambda_max averaged over a few initialisations. Numerically this is
-neural-tangents' `max_learning_rate(k)` with its default `y_train_size` applied to the kernel
-`k` of `empirical_ntk_fn(..., trace_axes=(-1,))` (which divides the trace by K):
-2 n / lambda_max(k).
-It is about K (1 + momentum) times below the rate where momentum SGD on this loss loses
-stability, which matches the paper's remark that 8 eta_0 is still 2-4x below the largest rate
-that trains (the per-logit reading 2 n K / lambda_max(k) diverges at 8x within a few steps).
-lambda_max is found by Lanczos iteration on NTK-vector products (J J^T u from one
-linearisation, never forming J), so it scales to the paper's widths.
+Theta_hat the logit-traced empirical NTK at initialisation on n training points, found by
+Lanczos on NTK-vector products (workers/eta0.py, where the normalisation is derived). The
+trainer's checkpoints are workers/checkpoint.py.
 
 Determinism: the batch at step s is rows perm_e[(s mod S) B : (s mod S + 1) B] with
 e = s // S, S = N // B and perm_e a permutation drawn from fold_in(data_key, e); data_key comes
@@ -28,7 +21,6 @@ Entry points: `train(config, report)` = `workers.data.build_dataset(config)` + `
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import shutil
@@ -43,7 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from workers.checkpoint import load_checkpoint, load_checkpoint_meta, save_checkpoint
 from workers.errors import ConfigError
+from workers.eta0 import estimate_eta0
 from workers.metrics import accuracy, mse
 from workers.models import count_params, init_params, make_model
 from workers.vocab import FINITE_INFERENCES, INFERENCE_DEFAULTS, PAPER_WIDTHS
@@ -125,104 +119,6 @@ def resolve_config(config: dict) -> dict:
     if cfg["eta0"] is not None and not (float(cfg["eta0"]) > 0):
         raise ConfigError(f"eta0 must be a positive number or None, got {cfg['eta0']!r}")
     return cfg
-
-
-# ----------------------------------------------------------------------------- eta_0
-
-
-@functools.lru_cache(maxsize=16)
-def _compiled_ntk_matvec(apply_fn: Callable) -> Callable:
-    def mv(params: Any, x: jax.Array, u: jax.Array) -> jax.Array:
-        out, f_jvp = jax.linearize(lambda p: apply_fn(p, x), params)
-        f_vjp = jax.linear_transpose(f_jvp, params)
-
-        def one(i: jax.Array) -> jax.Array:
-            ct = jnp.zeros_like(out).at[:, i].set(u.astype(out.dtype))
-            (g,) = f_vjp(ct)
-            return f_jvp(g)[:, i]
-
-        # vmap, not lax.map: XLA's CPU backend runs convolutions inside loops ~25x slower
-        return jax.vmap(one)(jnp.arange(out.shape[1])).sum(0)
-
-    return jax.jit(mv)
-
-
-def ntk_matvec(apply_fn: Callable, params: Any, x: jax.Array) -> Callable[[jax.Array], jax.Array]:
-    """u (n,) -> Theta_hat u (n,), Theta_hat = sum_k J_k J_k^T the logit-traced empirical NTK
-    on x (n, H, W, C), J_k (n, P) the Jacobian of logit k. Each product costs one forward pass
-    plus K JVP and K VJP passes; one compilation per (apply_fn, shapes), shared by all inits."""
-    mv = _compiled_ntk_matvec(apply_fn)
-    return lambda u: mv(params, x, u)
-
-
-def empirical_ntk(apply_fn: Callable, params: Any, x: jax.Array) -> jax.Array:
-    """Dense logit-traced empirical NTK (n, n) from explicit Jacobians (small nets only)."""
-    jac = jax.jacrev(lambda p: apply_fn(p, x))(params)          # leaves (n, K, *shape)
-    n, k = next(iter(jax.tree_util.tree_leaves(jac))).shape[:2]
-    flat = jnp.concatenate([j.reshape(n, k, -1) for j in jax.tree_util.tree_leaves(jac)], -1)
-    return jnp.einsum("ikp,jkp->ij", flat, flat)
-
-
-def lanczos_max_eig(matvec: Callable[[np.ndarray], np.ndarray], n: int, *,
-                    max_iter: int = 40, rtol: float = 1e-6, v0: np.ndarray | None = None
-                    ) -> float:
-    """Largest eigenvalue of a symmetric PSD (n, n) operator given by its products.
-
-    Lanczos with full re-orthogonalisation in float64 on the host; stops when the top Ritz value
-    changes by less than rtol (relative) or the Krylov space is exhausted.
-    """
-    v = np.ones(n) if v0 is None else np.asarray(v0, np.float64)
-    v = v / np.linalg.norm(v)
-    basis, alphas, betas = [v], [], []
-    prev = None
-    theta = 0.0
-    for it in range(min(max_iter, n)):
-        w = np.asarray(matvec(basis[-1]), np.float64)
-        alpha = float(w @ basis[-1])
-        alphas.append(alpha)
-        vs = np.stack(basis)
-        w = w - vs.T @ (vs @ w)
-        w = w - vs.T @ (vs @ w)
-        t = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
-        theta = float(np.linalg.eigvalsh(t)[-1])
-        beta = float(np.linalg.norm(w))
-        if prev is not None and abs(theta - prev) <= rtol * abs(theta):
-            break
-        if beta <= 1e-10 * max(abs(theta), 1e-30) or it == n - 1:
-            break
-        prev = theta
-        betas.append(beta)
-        basis.append(w / beta)
-    return theta
-
-
-@functools.lru_cache(maxsize=32)
-def _model_apply_fn(model: Any) -> Callable:
-    """A stable (cacheable) apply function per model."""
-    return lambda p, x: model.apply({"params": p}, x)
-
-
-def estimate_eta0(model: Any, x_sample: np.ndarray, *, inits: int = 3, seed: int = 0,
-                  max_iter: int = 40, rtol: float = 1e-4) -> dict:
-    """eta_0 = 2 n K / mean_init lambda_max(Theta_hat) on x_sample (n, H, W, C).
-
-    Returns {"eta0", "lambda_max" (list per init), "n", "seconds"}.
-    """
-    t0 = time.perf_counter()
-    x = jnp.asarray(x_sample, model.param_dtype)
-    n = x.shape[0]
-
-    apply_fn = _model_apply_fn(model)
-    lams = []
-    for i in range(int(inits)):
-        params = init_params(model, (int(seed), 10_000 + i), x.shape[1:])
-        mv = ntk_matvec(apply_fn, params, x)
-        lams.append(lanczos_max_eig(lambda u, mv=mv: np.asarray(mv(jnp.asarray(u, x.dtype))),
-                                    n, max_iter=max_iter, rtol=rtol))
-    k = model.num_classes
-    lam = float(np.mean(lams))
-    return {"eta0": 2.0 * n * k / lam, "lambda_max": lams, "n": int(n),
-            "seconds": time.perf_counter() - t0}
 
 
 # ----------------------------------------------------------------------------- the SGD loop
@@ -463,63 +359,6 @@ def _scores(logits: np.ndarray, y: np.ndarray, labels: np.ndarray) -> tuple[floa
     return accuracy(logits, labels), mse(logits, y, dtype=logits.dtype)
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def _tree_to_arrays(tree: Any) -> dict[str, np.ndarray]:
-    return {f"a{i}": np.asarray(a) for i, a in enumerate(jax.tree_util.tree_leaves(tree))}
-
-
-def _arrays_to_tree(template: Any, arrays: Any) -> Any:
-    leaves, treedef = jax.tree_util.tree_flatten(template)
-    if len(arrays.files) != len(leaves):
-        raise ConfigError(f"checkpoint holds {len(arrays.files)} arrays, this model needs "
-                          f"{len(leaves)}; resume with the config that wrote it")
-    out = []
-    for i, leaf in enumerate(leaves):
-        a = arrays[f"a{i}"]
-        if a.shape != leaf.shape or a.dtype != leaf.dtype:
-            raise ConfigError(f"checkpoint array {i} is {a.dtype}{a.shape}, the model expects "
-                              f"{leaf.dtype}{leaf.shape}; resume with the config that wrote it")
-        out.append(jnp.asarray(a))
-    return jax.tree_util.tree_unflatten(treedef, out)
-
-
-def save_checkpoint(directory: str, state: dict, meta: dict) -> str:
-    """Write state (params, opt_state) and meta (JSON) atomically to `directory`; returns it."""
-    parent = os.path.dirname(os.path.abspath(directory))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-ckpt-", dir=parent)
-    try:
-        np.savez(os.path.join(tmp, "state.npz"), **_tree_to_arrays(state))
-        with open(os.path.join(tmp, "meta.json"), "w") as fh:
-            json.dump(meta, fh)
-        if os.path.exists(directory):
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return directory
-
-
-def load_checkpoint_meta(directory: str) -> dict:
-    """The JSON metadata of a checkpoint directory (step, best metrics, config, ...)."""
-    sp, mp = os.path.join(directory, "state.npz"), os.path.join(directory, "meta.json")
-    if not (os.path.isfile(sp) and os.path.isfile(mp)):
-        raise ConfigError(f"resume_from={directory!r} is not a symsweep checkpoint (needs "
-                          "state.npz and meta.json); pass a directory reported by train()")
-    with open(mp) as fh:
-        return json.load(fh)
-
-
-def load_checkpoint(directory: str, template: dict) -> tuple[dict, dict]:
-    """(state, meta) from a directory written by `save_checkpoint`; state shaped like template."""
-    meta = load_checkpoint_meta(directory)
-    with np.load(os.path.join(directory, "state.npz")) as arrays:
-        state = _arrays_to_tree(template, arrays)
-    return state, meta
-
 
 # ----------------------------------------------------------------------------- the worker
 
@@ -723,6 +562,4 @@ def train(config: dict, report: Report | None = None) -> dict:
     return train_arrays(config, build_dataset(config), report)
 
 
-__all__ = ["DEFAULTS", "INFERENCES", "Trainer", "empirical_ntk", "estimate_eta0",
-           "lanczos_max_eig", "load_checkpoint", "load_checkpoint_meta", "ntk_matvec",
-           "resolve_config", "save_checkpoint", "train", "train_arrays"]
+__all__ = ["DEFAULTS", "INFERENCES", "Trainer", "resolve_config", "train", "train_arrays"]

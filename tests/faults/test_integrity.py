@@ -10,7 +10,7 @@ import os
 import numpy as np
 from conftest import write_image_folder
 
-from workers.data import load_cifar10
+from workers.cifar10 import load_cifar10
 
 
 # ====================================================================== data fingerprint
@@ -41,7 +41,7 @@ def test_image_rewritten_in_place_is_reread(tmp_path):
 
 # ====================================================================== kernel tiles
 def _two_tiles(root: str) -> tuple[list[dict], list[str]]:
-    from orchestrator.runner import TileCache, TileMapper, tile_key
+    from orchestrator.tiles import TileCache, TileMapper, tile_key
 
     def tile(i: int) -> dict:
         return {"nngp": np.full((2, 2), float(i)), "ntk": np.full((2, 2), 10.0 + i)}
@@ -54,7 +54,7 @@ def _two_tiles(root: str) -> tuple[list[dict], list[str]]:
 def test_swapped_tile_is_recomputed_and_reported(tmp_path, caplog):
     """Another tile's valid .npz under this tile's name (a cell 'completed' with the wrong
     kernel before) fails the checksum: recomputed, counted for the driver, nothing lost."""
-    from orchestrator.runner import TileCache, TileMapper
+    from orchestrator.tiles import TileCache, TileMapper
 
     kws, keys, tile = _two_tiles(str(tmp_path))
     tiles = tmp_path / "tiles"
@@ -75,7 +75,7 @@ def test_swapped_tile_is_recomputed_and_reported(tmp_path, caplog):
 
 
 def test_edited_and_truncated_tiles_are_recomputed(tmp_path):
-    from orchestrator.runner import TileCache
+    from orchestrator.tiles import TileCache
 
     kws, keys, tile = _two_tiles(str(tmp_path))
     path = tmp_path / "tiles" / f"{keys[0]}.npz"
@@ -93,9 +93,9 @@ def test_edited_and_truncated_tiles_are_recomputed(tmp_path):
 def test_corrupt_tile_count_reaches_the_driver(tmp_path, caplog):
     """The trial's result carries tiles_corrupt (a trial's log never reaches the driver), and
     the driver's Tune callback prints it."""
-    from orchestrator.runner import execute_trial
     from orchestrator.spec import Trial
     from orchestrator.tracking import ProgressCallback
+    from orchestrator.trial import execute_trial
 
     kws, keys, tile = _two_tiles(str(tmp_path))
     tiles = tmp_path / "tiles"
@@ -152,28 +152,28 @@ def test_corrupt_config_json_is_said(caplog):
 def test_fit_segments_reset_is_said(caplog):
     import pandas as pd
 
-    from orchestrator.figures import _points_and_fits
+    from orchestrator.figures.fig4 import points_and_fits
 
     df = pd.DataFrame(columns=["inference", "arch", "transform", "m", "ok"])
     m = {"sweep": "fr_no_such_sweep", "preset": "smoke"}  # e.g. renamed since it was run
     with caplog.at_level(logging.WARNING, logger="symsweep"):
-        *_, first, last = _points_and_fits_safe(_points_and_fits, df, m)
+        *_, first, last = _points_and_fits_safe(points_and_fits, df, m)
     assert "fit segments: the sweep 'fr_no_such_sweep' does not load" in caplog.text
     assert f"using first {first} / last {last} points" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="symsweep"):  # both given: nothing to guess
-        _points_and_fits_safe(_points_and_fits, df, m, 2, 2)
+        _points_and_fits_safe(points_and_fits, df, m, 2, 2)
     assert "fit segments" not in caplog.text
 
 
 def _points_and_fits_safe(fn, df, m, first=None, last=None):
     """The curve maths may refuse an empty frame; the segment choice comes first."""
-    from orchestrator import figures
+    from orchestrator.figures import fig4
 
     try:
         return fn(df, m, first, last)
     except Exception:
-        f, la = figures._fit_defaults({}, first, last)
+        f, la = fig4.fit_defaults({}, first, last)
         return None, None, f, la
 
 
@@ -225,7 +225,7 @@ def test_unreadable_history_is_not_mirrored_as_empty(tmp_path, caplog):
         [(3, 0.5)]
     # success: one definition (analysis.successful) at the preset's threshold, not 0.95:
     # best_train_acc 0.5 succeeds under success_train_acc = 0.0, as the tables count it
-    from orchestrator.analysis import fig2_cells
+    from orchestrator.figures.fig2 import fig2_cells
 
     assert run.data.tags["success"] == "true"
     assert fig2_cells(st.latest()[0], 0.0)["n_success"].tolist() == [1]

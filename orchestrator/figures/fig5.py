@@ -1,13 +1,14 @@
-"""Tables and plots of the ImageNet figures (sweeps/fig5.py, sweeps/figS4.py; paper Sec. 6.2,
-App. F.2).
+"""Fig. 5 and Fig. 4 (right): the ImageNet learning curves and the ResNet-family scatter
+(sweeps/fig5.py; paper Sec. 6.2, App. B.2/B.3).
 
-- fig5: Fig. 5, top-1 error (1 - best test accuracy) against the training-set size m on
+- Fig. 5, top-1 error (1 - best test accuracy) against the training-set size m on
   log-log axes, one curve per (arch, transform) of the subsets i >= 1, power-law slopes on the
   first and the last points (`orchestrator.fits.segment_fits`, the Fig. 4 code; six and six
   in the sweep's ``analysis``); and Fig. 4 (right), rotated against clean top-1 accuracy on
   the full training set (subset 0), one point per ResNet depth, with the gap in points.
-- figS4: test accuracy against the epoch per ResNet depth under identity, O(3)^d and P(3d),
-  from every trial's per-epoch history (all attempts: a resumed trial's curve continues).
+
+The ImageNet labels (`arch_label`, `TRANSFORM_LABEL`) and the paper's numbers (`PAPER_NOTE`)
+are here; `orchestrator.figures.figS4` uses them too.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from orchestrator.figures.common import pyplot, savefig
+from orchestrator.figures.fig4 import analysis_of, fit_defaults
 from orchestrator.fits import PowerLawFit, segment_fits
 from workers.vocab import IMAGENET_ARCHS
 
@@ -49,11 +52,11 @@ def arch_label(arch: str, cfg: Mapping[str, Any] | None = None) -> str:
     return f"Mixer w{w or 512} {d or 8} blocks {p or 16}x{p or 16}"
 
 
-def _order_key(arch: str) -> tuple[int, int]:
+def order_key(arch: str) -> tuple[int, int]:
     return (IMAGENET_ARCHS.index(arch) if arch in IMAGENET_ARCHS else 99, 0)
 
 
-def _first_config(df: pd.DataFrame, arch: str) -> Mapping[str, Any]:
+def first_config(df: pd.DataFrame, arch: str) -> Mapping[str, Any]:
     rows = df[df["arch"] == arch]
     return rows["config"].iloc[0] if len(rows) and "config" in rows else {}
 
@@ -70,7 +73,7 @@ def curve_points(df: pd.DataFrame) -> pd.DataFrame:
     pts = pd.DataFrame(rows, columns=["arch", "transform", "subset", "m", "acc", "err", "n"])
     if pts.empty:
         return pts
-    pts["_a"] = pts["arch"].map(lambda a: _order_key(a)[0])
+    pts["_a"] = pts["arch"].map(lambda a: order_key(a)[0])
     pts["_t"] = pts["transform"].map(lambda t: TRANSFORM_ORDER.index(t)
                                      if t in TRANSFORM_ORDER else 9)
     return pts.sort_values(["_a", "_t", "m"]).drop(columns=["_a", "_t"]).reset_index(drop=True)
@@ -96,7 +99,7 @@ def scatter_points(df: pd.DataFrame) -> pd.DataFrame:
         rows.append((arch, accs["identity"], accs["pixel_rotation"],
                      100 * (accs["identity"] - accs["pixel_rotation"])))
     out = pd.DataFrame(rows, columns=["arch", "clean", "rotated", "gap_points"])
-    return out.sort_values("arch", key=lambda s: s.map(lambda a: _order_key(a)[0]))
+    return out.sort_values("arch", key=lambda s: s.map(lambda a: order_key(a)[0]))
 
 
 def _fmt_fit(f: PowerLawFit | None) -> str:
@@ -106,7 +109,7 @@ def _fmt_fit(f: PowerLawFit | None) -> str:
     return f"{f.slope:+.3f}{se} ({int(f.x_min)}-{int(f.x_max)})"
 
 
-def fig5_table(df: pd.DataFrame, m: Mapping[str, Any], fmt: str = "text", *, first: int,
+def fig5_text(df: pd.DataFrame, m: Mapping[str, Any], fmt: str = "text", *, first: int,
                last: int) -> str:
     """Fig. 5 and Fig. 4 (right) as text (or csv: the points, the fits, the scatter)."""
     pts, sc = curve_points(df), scatter_points(df)
@@ -121,7 +124,7 @@ def fig5_table(df: pd.DataFrame, m: Mapping[str, Any], fmt: str = "text", *, fir
     out.write(f"fig5 [{m.get('preset')}]: top-1 error (%) against the training-set size m "
               "(best test accuracy over training; n = runs)\n")
     if len(pts):
-        tab = pts.assign(curve=[f"{arch_label(a, _first_config(df, a))}, "
+        tab = pts.assign(curve=[f"{arch_label(a, first_config(df, a))}, "
                                 f"{TRANSFORM_LABEL.get(t, t)}"
                                 for a, t in zip(pts["arch"], pts["transform"], strict=True)])
         wide = tab.pivot_table(index="curve", columns="m", values="err", sort=False)
@@ -138,7 +141,7 @@ def fig5_table(df: pd.DataFrame, m: Mapping[str, Any], fmt: str = "text", *, fir
         if n_max < first + last:
             out.write(f"  (at most {n_max} sizes per curve: the segments overlap)\n")
         for (a, t), fs in fits.items():
-            name = f"{arch_label(a, _first_config(df, a))}, {TRANSFORM_LABEL.get(t, t)}"
+            name = f"{arch_label(a, first_config(df, a))}, {TRANSFORM_LABEL.get(t, t)}"
             out.write(f"  {name:<40}"
                       f" first {_fmt_fit(fs['first']):<28} last {_fmt_fit(fs['last']):<28} "
                       f"all {_fmt_fit(fs['all'])}\n")
@@ -148,7 +151,7 @@ def fig5_table(df: pd.DataFrame, m: Mapping[str, Any], fmt: str = "text", *, fir
     out.write(f"\nFig. 4 (right) [{m.get('preset')}]: top-1 accuracy (%) on all training "
               "images, clean vs O(3)^d rotated\n")
     if len(sc):
-        t = pd.DataFrame({"arch": [arch_label(a, _first_config(df, a)) for a in sc["arch"]],
+        t = pd.DataFrame({"arch": [arch_label(a, first_config(df, a)) for a in sc["arch"]],
                           "clean %": [f"{100 * v:.2f}" for v in sc["clean"]],
                           "rotated %": [f"{100 * v:.2f}" for v in sc["rotated"]],
                           "gap (points)": [f"{v:.2f}" for v in sc["gap_points"]]})
@@ -158,33 +161,14 @@ def fig5_table(df: pd.DataFrame, m: Mapping[str, Any], fmt: str = "text", *, fir
     return out.getvalue()
 
 
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, out: str | Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=130)
-    plt.close(fig)
-    return out
-
-
-def fig5_plot(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path, *, first: int,
+def fig5_figure(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path, *, first: int,
               last: int) -> Path:
     """Left: Fig. 5, top-1 error against m (log-log), fitted segments dashed (first) and
     dotted (last), slopes in the legend. Right: Fig. 4 (right), rotated against clean top-1
     accuracy per ResNet depth, the diagonal for reference."""
     from matplotlib.ticker import FuncFormatter, LogLocator
 
-    plt = _plt()
+    plt = pyplot()
     pts, sc = curve_points(df), scatter_points(df)
     fits = curve_fits(pts, first, last) if len(pts) else {}
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12.5, 5.0),
@@ -198,7 +182,7 @@ def fig5_plot(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path, *, first:
         sl = "/".join(f"{fs[s].slope:+.2f}" if fs[s] is not None else "-"
                       for s in ("first", "last"))
         ax.plot(g["m"], g["err"], mk + "-", color=col, lw=1.6, ms=5,
-                label=f"{arch_label(a, _first_config(df, a))}, {TRANSFORM_LABEL.get(t, t)}"
+                label=f"{arch_label(a, first_config(df, a))}, {TRANSFORM_LABEL.get(t, t)}"
                       f"  (slopes {sl})")
         for seg, ls in (("first", "--"), ("last", ":")):
             f = fs[seg]
@@ -231,7 +215,7 @@ def fig5_plot(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path, *, first:
         for k, r in enumerate(ok.itertuples()):
             bx.plot(r.clean, r.rotated, "o", ms=8, color=cmap(k / max(len(ok) - 1, 1)))
             right = r.clean > lo + 0.6 * (hi - lo)  # label inside the axes
-            bx.annotate(f"{arch_label(r.arch, _first_config(df, r.arch))}\n"
+            bx.annotate(f"{arch_label(r.arch, first_config(df, r.arch))}\n"
                         f"gap {r.gap_points:.1f} pts", (r.clean, r.rotated), fontsize=7.5,
                         xytext=(-8 if right else 8, -4), textcoords="offset points",
                         ha="right" if right else "left", va="top")
@@ -250,100 +234,7 @@ def fig5_plot(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path, *, first:
         "  (CPU stand-in: CIFAR-10 through the ImageNet pipeline)" if m.get("preset") == "cpu"
         else "  (synthetic smoke data)" if m.get("preset") == "smoke" else ""), fontsize=11)
     fig.tight_layout()
-    return _save(fig, out)
-
-
-# ====================================================================== Fig. S4
-
-
-def epoch_curves(df: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
-    """(arch, transform, epoch, test_acc) from the history rows of the trials in ``df``: for
-    each trial and step the latest attempt's value (a resumed attempt continues the curve)."""
-    h = history[history["trial_id"].isin(set(df["trial_id"]))
-                & history["metric"].isin(["epoch", "test_acc"])]
-    if h.empty:
-        return pd.DataFrame(columns=["arch", "transform", "epoch", "test_acc", "trial_id"])
-    h = h.sort_values("attempt").drop_duplicates(["trial_id", "step", "metric"], keep="last")
-    wide = h.pivot_table(index=["trial_id", "step"], columns="metric", values="value")
-    wide = wide.dropna(subset=[c for c in ("epoch", "test_acc") if c in wide]).reset_index()
-    meta = df.set_index("trial_id")[["arch", "transform"]]
-    wide = wide.join(meta, on="trial_id")
-    return wide[["arch", "transform", "epoch", "test_acc", "trial_id"]].sort_values(
-        ["arch", "transform", "epoch"]).reset_index(drop=True)
-
-
-def figS4_table(df: pd.DataFrame, m: Mapping[str, Any], history: pd.DataFrame,
-                fmt: str = "text") -> str:
-    """Final and best test accuracy (%) per ResNet depth and transform, and the epochs run."""
-    cur = epoch_curves(df, history)
-    rows = []
-    for (a, t), g in df.groupby(["arch", "transform"], sort=False):
-        c = cur[(cur["arch"] == a) & (cur["transform"] == t)]
-        rows.append((a, t, float(pd.to_numeric(g["test_acc"], errors="coerce").mean()),
-                     float(pd.to_numeric(g["best_test_acc"], errors="coerce").mean()),
-                     float(c["epoch"].max()) if len(c) else math.nan))
-    t = pd.DataFrame(rows, columns=["arch", "transform", "final", "best", "epochs"])
-    if fmt == "csv":
-        return t.to_csv(index=False) + "\n" + cur.to_csv(index=False)
-    t["_a"] = t["arch"].map(lambda a: _order_key(a)[0])
-    t = t.sort_values("_a")
-    out = io.StringIO()
-    out.write(f"figS4 [{m.get('preset')}]: test top-1 accuracy (%), final / best over "
-              "training, per depth and transform\n")
-    wide = {}
-    for r in t.itertuples():
-        key = arch_label(r.arch, _first_config(df, r.arch))
-        wide.setdefault(key, {})[TRANSFORM_LABEL.get(r.transform, r.transform)] = (
-            f"{100 * r.final:.2f} / {100 * r.best:.2f}")
-    frame = pd.DataFrame(wide).T
-    cols = [TRANSFORM_LABEL[x] for x in TRANSFORM_ORDER if TRANSFORM_LABEL[x] in frame]
-    with pd.option_context("display.width", 300):
-        out.write(frame[cols].fillna("-").to_string() + "\n")
-    ep = t["epochs"].dropna()
-    out.write(f"epochs run: {int(ep.min()) if len(ep) else 0}"
-              f"{'' if ep.nunique() <= 1 else f'..{int(ep.max())}'}; "
-              f"{PAPER_NOTE['figS4']}\n")
-    return out.getvalue()
-
-
-def figS4_plot(df: pd.DataFrame, m: Mapping[str, Any], history: pd.DataFrame,
-               out: str | Path) -> Path:
-    """One panel per ResNet depth: test accuracy against the epoch, one line per transform,
-    the paper's 35% bound for P(3d) dotted."""
-    plt = _plt()
-    cur = epoch_curves(df, history)
-    archs = sorted(df["arch"].unique(), key=lambda a: _order_key(a)[0])
-    n = max(len(archs), 1)
-    cols = min(n, 3)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.3 * cols, 3.5 * rows), squeeze=False,
-                             sharey=True)
-    styles = {"identity": ("#1f4e9c", "o-"), "pixel_rotation": ("#2a9d5c", "s-"),
-              "permutation": ("#b8431d", "^-")}
-    for k, a in enumerate(archs):
-        ax = axes[k // cols][k % cols]
-        for t in TRANSFORM_ORDER:
-            c = cur[(cur["arch"] == a) & (cur["transform"] == t)]
-            if len(c):
-                col, st = styles[t]
-                g = c.groupby("epoch")["test_acc"].mean()
-                ax.plot(g.index, 100 * g.to_numpy(), st, color=col, ms=3.5, lw=1.4,
-                        label=TRANSFORM_LABEL[t])
-        ax.axhline(35, color="0.5", ls=":", lw=1)
-        ax.set_title(arch_label(a, _first_config(df, a)), fontsize=10)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        if k % cols == 0:
-            ax.set_ylabel("test top-1 accuracy (%)")
-    for k in range(len(archs), rows * cols):
-        axes[k // cols][k % cols].axis("off")
-    axes[0][0].legend(fontsize=8, title="dotted: paper's P(3d) bound 35%", title_fontsize=7)
-    fig.suptitle(f"figS4 [{m.get('preset')}]: training dynamics under identity, O(3)^d, P(3d)"
-                 + ("  (CPU stand-in: CIFAR-10)" if m.get("preset") == "cpu" else
-                    "  (synthetic smoke data)" if m.get("preset") == "smoke" else ""),
-                 fontsize=11)
-    fig.tight_layout()
-    return _save(fig, out)
+    return savefig(fig, out)
 
 
 def with_subsets(df: pd.DataFrame) -> pd.DataFrame:
@@ -356,6 +247,29 @@ def with_subsets(df: pd.DataFrame) -> pd.DataFrame:
     return d
 
 
-__all__ = ["PAPER_NOTE", "TRANSFORM_LABEL", "arch_label", "curve_fits", "curve_points",
-           "epoch_curves", "fig5_plot", "fig5_table", "figS4_plot", "figS4_table",
-           "scatter_points", "with_subsets"]
+
+
+def segments(m: Mapping[str, Any], first: int | None, last: int | None) -> tuple[int, int]:
+    """Points of the first / last fitted segments: the command line's, else the sweep's
+    ``analysis`` (six and six for fig5), as for Fig. 4."""
+    a = analysis_of(m) if first is None or last is None else {}
+    return fit_defaults({"analysis": a}, first, last)
+
+
+def table(df: pd.DataFrame, m: Mapping[str, Any], fmt: str = "text", first: int | None = None,
+          last: int | None = None, **_: Any) -> str:
+    """The registry's table entry: Fig. 5 points and slopes, then Fig. 4 (right)."""
+    f, la = segments(m, first, last)
+    return fig5_text(with_subsets(df), m, fmt, first=f, last=la)
+
+
+def plot(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path, first: int | None = None,
+         last: int | None = None, **_: Any) -> Path:
+    """The registry's plot entry: Fig. 5 (left) and Fig. 4 (right) in one PNG."""
+    f, la = segments(m, first, last)
+    return fig5_figure(with_subsets(df), m, out, first=f, last=la)
+
+
+__all__ = ["PAPER_NOTE", "TRANSFORM_LABEL", "TRANSFORM_ORDER", "arch_label", "curve_fits",
+           "curve_points", "first_config", "order_key", "plot", "scatter_points", "segments",
+           "table", "with_subsets"]

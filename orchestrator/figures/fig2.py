@@ -1,0 +1,120 @@
+"""Fig. 2: test accuracy of every (inference, arch, transform) cell (paper Sec. 4, Fig. 2).
+
+`fig2_cells` aggregates the latest attempt of every trial into cells: mean and sample std of
+a metric (default ``best_test_acc``) over *successful* runs, with counts (successful /
+finished). `fig2_layout` lays the cells out like the paper's Fig. 2 (rows = inference x arch,
+columns = transforms), `plot_fig2` draws its panels (NTK, NN, NN+). `table` / `plot` are the
+registry's entry points; a sweep without a figure of its own is tabulated the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from orchestrator.analysis import DEFAULT_SUCCESS_TRAIN_ACC, success_threshold, successful
+from orchestrator.figures.common import LABELS, SHORT_T, format_cell
+from workers.vocab import ARCHS, INFERENCES, TRANSFORMS
+
+
+def fig2_cells(df: pd.DataFrame, success_train_acc: float = DEFAULT_SUCCESS_TRAIN_ACC,
+               metric: str = "best_test_acc") -> pd.DataFrame:
+    """One row per (inference, arch, transform): mean, std (ddof=1; 0 for one run),
+    n_success, n_finished (completed + diverged + failed)."""
+    cols = ["inference", "arch", "transform", "mean", "std", "n_success", "n_finished"]
+    if df.empty:
+        return pd.DataFrame(columns=cols)
+    d = df.copy()
+    d["_ok"] = successful(d, success_train_acc).to_numpy()
+    out = []
+    for (inf, arch, tr), g in d.groupby(["inference", "arch", "transform"], sort=False):
+        vals = g.loc[g["_ok"], metric].astype(float).dropna().to_numpy()
+        mean = float(vals.mean()) if len(vals) else math.nan
+        std = float(vals.std(ddof=1)) if len(vals) > 1 else (0.0 if len(vals) else math.nan)
+        out.append((inf, arch, tr, mean, std, len(vals), len(g)))
+    cells = pd.DataFrame(out, columns=cols)
+    order_i = {k: i for i, k in enumerate(INFERENCES)}
+    order_a = {k: i for i, k in enumerate(ARCHS)}
+    order_t = {k: i for i, k in enumerate(TRANSFORMS)}
+    key = cells["inference"].map(order_i) * 10_000 + cells["arch"].map(order_a) * 100 + \
+        cells["transform"].map(order_t)
+    return cells.iloc[np.argsort(key.to_numpy(), kind="stable")].reset_index(drop=True)
+
+
+def fig2_layout(cells: pd.DataFrame) -> pd.DataFrame:
+    """Rows = (inference, arch), columns = transforms, strings 'mean ± std (n_ok/n)' in %."""
+    transforms = [t for t in TRANSFORMS if t in set(cells["transform"])]
+    rows = []
+    index = []
+    for (inf, arch), g in cells.groupby(["inference", "arch"], sort=False):
+        by_t = {r.transform: r for r in g.itertuples()}
+        rows.append([format_cell(by_t[t].mean, by_t[t].std, by_t[t].n_success,
+                                 by_t[t].n_finished) if t in by_t else "" for t in transforms])
+        index.append((LABELS.get(inf, inf), arch))
+    return pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(index, names=["inference", "arch"]),
+                        columns=[SHORT_T[t] for t in transforms])
+
+
+def plot_fig2(cells: pd.DataFrame, out: str | Path, title: str = "") -> Path:
+    """Write the Fig. 2 PNG: one panel per inference (NTK, NN, NN+ when present), grouped
+    bars of test accuracy per arch, one bar per transform, error bars = std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    infs = [i for i in INFERENCES if i in set(cells["inference"])]
+    archs = [a for a in ARCHS if a in set(cells["arch"])]
+    transforms = [t for t in TRANSFORMS if t in set(cells["transform"])]
+    fig, axes = plt.subplots(1, max(len(infs), 1), figsize=(5.2 * max(len(infs), 1), 4.2),
+                             sharey=True, squeeze=False)
+    colors = plt.get_cmap("viridis")(np.linspace(0.05, 0.9, max(len(transforms), 1)))
+    width = 0.8 / max(len(transforms), 1)
+    for ax, inf in zip(axes[0], infs, strict=False):
+        sub = cells[cells["inference"] == inf]
+        for j, t in enumerate(transforms):
+            means, stds = [], []
+            for a in archs:
+                r = sub[(sub["arch"] == a) & (sub["transform"] == t)]
+                means.append(100 * float(r["mean"].iloc[0]) if len(r) else np.nan)
+                stds.append(100 * float(r["std"].iloc[0]) if len(r) else 0.0)
+            x = np.arange(len(archs)) + (j - (len(transforms) - 1) / 2) * width
+            ax.bar(x, means, width, yerr=np.nan_to_num(stds), color=colors[j], capsize=2,
+                   label=SHORT_T[t])
+        ax.set_xticks(np.arange(len(archs)), archs)
+        ax.set_title(LABELS.get(inf, inf))
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("best test accuracy (%)")
+    axes[0][-1].legend(fontsize=8, loc="upper right")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def table(df: pd.DataFrame, m: dict[str, Any], fmt: str = "text", *, sweep: str = "fig2",
+          metric: str = "best_test_acc", **_: Any) -> str:
+    """The Fig. 2 table of ``metric`` (text: the paper's layout in %; csv: one row per cell)."""
+    cells = fig2_cells(df, success_threshold(m), metric)
+    if fmt == "csv":
+        return cells.to_csv(index=False)
+    head = (f"{sweep} [{m['preset']}]: {metric} in %, mean ± std over successful runs "
+            f"(successful/finished; success = completed, finite nets with train acc >= "
+            f"{m.get('success_train_acc')})")
+    with pd.option_context("display.width", 250, "display.max_columns", 20):
+        return head + "\n" + fig2_layout(cells).to_string() + "\n"
+
+
+def plot(df: pd.DataFrame, m: dict[str, Any], out: str | Path, *, sweep: str = "fig2",
+         metric: str = "best_test_acc", **_: Any) -> Path:
+    """Write the Fig. 2 figure of ``metric`` to ``out``."""
+    cells = fig2_cells(df, success_threshold(m), metric)
+    return plot_fig2(cells, out, title=f"{sweep} [{m['preset']}]: {metric}")

@@ -1,0 +1,93 @@
+"""Fig. S5: Gaussian vs uniform first-layer initialisation of equal variance, NN best test
+accuracy per (arch, transform)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from orchestrator.figures.common import SHORT_T, agg, format_cell, order, pyplot, savefig, title
+from workers.vocab import ARCHS, TRANSFORMS
+
+
+def figS5_cells(df: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for (arch, tr, init), g in df.groupby(["arch", "transform", "first_layer_init"],
+                                          sort=False):
+        mean, std, n = agg(g.loc[g["ok"], "best_test_acc"])
+        rows.append((arch, tr, init, mean, std, n, len(g)))
+    cells = pd.DataFrame(rows, columns=["arch", "transform", "first_layer_init", "mean", "std",
+                                       "n_success", "n_finished"])
+    key = cells["arch"].map({k: i for i, k in enumerate(ARCHS)}) * 100 + \
+        cells["transform"].map({k: i for i, k in enumerate(TRANSFORMS)}) * 10 + \
+        (cells["first_layer_init"] == "uniform")
+    return cells.iloc[np.argsort(key.to_numpy(), kind="stable")].reset_index(drop=True)
+
+
+def figS5_table(df: pd.DataFrame, m: Mapping[str, Any], fmt: str = "text", **_: Any) -> str:
+    cells = figS5_cells(df)
+    if fmt == "csv":
+        return cells.to_csv(index=False)
+    trs = order(cells["transform"].unique(), TRANSFORMS)
+    rows, index = [], []
+    for arch in order(cells["arch"].unique(), ARCHS):
+        for init in ("gaussian", "uniform"):
+            s = cells[(cells["arch"] == arch) & (cells["first_layer_init"] == init)]
+            by_t = {r.transform: r for r in s.itertuples()}
+            rows.append([format_cell(by_t[t].mean, by_t[t].std, by_t[t].n_success,
+                                     by_t[t].n_finished) if t in by_t else "" for t in trs])
+            index.append((arch, init))
+        g = cells[(cells["arch"] == arch)].pivot_table(index="transform",
+                                                        columns="first_layer_init",
+                                                        values="mean", dropna=False)
+        diff = [f"{100 * (g.loc[t, 'uniform'] - g.loc[t, 'gaussian']):+.1f}"
+                if t in g.index and {"uniform", "gaussian"} <= set(g.columns)
+                and np.isfinite(g.loc[t, "uniform"] - g.loc[t, "gaussian"]) else ""
+                for t in trs]
+        rows.append(diff)
+        index.append((arch, "uniform - gaussian"))
+    frame = pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(index, names=["arch", "init"]),
+                         columns=[SHORT_T[t] for t in trs])
+    with pd.option_context("display.width", 250, "display.max_columns", 20):
+        body = frame.to_string()
+    return (f"figS5 [{m.get('preset')}]: NN best test accuracy in %, first layer Gaussian vs "
+            f"uniform of equal variance (mean ± std, successful/finished)\n{body}\n")
+
+
+def figS5_plot(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path, **_: Any) -> Path:
+    """Scatter of every (arch, transform) cell: Gaussian (x) against uniform (y) accuracy with
+    std error bars; the diagonal is 'no change'."""
+    plt = pyplot()
+    cells = figS5_cells(df)
+    piv = cells.pivot_table(index=["arch", "transform"], columns="first_layer_init",
+                            values=["mean", "std"])
+    fig, ax = plt.subplots(figsize=(5.6, 5.2))
+    marks = dict(zip(TRANSFORMS, "os^Dv", strict=True))
+    colors = dict(zip(ARCHS, plt.get_cmap("tab10")(np.arange(6)), strict=True))
+    lo, hi = np.inf, -np.inf
+    for (arch, tr), r in piv.iterrows():
+        try:
+            x, y = 100 * r[("mean", "gaussian")], 100 * r[("mean", "uniform")]
+            xe, ye = 100 * r[("std", "gaussian")], 100 * r[("std", "uniform")]
+        except KeyError:
+            continue
+        if not (np.isfinite(x) and np.isfinite(y)):
+            continue
+        ax.errorbar(x, y, xerr=np.nan_to_num(xe), yerr=np.nan_to_num(ye), fmt=marks[tr],
+                    color=colors[arch], ms=5, capsize=2, label=f"{arch} {SHORT_T[tr]}")
+        lo, hi = min(lo, x, y), max(hi, x, y)
+    if np.isfinite(lo):
+        pad = 0.05 * max(hi - lo, 1.0)
+        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "k--", lw=0.8)
+    ax.set_xlabel("Gaussian first layer: best test accuracy (%)")
+    ax.set_ylabel("uniform first layer: best test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2)
+    ax.set_title(title("figS5", m, "first-layer init"), fontsize=9)
+    fig.tight_layout()
+    return savefig(fig, out)
+

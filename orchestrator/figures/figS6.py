@@ -1,0 +1,82 @@
+"""Fig. S6: NTK scaling laws. Exponents of the NTK learning curves per (arch, transform):
+the slope of test MSE (and test error) against m on log-log axes over all sizes, with the
+curves and their segment fits (`orchestrator.figures.fig4`)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from orchestrator.figures.common import ARCH_LABEL, SHORT_T, loglog, order, pyplot, savefig, title
+from orchestrator.figures.fig4 import curve_points, curves_table, points_and_fits
+from orchestrator.fits import segment_fits
+from workers.vocab import ARCHS, TRANSFORMS
+
+
+def figS6_table(df: pd.DataFrame, m: Mapping[str, Any], fmt: str = "text",
+                first: int | None = None, last: int | None = None, **_: Any) -> str:
+    """Exponents of the NTK learning curves: rows arch, columns transform; the MSE slope
+    over all sizes (± stderr, R^2), then the full curves and segment fits."""
+    pts, fits, first, last = points_and_fits(df, m, first, last)
+    if fmt == "csv":
+        return pts.to_csv(index=False) + "\n" + fits.to_csv(index=False)
+    out = io.StringIO()
+    out.write(f"figS6 [{m.get('preset')}]: NTK scaling-law exponents, slope of test MSE "
+              "against m on log-log over all sizes (± stderr; R²)\n")
+    allf = fits[(fits["segment"] == "all")]
+    for q, label in (("mse", "test MSE"), ("err", "test error")):
+        sub = allf[allf["quantity"] == q]
+        tab = {}
+        for r in sub.itertuples():
+            se = f" ±{r.stderr:.3f}" if np.isfinite(r.stderr) else ""
+            tab.setdefault(r.arch, {})[SHORT_T[r.transform]] = f"{r.slope:+.3f}{se} " \
+                                                               f"({r.r2:.3f})"
+        frame = pd.DataFrame(tab).T
+        if len(frame):
+            frame = frame.loc[order(frame.index, ARCHS),
+                              [SHORT_T[t] for t in TRANSFORMS if SHORT_T[t] in frame.columns]]
+        out.write(f"\n{label}\n{frame.fillna('-').to_string() if len(frame) else '(no fits)'}\n")
+    out.write("\n" + curves_table(df, m, "text", first, last, name="figS6"))
+    return out.getvalue()
+
+
+def figS6_plot(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path,
+               first: int | None = None, last: int | None = None, **_: Any) -> Path:
+    """One panel per arch: NTK test MSE against m on log-log, a line per transform with its
+    exponent (all-points fit) in the legend; a second row with test error."""
+    plt = pyplot()
+    pts = curve_points(df)
+    archs = order(pts["arch"].unique(), ARCHS)
+    trs = order(pts["transform"].unique(), TRANSFORMS)
+    colors = dict(zip(trs, plt.get_cmap("viridis")(np.linspace(0.0, 0.9, max(len(trs), 1))),
+                      strict=False))
+    na = max(len(archs), 1)
+    fig, axes = plt.subplots(2, na, figsize=(3.6 * na, 6.4), squeeze=False)
+    for j, arch in enumerate(archs):
+        for i, q in enumerate(("mse", "err")):
+            ax = axes[i][j]
+            for tr in trs:
+                g = pts[(pts["arch"] == arch) & (pts["transform"] == tr)].dropna(subset=["acc"])
+                if not len(g):
+                    continue
+                f = segment_fits(g["m"], g[q], first=2, last=2)["all"]
+                lab = f"{SHORT_T[tr]} {f.slope:+.2f}" if f is not None else SHORT_T[tr]
+                ax.plot(g["m"], g[q], "o-", ms=3, color=colors[tr], label=lab)
+            loglog(ax)
+            ax.grid(alpha=0.3, which="both")
+            ax.legend(fontsize=6)
+            if i == 0:
+                ax.set_title(f"{ARCH_LABEL[arch]}_inf (NTK)")
+            else:
+                ax.set_xlabel("training-set size m")
+        axes[0][0].set_ylabel("test MSE")
+        axes[1][0].set_ylabel("test error")
+    fig.suptitle(title("figS6", m, "NTK scaling laws (legend: log-log slope)"))
+    fig.tight_layout()
+    return savefig(fig, out)
+

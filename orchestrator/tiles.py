@@ -1,0 +1,285 @@
+"""Kernel tiles: content keys, the checksummed tile cache, and the mapper that runs them.
+
+A kernel cell (workers/kernel_trial.py) asks the kernel engine for its NNGP/NTK blocks; the
+engine cuts them into tiles and calls ``map_tiles`` (`TileMapper`) on them. Each tile is keyed
+by its content (`tile_key`: the function's source and every argument), so equal tiles of
+different cells, attempts and sweeps are computed once and read from `TileCache` afterwards
+(docs/performance.md, "tile cache"). Uncached tiles run as Ray tasks when Ray is initialised,
+in-process otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import io
+import logging
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from orchestrator.fsio import resolve_root, write_atomic
+from orchestrator.spec import SWEEP_MODULE_PREFIX
+
+log = logging.getLogger("symsweep")
+
+
+# ====================================================================== tile cache
+def _array_digest(a: Any) -> str:
+    arr = np.ascontiguousarray(np.asarray(a))
+    h = hashlib.sha256()
+    h.update(str((arr.dtype.str, arr.shape)).encode())
+    h.update(memoryview(arr).cast("B"))
+    return h.hexdigest()
+
+
+def _module_digest(fn: Callable) -> str:
+    """Hash of the source file defining fn: tiles computed by older code are not reused."""
+    try:
+        path = inspect.getsourcefile(fn)
+        with open(path, "rb") as f:  # type: ignore[arg-type]
+            return hashlib.sha256(f.read()).hexdigest()[:16]
+    except (TypeError, OSError):
+        return "nosource"
+
+
+def tile_key(fn: Callable, kwargs: Mapping[str, Any], _memo: dict[int, str] | None = None) -> str:
+    """Content hash of one tile: the function (name and source), every argument, arrays by
+    their bytes. Equal inputs give equal keys in every process and every sweep."""
+    memo = {} if _memo is None else _memo
+    h = hashlib.sha256()
+    h.update(f"{fn.__module__}.{fn.__qualname__}:{_module_digest(fn)}".encode())
+    for k in sorted(kwargs):
+        v = kwargs[k]
+        if isinstance(v, type):  # e.g. dtype=np.float32: by name (a class has __array__ too)
+            h.update(f"|{k}=type:{v.__module__}.{v.__qualname__}".encode())
+        elif isinstance(v, np.ndarray) or hasattr(v, "__array__") and hasattr(v, "shape"):
+            d = memo.get(id(v))
+            if d is None:
+                d = memo[id(v)] = _array_digest(v)
+            h.update(f"|{k}=array:{d}".encode())
+        else:
+            h.update(f"|{k}={v!r}".encode())
+    return h.hexdigest()[:32]
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, np.ndarray]:
+    if isinstance(obj, Mapping):
+        out: dict[str, np.ndarray] = {}
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}d:{k}/"))
+        return out
+    if isinstance(obj, list | tuple):
+        out = {}
+        for i, v in enumerate(obj):
+            out.update(_flatten(v, f"{prefix}{'t' if isinstance(obj, tuple) else 'l'}:{i}/"))
+        return out
+    return {prefix.rstrip("/") or "a:": np.asarray(obj)}
+
+
+def _unflatten(flat: Mapping[str, np.ndarray]) -> Any:
+    if list(flat) == ["a:"]:
+        return flat["a:"]
+    root: dict[str, Any] = {}
+    for key, arr in flat.items():
+        parts = key.split("/")
+        node = root
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = arr
+
+    def build(node: Any) -> Any:
+        if not isinstance(node, dict):
+            return node
+        kinds = {k.split(":", 1)[0] for k in node}
+        items = {k.split(":", 1)[1]: build(v) for k, v in node.items()}
+        if kinds == {"d"}:
+            return items
+        seq = [items[str(i)] for i in range(len(items))]
+        return tuple(seq) if kinds == {"t"} else seq
+
+    return build(root)
+
+
+_TILE_SUM = "__sha256__"  # name of the checksum entry inside a tile's .npz
+
+
+def _tile_checksum(key: str, flat: Mapping[str, np.ndarray]) -> str:
+    """sha256 over the tile's key and every array (name, dtype, shape, bytes): a tile is
+    valid only under its own key, so a valid .npz of another tile (or edited numbers) fails."""
+    h = hashlib.sha256(f"symsweep-tile:{key}".encode())
+    for name in sorted(flat):
+        arr = np.ascontiguousarray(flat[name])
+        h.update(f"|{name}:{arr.dtype.str}:{arr.shape}|".encode())
+        h.update(memoryview(arr).cast("B") if arr.size else b"")
+    return h.hexdigest()
+
+
+class TileCache:
+    """Content-addressed tile results under ``<results>/tiles/<key>.npz`` (local or URI).
+
+    Each tile stores a checksum of its arrays bound to its key (`_tile_checksum`), verified on
+    read: a truncated, edited or swapped tile (another tile's valid .npz under this name) is
+    recomputed, and said so: a warning in this process's log, and ``corrupt`` (count) /
+    ``corrupt_notes`` (messages) for the trial to report to the driver (``tiles_corrupt``),
+    since a trial's own log does not reach the driver's output.
+    """
+
+    def __init__(self, root: str):
+        self.fs, base = resolve_root(root)
+        self.dir = f"{base}/tiles"
+        self.corrupt = 0
+        self.corrupt_notes: list[str] = []
+
+    def _bad(self, key: str, why: str) -> None:
+        msg = f"kernel tile {self.dir}/{key}.npz {why}; recomputing it"
+        log.warning(msg)
+        self.corrupt += 1
+        if len(self.corrupt_notes) < 5:
+            self.corrupt_notes.append(msg)
+
+    def get(self, key: str) -> Any | None:
+        """The tile stored under ``key``, or None when absent or failing its checksum."""
+        try:
+            with self.fs.open_input_file(f"{self.dir}/{key}.npz") as f:
+                data = f.read()
+        except (FileNotFoundError, OSError):
+            return None  # not computed yet
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                flat = {k: z[k] for k in z.files}
+        except Exception as ex:  # a truncated tile is recomputed, and said so
+            self._bad(key, f"is unreadable ({type(ex).__name__}: {ex})")
+            return None
+        stored = flat.pop(_TILE_SUM, None)
+        if stored is None:
+            self._bad(key, "has no checksum")
+            return None
+        if str(stored) != _tile_checksum(key, flat):
+            self._bad(key, "fails its checksum (its content is not this tile's)")
+            return None
+        return _unflatten(flat)
+
+    def put(self, key: str, value: Any) -> None:
+        """Store ``value`` (arrays in nested dicts / lists / tuples) under ``key`` with its
+        checksum: temporary name, then rename, so a reader never sees half a tile."""
+        flat = _flatten(value)
+        buf = io.BytesIO()
+        np.savez(buf, **flat, **{_TILE_SUM: np.array(_tile_checksum(key, flat))})
+        write_atomic(self.fs, f"{self.dir}/{key}.npz", buf.getvalue())
+
+
+def ship_by_value(fn: Callable) -> None:
+    """A function defined in a sweep file (a worker, or a tile function it maps) lives in a
+    module load_sweep imported under a private name that Ray's workers cannot import: make
+    cloudpickle send that module by value. Functions of installed modules are left alone."""
+    mod = sys.modules.get(getattr(fn, "__module__", "") or "")
+    if mod is not None and mod.__name__.startswith(SWEEP_MODULE_PREFIX):
+        from ray import cloudpickle
+
+        cloudpickle.register_pickle_by_value(mod)
+
+
+def _run_tile(fn: Callable, names: list[str], *values: Any) -> Any:
+    return fn(**dict(zip(names, values, strict=True)))
+
+
+@dataclass
+class TileMapper:
+    """``map_tiles(fn, list_of_kwargs) -> list`` for the kernel engine: cached tiles are
+    loaded, the others run as Ray tasks (at most ``inflight`` at a time; in-process when Ray
+    is not initialised) and each is stored as soon as it finishes, so a crash keeps them."""
+
+    cache: TileCache | None
+    inflight: int = 1
+    num_gpus: float = 0.0
+    num_cpus: float = 1.0
+    use_ray: bool = True
+    hits: int = 0
+    computed: int = 0
+    stats: dict[str, float] = field(default_factory=dict)
+
+    def __call__(self, fn: Callable, kwargs_list: list[Mapping[str, Any]], *,
+                 on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
+        """Results of fn(**kw) for every kw, in order. With ``on_result``, each result is
+        passed to ``on_result(i, value)`` as soon as it is loaded or computed (in completion
+        order) and not kept: the returned list then holds None, so the caller (the kernel
+        engine) holds at most the tiles in flight, not all of them."""
+        memo: dict[int, str] = {}
+        keys = [tile_key(fn, kw, memo) for kw in kwargs_list]
+        out: list[Any] = [None] * len(keys)
+
+        def deliver(i: int, value: Any) -> None:
+            if on_result is None:
+                out[i] = value
+            else:
+                on_result(i, value)
+
+        todo = []
+        for i, k in enumerate(keys):
+            v = self.cache.get(k) if self.cache is not None else None
+            if v is None:
+                todo.append(i)
+            else:
+                self.hits += 1
+                deliver(i, v)
+            del v
+        if not todo:
+            return out
+        ray_ok = False
+        if self.use_ray:
+            import ray
+
+            ray_ok = ray.is_initialized()
+        if not ray_ok:
+            for i in todo:
+                v = fn(**kwargs_list[i])
+                self._store(keys[i], v)
+                deliver(i, v)
+                del v
+            return out
+        import ray
+
+        # CPU-only: the trial's own CPU bundle covers its tiles (num_cpus=0, at most
+        # `inflight` at a time), so a trial never waits on CPUs it holds itself. GPU tiles
+        # run in the trial's tile bundle (placement-group capture).
+        ship_by_value(fn)
+        remote = ray.remote(_run_tile).options(
+            num_cpus=0 if self.num_gpus == 0 else self.num_cpus, num_gpus=self.num_gpus,
+            max_retries=2)
+        refs_by_id: dict[int, Any] = {}
+
+        def submit(i: int) -> Any:
+            kw = kwargs_list[i]
+            names, vals = list(kw), []
+            for n in names:
+                v = kw[n]
+                if isinstance(v, np.ndarray) and v.nbytes > 100_000:
+                    if id(v) not in refs_by_id:
+                        refs_by_id[id(v)] = ray.put(v)
+                    v = refs_by_id[id(v)]
+                vals.append(v)
+            return remote.remote(fn, names, *vals)
+
+        pending: dict[Any, int] = {}
+        queue = list(todo)
+        while queue or pending:
+            while queue and len(pending) < max(1, self.inflight):
+                i = queue.pop(0)
+                pending[submit(i)] = i
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for r in ready:
+                i = pending.pop(r)
+                v = ray.get(r)
+                self._store(keys[i], v)
+                deliver(i, v)
+                del v
+        return out
+
+    def _store(self, key: str, value: Any) -> None:
+        self.computed += 1
+        if self.cache is not None:
+            self.cache.put(key, value)

@@ -1,0 +1,322 @@
+"""One attempt of one trial: run its worker, write its row, its predictions, derived rows.
+
+`execute_trial` is the whole of an attempt and needs no Ray: restore the trial's latest
+checkpoint from the trial-keyed store (checkpoints.py), call the worker
+(``workers.train.train`` or ``workers.kernel_trial.run_kernel_trial``) with a ``report``
+callback, write the attempt's Parquet part file (store.py; failed attempts too), and save its
+test predictions. `tune_trainable` wraps it as Ray Tune's function trainable (runner.py runs
+those); `materialize_derived` writes the rows of trials deduplicated onto another (spec.py).
+
+Fault injection (tests): ``fault={"crash_at_step": N, "trials": [ids] or None}`` in the run
+context (runner.run_sweep also reads the environment variables SYMSWEEP_CRASH_AT_STEP /
+SYMSWEEP_CRASH_TRIALS) makes the first attempt of the chosen trials raise `InjectedFault` once
+the worker reports step >= N (after that step's checkpoint is saved).
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import logging
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from orchestrator.checkpoints import DEFAULT_KEEP, TrialCheckpoints
+from orchestrator.fsio import write_atomic
+from orchestrator.spec import Trial
+from orchestrator.store import DONE_STATUSES, Store, now_utc
+from orchestrator.tiles import TileCache, TileMapper
+from workers.errors import UserError
+
+log = logging.getLogger("symsweep")
+
+
+class InjectedFault(RuntimeError):
+    """Raised by the fault-injection switch; never raised in normal runs."""
+
+
+# ====================================================================== trial function
+def _scalars(d: Mapping[str, Any]) -> dict[str, float | int | str | None]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, bool):
+            out[k] = int(v)
+        elif isinstance(v, int | float | str) or v is None:
+            out[k] = v
+        elif isinstance(v, np.generic) and np.ndim(v) == 0:
+            out[k] = v.item()
+    return out
+
+
+def _row(trial: Trial, ctx: Mapping[str, Any], attempt: int, started, result: Mapping[str, Any],
+         status: str, error: str | None, wall_s: float,
+         start_step: int | None = None) -> dict[str, Any]:
+    """The store row of one attempt. ``start_step``: the checkpoint step a finite trial's
+    attempt resumed from (0: a fresh start; None for kernel cells and derived rows)."""
+    import json
+
+    c = trial.config
+    node = None
+    try:
+        import ray
+
+        if ray.is_initialized():
+            node = ray.get_runtime_context().get_node_id()
+    except Exception:
+        node = None
+    return {
+        "sweep": ctx["sweep"], "trial_id": trial.trial_id, "attempt": attempt,
+        "preset": ctx["preset"], "kind": trial.kind, "arch": c.get("arch"),
+        "inference": c.get("inference"), "transform": c.get("transform"), "seed": c.get("seed"),
+        "width": c.get("width"), "depth": c.get("depth"), "dataset": c.get("dataset"),
+        "image_size": c.get("image_size"), "train_size": result.get("train_size",
+                                                                    c.get("train_size")),
+        "test_size": result.get("test_size", c.get("test_size")), "status": status,
+        "best_test_acc": result.get("best_test_acc"), "test_acc": result.get("test_acc"),
+        "test_mse": result.get("test_mse"), "val_acc": result.get("val_acc"),
+        "train_acc": result.get("train_acc"), "steps": result.get("steps"),
+        "start_step": start_step,
+        "best_train_acc": result.get("best_train_acc", result.get("train_acc")),
+        "eta0": result.get("eta0"), "wall_s": wall_s, "error": error,
+        "derived_from": trial.derived_from, "started_at": started, "finished_at": now_utc(),
+        "code_version": ctx.get("code_version"), "node": node, "host": socket.gethostname(),
+        "config_json": json.dumps(c, sort_keys=True),
+        "metrics_json": json.dumps(_scalars(result), sort_keys=True, default=str),
+    }
+
+
+def default_worker(kind: str) -> Callable[..., dict]:
+    """The worker of a trial kind a sweep file does not override: ``train`` ->
+    ``workers.train.train``, otherwise (``kernel``) ``workers.kernel_trial.run_kernel_trial``."""
+    if kind == "train":
+        from workers.train import train
+
+        return train
+    from workers.kernel_trial import run_kernel_trial
+
+    return run_kernel_trial
+
+
+def _fault_fires(fault: Mapping[str, Any] | None, trial_id: str, attempt: int, step: int) -> bool:
+    if not fault or fault.get("crash_at_step") is None:
+        return False
+    ids = fault.get("trials")
+    if ids and not any(trial_id.startswith(t) for t in ids):
+        return False
+    return attempt in fault.get("attempts", [1]) and step >= int(fault["crash_at_step"])
+
+
+def _trial_checkpoints(trial: Trial, ctx: Mapping[str, Any]) -> TrialCheckpoints:
+    """The trial-keyed checkpoint store of a finite trial. Config ``keep_checkpoints``: N >= 1
+    keeps the newest N while the trial runs and removes them all when it finishes (completed
+    or diverged); 0 keeps every checkpoint, also after it finished."""
+    keep = trial.config.get("keep_checkpoints")
+    keep = DEFAULT_KEEP if keep is None else int(keep)
+    if keep < 0:
+        from workers.errors import ConfigError
+
+        raise ConfigError(f"keep_checkpoints={keep}: use N >= 1 (keep the newest N while the "
+                          "trial runs, remove them when it finishes) or 0 (keep all)")
+    return TrialCheckpoints(ctx["results"], ctx["sweep"], trial.trial_id, keep=keep)
+
+
+def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., dict], *,
+                  report_fn: Callable[[dict, str | None], None] | None = None) -> dict[str, Any]:
+    """Run one attempt of ``trial`` with ``worker`` and write its part file (also when it
+    fails, then re-raise). ``report_fn(metrics, checkpoint_path)`` receives every report
+    (Tune's, inside a trial; the path is the checkpoint's place in the trial-keyed store).
+    Returns the worker's final metrics. No Ray needed.
+
+    A finite trial continues from the latest complete checkpoint in the trial-keyed store
+    (whichever attempt, run or driver wrote it); each checkpoint the worker reports is copied
+    there before the report returns (the worker may delete its own copy then)."""
+    store = Store(ctx["results"], ctx["sweep"])
+    attempt = store.next_attempt(trial.trial_id)
+    started = now_utc()
+    t0 = time.time()
+    wcfg = dict(trial.config)
+    for k in ("data_dir", "cache_dir"):
+        if ctx.get(k):
+            wcfg[k] = ctx[k]
+    history: list[dict[str, Any]] = []
+    fault = ctx.get("fault")
+    ckpts: TrialCheckpoints | None = None
+    restore_dir: str | None = None
+    start_step: int | None = None
+    ckpt_warnings: list[str] = []
+
+    def restore() -> None:
+        nonlocal ckpts, restore_dir, start_step, ckpt_warnings
+        ckpts = _trial_checkpoints(trial, ctx)
+        restore_dir = tempfile.mkdtemp(prefix="symsweep-restore-")
+        restored, ckpt_warnings = ckpts.restore_latest(restore_dir)
+        wcfg["resume_from"] = restore_dir if restored is not None else None
+        start_step = restored.step if restored is not None else 0
+        if restored is not None:
+            log.info("trial %s attempt %d: resuming from step %d (%s)", trial.trial_id,
+                     attempt, restored.step, restored.source)
+
+    def report(metrics: dict, checkpoint_dir: str | None = None) -> None:
+        m = _scalars(metrics)
+        history.append(m)
+        step = int(m.get("step", m.get("steps", len(history))) or 0)
+        saved = None
+        if checkpoint_dir and ckpts is not None:
+            saved = ckpts.save(checkpoint_dir, step)
+        if report_fn is not None:
+            report_fn(m, saved)
+        if _fault_fires(fault, trial.trial_id, attempt, step):
+            raise InjectedFault(f"injected crash at step {step} (attempt {attempt})")
+
+    kwargs: dict[str, Any] = {}
+    mapper = None
+    if trial.kind == "kernel" and "map_tiles" in inspect.signature(worker).parameters:
+        r = trial.resources
+        mapper = TileMapper(TileCache(ctx["tiles_root"]) if ctx.get("tiles_root") else None,
+                            inflight=max(1, int(r.get("cpu", 1) if not r.get("tile_gpu")
+                                                else r.get("tile_cpu", 1))),
+                            num_gpus=float(r.get("tile_gpu", 0.0)),
+                            num_cpus=float(r.get("tile_cpu", 1.0)))
+        kwargs["map_tiles"] = mapper
+    try:  # a failure while restoring is this attempt's failure too: it gets its row
+        if trial.kind == "train":
+            restore()
+        result = dict(worker(wcfg, report, **kwargs) or {})
+    except Exception as ex:
+        root = root_cause(ex)
+        # bad input (UserError: config / data) is stored as its own one-line message, which
+        # says how to fix it; anything else with its type. Never Ray's wrapper of a tile task's
+        # error (a colour-coded traceback header), always the root cause.
+        msg = (str(root) if isinstance(root, UserError)
+               else f"{type(root).__name__}: {root}").strip()
+        msg = (msg.splitlines() or [type(root).__name__])[0][:500]
+        failed = {"checkpoint_warnings": " | ".join(ckpt_warnings)} if ckpt_warnings else {}
+        store.write_attempt(_row(trial, ctx, attempt, started, failed, "failed", msg,
+                                 time.time() - t0, start_step), history)
+        if isinstance(root, UserError) and root is not ex:
+            raise root from None  # the caller tells bad input from crashes by its type
+        raise
+    finally:
+        if restore_dir:
+            shutil.rmtree(restore_dir, ignore_errors=True)
+    if ckpt_warnings:  # in the attempt's metrics_json, so the fallback is on record
+        result["checkpoint_warnings"] = " | ".join(ckpt_warnings)
+    preds = result.pop("predictions", None)
+    if preds is not None:  # per-trial test predictions (e.g. Fig. S1 ensembles) as an artifact
+        result["predictions_path"] = save_predictions(store, trial.trial_id, attempt, preds)
+    if mapper is not None:
+        result.setdefault("tiles_cached", mapper.hits)
+        result.setdefault("tiles_computed", mapper.computed)
+        if mapper.cache is not None and mapper.cache.corrupt:  # shown by the driver
+            result.setdefault("tiles_corrupt", mapper.cache.corrupt)
+            result.setdefault("tiles_corrupt_note", " | ".join(mapper.cache.corrupt_notes))
+    status = result.get("status") or "completed"
+    if status not in ("completed", "diverged"):
+        status = "failed"
+    store.write_attempt(_row(trial, ctx, attempt, started, result, status, result.get("error"),
+                             float(result.get("wall_s") or (time.time() - t0)), start_step),
+                        history)
+    # a finished trial is never run again: its checkpoints only take space (the row is
+    # written first, so a crash in between leaves checkpoints, never a lost result)
+    if ckpts is not None and status in DONE_STATUSES and ckpts.keep > 0:
+        ckpts.remove_all()
+    return result
+
+
+def root_cause(ex: BaseException) -> BaseException:
+    """The exception a Ray task wrapper (``RayTaskError``, whose ``cause`` is the task's own
+    exception) stands for; ``ex`` itself when it wraps nothing."""
+    seen = 0
+    while seen < 10 and type(ex).__name__.startswith("RayTaskError") and \
+            isinstance(getattr(ex, "cause", None), BaseException):
+        ex = ex.cause  # type: ignore[attr-defined]
+        seen += 1
+    return ex
+
+
+def predictions_path(store: Store, trial_id: str, attempt: int) -> str:
+    """Where an attempt's test predictions live: <root>/<sweep>/predictions/<id>-a<n>.npy."""
+    return f"{store.dir}/predictions/{trial_id}-a{attempt}.npy"
+
+
+def save_predictions(store: Store, trial_id: str, attempt: int, preds: Any) -> str:
+    """Write a worker's ``predictions`` (N_test, K) as float32 .npy (temporary name, then
+    rename); returns the path (relative to the store's filesystem)."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(preds, dtype=np.float32))
+    return write_atomic(store.fs, predictions_path(store, trial_id, attempt), buf.getvalue())
+
+
+def tune_trainable(config: dict, workers: Mapping[str, Callable] | None = None) -> None:
+    """The Tune function trainable: config = {"trial": Trial dict, "ctx": run context}.
+
+    No checkpoint is reported to Tune: a retry of the trial (a new call of this function)
+    finds the trial's checkpoints in the trial-keyed store like any later attempt does
+    (execute_trial), so Tune's own checkpointing would only store them a second time."""
+    from ray import tune
+
+    trial = Trial.from_dict(config["trial"])
+    ctx = config["ctx"]
+    worker = (workers or {}).get(trial.kind) or default_worker(trial.kind)
+
+    def report_fn(metrics: dict, checkpoint_path: str | None) -> None:
+        tune.report({k: v for k, v in metrics.items() if v is not None})
+
+    try:
+        result = execute_trial(trial, ctx, worker, report_fn=report_fn)
+    except UserError as ex:
+        # Bad config or data fails the same way on every attempt: Tune's retries are for
+        # crashes (FailureConfig has no per-exception filter), so end the trial normally with
+        # a final `user_error` result. execute_trial has written the failed row with the
+        # one-line message; `_run_tune` counts such trials as failed.
+        tune.report({"trial_finished": 1, "user_error": 1, "error": str(ex).splitlines()[0]})
+        return
+    final = {k: v for k, v in _scalars(result).items() if v is not None}
+    final["trial_finished"] = 1
+    tune.report(final)
+
+
+# ====================================================================== derived rows
+def materialize_derived(store: Store, trials: list[Trial], ctx: Mapping[str, Any],
+                        only_source: str | None = None) -> int:
+    """Write a row for every derived trial whose source has a finished attempt and which has
+    none itself; metrics are copied from the source's latest row. Returns rows written."""
+    derived = [t for t in trials if t.derived_from and
+               (only_source is None or t.derived_from == only_source)]
+    if not derived:
+        return 0
+    df, _ = store.latest()
+    rows = {r["trial_id"]: r for r in df.to_dict("records")}
+    attempts = store.attempt_index()  # one listing, not one per derived trial
+    n = 0
+    for t in derived:
+        mine = rows.get(t.trial_id)
+        if mine is not None and mine["status"] in DONE_STATUSES:
+            continue
+        src = rows.get(t.derived_from)
+        if src is None or src["status"] not in DONE_STATUSES:
+            continue
+        import json
+
+        metrics = json.loads(src.get("metrics_json") or "{}")
+        r = _row(t, ctx, attempts.get(t.trial_id, 0) + 1, now_utc(), metrics, src["status"],
+                 src.get("error"), 0.0)
+        for k in ("best_test_acc", "test_acc", "test_mse", "val_acc", "train_acc", "steps",
+                  "best_train_acc", "eta0", "train_size", "test_size"):
+            r[k] = None if _isnan(src.get(k)) else src.get(k)
+        store.write_attempt(r, [])
+        n += 1
+    return n
+
+
+def _isnan(v: Any) -> bool:
+    try:
+        return v is None or bool(np.isnan(v))
+    except TypeError:
+        return False
