@@ -233,16 +233,25 @@ def test_resnet200_and_mixer_param_counts() -> None:
 
 
 @pytest.mark.parametrize("arch,kw", [("resnet18", dict(width=4)), ("resnet50", dict(width=2)),
+                                     ("resnet200", dict(width=2)),
                                      ("mixer_s16", dict(width=8, depth=2, patch_size=4))])
 def test_model_shapes(arch: str, kw: dict) -> None:
     model = make_imagenet_model(arch, num_classes=5, **kw)
-    v = init_variables(model, jax.random.key(0), (16, 16, 3))
-    x = np.random.default_rng(0).standard_normal((3, 16, 16, 3)).astype(np.float32)
-    out = model.apply(v, x, train=False)
+    v = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), (16, 16, 3)))
+    x = jax.ShapeDtypeStruct((3, 16, 16, 3), np.float32)
+    assert jax.eval_shape(lambda v, x: model.apply(v, x, train=False), v, x).shape == (3, 5)
+    assert ("batch_stats" in v) == arch.startswith("resnet")
+
+
+def test_resnet_forward_and_batch_stats() -> None:
+    model = make_imagenet_model("resnet18", num_classes=5, width=2)
+    v = init_variables(model, jax.random.key(0), (8, 8, 3))
+    x = np.random.default_rng(0).standard_normal((3, 8, 8, 3)).astype(np.float32)
+    out, upd = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(v, x)
     assert out.shape == (3, 5) and np.isfinite(np.asarray(out)).all()
-    if arch.startswith("resnet"):
-        out, upd = model.apply(v, x, train=True, mutable=["batch_stats"])
-        assert out.shape == (3, 5) and "batch_stats" in upd
+    moved = jax.tree_util.tree_map(lambda a, b: float(np.abs(a - b).max()),
+                                   upd["batch_stats"], v["batch_stats"])
+    assert max(jax.tree_util.tree_leaves(moved)) > 0  # running statistics were updated
 
 
 def test_unknown_arch() -> None:
