@@ -79,13 +79,15 @@ def figS4_figure(df: pd.DataFrame, m: Mapping[str, Any], history: pd.DataFrame,
                out: str | Path) -> Path:
     """One panel per ResNet depth: test accuracy against the epoch, one line per transform,
     the paper's 35% bound for P(3d) dotted."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = pyplot()
     cur = epoch_curves(df, history)
     archs = sorted(df["arch"].unique(), key=lambda a: order_key(a)[0])
     n = max(len(archs), 1)
     cols = min(n, 3)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.3 * cols, 3.5 * rows), squeeze=False,
+    fig, axes = plt.subplots(rows, cols, figsize=(4.3 * cols, 3.5 * rows + 0.6), squeeze=False,
                              sharey=True)
     styles = {"identity": ("#1f4e9c", "o-"), "pixel_rotation": ("#2a9d5c", "s-"),
               "permutation": ("#b8431d", "^-")}
@@ -101,17 +103,21 @@ def figS4_figure(df: pd.DataFrame, m: Mapping[str, Any], history: pd.DataFrame,
         ax.axhline(35, color="0.5", ls=":", lw=1)
         ax.set_title(arch_label(a, first_config(df, a)), fontsize=10)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if k % cols == 0:
             ax.set_ylabel("test top-1 accuracy (%)")
     for k in range(len(archs), rows * cols):
         axes[k // cols][k % cols].axis("off")
-    axes[0][0].legend(fontsize=8, title="dotted: paper's P(3d) bound 35%", title_fontsize=7)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels) + 1, fontsize=9,
+               title="dotted line: the paper's 35% bound for P(3d) on ImageNet",
+               title_fontsize=8, frameon=False)
     fig.suptitle(f"figS4 [{m.get('preset')}]: training dynamics under identity, O(3)^d, P(3d)"
                  + ("  (CPU stand-in: CIFAR-10)" if m.get("preset") == "cpu" else
                     "  (synthetic smoke data)" if m.get("preset") == "smoke" else ""),
                  fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1 if rows == 1 else 0.05, 1, 1))
     return savefig(fig, out)
 
 
