@@ -114,6 +114,19 @@ def test_paper_plan_counts_flops() -> None:
     assert "ASSUMED 35 TFLOP/s" in text and "GPU-hours" in text and "192,153,600" in text
 
 
+def test_plan_command_prices_imagenet_sweeps_from_flops(capsys) -> None:
+    from orchestrator.cli import main
+
+    args = ["plan", str(SWEEPS["figS4"]), "--preset", "paper", "--only", "arch=resnet18",
+            "--gpus", "16"]
+    assert main([*args, "--gpu-tflops", "70"]) == 0
+    out = capsys.readouterr().out
+    assert "figS4 [paper]: 3 ImageNet trials" in out and "ASSUMED 70 TFLOP/s" in out
+    assert "on 16 GPUs" in out and "nothing was timed" in out
+    assert main([*args, "--gpu-tflops", "0"]) == 2
+    assert "--gpu-tflops 0" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(SWEEPS))
 def test_full_smoke_preset_through_the_cli(name: str, tmp_path: Path) -> None:
