@@ -59,8 +59,8 @@ CROP_PADDING = 32  # the example's, at image_size 224: centre crop 224 / (224 + 
 SPLITS: tuple[str, ...] = ("train", "val")
 
 _HINT = ("expected the ILSVRC-2012 folder layout <root>/train/<wnid>/*.JPEG and "
-         "<root>/val/<wnid>/*.JPEG; pass data_dir=<root> (a tiny one for tests: "
-         "`symsweep data imagenet-smoke --out DIR`)")
+         "<root>/val/<wnid>/*.JPEG; pass --data-dir <root> (config data_dir), or "
+         "data_dir=synthetic://4x64x20 for a small generated folder")
 
 
 @dataclass(frozen=True)

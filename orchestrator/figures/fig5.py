@@ -249,6 +249,16 @@ def with_subsets(df: pd.DataFrame) -> pd.DataFrame:
 
 
 
+def finished(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The rows of trials that ran to the end (completed or diverged) and, when some failed,
+    a line saying how many and where their errors are."""
+    ok = df[df["status"].isin(["completed", "diverged"])]
+    n_bad = len(df) - len(ok)
+    note = (f"({n_bad} failed trial(s) left out: `symsweep status {df['sweep'].iloc[0]}` "
+            "shows their errors)\n") if n_bad else ""
+    return ok, note
+
+
 def segments(m: Mapping[str, Any], first: int | None, last: int | None) -> tuple[int, int]:
     """Points of the first / last fitted segments: the command line's, else the sweep's
     ``analysis`` (six and six for fig5), as for Fig. 4."""
@@ -260,16 +270,18 @@ def table(df: pd.DataFrame, m: Mapping[str, Any], fmt: str = "text", first: int 
           last: int | None = None, **_: Any) -> str:
     """The registry's table entry: Fig. 5 points and slopes, then Fig. 4 (right)."""
     f, la = segments(m, first, last)
-    return fig5_text(with_subsets(df), m, fmt, first=f, last=la)
+    ok, note = finished(df)
+    return fig5_text(with_subsets(ok), m, fmt, first=f, last=la) + (note if fmt == "text"
+                                                                      else "")
 
 
 def plot(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path, first: int | None = None,
          last: int | None = None, **_: Any) -> Path:
     """The registry's plot entry: Fig. 5 (left) and Fig. 4 (right) in one PNG."""
     f, la = segments(m, first, last)
-    return fig5_figure(with_subsets(df), m, out, first=f, last=la)
+    return fig5_figure(with_subsets(finished(df)[0]), m, out, first=f, last=la)
 
 
 __all__ = ["PAPER_NOTE", "TRANSFORM_LABEL", "TRANSFORM_ORDER", "arch_label", "curve_fits",
-           "curve_points", "first_config", "order_key", "plot", "scatter_points", "segments",
-           "table", "with_subsets"]
+           "curve_points", "finished", "first_config", "order_key", "plot", "scatter_points",
+           "segments", "table", "with_subsets"]

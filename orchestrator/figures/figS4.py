@@ -20,6 +20,7 @@ from orchestrator.figures.fig5 import (
     TRANSFORM_LABEL,
     TRANSFORM_ORDER,
     arch_label,
+    finished,
     first_config,
     order_key,
 )
@@ -131,13 +132,14 @@ def history(m: Mapping[str, Any], results: str) -> pd.DataFrame:
 def table(df: pd.DataFrame, m: Mapping[str, Any], fmt: str = "text",
           results: str = "results", **_: Any) -> str:
     """The registry's table entry: final / best accuracy per depth and transform."""
-    return figS4_text(df, m, history(m, results), fmt)
+    ok, note = finished(df)
+    return figS4_text(ok, m, history(m, results), fmt) + (note if fmt == "text" else "")
 
 
 def plot(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path, results: str = "results",
          **_: Any) -> Path:
     """The registry's plot entry: accuracy against epoch, one panel per depth."""
-    return figS4_figure(df, m, history(m, results), out)
+    return figS4_figure(finished(df)[0], m, history(m, results), out)
 
 
 __all__ = ["epoch_curves", "history", "plot", "table"]
