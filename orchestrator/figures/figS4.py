@@ -65,6 +65,9 @@ def figS4_text(df: pd.DataFrame, m: Mapping[str, Any], history: pd.DataFrame,
         key = arch_label(r.arch, first_config(df, r.arch))
         wide.setdefault(key, {})[TRANSFORM_LABEL.get(r.transform, r.transform)] = (
             f"{100 * r.final:.2f} / {100 * r.best:.2f}")
+    if not wide:
+        out.write("(no finished trials yet)\n")
+        return out.getvalue()
     frame = pd.DataFrame(wide).T
     cols = [TRANSFORM_LABEL[x] for x in TRANSFORM_ORDER if TRANSFORM_LABEL[x] in frame]
     with pd.option_context("display.width", 300):
