@@ -490,21 +490,29 @@ def table(
 
 @app.command()
 def plot(
-    sweep: str = typer.Argument("fig2", help="Sweep name"),
+    sweep: str = typer.Argument(None, help="Sweep name (default fig2), or a trial id for its "
+                                "learning curve"),
     results: str = typer.Option("results", envvar="SYMSWEEP_RESULTS", help=RESULTS_HELP),
-    out: str = typer.Option(None, help="PNG path (default <results>/<sweep>/<sweep>.png)"),
+    out: str = typer.Option(None, help="Figure path, .png, .pdf or .svg; the other two are "
+                            "written next to it (default <results>/<sweep>/<sweep>.png)"),
     metric: str = typer.Option("best_test_acc", help="Column to plot (Fig. 2 layout)"),
     fit_first: int = _FIT_FIRST_OPT,
     fit_last: int = _FIT_LAST_OPT,
+    curves: str = typer.Option(None, help="Trial id (or a unique prefix): draw its learning "
+                               "curve (loss, accuracy against the step) instead"),
 ) -> None:
     """The paper's figure of a sweep (orchestrator/figures/<sweep>.py; Fig. 2's bars for a
-    sweep without its own)."""
-    from orchestrator.figures import figure_plot
+    sweep without its own) as PNG, PDF and SVG; or, for a trial id (`plot TRIAL_ID` or
+    `plot SWEEP --curves TRIAL_ID`), that trial's learning curve."""
+    from orchestrator.figures import plot_any
+    from orchestrator.figures.common import outputs
 
     _check_metric(metric)
     check_results_exist(results)
-    path = figure_plot(sweep, results, out, metric=metric, **_fit_opts(fit_first, fit_last))
-    print(f"wrote {path}")
+    path = plot_any(sweep, results, out, curves=curves if isinstance(curves, str) else None,
+                    metric=metric, **_fit_opts(fit_first, fit_last))
+    also = ", ".join("." + p.rsplit(".", 1)[1] for p in outputs(path)[1:])
+    print(f"wrote {path} (and {also} next to it)")
 
 
 @app.command()

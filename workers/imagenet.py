@@ -497,6 +497,18 @@ def _copy_cifar_tree(src: str, out: str) -> None:
                 shutil.copyfileobj(fh, dst_fh)
 
 
+def named_classes(config: dict[str, Any]) -> int | None:
+    """The number of classes a config names without reading its folder: ``num_classes``, else
+    C of ``synthetic://CxNxS``, else 10 for ``cifar10://``; None when only the folder knows."""
+    if config.get("num_classes"):
+        return int(config["num_classes"])
+    d = str(config.get("data_dir") or "")
+    if d.startswith(SYNTHETIC_PREFIX):
+        head = d[len(SYNTHETIC_PREFIX):].split("x")[0]
+        return int(head) if head.isdigit() else None
+    return 10 if d.startswith(CIFAR_PREFIX) else None
+
+
 def resolve_data_dir(data_dir: str, cache_dir: str | None = None) -> str:
     """The image-folder root a config's ``data_dir`` names.
 
@@ -532,5 +544,5 @@ __all__ = ["CROP_PADDING", "IMAGE_SUFFIXES", "MEAN_RGB", "STDDEV_RGB", "ImageFol
            "nested_subset", "random_crop_box", "scan_split", "standardize", "stream_batches",
            "subset_size",
            "synthetic_images", "train_pipeline", "train_view", "write_folder",
-           "write_folder_one", "write_synthetic", "resolve_data_dir",
+           "write_folder_one", "write_synthetic", "named_classes", "resolve_data_dir",
            "SYNTHETIC_PREFIX", "CIFAR_PREFIX"]

@@ -11,6 +11,8 @@ registry that ``symsweep table NAME`` / ``symsweep plot NAME`` dispatch through.
 - `figS4`: ImageNet accuracy against epoch under identity, O(3)^d, P(3d) (Fig. S4).
 - `figS5`: Gaussian vs uniform first-layer initialisation (Fig. S5).
 - `figS6`: NTK scaling-law exponents (Fig. S6).
+- `curves`: the learning curve of one trial (``symsweep plot TRIAL_ID``), from its history.
+- `palette`: one colour per arch, transform and inference, shared by every figure.
 - `common`: what they share: `load` (the one result loader, `Store.load_finished`, plus the
   columns figures need), labels, cell format, matplotlib plumbing.
 
@@ -38,7 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.figures import fig2, fig3, fig4, fig5, figS1, figS4, figS5, figS6
-from orchestrator.figures.common import enrich, load
+from orchestrator.figures.common import enrich, load, outputs
+from orchestrator.figures.curves import NoSuchTrial, trial_curves
 from orchestrator.figures.fig3 import fig3_cells
 from orchestrator.figures.fig4 import curve_fits, curve_points
 from orchestrator.figures.figS1 import figS1_cells
@@ -88,12 +91,41 @@ def figure_table(sweep: str, results: str = "results", *, fmt: str = "text",
 def figure_plot(sweep: str, results: str = "results", out: str | Path | None = None, *,
                 metric: str = "best_test_acc", first: int | None = None,
                 last: int | None = None) -> Path:
-    """Write the figure of a sweep (default <results>/<sweep>/<sweep>.png); returns its path."""
+    """Write the figure of a sweep (default <results>/<sweep>/<sweep>.png, and the PDF and SVG
+    next to it: `common.outputs`); returns the path of ``out``. ConfigError for an ``out``
+    that is not .png / .pdf / .svg (before anything is read) or an absent sweep."""
+    if out is not None:
+        outputs(out)
     df, m = load(sweep, results)
     path = out or f"{results.rstrip('/')}/{sweep}/{sweep}.png"
     return figure_of(sweep).plot(df, m, path, sweep=sweep, metric=metric, first=first,
                                  last=last, results=results)
 
 
+def plot_any(name: str | None, results: str = "results", out: str | Path | None = None, *,
+             curves: str | None = None, metric: str = "best_test_acc",
+             first: int | None = None, last: int | None = None) -> Path:
+    """What ``symsweep plot NAME [--curves TRIAL_ID]`` draws: with ``curves``, that trial's
+    learning curve (searched in sweep ``name``, or every sweep when ``name`` is None); else
+    the figure of sweep ``name`` (default fig2) when there is one under ``results``, else the
+    learning curve of trial ``name``. ConfigError (one line) when it is neither."""
+    from orchestrator.store import list_sweeps
+
+    if curves is not None:
+        return trial_curves(results, curves, sweep=name, out=out)
+    name = name or "fig2"
+    have = list_sweeps(results)
+    if name in have:
+        return figure_plot(name, results, out, metric=metric, first=first, last=last)
+    try:
+        return trial_curves(results, name, out=out)
+    except NoSuchTrial as ex:
+        raise ConfigError(f"{name!r} is neither a sweep under {results} (found: "
+                          f"{', '.join(have) or 'none'}) nor a trial there; `symsweep query "
+                          f"\"select trial_id from trials\" --results {results}` lists the "
+                          "trial ids") from ex
+
+
 __all__ = ["FIGURES", "Figure", "curve_fits", "curve_points", "enrich", "fig3_cells",
-           "figS1_cells", "figS5_cells", "figure_of", "figure_plot", "figure_table", "load"]
+           "figS1_cells", "figS5_cells", "figure_of", "figure_plot", "figure_table", "load",
+           "plot_any", "trial_curves"]

@@ -10,6 +10,7 @@ registry's entry points; a sweep without a figure of its own is tabulated the sa
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,22 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.analysis import DEFAULT_SUCCESS_TRAIN_ACC, success_threshold, successful
-from orchestrator.figures.common import LABELS, SHORT_T, format_cell
+from orchestrator.figures.common import (
+    LABELS,
+    SHORT_T,
+    TRANSFORM_LABEL,
+    arch_label,
+    chance_accuracy,
+    chance_handles,
+    derived_keys,
+    draw_chance,
+    finish,
+    format_cell,
+    metric_label,
+    pyplot,
+    title,
+)
+from orchestrator.figures.palette import DERIVED_HATCH, DERIVED_LABEL, KEY_COLOR, TRANSFORM_COLORS
 from workers.vocab import ARCHS, INFERENCES, TRANSFORMS
 
 
@@ -59,45 +75,65 @@ def fig2_layout(cells: pd.DataFrame) -> pd.DataFrame:
                         columns=[SHORT_T[t] for t in transforms])
 
 
-def plot_fig2(cells: pd.DataFrame, out: str | Path, title: str = "") -> Path:
-    """Write the Fig. 2 PNG: one panel per inference (NTK, NN, NN+ when present), grouped
-    bars of test accuracy per arch, one bar per transform, error bars = std over seeds."""
-    import matplotlib
+PANEL_TITLE = {"ntk": "NTK (infinite width)", "nngp": "NNGP (infinite width)",
+               "nn": "NN (finite width, SGD)", "nn_plus": "NN+ (SGD, 8x learning rate, L2)"}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def plot_fig2(cells: pd.DataFrame, out: str | Path, title: str = "", *,
+              derived: Collection[tuple] = (), chance: float | None = None,
+              metric: str = "best_test_acc") -> Path:
+    """Write the Fig. 2 figure (``out`` and its PNG / PDF / SVG siblings, `common.savefig`):
+    one panel per inference (NTK, NN, NN+ when present), grouped bars of the metric per arch
+    (paper names, VEC_n / VEC_inf), one bar per transform in the palette's transform colours,
+    error bars = std over successful seeds. ``derived``: (inference, arch, transform) cells
+    copied by Theorem 4.1, drawn hollow and hatched; ``chance``: accuracy fraction drawn as a
+    dotted line (accuracy metrics only)."""
+    from matplotlib.patches import Patch
+
+    plt = pyplot()
+    label, factor, is_acc = metric_label(metric)
+    derived = set(derived)
     infs = [i for i in INFERENCES if i in set(cells["inference"])]
     archs = [a for a in ARCHS if a in set(cells["arch"])]
     transforms = [t for t in TRANSFORMS if t in set(cells["transform"])]
-    fig, axes = plt.subplots(1, max(len(infs), 1), figsize=(5.2 * max(len(infs), 1), 4.2),
-                             sharey=True, squeeze=False)
-    colors = plt.get_cmap("viridis")(np.linspace(0.05, 0.9, max(len(transforms), 1)))
+    n = max(len(infs), 1)
+    fig, axes = plt.subplots(1, n, figsize=(3.4 * n, 3.0), sharey=True, squeeze=False)
     width = 0.8 / max(len(transforms), 1)
     for ax, inf in zip(axes[0], infs, strict=False):
         sub = cells[cells["inference"] == inf]
         for j, t in enumerate(transforms):
-            means, stds = [], []
+            means, stds, hollow = [], [], []
             for a in archs:
                 r = sub[(sub["arch"] == a) & (sub["transform"] == t)]
-                means.append(100 * float(r["mean"].iloc[0]) if len(r) else np.nan)
-                stds.append(100 * float(r["std"].iloc[0]) if len(r) else 0.0)
+                means.append(factor * float(r["mean"].iloc[0]) if len(r) else np.nan)
+                stds.append(factor * float(r["std"].iloc[0]) if len(r) else 0.0)
+                hollow.append((inf, a, t) in derived)
             x = np.arange(len(archs)) + (j - (len(transforms) - 1) / 2) * width
-            ax.bar(x, means, width, yerr=np.nan_to_num(stds), color=colors[j], capsize=2,
-                   label=SHORT_T[t])
-        ax.set_xticks(np.arange(len(archs)), archs)
-        ax.set_title(LABELS.get(inf, inf))
-        ax.grid(axis="y", alpha=0.3)
-    axes[0][0].set_ylabel("best test accuracy (%)")
-    axes[0][-1].legend(fontsize=8, loc="upper right")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+            col = TRANSFORM_COLORS[t]
+            bars = ax.bar(x, means, width, yerr=np.nan_to_num(stds), color=col,
+                          edgecolor=col, linewidth=0.6, capsize=1.5,
+                          error_kw={"elinewidth": 0.7, "capthick": 0.7},
+                          label=TRANSFORM_LABEL[t])
+            for bar, h in zip(bars, hollow, strict=True):
+                if h:  # copied, not computed: the transform's colour as hatching only
+                    bar.set_facecolor("white")
+                    bar.set_hatch(DERIVED_HATCH)
+                    bar.set_gid("derived")
+        ax.set_xticks(np.arange(len(archs)), [arch_label(a, inf) for a in archs])
+        ax.set_title(PANEL_TITLE.get(inf, LABELS.get(inf, inf)))
+        ax.grid(axis="y", alpha=0.3, lw=0.5)
+        ax.set_axisbelow(True)
+        if is_acc:
+            ax.set_ylim(bottom=0)
+            draw_chance(ax, None if chance is None else factor * chance)
+    axes[0][0].set_ylabel(label)
+    handles = [Patch(facecolor=TRANSFORM_COLORS[t], edgecolor=TRANSFORM_COLORS[t],
+                     label=TRANSFORM_LABEL[t]) for t in transforms]
+    if derived & {(r.inference, r.arch, r.transform) for r in cells.itertuples()}:
+        handles.append(Patch(facecolor="white", edgecolor=KEY_COLOR, hatch=DERIVED_HATCH,
+                             label=DERIVED_LABEL))
+    handles += chance_handles(axes[0][0])
+    return finish(fig, out, title, handles)
 
 
 def table(df: pd.DataFrame, m: dict[str, Any], fmt: str = "text", *, sweep: str = "fig2",
@@ -115,6 +151,10 @@ def table(df: pd.DataFrame, m: dict[str, Any], fmt: str = "text", *, sweep: str 
 
 def plot(df: pd.DataFrame, m: dict[str, Any], out: str | Path, *, sweep: str = "fig2",
          metric: str = "best_test_acc", **_: Any) -> Path:
-    """Write the Fig. 2 figure of ``metric`` to ``out``."""
+    """Write the Fig. 2 figure of ``metric`` to ``out`` (and its format siblings)."""
     cells = fig2_cells(df, success_threshold(m), metric)
-    return plot_fig2(cells, out, title=f"{sweep} [{m['preset']}]: {metric}")
+    label = metric_label(metric)[0].split(" (")[0]
+    what = label[:1].lower() + label[1:]  # "Test MSE" -> "test MSE", not "test mse"
+    return plot_fig2(cells, out, title=title(sweep, m, f"{what} by data, model and inference"),
+                     derived=derived_keys(df, ["inference", "arch", "transform"]),
+                     chance=chance_accuracy(df), metric=metric)

@@ -14,12 +14,25 @@ import pandas as pd
 from orchestrator.figures.common import (
     LABELS,
     SHORT_T,
+    TRANSFORM_LABEL,
     agg,
+    arch_label,
+    chance_accuracy,
+    chance_handles,
+    derived_keys,
+    draw_chance,
+    finish,
     format_cell,
+    has_derived,
     order,
     pyplot,
-    savefig,
     title,
+)
+from orchestrator.figures.palette import (
+    DERIVED_LABEL,
+    INFERENCE_COLORS,
+    INFERENCE_MARKERS,
+    KEY_COLOR,
 )
 from workers.vocab import INFERENCES, TRANSFORMS
 
@@ -70,35 +83,61 @@ def fig3_table(df: pd.DataFrame, m: Mapping[str, Any], fmt: str = "text", **_: A
 
 
 def fig3_plot(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path, **_: Any) -> Path:
-    """Panels per transform: mean ± std bands of NN and NN+ against log2 width, NTK line."""
+    """Panels per transform: mean ± std bands of NN and NN+ against width n (log2 axis, the
+    paper's dyadic widths), the VEC_inf kernel level as a dashed line with its value written
+    at its end (thin and marked "copied" when Theorem 4.1 copied it from another
+    transform's), chance dotted; one legend under the panels. Colours and markers:
+    `palette.INFERENCE_*`."""
+    from matplotlib.lines import Line2D
+
     plt = pyplot()
     cells = fig3_cells(df)
+    derived = derived_keys(df[df["width"].isna()], ["inference", "transform"])
+    chance = chance_accuracy(df)
     trs = order(cells["transform"].unique(), TRANSFORMS)
-    fig, axes = plt.subplots(1, max(len(trs), 1), figsize=(5.2 * max(len(trs), 1), 4.0),
-                             sharey=True, squeeze=False)
-    colors = {"nn": "tab:blue", "nn_plus": "tab:red", "nngp": "gray", "ntk": "black"}
+    n = max(len(trs), 1)
+    fig, axes = plt.subplots(1, n, figsize=(3.4 * n, 3.0), sharey=True, squeeze=False)
+    handles: dict[str, Any] = {}
+    top = 0.0
     for ax, tr in zip(axes[0], trs, strict=False):
         sub = cells[cells["transform"] == tr]
         for inf in order(sub["inference"].unique(), INFERENCES):
             s = sub[sub["inference"] == inf]
+            col = INFERENCE_COLORS[inf]
             if s["width"].isna().all():
                 lvl = 100 * float(s["mean"].iloc[0])
-                ax.axhline(lvl, color=colors[inf], ls="--", lw=1.2,
-                           label=f"{LABELS[inf]} VEC_inf ({lvl:.1f}%)")
+                copied = (inf, tr) in derived
+                name = f"{LABELS[inf]}, " + arch_label("vec", inf)
+                line = ax.axhline(lvl, color=col, ls="--", lw=0.8 if copied else 1.2,
+                                  label=name)
+                ax.annotate(f"{lvl:.1f}%" + (" (copied)" if copied else ""), (1.0, lvl),
+                            xycoords=("axes fraction", "data"), xytext=(-2, 3),
+                            textcoords="offset points", ha="right", fontsize=7, color=col)
+                if copied:
+                    line.set_gid("derived")
+                handles.setdefault(name, Line2D([], [], color=col, ls="--", lw=1.2,
+                                                label=f"{name} (level)"))
+                top = max(top, lvl)
                 continue
             s = s.dropna(subset=["mean"])
             x = np.log2(s["width"].astype(float).to_numpy())
             mu, sd = 100 * s["mean"].to_numpy(), 100 * s["std"].fillna(0).to_numpy()
-            ax.plot(x, mu, "o-", color=colors[inf], label=LABELS[inf])
-            ax.fill_between(x, mu - sd, mu + sd, color=colors[inf], alpha=0.2)
-        ax.set_title(f"VEC_n on {SHORT_T[tr]} data")
+            name = f"{LABELS[inf]}, " + arch_label("vec", inf)
+            ax.plot(x, mu, "-", marker=INFERENCE_MARKERS[inf], ms=4, color=col, label=name)
+            ax.fill_between(x, mu - sd, mu + sd, color=col, alpha=0.2, lw=0)
+            handles.setdefault(name, ax.get_lines()[-1])
+            top = max(top, float(np.nanmax(mu + sd)) if len(mu) else 0.0)
+        draw_chance(ax, None if chance is None else 100 * chance)
+        ax.set_title(f"{arch_label('vec', 'nn')} on {TRANSFORM_LABEL[tr]}")
         ks = sorted({int(round(k)) for k in np.log2(sub["width"].dropna().astype(float))})
         ax.set_xticks(ks, [f"$2^{{{k}}}$" for k in ks])  # the paper's dyadic widths
-        ax.set_xlabel("width n")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    axes[0][0].set_ylabel("best test accuracy (%)")
-    fig.suptitle(title("fig3", m, "accuracy against width (mean ± std over seeds)"))
-    fig.tight_layout()
-    return savefig(fig, out)
-
+        ax.set_xlabel("Width $n$")
+        ax.grid(alpha=0.3, lw=0.5)
+    axes[0][0].set_ylim(0, max(top * 1.12, 20.0))
+    axes[0][0].set_ylabel("Test accuracy (%)")
+    legend = list(handles.values()) + chance_handles(axes[0][0])
+    if any(has_derived(ax) for ax in axes[0]):
+        legend.append(Line2D([], [], color=KEY_COLOR, ls="--", lw=0.8,
+                             label=f"level {DERIVED_LABEL}"))
+    return finish(fig, out, title("fig3", m, "test accuracy against width, mean ± std over "
+                                  "seeds"), legend, ncol=3)

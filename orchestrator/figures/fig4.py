@@ -19,13 +19,22 @@ from orchestrator.figures.common import (
     ARCH_LABEL,
     LABELS,
     SHORT_T,
+    TRANSFORM_LABEL,
     agg,
+    arch_label,
+    chance_accuracy,
+    derived_handle,
+    derived_keys,
+    draw_chance,
+    draw_points,
+    finish,
     format_cell,
+    has_derived,
     loglog,
     pyplot,
-    savefig,
     title,
 )
+from orchestrator.figures.palette import ARCH_COLORS, INFERENCE_MARKERS, TRANSFORM_LINESTYLES
 from orchestrator.fits import PowerLawFit, segment_fits
 
 
@@ -151,38 +160,52 @@ def _draw_fit(ax: Any, f: PowerLawFit | None, color: Any, ls: str) -> None:
     if f is None:
         return
     xs = np.geomspace(f.x_min, f.x_max, 20)
-    ax.plot(xs, f.predict(xs), ls, color=color, lw=1.0, alpha=0.9)
+    ax.plot(xs, f.predict(xs), ls, color=color, lw=0.9, alpha=0.8)
+
+
+def series_label(inference: str, arch: str, transform: str) -> str:
+    """A learning curve's legend name in the paper's notation: model, inference, data."""
+    return f"{arch_label(arch, inference)} {LABELS[inference]}, {TRANSFORM_LABEL[transform]}"
 
 
 def curves_plot(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path,
                 first: int | None = None, last: int | None = None, name: str = "fig4",
                 **_: Any) -> Path:
-    """Two panels (test error, test MSE) on log-log axes: one curve per triplet, dashed /
-    dotted fitted lines over the first / last segments, slopes in the legend."""
+    """Two panels (test error, test MSE) on log-log axes against m: one curve per triplet
+    (colour: arch, marker: inference, line style: transform; `palette`), dashed / dotted
+    fitted lines over the first / last segments with their slopes in the legend, hollow
+    markers for points copied by Theorem 4.1, chance error (90% on CIFAR-10) dotted."""
     plt = pyplot()
     first, last = fit_defaults({"analysis": analysis_of(m)}, first, last)
     pts = curve_points(df)
+    derived = derived_keys(df, ["inference", "arch", "transform", "m"])
+    chance = chance_accuracy(df)
     keys = list(pts.groupby(["inference", "arch", "transform"], sort=False).groups)
-    colors = plt.get_cmap("tab10")(np.arange(max(len(keys), 1)) % 10)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
-    for (inf, arch, tr), col in zip(keys, colors, strict=False):
+    fig, axes = plt.subplots(1, 2, figsize=(7.0, 3.2))
+    for inf, arch, tr in keys:
         g = pts[(pts["inference"] == inf) & (pts["arch"] == arch) & (pts["transform"] == tr)]
         g = g.dropna(subset=["acc"])
+        col = ARCH_COLORS[arch]
+        hollow = [(inf, arch, tr, mm) in derived for mm in g["m"]]
         for ax, q in zip(axes, ("err", "mse"), strict=True):
             fits = segment_fits(g["m"], g[q], first=first, last=last)
             sl = "/".join(f"{fits[s].slope:+.2f}" if fits[s] is not None else "-"
                           for s in ("first", "last"))
-            ax.plot(g["m"], g[q], "o-", color=col, label=f"{curve_label(inf, arch, tr)}: {sl}")
+            draw_points(ax, g["m"], g[q], color=col, marker=INFERENCE_MARKERS[inf],
+                        ls=TRANSFORM_LINESTYLES[tr], derived=hollow,
+                        label=f"{series_label(inf, arch, tr)}: {sl}")
             _draw_fit(ax, fits["first"], col, "--")
             _draw_fit(ax, fits["last"], col, ":")
-    for ax, q in zip(axes, ("test error (1 - best test accuracy)", "test MSE"), strict=True):
+    draw_chance(axes[0], None if chance is None else 1.0 - chance,
+                label=None if chance is None else f"chance (error {1.0 - chance:g})")
+    for ax, q in zip(axes, ("Test error", "Test MSE"), strict=True):
         loglog(ax)
-        ax.set_xlabel("training-set size m")
+        ax.set_xlabel("Training set size $m$")
         ax.set_ylabel(q)
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7, title=f"slopes first {first} / last {last} points",
-                  title_fontsize=7)
-    fig.suptitle(title(name, m, "learning curves with power-law fits"))
-    fig.tight_layout()
-    return savefig(fig, out)
-
+        ax.grid(alpha=0.3, which="both", lw=0.5)
+    handles, _labels = axes[0].get_legend_handles_labels()
+    if has_derived(axes[0]):
+        handles.append(derived_handle())
+    return finish(fig, out, title(name, m, "learning curves with power-law fits"), handles,
+                  ncol=2, legend_title=f"power-law slopes over the first {first} / last {last} "
+                  "points (dashed / dotted)")

@@ -22,13 +22,25 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from orchestrator.figures.common import pyplot, savefig
+from orchestrator.figures.common import (
+    draw_chance,
+    draw_points,
+    finish,
+    loglog,
+    plain_log_labels,
+    pyplot,
+    title,
+)
 from orchestrator.figures.fig4 import analysis_of, fit_defaults
+from orchestrator.figures.palette import CHANCE_COLOR, TRANSFORM_LINESTYLES
 from orchestrator.fits import PowerLawFit, segment_fits
 from workers.vocab import IMAGENET_ARCHS
 
 TRANSFORM_LABEL = {"identity": "clean", "pixel_rotation": "O(3)^d rotated",
                    "permutation": "P(3d) permuted"}
+# the same in the plots' mathtext (paper notation, as `figures.common.TRANSFORM_LABEL`)
+PLOT_TRANSFORM_LABEL = {"identity": "clean", "pixel_rotation": "$O(3)^d$ rotated",
+                        "permutation": "$P(3d)$ permuted"}
 TRANSFORM_ORDER = ("identity", "pixel_rotation", "permutation")
 PAPER_NOTE = {  # the paper's numbers for the paper preset (Sec. 6.2, App. F.2)
     "fig5": "paper: error ~ m^-0.41 (ResNet-101 clean), m^-0.49 (ResNet-101 rotated), "
@@ -161,80 +173,111 @@ def fig5_text(df: pd.DataFrame, m: Mapping[str, Any], fmt: str = "text", *, firs
     return out.getvalue()
 
 
+# one colour per model family (Okabe-Ito, as `palette.ARCH_COLORS`), the transform as line style
+# (`palette.TRANSFORM_LINESTYLES`), as Fig. 4 draws VEC_n on clean and rotated CIFAR-10
+FAMILY_COLORS = {"resnet": "#0072B2", "mixer": "#D55E00"}
+FAMILY_MARKERS = {"resnet": "o", "mixer": "s"}
+
+
+def family(arch: str) -> str:
+    """'mixer' for the Mixer, 'resnet' for every ResNet depth."""
+    return "mixer" if arch.startswith("mixer") else "resnet"
+
+
+def chance(df: pd.DataFrame) -> float | None:
+    """Chance-level top-1 accuracy, 1 / classes: the configs' num_classes, else the classes
+    their data_dir names (synthetic://CxNxS: C; cifar10://: 10); None when unknown or mixed."""
+    from workers.imagenet import named_classes
+
+    n = {int(named_classes(c) or 0) for c in df.get("config", [])}
+    n.discard(0)
+    return 1.0 / n.pop() if len(n) == 1 else None
+
+
+def stand_in(m: Mapping[str, Any]) -> str:
+    """What the data is when it is not ImageNet (cpu, smoke presets), for titles."""
+    return {"cpu": "; CIFAR-10 stand-in through the ImageNet pipeline",
+            "smoke": "; generated smoke images"}.get(str(m.get("preset")), "")
+
+
 def fig5_figure(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path, *, first: int,
-              last: int) -> Path:
-    """Left: Fig. 5, top-1 error against m (log-log), fitted segments dashed (first) and
-    dotted (last), slopes in the legend. Right: Fig. 4 (right), rotated against clean top-1
-    accuracy per ResNet depth, the diagonal for reference."""
-    from matplotlib.ticker import FuncFormatter, LogLocator
+                last: int) -> Path | str:
+    """Left: Fig. 5, top-1 error against m (log-log; colour the model family, line style the
+    transform), fitted segments thin dashed (first) and dotted (last), slopes in the legend.
+    Right: Fig. 4 (right), rotated against clean top-1 accuracy per ResNet depth (colour from
+    shallow to deep), the diagonal for reference."""
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter
 
     plt = pyplot()
     pts, sc = curve_points(df), scatter_points(df)
     fits = curve_fits(pts, first, last) if len(pts) else {}
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12.5, 5.0),
-                                 gridspec_kw={"width_ratios": [1.45, 1]})
-    colors = {"resnet": ("#1f4e9c", "#79a6e8"), "mixer": ("#b8431d", "#f0a070")}
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(7.0, 3.2),
+                                 gridspec_kw={"width_ratios": [1.35, 1]})
+    handles = []
     for (a, t), fs in fits.items():
         g = pts[(pts["arch"] == a) & (pts["transform"] == t)].dropna(subset=["acc"])
-        fam = "mixer" if a.startswith("mixer") else "resnet"
-        col = colors[fam][0 if t == "identity" else 1]
-        mk = "o" if t == "identity" else "s"
+        fam = family(a)
+        col, ls = FAMILY_COLORS[fam], TRANSFORM_LINESTYLES.get(t, "-")
         sl = "/".join(f"{fs[s].slope:+.2f}" if fs[s] is not None else "-"
                       for s in ("first", "last"))
-        ax.plot(g["m"], g["err"], mk + "-", color=col, lw=1.6, ms=5,
-                label=f"{arch_label(a, first_config(df, a))}, {TRANSFORM_LABEL.get(t, t)}"
-                      f"  (slopes {sl})")
-        for seg, ls in (("first", "--"), ("last", ":")):
+        label = (f"{arch_label(a, first_config(df, a))}, {PLOT_TRANSFORM_LABEL.get(t, t)} "
+                 f"(slopes {sl})")
+        draw_points(ax, g["m"], g["err"], color=col, marker=FAMILY_MARKERS[fam], ls=ls,
+                    label=label)
+        handles.append(Line2D([], [], color=col, ls=ls, marker=FAMILY_MARKERS[fam], ms=4,
+                              label=label))
+        for seg, fls in (("first", "--"), ("last", ":")):
             f = fs[seg]
             if f is not None:
                 xs = np.geomspace(f.x_min, f.x_max, 20)
-                ax.plot(xs, f.predict(xs), ls, color=col, lw=1.1, alpha=0.8)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    # errors often span less than a decade: label the 1-2-3-5 minor ticks too, in percent
-    pct = FuncFormatter(lambda v, _: f"{100 * v:.3g}%")
-    ax.yaxis.set_minor_locator(LogLocator(subs=(2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)))
-    ax.yaxis.set_major_formatter(pct)
-    ax.yaxis.set_minor_formatter(pct)
-    ax.tick_params(axis="y", which="minor", labelsize=7)
-    ax.set_xlabel("training-set size m (images)")
-    ax.set_ylabel("top-1 test error")
-    ax.grid(alpha=0.3, which="both")
-    ax.set_title(f"Fig. 5: learning curves (fits: first {first} dashed, last {last} dotted)",
-                 fontsize=10)
+                ax.plot(xs, f.predict(xs), ls=fls, color=col, lw=0.8, alpha=0.6)
     if fits:
-        ax.legend(fontsize=7.5, loc="lower left")
+        loglog(ax)
+        # error axes often span under a decade: say the values in percent
+        lo, hi = ax.get_ylim()
+        plain_log_labels(ax.yaxis, lo, hi)
+        pct = FuncFormatter(lambda v, _: f"{100 * v:.3g}")
+        ax.yaxis.set_major_formatter(pct)
+        if hi / lo < 30:
+            ax.yaxis.set_minor_formatter(pct)
+    else:
+        ax.text(0.5, 0.5, "no learning-curve runs yet", ha="center", transform=ax.transAxes)
+    ax.set_xlabel("Training-set size m (images)")
+    ax.set_ylabel("Top-1 test error (%)")
+    ax.set_title("Fig. 5: learning curves")
+    lvl = chance(df)
     if len(sc):
         ok = sc.dropna(subset=["clean", "rotated"])
-        lo = float(min(ok["clean"].min(), ok["rotated"].min(), 1.0)) if len(ok) else 0.0
-        hi = float(max(ok["clean"].max(), ok["rotated"].max(), 0.0)) if len(ok) else 1.0
+        lo = float(min(ok["clean"].min(), ok["rotated"].min())) if len(ok) else 0.0
+        hi = float(max(ok["clean"].max(), ok["rotated"].max())) if len(ok) else 1.0
         pad = 0.12 * max(hi - lo, 0.05)
-        bx.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "-", color="0.6", lw=1,
-                label="rotated = clean")
+        lim = (100 * (lo - pad), 100 * (hi + pad))
+        bx.plot(lim, lim, "-", color=CHANCE_COLOR, lw=0.8, zorder=0.5)
         cmap = plt.get_cmap("viridis")
         for k, r in enumerate(ok.itertuples()):
-            bx.plot(r.clean, r.rotated, "o", ms=8, color=cmap(k / max(len(ok) - 1, 1)))
-            right = r.clean > lo + 0.6 * (hi - lo)  # label inside the axes
+            bx.plot(100 * r.clean, 100 * r.rotated, "o", ms=6,
+                    color=cmap(0.85 * k / max(len(ok) - 1, 1)))
+            # labels inside the axes: left of points on the right, above low points
+            right = r.clean > lo + 0.6 * (hi - lo)
+            low = r.rotated < lo + 0.3 * (hi - lo)
             bx.annotate(f"{arch_label(r.arch, first_config(df, r.arch))}\n"
-                        f"gap {r.gap_points:.1f} pts", (r.clean, r.rotated), fontsize=7.5,
-                        xytext=(-8 if right else 8, -4), textcoords="offset points",
-                        ha="right" if right else "left", va="top")
-        bx.set_xlim(lo - pad, hi + pad)
-        bx.set_ylim(lo - pad, hi + pad)
-        bx.legend(fontsize=8, loc="upper left")
+                        f"gap {r.gap_points:.1f}", (100 * r.clean, 100 * r.rotated),
+                        fontsize=7, xytext=(-6 if right else 6, 4 if low else -3),
+                        textcoords="offset points", ha="right" if right else "left",
+                        va="bottom" if low else "top")
+        bx.set_xlim(*lim)
+        bx.set_ylim(*lim)
+        if lvl is not None and lim[0] < 100 * lvl < lim[1]:
+            draw_chance(bx, 100 * lvl)
     else:
         bx.text(0.5, 0.5, "no full-data ResNet runs yet", ha="center", transform=bx.transAxes)
-    bx.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:.0f}%"))
-    bx.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:.0f}%"))
-    bx.set_xlabel("top-1 accuracy, clean")
-    bx.set_ylabel("top-1 accuracy, O(3)^d rotated")
-    bx.set_title("Fig. 4 (right): every ResNet depth, all training images", fontsize=10)
-    bx.grid(alpha=0.3)
-    fig.suptitle(f"fig5 [{m.get('preset')}]" + (
-        "  (CPU stand-in: CIFAR-10 through the ImageNet pipeline)" if m.get("preset") == "cpu"
-        else "  (synthetic smoke data)" if m.get("preset") == "smoke" else ""), fontsize=11)
-    fig.tight_layout()
-    return savefig(fig, out)
+    bx.set_xlabel("Top-1 accuracy (%), clean")
+    bx.set_ylabel("Top-1 accuracy (%), $O(3)^d$ rotated")
+    bx.set_title("Fig. 4 (right): ResNet depths")
+    return finish(fig, out, title("fig5", m, "ImageNet data efficiency" + stand_in(m)),
+                  handles, ncol=2, legend_title=f"error slopes on the first {first} / last {last} "
+                  "sizes (fits dashed / dotted); right panel: all images, line = equal")
 
 
 def with_subsets(df: pd.DataFrame) -> pd.DataFrame:
@@ -245,8 +288,6 @@ def with_subsets(df: pd.DataFrame) -> pd.DataFrame:
     d["subset_i"] = [int(c.get("subset", 0) or 0) for c in cfgs]
     d["m"] = pd.to_numeric(d["train_size"], errors="coerce")
     return d
-
-
 
 
 def finished(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
@@ -276,12 +317,13 @@ def table(df: pd.DataFrame, m: Mapping[str, Any], fmt: str = "text", first: int 
 
 
 def plot(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path, first: int | None = None,
-         last: int | None = None, **_: Any) -> Path:
+         last: int | None = None, **_: Any) -> Path | str:
     """The registry's plot entry: Fig. 5 (left) and Fig. 4 (right) in one PNG."""
     f, la = segments(m, first, last)
     return fig5_figure(with_subsets(finished(df)[0]), m, out, first=f, last=la)
 
 
-__all__ = ["PAPER_NOTE", "TRANSFORM_LABEL", "TRANSFORM_ORDER", "arch_label", "curve_fits",
-           "curve_points", "finished", "first_config", "order_key", "plot", "scatter_points",
-           "segments", "table", "with_subsets"]
+__all__ = ["PAPER_NOTE", "PLOT_TRANSFORM_LABEL", "TRANSFORM_LABEL", "TRANSFORM_ORDER",
+           "arch_label", "chance", "curve_fits", "curve_points", "family", "finished",
+           "first_config", "order_key", "plot", "scatter_points", "segments", "stand_in",
+           "table", "with_subsets"]

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from orchestrator.figures.common import pyplot, savefig, title
+from orchestrator.figures.common import chance_accuracy, draw_chance, finish, pyplot, title
 from orchestrator.fits import ensemble_accuracy, ensemble_mse, s_dist
 from workers.errors import DataError
 
@@ -93,23 +93,27 @@ def figS1_table(df: pd.DataFrame, m: Mapping[str, Any], fmt: str = "text",
 
 def figS1_plot(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path,
                results: str = "results", **_: Any) -> Path:
+    """Three panels against the path time t: ensemble test accuracy (chance dotted),
+    S-Dist(VEC_n^tau_t, GAP_n) and S-Dist(VEC_n^tau_t, VEC_inf); a line per width n, darker
+    for narrower (viridis: the widths are ordered, not categories)."""
     plt = pyplot()
     cells = figS1_cells(df, results, m.get("data_dir"))
+    chance = chance_accuracy(df)
     widths = sorted(cells["width"].unique())
     colors = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, max(len(widths), 1)))
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(9.0, 2.9))
     for w, col in zip(widths, colors, strict=False):
         g = cells[cells["width"] == w].sort_values("t")
-        axes[0].plot(g["t"], 100 * g["ens_acc"], "o-", color=col, label=f"n={w}")
-        axes[1].plot(g["t"], g["sdist_gap"], "o-", color=col, label=f"n={w}")
-        axes[2].plot(g["t"], g["sdist_vec_inf"], "o-", color=col, label=f"n={w}")
-    for ax, lab in zip(axes, ("ensemble test accuracy (%)", "S-Dist(VEC_n^tau_t, GAP_n)",
-                              "S-Dist(VEC_n^tau_t, VEC_inf)"), strict=True):
-        ax.set_xlabel("path time t (tau_t = exp(-tA))")
+        axes[0].plot(g["t"], 100 * g["ens_acc"], "o-", ms=3, color=col, label=f"$n={w}$")
+        axes[1].plot(g["t"], g["sdist_gap"], "o-", ms=3, color=col, label=f"$n={w}$")
+        axes[2].plot(g["t"], g["sdist_vec_inf"], "o-", ms=3, color=col, label=f"$n={w}$")
+    draw_chance(axes[0], None if chance is None else 100 * chance)
+    for ax, lab in zip(axes, ("Ensemble test accuracy (%)",
+                              r"S-Dist(VEC$_n^{\tau_t}$, GAP$_n$)",
+                              r"S-Dist(VEC$_n^{\tau_t}$, VEC$_\infty$)"), strict=True):
+        ax.set_xlabel(r"Path time $t$ ($\tau_t = \exp(-tA)$)")
         ax.set_ylabel(lab)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(title("figS1", m, "along the rotation path (NN+ ensembles)"))
-    fig.tight_layout()
-    return savefig(fig, out)
-
+        ax.grid(alpha=0.3, lw=0.5)
+        ax.legend()
+    return finish(fig, out, title("figS1", m, "along the rotation path, NN+ ensembles over "
+                                  "initialisations"))

@@ -14,16 +14,20 @@ from typing import Any
 
 import pandas as pd
 
-from orchestrator.figures.common import pyplot, savefig
+from orchestrator.figures.common import chance_handles, draw_chance, finish, pyplot, title
 from orchestrator.figures.fig5 import (
     PAPER_NOTE,
+    PLOT_TRANSFORM_LABEL,
     TRANSFORM_LABEL,
     TRANSFORM_ORDER,
     arch_label,
+    chance,
     finished,
     first_config,
     order_key,
+    stand_in,
 )
+from orchestrator.figures.palette import CHANCE_COLOR, TRANSFORM_COLORS, TRANSFORM_MARKERS
 
 
 def epoch_curves(df: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
@@ -80,9 +84,10 @@ def figS4_text(df: pd.DataFrame, m: Mapping[str, Any], history: pd.DataFrame,
 
 
 def figS4_figure(df: pd.DataFrame, m: Mapping[str, Any], history: pd.DataFrame,
-               out: str | Path) -> Path:
-    """One panel per ResNet depth: test accuracy against the epoch, one line per transform,
-    the paper's 35% bound for P(3d) dotted."""
+                 out: str | Path) -> Path | str:
+    """One panel per ResNet depth: test accuracy against the epoch, one line per transform
+    (`palette.TRANSFORM_COLORS`), the chance level and the paper's 35% bound for P(3d)."""
+    from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
     plt = pyplot()
@@ -91,38 +96,35 @@ def figS4_figure(df: pd.DataFrame, m: Mapping[str, Any], history: pd.DataFrame,
     n = max(len(archs), 1)
     cols = min(n, 3)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.3 * cols, 3.5 * rows + 0.6), squeeze=False,
-                             sharey=True)
-    styles = {"identity": ("#1f4e9c", "o-"), "pixel_rotation": ("#2a9d5c", "s-"),
-              "permutation": ("#b8431d", "^-")}
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols + 0.4, 2.1 * rows),
+                             squeeze=False, sharey=True)
+    lvl = chance(df)
+    shown: list[str] = []
     for k, a in enumerate(archs):
         ax = axes[k // cols][k % cols]
         for t in TRANSFORM_ORDER:
             c = cur[(cur["arch"] == a) & (cur["transform"] == t)]
             if len(c):
-                col, st = styles[t]
                 g = c.groupby("epoch")["test_acc"].mean()
-                ax.plot(g.index, 100 * g.to_numpy(), st, color=col, ms=3.5, lw=1.4,
-                        label=TRANSFORM_LABEL[t])
-        ax.axhline(35, color="0.5", ls=":", lw=1)
-        ax.set_title(arch_label(a, first_config(df, a)), fontsize=10)
-        ax.set_xlabel("epoch")
+                ax.plot(g.index, 100 * g.to_numpy(), color=TRANSFORM_COLORS[t],
+                        marker=TRANSFORM_MARKERS[t], ms=3, lw=1.3)
+                shown += [t] if t not in shown else []
+        ax.axhline(35, color=CHANCE_COLOR, ls="--", lw=0.8, zorder=0.5)
+        draw_chance(ax, None if lvl is None else 100 * lvl)
+        ax.set_title(arch_label(a, first_config(df, a)))
+        ax.set_xlabel("Epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
         if k % cols == 0:
-            ax.set_ylabel("test top-1 accuracy (%)")
+            ax.set_ylabel("Test top-1 accuracy (%)")
     for k in range(len(archs), rows * cols):
         axes[k // cols][k % cols].axis("off")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels) + 1, fontsize=9,
-               title="dotted line: the paper's 35% bound for P(3d) on ImageNet",
-               title_fontsize=8, frameon=False)
-    fig.suptitle(f"figS4 [{m.get('preset')}]: training dynamics under identity, O(3)^d, P(3d)"
-                 + ("  (CPU stand-in: CIFAR-10)" if m.get("preset") == "cpu" else
-                    "  (synthetic smoke data)" if m.get("preset") == "smoke" else ""),
-                 fontsize=11)
-    fig.tight_layout(rect=(0, 0.1 if rows == 1 else 0.05, 1, 1))
-    return savefig(fig, out)
+    handles = [Line2D([], [], color=TRANSFORM_COLORS[t], marker=TRANSFORM_MARKERS[t], ms=3,
+                      label=PLOT_TRANSFORM_LABEL[t]) for t in shown]
+    handles.append(Line2D([], [], color=CHANCE_COLOR, ls="--", lw=0.8,
+                          label="paper: $P(3d)$ < 35% on ImageNet"))
+    handles += chance_handles(axes[0][0])
+    return finish(fig, out, title("figS4", m, "training dynamics of the ResNet family"
+                                  + stand_in(m)), handles, ncol=3)
 
 
 def history(m: Mapping[str, Any], results: str) -> pd.DataFrame:
@@ -140,7 +142,7 @@ def table(df: pd.DataFrame, m: Mapping[str, Any], fmt: str = "text",
 
 
 def plot(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path, results: str = "results",
-         **_: Any) -> Path:
+         **_: Any) -> Path | str:
     """The registry's plot entry: accuracy against epoch, one panel per depth."""
     return figS4_figure(finished(df)[0], m, history(m, results), out)
 

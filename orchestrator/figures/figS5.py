@@ -10,7 +10,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from orchestrator.figures.common import SHORT_T, agg, format_cell, order, pyplot, savefig, title
+from orchestrator.figures.common import (
+    SHORT_T,
+    TRANSFORM_LABEL,
+    agg,
+    arch_label,
+    chance_accuracy,
+    chance_handles,
+    draw_chance,
+    finish,
+    format_cell,
+    order,
+    pyplot,
+    title,
+)
+from orchestrator.figures.palette import ARCH_COLORS, KEY_COLOR, TRANSFORM_MARKERS
 from workers.vocab import ARCHS, TRANSFORMS
 
 
@@ -59,16 +73,19 @@ def figS5_table(df: pd.DataFrame, m: Mapping[str, Any], fmt: str = "text", **_: 
 
 
 def figS5_plot(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path, **_: Any) -> Path:
-    """Scatter of every (arch, transform) cell: Gaussian (x) against uniform (y) accuracy with
-    std error bars; the diagonal is 'no change'."""
+    """Scatter of every (arch, transform) cell: Gaussian (x) against uniform (y) first-layer
+    accuracy with std error bars, colour = arch, marker = transform (`palette`); the diagonal
+    is 'no change', dotted lines chance."""
+    from matplotlib.lines import Line2D
+
     plt = pyplot()
     cells = figS5_cells(df)
+    chance = chance_accuracy(df)
     piv = cells.pivot_table(index=["arch", "transform"], columns="first_layer_init",
                             values=["mean", "std"])
-    fig, ax = plt.subplots(figsize=(5.6, 5.2))
-    marks = dict(zip(TRANSFORMS, "os^Dv", strict=True))
-    colors = dict(zip(ARCHS, plt.get_cmap("tab10")(np.arange(6)), strict=True))
+    fig, ax = plt.subplots(figsize=(5.4, 3.6))
     lo, hi = np.inf, -np.inf
+    archs, trs = set(), set()
     for (arch, tr), r in piv.iterrows():
         try:
             x, y = 100 * r[("mean", "gaussian")], 100 * r[("mean", "uniform")]
@@ -77,17 +94,31 @@ def figS5_plot(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path, **_: Any
             continue
         if not (np.isfinite(x) and np.isfinite(y)):
             continue
-        ax.errorbar(x, y, xerr=np.nan_to_num(xe), yerr=np.nan_to_num(ye), fmt=marks[tr],
-                    color=colors[arch], ms=5, capsize=2, label=f"{arch} {SHORT_T[tr]}")
+        ax.errorbar(x, y, xerr=np.nan_to_num(xe), yerr=np.nan_to_num(ye),
+                    fmt=TRANSFORM_MARKERS[tr], color=ARCH_COLORS[arch], ms=5, capsize=2,
+                    elinewidth=0.7)
+        archs.add(arch)
+        trs.add(tr)
         lo, hi = min(lo, x, y), max(hi, x, y)
     if np.isfinite(lo):
         pad = 0.05 * max(hi - lo, 1.0)
         ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "k--", lw=0.8)
-    ax.set_xlabel("Gaussian first layer: best test accuracy (%)")
-    ax.set_ylabel("uniform first layer: best test accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
-    ax.set_title(title("figS5", m, "first-layer init"), fontsize=9)
-    fig.tight_layout()
-    return savefig(fig, out)
-
+        # one scale on both axes: distance from the diagonal reads as the change
+        ax.set_xlim(lo - 2 * pad, hi + 2 * pad)
+        ax.set_ylim(lo - 2 * pad, hi + 2 * pad)
+        ax.set_aspect("equal")
+    if chance is not None:
+        draw_chance(ax, 100 * chance)
+        draw_chance(ax, 100 * chance, horizontal=False)
+    ax.set_xlabel("Test accuracy (%), Gaussian first layer")
+    ax.set_ylabel("Test accuracy (%), uniform")
+    ax.grid(alpha=0.3, lw=0.5)
+    handles = [Line2D([], [], ls="none", marker="o", color=ARCH_COLORS[a],
+                      label=arch_label(a, "nn")) for a in order(archs, ARCHS)]
+    handles += [Line2D([], [], ls="none", marker=TRANSFORM_MARKERS[t], color=KEY_COLOR,
+                       label=TRANSFORM_LABEL[t]) for t in order(trs, TRANSFORMS)]
+    handles += [Line2D([], [], color="k", ls="--", lw=0.8, label="no change")]
+    if chance is not None:
+        handles += chance_handles(ax)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    return finish(fig, out, title("figS5", m, "Gaussian vs uniform first-layer initialisation"))

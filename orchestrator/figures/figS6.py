@@ -12,8 +12,24 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from orchestrator.figures.common import ARCH_LABEL, SHORT_T, loglog, order, pyplot, savefig, title
+from orchestrator.figures.common import (
+    SHORT_T,
+    TRANSFORM_LABEL,
+    arch_label,
+    chance_accuracy,
+    derived_handle,
+    derived_keys,
+    draw_chance,
+    draw_points,
+    finish,
+    has_derived,
+    loglog,
+    order,
+    pyplot,
+    title,
+)
 from orchestrator.figures.fig4 import curve_points, curves_table, points_and_fits
+from orchestrator.figures.palette import CHANCE_COLOR, TRANSFORM_COLORS
 from orchestrator.fits import segment_fits
 from workers.vocab import ARCHS, TRANSFORMS
 
@@ -47,16 +63,19 @@ def figS6_table(df: pd.DataFrame, m: Mapping[str, Any], fmt: str = "text",
 
 def figS6_plot(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path,
                first: int | None = None, last: int | None = None, **_: Any) -> Path:
-    """One panel per arch: NTK test MSE against m on log-log, a line per transform with its
-    exponent (all-points fit) in the legend; a second row with test error."""
+    """One column per arch: NTK test MSE (top) and test error (bottom) against m on log-log,
+    a line per transform in the palette's transform colours with its exponent (all-points
+    fit) in the legend; points copied by Theorem 4.1 hollow; chance error dotted."""
+    from matplotlib.lines import Line2D
+
     plt = pyplot()
     pts = curve_points(df)
+    derived = derived_keys(df, ["arch", "transform", "m"])
+    chance = chance_accuracy(df)
     archs = order(pts["arch"].unique(), ARCHS)
     trs = order(pts["transform"].unique(), TRANSFORMS)
-    colors = dict(zip(trs, plt.get_cmap("viridis")(np.linspace(0.0, 0.9, max(len(trs), 1))),
-                      strict=False))
     na = max(len(archs), 1)
-    fig, axes = plt.subplots(2, na, figsize=(3.6 * na, 6.4), squeeze=False)
+    fig, axes = plt.subplots(2, na, figsize=(2.4 * na, 4.6), squeeze=False)
     for j, arch in enumerate(archs):
         for i, q in enumerate(("mse", "err")):
             ax = axes[i][j]
@@ -65,18 +84,27 @@ def figS6_plot(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path,
                 if not len(g):
                     continue
                 f = segment_fits(g["m"], g[q], first=2, last=2)["all"]
-                lab = f"{SHORT_T[tr]} {f.slope:+.2f}" if f is not None else SHORT_T[tr]
-                ax.plot(g["m"], g[q], "o-", ms=3, color=colors[tr], label=lab)
+                lab = f"{f.slope:+.2f}" if f is not None else "-"
+                draw_points(ax, g["m"], g[q], color=TRANSFORM_COLORS[tr], lw=1.0, ms=3,
+                            derived=[(arch, tr, mm) in derived for mm in g["m"]], label=lab)
+            if i == 1:
+                draw_chance(ax, None if chance is None else 1.0 - chance, unit="")
             loglog(ax)
-            ax.grid(alpha=0.3, which="both")
-            ax.legend(fontsize=6)
+            ax.grid(alpha=0.3, which="both", lw=0.5)
+            slopes = [h for h in ax.get_legend_handles_labels()[0] if h.get_gid() != "chance"]
+            ax.legend(handles=slopes, fontsize=6, title="slope", title_fontsize=6)
             if i == 0:
-                ax.set_title(f"{ARCH_LABEL[arch]}_inf (NTK)")
+                ax.set_title(f"{arch_label(arch, 'ntk')} (NTK)")
             else:
-                ax.set_xlabel("training-set size m")
-        axes[0][0].set_ylabel("test MSE")
-        axes[1][0].set_ylabel("test error")
-    fig.suptitle(title("figS6", m, "NTK scaling laws (legend: log-log slope)"))
-    fig.tight_layout()
-    return savefig(fig, out)
-
+                ax.set_xlabel("Training set size $m$")
+        axes[0][0].set_ylabel("Test MSE")
+        axes[1][0].set_ylabel("Test error")
+    handles = [Line2D([], [], color=TRANSFORM_COLORS[t], marker="o", ms=3,
+                      label=TRANSFORM_LABEL[t]) for t in trs]
+    if any(has_derived(ax) for ax in axes.flat):
+        handles.append(derived_handle())
+    if chance is not None:
+        handles.append(Line2D([], [], color=CHANCE_COLOR, ls=":",
+                              label=f"chance (error {1.0 - chance:g})"))
+    return finish(fig, out, title("figS6", m, "NTK scaling laws (legend: log-log slope over "
+                                  "all m)"), handles)
