@@ -32,7 +32,12 @@ from orchestrator.figures.common import (
     title,
 )
 from orchestrator.figures.fig4 import analysis_of, fit_defaults
-from orchestrator.figures.palette import CHANCE_COLOR, TRANSFORM_LINESTYLES
+from orchestrator.figures.palette import (
+    CHANCE_COLOR,
+    IMAGENET_FAMILY_COLORS,
+    IMAGENET_FAMILY_MARKERS,
+    TRANSFORM_LINESTYLES,
+)
 from orchestrator.fits import PowerLawFit, segment_fits
 from workers.vocab import IMAGENET_ARCHS
 
@@ -173,10 +178,9 @@ def fig5_text(df: pd.DataFrame, m: Mapping[str, Any], fmt: str = "text", *, firs
     return out.getvalue()
 
 
-# one colour per model family (Okabe-Ito, as `palette.ARCH_COLORS`), the transform as line style
+# one colour per model family (`palette.IMAGENET_FAMILY_COLORS`), the transform as line style
 # (`palette.TRANSFORM_LINESTYLES`), as Fig. 4 draws VEC_n on clean and rotated CIFAR-10
-FAMILY_COLORS = {"resnet": "#0072B2", "mixer": "#D55E00"}
-FAMILY_MARKERS = {"resnet": "o", "mixer": "s"}
+FAMILY_COLORS, FAMILY_MARKERS = IMAGENET_FAMILY_COLORS, IMAGENET_FAMILY_MARKERS
 
 
 def family(arch: str) -> str:
