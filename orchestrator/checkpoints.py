@@ -104,6 +104,11 @@ class TrialCheckpoints:
             out.append((step, i.base_name, m.type == pafs.FileType.File))
         return sorted(out)
 
+    def entries(self) -> list[tuple[int, str, bool]]:
+        """(step, path, complete) of every checkpoint directory on disk, oldest first;
+        complete: it has its manifest (files are checked only when loaded)."""
+        return [(step, f"{self.dir}/{name}", ok) for step, name, ok in self._entries()]
+
     def complete_steps(self) -> list[int]:
         """Steps of the checkpoints that have a manifest (not checked further), oldest first."""
         return [s for s, _, ok in self._entries() if ok]

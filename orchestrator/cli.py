@@ -37,6 +37,10 @@ RESULTS_HELP = "Results root: a directory or a pyarrow URI (s3://, gs://)."
 _ONLY_OPT = typer.Option(None, help="Restrict to FIELD=V1,V2 (repeatable), e.g. --only "
                          "inference=ntk")
 _SWEEPS_OPT = typer.Option(None, help="Only these sweeps (default: all)")
+_SET_OPT = typer.Option(None, "--set", metavar="KEY=VALUE", help="Set a config key on every "
+                        "trial (repeatable), e.g. --set max_steps=1000; VALUE is a Python literal "
+                        "(64, 1e-3, True) or a bare word; checked like the sweep file, part of "
+                        "the trial ids")
 _PLAN_FILES = typer.Argument(..., help="Sweep file(s), e.g. sweeps/fig2.py")
 _PLAN_ONLY = typer.Option(None, help="Restrict to FIELD=V1,V2 (repeatable), e.g. --only arch=vec")
 
@@ -52,6 +56,7 @@ def plan(
     budget_s: float = typer.Option(30.0, "--budget-s", help="Seconds of timing per unit"),
     solve_n: int = typer.Option(1000, help="Training points of the timed regression solve"),
     only: list[str] = _PLAN_ONLY,
+    set_: list[str] = _SET_OPT,
     units: str = typer.Option(None, help="Reuse units from a --save-units JSON file"),
     save_units: str = typer.Option(None, help="Write the measured units to this JSON file"),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output"),
@@ -65,16 +70,17 @@ def plan(
     from orchestrator.plan import format_plans, load_units, make_plan
     from orchestrator.plan import save_units as write_units
     from orchestrator.plan.imagenet import is_imagenet, plan_imagenet
-    from orchestrator.spec import load_sweep, parse_only, select_trials
+    from orchestrator.spec import load_sweep, parse_only, parse_overrides, select_trials
 
     if steps < 1 or budget_s <= 0 or solve_n < 2:
         raise ConfigError("need --steps >= 1, --budget-s > 0 and --solve-n >= 2")
+    overrides = parse_overrides(set_)  # checked before any sweep is loaded or measured
     known = load_units(units) if units else {}
     plans = []
     if gpu_tflops <= 0:
         raise ConfigError(f"--gpu-tflops {gpu_tflops}: must be > 0")
     for f in sweep_files:
-        sw = load_sweep(f)
+        sw = load_sweep(f).with_overrides(overrides)
         trials = select_trials(sw.expand(preset), parse_only(only))
         if is_imagenet(trials):  # priced from FLOP counts: a CPU step says little about a GPU
             print(plan_imagenet(sw.name, preset, trials, gpus=gpus, gpu_tflops=gpu_tflops))
@@ -152,7 +158,7 @@ def check_results_exist(results: str, sweeps: list[str] | None = None) -> None:
 
 def _print_summary(summary, console) -> None:
     console.print(
-        f"[bold]{summary.total}[/] trials: {summary.skipped} already finished, "
+        f"{summary.total} trials: {summary.skipped} already finished, "
         f"{summary.launched} launched ({summary.completed} completed, {summary.diverged} "
         f"diverged, {summary.failed} failed, {summary.retries} retries), "
         f"{summary.derived_written} derived rows written; kernel cells {summary.kernel_cells}, "
@@ -168,11 +174,13 @@ def _run(sweep, preset: str, results: str, address: str | None, mlflow_uri: str 
 
     from orchestrator.runner import run_sweep
 
-    console = Console(stderr=True)
+    # markup off: a preset "[smoke]", a path or an error message is printed as written
+    console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
+    # progress: a live table on a terminal, plain periodic lines otherwise (SLURM, nohup)
     summary = run_sweep(sweep, preset, results=results, address=address, mlflow_uri=mlflow_uri,
                         dedupe=dedupe, max_failures=max_failures, data_dir=data_dir,
                         cache_dir=cache_dir, only=only, num_cpus=num_cpus,
-                        progress=progress and console.is_terminal, console=console)
+                        progress=progress, console=console)
     _print_summary(summary, console)
     # Tune stops on Ctrl-C (or SIGTERM) and returns normally: trials it had not finished
     # have no row, so say so and fail, rather than print a partial table as if it were all
@@ -207,8 +215,10 @@ def run(
     data_dir: str = typer.Option(None, help="CIFAR-10 directory (cpu / paper presets)"),
     cache_dir: str = typer.Option(None, help="Dataset cache directory"),
     only: list[str] = _ONLY_OPT,
+    set_: list[str] = _SET_OPT,
     num_cpus: int = typer.Option(None, help="CPUs for embedded Ray (default: all)"),
-    progress: bool = typer.Option(True, help="Live progress view"),
+    progress: bool = typer.Option(True, help="Progress: a live table on a terminal, plain "
+                                  "periodic lines otherwise (SLURM, nohup logs)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and list, run nothing"),
     report: bool = typer.Option(True, help="Print the table and write the plot at the end"),
 ) -> None:
@@ -217,11 +227,13 @@ def run(
         count_kernel_computations,
         load_sweep,
         parse_only,
+        parse_overrides,
         select_trials,
     )
 
     _check_max_failures(max_failures)
-    sweep = load_sweep(sweep_file)
+    overrides = parse_overrides(set_)
+    sweep = load_sweep(sweep_file).with_overrides(overrides)
     sweep.preset(preset)
     sel = parse_only(only)
     # the whole validation (ranges, selection) before anything is written or started
@@ -229,8 +241,9 @@ def run(
     if dry_run:
         cells, comps = count_kernel_computations(trials)
         kinds = {k: sum(t.kind == k for t in trials) for k in ("kernel", "train")}
-        print(f"{sweep.name} [{preset}]: {len(trials)} trials ({kinds['kernel']} kernel cells, "
-              f"{kinds['train']} finite runs); kernel computations {comps} of {cells}")
+        sets = "".join(f" --set {k}={v!r}" for k, v in sweep.overrides.items())
+        print(f"{sweep.name} [{preset}]{sets}: {len(trials)} trials ({kinds['kernel']} kernel "
+              f"cells, {kinds['train']} finite runs); kernel computations {comps} of {cells}")
         raise typer.Exit(0)
     check_results_writable(results, sweep.name)
     code = _run(sweep, preset, results, address, mlflow_uri, not no_dedupe, max_failures,
@@ -266,7 +279,9 @@ def resume(
     if not sweep.isidentifier():
         raise ConfigError(f"sweep name {sweep!r}: expected a name like fig2")
     m = _manifest_or_fail(results, sweep)
-    sw = load_recorded_sweep(sweep, m, sweep_file, force=force)
+    # the recorded --set values (checked again: a results folder is data)
+    sw = load_recorded_sweep(sweep, m, sweep_file, force=force).with_overrides(
+        m.get("overrides") or {})
     preset = str(m.get("preset"))
     sw.preset(preset)
     only = m.get("only") or None
@@ -326,6 +341,7 @@ def status(
     """Done / failed / missing trials of SWEEP, corrupt part files, the live driver."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from orchestrator.store import Store, lock_is_live
 
@@ -334,7 +350,11 @@ def status(
     df, corrupt = store.latest()
     # status per trial only: a dict per row (df.to_dict) took 3 of 4.7 s at 10^5 attempts
     status_of = dict(zip(df["trial_id"], df["status"], strict=True))
-    counts = {"completed": 0, "diverged": 0, "failed": 0, "missing": 0}
+    # running: an attempt in flight (its marker, newer than the trial's rows, under a live
+    # driver), whatever an earlier attempt ended as
+    running = store.running_trials(dict(zip(df["trial_id"], df["attempt"], strict=True)))
+    status_of.update(dict.fromkeys(running, "running"))
+    counts = {"completed": 0, "diverged": 0, "failed": 0, "running": 0, "missing": 0}
     per_kind: dict[str, dict[str, int]] = {}
     derived = 0
     for t in m["trials"]:
@@ -343,8 +363,9 @@ def status(
         per_kind.setdefault(t["kind"], {}).setdefault(st, 0)
         per_kind[t["kind"]][st] += 1
         derived += bool(t.get("derived_from"))
-    con = Console()
-    tab = Table(title=f"{sweep} [{m['preset']}] under {results}")
+    # "[smoke]", errors: printed as written, one line each (never wrapped: grep finds them)
+    con = Console(markup=False, highlight=False, soft_wrap=True)
+    tab = Table(title=Text(f"{sweep} [{m['preset']}] under {results}"))
     for c in ("kind", *counts, "total"):
         tab.add_column(c, justify="right")
     for kind, c in sorted(per_kind.items()):
@@ -352,7 +373,7 @@ def status(
     tab.add_row("all", *(str(v) for v in counts.values()), str(len(m["trials"])))
     con.print(tab)
     con.print(f"{derived} trials are copies of an equal kernel cell (derived_from)")
-    extra = set(status_of) - {t["trial_id"] for t in m["trials"]}
+    extra = set(status_of) - set(running) - {t["trial_id"] for t in m["trials"]}
     if extra:
         con.print(f"{len(extra)} trials in the store are not in the last expansion")
     lock = store.read_lock()
@@ -360,7 +381,7 @@ def status(
         live = lock_is_live(lock, 600.0)
         con.print(f"driver lock: pid {lock.get('pid')} on {lock.get('host')}, started "
                   f"{lock.get('started_at')} ({'LIVE' if live else 'stale: dead driver'})")
-    failed = df[df["status"] == "failed"]
+    failed = df[(df["status"] == "failed") & ~df["trial_id"].isin(list(running))]
     for r in failed.head(10).itertuples():
         con.print(f"failed {r.trial_id} ({r.inference} {r.arch} {r.transform} s{r.seed}) "
                   f"attempt {r.attempt}: {r.error}")
@@ -370,6 +391,129 @@ def status(
         for name, err in corrupt:
             print(f"  {store.trials_dir}/{name}: {err}")
         raise typer.Exit(1)
+
+
+def _find_trial(results: str, prefix: str, sweep: str | None) -> tuple[str, str]:
+    """(sweep, trial_id) of the one trial whose id starts with ``prefix`` (like git's short
+    hashes, at least `MIN_PREFIX` characters as for `plot --curves`), among the trials of the
+    sweeps' manifests (so a trial not run yet too) and stored rows. `ConfigError` (one line)
+    when none or several match."""
+    from orchestrator.figures.curves import MIN_PREFIX
+    from orchestrator.store import Store, list_sweeps
+
+    p = prefix.strip().lower()
+    if len(p) < MIN_PREFIX:
+        raise ConfigError(f"show {prefix!r}: give at least {MIN_PREFIX} characters of a trial "
+                          "id; `symsweep query 'select trial_id, arch, transform from trials'` "
+                          "lists them")
+    sweeps = [sweep] if sweep else list_sweeps(results)
+    hits: set[tuple[str, str]] = set()
+    for name in sweeps:
+        st = Store(results, name)
+        ids = {t["trial_id"] for t in (st.read_manifest() or {}).get("trials", [])}
+        ids |= set(st.read_trials_all()[0]["trial_id"].to_pylist())
+        hits |= {(name, i) for i in ids if i.startswith(p)}
+    if not hits:
+        raise ConfigError(f"show: no trial {prefix!r} under {results} (sweeps: "
+                          f"{', '.join(sweeps) or 'none'}); `symsweep query 'select trial_id, "
+                          "arch, transform from trials'` lists the ids")
+    if len(hits) > 1:
+        some = ", ".join(f"{i} ({s})" for s, i in sorted(hits)[:5])
+        raise ConfigError(f"show: trial id prefix {prefix!r} is ambiguous, {len(hits)} trials "
+                          f"match: {some}{', ...' if len(hits) > 5 else ''}; give more "
+                          "characters")
+    return next(iter(hits))
+
+
+_ROW_METRICS = ("best_test_acc", "test_acc", "test_mse", "val_acc", "train_acc",
+                "best_train_acc", "eta0")
+
+
+def _fmt(v: object) -> str:
+    import datetime as dt
+
+    if isinstance(v, dt.datetime):
+        return v.strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+@app.command()
+def show(
+    trial_id: str = typer.Argument(..., help="Trial id, or its first characters if no other "
+                                   "trial's id starts with them"),
+    results: str = typer.Option("results", envvar="SYMSWEEP_RESULTS", help=RESULTS_HELP),
+    sweep: str = typer.Option(None, help="Look only in this sweep (default: every sweep)"),
+) -> None:
+    """One trial: its config, every attempt (status, start step, metrics, error and
+    traceback), its history and the checkpoints on disk."""
+    import json
+
+    from orchestrator.checkpoints import TrialCheckpoints
+    from orchestrator.store import Store
+
+    check_results_exist(results, [sweep] if sweep else None)
+    name, tid = _find_trial(results, trial_id, sweep)
+    st = Store(results, name)
+    m = st.read_manifest() or {}
+    trial = next((t for t in m.get("trials", []) if t["trial_id"] == tid), None)
+    rows = sorted((r for r in st.read_trials_all()[0].to_pylist() if r["trial_id"] == tid),
+                  key=lambda r: r["attempt"])
+    cfg = trial["config"] if trial else json.loads(rows[-1]["config_json"] or "{}")
+    kind = trial["kind"] if trial else rows[-1]["kind"]
+    out = [f"trial {tid}  sweep {name} [{m.get('preset', '?')}]  {kind}: "
+           f"{cfg.get('inference')} {cfg.get('arch')} {cfg.get('transform')} seed "
+           f"{cfg.get('seed')}"]
+    if trial is None:
+        out.append("  (not in the last expansion of the sweep: a trial of an earlier run)")
+    elif trial.get("derived_from"):
+        out.append(f"  derived from {trial['derived_from']} (Theorem 4.1: an equal kernel cell, "
+                   "not computed itself)")
+    live = st.running_trials({tid: rows[-1]["attempt"] if rows else 0})
+    if tid in live:
+        r = live[tid]
+        out.append(f"  RUNNING attempt {r.get('attempt')} since {r.get('started_at')} on "
+                   f"{r.get('host')} (pid {r.get('pid')})")
+    out.append("config:")
+    out += [f"  {k} = {cfg[k]!r}" for k in sorted(cfg)]
+    if trial:
+        out.append("resources: " + ", ".join(f"{k}={_fmt(v)}" for k, v in
+                                              sorted(trial["resources"].items())))
+    out.append(f"attempts: {len(rows) or 'none yet'}")
+    for r in rows:
+        facts = [f"{label} {_fmt(r[k])}{unit}" for label, k, unit in (
+            ("start_step", "start_step", ""), ("steps", "steps", ""),
+            ("started", "started_at", ""), ("finished", "finished_at", ""),
+            ("wall", "wall_s", " s"), ("host", "host", ""), ("code", "code_version", ""))
+            if r.get(k) is not None]
+        out.append(f"  #{r['attempt']} {r['status']}: {', '.join(facts)}")
+        mets = {k: r[k] for k in _ROW_METRICS if r.get(k) is not None}
+        extra = json.loads(r.get("metrics_json") or "{}")
+        mets.update({k: v for k, v in extra.items() if k not in mets and v is not None
+                     and k not in ("status", "error")})
+        if mets:
+            out.append("     metrics: " + ", ".join(f"{k}={_fmt(v)}" for k, v in
+                                                    sorted(mets.items())))
+        if r.get("error"):
+            out.append(f"     error: {r['error']}")
+        if r.get("traceback"):
+            out.append("     traceback:")
+            out += [f"       {line}" for line in r["traceback"].rstrip().splitlines()]
+    hist = st.read_history()[0]
+    if hist.num_rows:
+        import pyarrow.compute as pc
+
+        h = hist.filter(pc.equal(hist["trial_id"], tid)).to_pylist()
+        for a in sorted({x["attempt"] for x in h}):
+            pts = [x for x in h if x["attempt"] == a]
+            steps = sorted({x["step"] for x in pts})
+            out.append(f"history of attempt {a}: {len(steps)} points, steps {steps[0]}.."
+                       f"{steps[-1]}; {', '.join(sorted({x['metric'] for x in pts}))}")
+    ck = TrialCheckpoints(results, name, tid)
+    entries = ck.entries()
+    out.append(f"checkpoints on disk ({ck.dir}): {len(entries) or 'none'}")
+    out += [f"  step {step}: {path}{'' if ok else ' (incomplete: no manifest, never loaded)'}"
+            for step, path, ok in entries]
+    print("\n".join(out))
 
 
 @app.command()

@@ -85,7 +85,7 @@ def prepare(
     for c, name in enumerate(CLASSES):
         table.add_row(name, *(str(counts[s][c]) for s in ("train", "val", "test", "train+val")))
     table.add_row("total", *(str(sum(counts[s])) for s in ("train", "val", "test", "train+val")))
-    out = Console()
+    out = Console(markup=False, highlight=False)  # a path with [brackets] as written
     out.print(table)
     out.print(f"source: {raw.meta.get('source')}")
     out.print(f"split:  {raw.meta.get('split')}")

@@ -284,6 +284,8 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
 
     hb = threading.Thread(target=heartbeat, daemon=True, name="driver-lock-heartbeat")
     hb.start()
+    # attempts a dead driver left in flight get their failed rows (none runs now: the lock)
+    summary.notes.extend(store.salvage_dead_attempts())
     started_ray = False
     finished = False
     try:
@@ -293,14 +295,25 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
             "source_sha256": (file_sha256(sweep.source) if sweep.source and
                               os.path.isfile(sweep.source) else None),
             "only": dict(only) if only else None, "results": fs_root,
+            # --set: resume applies them again, so it continues the same trials
+            "overrides": dict(getattr(sweep, "overrides", {}) or {}) or None,
             "success_train_acc": p.success_train_acc, "data_dir": ctx["data_dir"],
             "cache_dir": ctx["cache_dir"], "written_at": now_utc().isoformat(),
             "trials": [t.to_dict() for t in trials],
         })
         if tracking:
+            import json
+
             from orchestrator.tracking import Tracker
 
-            tracker = Tracker(store, mlflow_uri=mlflow_uri, preset=preset)
+            # one parent MLflow run per invocation, the attempt runs nested under it
+            tracker = Tracker(store, mlflow_uri=mlflow_uri, preset=preset,
+                              source=sweep.source, code_version=ctx["code_version"],
+                              invocation={"preset": preset, "results": fs_root,
+                                          "only": json.dumps(only) if only else None,
+                                          "overrides": json.dumps(sweep.overrides)
+                                          if getattr(sweep, "overrides", None) else None,
+                                          "address": address, "trials": len(trials)})
             tracker.start()
         summary.derived_written += materialize_derived(store, trials, ctx)
         done = store.done_ids()
@@ -316,6 +329,9 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
                       console)
             if lost:  # Tune stopped on the heartbeat's SIGINT
                 raise LockLostError(lost[0])
+            # Tune has ended every trial: attempts that died without a part get their failed
+            # rows now, so this invocation's MLflow mirror completes their live runs
+            summary.notes.extend(store.salvage_dead_attempts())
         summary.derived_written += materialize_derived(store, trials, ctx)
         finished = True
     except KeyboardInterrupt:
@@ -324,7 +340,7 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
         raise
     finally:
         if tracker is not None:
-            tracker.stop()
+            tracker.stop("FINISHED" if finished else "FAILED")
         if started_ray:
             import ray
 
@@ -332,6 +348,11 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
             stop_reaper()
         if finished:
             _compact_after_run(store, lock, summary)
+        try:  # no attempt of this driver runs any more (Ray is shut down or never started)
+            summary.notes.extend(store.salvage_dead_attempts())
+        except Exception as ex:  # the next driver salvages them; a marker never counts alone
+            log.warning("could not record the attempts that died under %s (%s: %s); the next "
+                        "run or resume does", store.running_dir, type(ex).__name__, ex)
         stop_hb.set()
         try:
             store.release_lock(lock)
@@ -419,7 +440,7 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
     import ray
     from ray import tune
 
-    from orchestrator.tracking import ProgressCallback
+    from orchestrator.tracking import MlflowLiveCallback, ProgressCallback
 
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -468,7 +489,8 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
             name=f"{ctx['preset']}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
             storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=max_failures),
-            callbacks=[cb],
+            # the live MLflow view logs from here, the driver (tracking.py says why)
+            callbacks=[cb] + ([MlflowLiveCallback(tracker)] if tracker is not None else []),
             verbose=0,
             log_to_file=False,
         ),

@@ -17,6 +17,8 @@ results folder names, and only when its sha256 matches the one recorded at run t
 
 from __future__ import annotations
 
+import ast
+import copy
 import hashlib
 import importlib.util
 import json
@@ -76,23 +78,27 @@ RESOURCE_KEYS = {"cpu": float, "gpu": float, "tile_cpu": float, "tile_gpu": floa
 
 
 
-def _check_value(where: str, key: str, value: Any) -> Any:
-    """Type-check one config value; returns it normalised (ints to float for float keys)."""
+def _check_value(where: str, key: str, value: Any, *, label: str | None = None) -> Any:
+    """Type-check one config value; returns it normalised (ints to float for float keys).
+    Errors name ``label`` (default ``<where>.<key>``)."""
     if key not in CONFIG_TYPES:
         raise ConfigError(
             f"{where}: unknown config key '{key}'; known keys: {', '.join(sorted(CONFIG_TYPES))}"
         )
+    label = label or f"{where}.{key}"
     want = CONFIG_TYPES[key]
     if want is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where}.{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{label}: expected a number, got {value!r}")
         return float(value)
     if want is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}.{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{label}: expected an integer, got {value!r}")
         return int(value)
+    if want is bool and not isinstance(value, bool):
+        raise ConfigError(f"{label}: expected True or False, got {value!r}")
     if not isinstance(value, want):
-        raise ConfigError(f"{where}.{key}: expected {want.__name__}, got {value!r}")
+        raise ConfigError(f"{label}: expected {want.__name__}, got {value!r}")
     return value
 
 
@@ -147,6 +153,56 @@ def check_ranges(trials: Iterable[Trial], where: str) -> None:
             if why:
                 raise ConfigError(f"{where}: trial {describe_trial(t)}: {why}; fix the preset "
                                   "config, its width or its rules")
+
+
+# ---------------------------------------------------------------------- overrides (--set)
+def parse_set_value(text: str) -> Any:
+    """The value of ``--set KEY=VALUE``: a Python literal (`ast.literal_eval`: ``64``,
+    ``1e-3``, ``True``, ``'x'``), else the text itself, so a bare word (``cifar10``) needs no
+    quotes. Types are checked afterwards against the key (`check_overrides`)."""
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text.strip()
+
+
+def check_overrides(overrides: Mapping[str, Any], where: str = "--set") -> dict[str, Any]:
+    """Validate config overrides like a sweep file's config: every key must be a config key
+    (`workers.vocab.CONFIG_TYPES`; an axis name such as ``arch`` or ``seed`` is refused with a
+    pointer to ``--only``), every value of the key's type and inside `CONFIG_RANGES`. Returns
+    them normalised (ints to float for float keys, so ``w_var=2`` and ``w_var=2.0`` hash
+    alike); raises `ConfigError`, one line naming ``KEY=VALUE``."""
+    if not isinstance(overrides, Mapping):
+        raise ConfigError(f"{where}: expected KEY=VALUE pairs, got {overrides!r}")
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        item = f"{where} {key}={value!r}"
+        if key in (*AXIS_NAMES, "seed", "kind"):
+            raise ConfigError(f"{item}: {key} is an axis, not a config key; select its values "
+                              f"with --only {key}=V1,V2")
+        if key not in CONFIG_TYPES:
+            raise ConfigError(f"{item}: unknown config key {key!r}; known keys: "
+                              f"{', '.join(sorted(CONFIG_TYPES))}")
+        v = _check_value(where, key, value, label=item)
+        why = range_error(key, v)
+        if why:
+            raise ConfigError(f"{item}: {why}")
+        out[key] = v
+    return out
+
+
+def parse_overrides(items: Iterable[str] | None) -> dict[str, Any]:
+    """``["max_steps=100", "w_var=2"]`` (``--set``, repeatable) -> ``{"max_steps": 100,
+    "w_var": 2.0}``, validated by `check_overrides`; a later item for the same key wins.
+    Raises `ConfigError` for an item without ``KEY=``."""
+    raw: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, text = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key or not text.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set max_steps=1000")
+        raw[key] = parse_set_value(text)
+    return check_overrides(raw)
 
 
 # ---------------------------------------------------------------------- trial selection
@@ -327,9 +383,26 @@ class Sweep:
     description: str = ""
     workers: Mapping[str, Callable[..., dict]] | None = None
     source: str | None = None
+    # config set on every trial after the preset and its rules (`--set KEY=VALUE`)
+    overrides: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate()
+
+    def with_overrides(self, overrides: Mapping[str, Any] | None) -> Sweep:
+        """A copy of this sweep whose every trial has ``overrides`` (validated by
+        `check_overrides`) set on top of its preset config and rules, so they are part of each
+        trial's config and, for scientific keys, of its ``trial_id``. A key that is an axis of
+        this sweep (e.g. ``width`` in fig3) is refused: ``--only`` selects axis values."""
+        ov = check_overrides(overrides or {})
+        for key in ov:
+            if key in self.axes:
+                raise ConfigError(f"--set {key}=...: {key} is an axis of sweep '{self.name}' "
+                                  f"(values {list(self.axes[key])}); select values with "
+                                  f"--only {key}=V")
+        new = copy.copy(self)
+        new.overrides = {**dict(self.overrides), **ov}
+        return new
 
     # ----------------------------------------------------------------- validation
     def validate(self) -> None:
@@ -456,6 +529,7 @@ class Sweep:
                         if rule.matches(fields):
                             cfg.update(_check_config("rule.set", rule.set))
                             fields.update(cfg)
+                    cfg.update(self.overrides)  # --set: last, over preset and rules
                     if kind == "kernel":
                         for k in TRAIN_ONLY_KEYS:  # they do not change a kernel
                             cfg.pop(k, None)
@@ -547,7 +621,8 @@ class CompositeSweep(Sweep):
     def expand(self, preset: str, *, dedupe: bool = True) -> list[Trial]:
         self.preset(preset)
         trials = [t for p in self.parts
-                  for t in self._part_for(p, preset).expand(preset, dedupe=dedupe)]
+                  for t in self._part_for(p, preset).with_overrides(self.overrides)
+                  .expand(preset, dedupe=dedupe)]
         ids = [t.trial_id for t in trials]
         if len(set(ids)) != len(ids):
             raise ConfigError(f"sweep '{self.name}' preset {preset}: two parts produce the same "

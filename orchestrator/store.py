@@ -6,6 +6,7 @@ Layout under the results root (a local directory or any URI pyarrow understands)
     <root>/<sweep>/history/<same name>.parquet                   long format: step, metric, value
     <root>/<sweep>/sweep.json                                    what the last `run` expanded
     <root>/<sweep>/driver.lock                                   the live driver (host, pid, ...)
+    <root>/<sweep>/running/<trial_id>.json                       an attempt in flight (see below)
     <root>/<sweep>/{trials,history}/compacted-<stamp>-<rand>.parquet   parts folded by `compact`
 
 Every part file is written to a hidden temporary name and then renamed, so a reader never sees
@@ -94,6 +95,8 @@ TRIAL_SCHEMA = pa.schema([
     ("host", pa.string()),
     ("config_json", pa.string()),
     ("metrics_json", pa.string()),
+    # a failed attempt's Python traceback (`error` is its one-line message); `symsweep show`
+    ("traceback", pa.string()),
 ])
 HISTORY_SCHEMA = pa.schema([
     ("sweep", pa.string()),
@@ -102,7 +105,14 @@ HISTORY_SCHEMA = pa.schema([
     ("step", pa.int64()),
     ("metric", pa.string()),
     ("value", pa.float64()),
+    # when the trial measured the point (its own clock; null in parts written before it was
+    # recorded): the time axis of MLflow's live view and of its rebuild from the parts
+    ("measured_at", TS),
 ])
+# key of a history point (a dict reported by a worker) holding the time it was measured, in
+# integer milliseconds since the epoch (set by the trial, not by the worker)
+TIME_KEY = "measured_at_ms"
+HISTORY_NON_METRICS = frozenset({"step", "steps", TIME_KEY})
 STATUSES = ("completed", "diverged", "failed")
 DONE_STATUSES = ("completed", "diverged")  # a finished result; resume does not redo these
 COMPACT_PREFIX = "compacted-"  # never a part name: parse_part_name needs '-a<digits>-'
@@ -116,6 +126,15 @@ LATEST_SQL = (
 
 def now_utc() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def history_metrics(point: Mapping[str, Any]) -> dict[str, float]:
+    """The metric values of one history point: numbers other than the step and the time
+    (booleans and text are not metrics). The same selection for the Parquet history and for
+    MLflow's live view, so both hold the same points."""
+    return {k: float(v) for k, v in point.items()
+            if k not in HISTORY_NON_METRICS and isinstance(v, int | float)
+            and not isinstance(v, bool)}
 
 
 def _to_record(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -259,27 +278,37 @@ class Store:
     def write_attempt(self, row: Mapping[str, Any],
                       history: list[Mapping[str, Any]] | None = None) -> str:
         """Write one finished attempt (row: TRIAL_SCHEMA columns) and its per-step history
-        (dicts with 'step' and metric values). History first, so a row never lacks it."""
+        (dicts with 'step', metric values and optionally `TIME_KEY`, the point's measured time
+        in ms since the epoch). History first, so a row never lacks it."""
         rec = _to_record({"sweep": self.sweep, **row})
         if rec["status"] not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {rec['status']!r}")
         name = f"{rec['trial_id']}-a{rec['attempt']:03d}-{uuid.uuid4().hex[:8]}.parquet"
-        hist_rows: dict[str, list[Any]] = {f.name: [] for f in HISTORY_SCHEMA}
-        for h in history or []:
-            step = int(h.get("step", h.get("steps", 0)) or 0)
-            for k, v in h.items():
-                if k in ("step", "steps") or isinstance(v, bool):
-                    continue
-                if isinstance(v, int | float):
-                    hist_rows["sweep"].append(self.sweep)
-                    hist_rows["trial_id"].append(rec["trial_id"])
-                    hist_rows["attempt"].append(rec["attempt"])
-                    hist_rows["step"].append(step)
-                    hist_rows["metric"].append(k)
-                    hist_rows["value"].append(float(v))
-        self._write_atomic(pa.table(hist_rows, schema=HISTORY_SCHEMA), self.history_dir, name)
+        if isinstance(history, pa.Table):  # rows already in HISTORY_SCHEMA (salvaged)
+            table = history
+        else:
+            table = self._history_table(rec["trial_id"], rec["attempt"], history or [])
+        self._write_atomic(table, self.history_dir, name)
         return self._write_atomic(pa.Table.from_pylist([rec], schema=TRIAL_SCHEMA),
                                   self.trials_dir, name)
+
+    def _history_table(self, trial_id: str, attempt: int,
+                       history: list[Mapping[str, Any]]) -> pa.Table:
+        """History points (dicts) as HISTORY_SCHEMA rows: one per (point, metric)."""
+        hist_rows: dict[str, list[Any]] = {f.name: [] for f in HISTORY_SCHEMA}
+        for h in history:
+            step = int(h.get("step", h.get("steps", 0)) or 0)
+            t_ms = h.get(TIME_KEY)
+            when = None if t_ms is None else dt.datetime.fromtimestamp(int(t_ms) / 1000, dt.UTC)
+            for k, v in history_metrics(h).items():
+                hist_rows["sweep"].append(self.sweep)
+                hist_rows["trial_id"].append(trial_id)
+                hist_rows["attempt"].append(int(attempt))
+                hist_rows["step"].append(step)
+                hist_rows["metric"].append(k)
+                hist_rows["value"].append(v)
+                hist_rows["measured_at"].append(when)
+        return pa.table(hist_rows, schema=HISTORY_SCHEMA)
 
     # ------------------------------------------------------------------ reading
     def _scan(self, d: str, schema: pa.Schema, one_row: bool
@@ -461,6 +490,138 @@ class Store:
                     self.fs.delete_file(f"{d}/{n}")
                     deleted += 1
         return deleted
+
+    # ------------------------------------------------------------------ in-flight attempts
+    # An attempt writes running/<trial_id>.json when it starts (host, pid, attempt, times) and
+    # deletes it after its part; the driver deletes them all when it starts and ends (it holds
+    # the lock: no attempt of the sweep runs then). So a marker counts as running only while
+    # the driver lock is live and the trial has no row of that attempt (`running_trials`).
+    @property
+    def running_dir(self) -> str:
+        return f"{self.dir}/running"
+
+    def mark_running(self, trial_id: str, attempt: int, info: Mapping[str, Any]) -> None:
+        """Record (atomically) that ``attempt`` of ``trial_id`` runs now; called again to
+        refresh ``heartbeat`` (seconds since the epoch)."""
+        rec = {"trial_id": trial_id, "attempt": int(attempt), "host": socket.gethostname(),
+               "pid": os.getpid(), "heartbeat": time.time(), **info}
+        write_atomic(self.fs, f"{self.running_dir}/{trial_id}.json",
+                     json.dumps(rec, default=str).encode())
+
+    def clear_running(self, trial_id: str | None = None) -> int:
+        """Delete the in-flight marker of ``trial_id`` (None: every marker); returns how many."""
+        names = ([f"{trial_id}.json"] if trial_id is not None else
+                 [n for n in self._list(self.running_dir) if n.endswith(".json")])
+        n = 0
+        for name in names:
+            try:
+                self.fs.delete_file(f"{self.running_dir}/{name}")
+                n += 1
+            except FileNotFoundError:
+                pass
+        return n
+
+    # In-flight history: each point an attempt reports is written here (one small Parquet file,
+    # HISTORY_SCHEMA) before it goes to the driver and MLflow's live view, and the files are
+    # deleted once the attempt's part holds them. So MLflow never holds a point the results
+    # root lacks: an attempt that dies without its part is salvaged from these files
+    # (`salvage_dead_attempts`).
+    @property
+    def inflight_dir(self) -> str:
+        return f"{self.dir}/inflight"
+
+    def write_inflight(self, trial_id: str, attempt: int, seq: int,
+                       point: Mapping[str, Any]) -> None:
+        """Make one history point of a running attempt durable (``seq``: its index)."""
+        self._write_atomic(self._history_table(trial_id, attempt, [point]), self.inflight_dir,
+                           f"{trial_id}-a{int(attempt):03d}-{int(seq):07d}.parquet")
+
+    def _inflight_names(self, trial_id: str, attempt: int) -> list[str]:
+        head = f"{trial_id}-a{int(attempt):03d}-"
+        return [n for n in self._list(self.inflight_dir) if n.startswith(head)]
+
+    def clear_inflight(self, trial_id: str, attempt: int) -> None:
+        """Delete an attempt's in-flight points (after its part holds them)."""
+        for n in self._inflight_names(trial_id, attempt):
+            try:
+                self.fs.delete_file(f"{self.inflight_dir}/{n}")
+            except FileNotFoundError:
+                pass
+
+    def salvage_dead_attempts(self, trial_id: str | None = None) -> list[str]:
+        """Give every attempt that died without writing its part (an in-flight marker without
+        a part of that attempt: its process was killed, its node lost) a ``failed`` row whose
+        history is its in-flight points, then remove the marker and the points. Call only when
+        no attempt of the trial (None: of the sweep) can be running: the driver at start and
+        end, a new attempt before it numbers itself. Returns one line per salvaged attempt.
+
+        So the attempt is on record, the next attempt gets a new number (its points never
+        join the dead one's), and MLflow's live run of the dead attempt is completed from the
+        part like any other."""
+        if trial_id is None:
+            markers = self.running_markers()
+            done = self.attempt_index() if markers else {}
+        else:  # one trial (every attempt start): its own marker only, one read
+            m = self._read_marker(f"{trial_id}.json")
+            markers = {trial_id: m} if m is not None else {}
+            done = {trial_id: self.next_attempt(trial_id) - 1} if markers else {}
+        notes = []
+        for tid, m in markers.items():
+            att = int(m.get("attempt", 0))
+            if att > int(done.get(tid, 0)):
+                names = self._inflight_names(tid, att)
+                hist = (_conform(pa.concat_tables([pq.read_table(
+                    f"{self.inflight_dir}/{n}", filesystem=self.fs) for n in names]),
+                    HISTORY_SCHEMA) if names else HISTORY_SCHEMA.empty_table())
+                steps = hist["step"].to_pylist()
+                why = (f"attempt {att} died without writing its result (its process was killed "
+                       f"or its node lost, on host {m.get('host')} pid {m.get('pid')}); "
+                       f"{len(set(steps))} history point(s) up to step "
+                       f"{max(steps) if steps else '-'} were kept")
+                started = m.get("started_at")
+                self.write_attempt({
+                    **{k: m.get(k) for k in ("preset", "kind", "arch", "inference", "transform",
+                                             "seed", "config_json", "code_version")},
+                    "trial_id": tid, "attempt": att, "status": "failed", "error": why,
+                    "host": m.get("host"), "started_at": dt.datetime.fromisoformat(started)
+                    if isinstance(started, str) else None, "finished_at": now_utc()}, hist)
+                notes.append(f"trial {tid}: {why}")
+                log.warning("trial %s: %s", tid, why)
+            self.clear_inflight(tid, att)
+            self.clear_running(tid)
+        return notes
+
+    def running_markers(self) -> dict[str, dict[str, Any]]:
+        """{trial_id: marker} of every readable in-flight marker (an unreadable one, e.g. read
+        while being replaced, is left out with a warning: it only feeds a count)."""
+        out: dict[str, dict[str, Any]] = {}
+        for name in self._list(self.running_dir):
+            if name.endswith(".json") and (rec := self._read_marker(name)) is not None:
+                out[str(rec["trial_id"])] = rec
+        return out
+
+    def _read_marker(self, name: str) -> dict[str, Any] | None:
+        try:
+            with self.fs.open_input_stream(f"{self.running_dir}/{name}") as f:
+                rec = json.loads(f.read().decode())
+            str(rec["trial_id"])
+            return rec
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as ex:
+            log.warning("in-flight marker %s/%s unreadable (%s); not counted", self.running_dir,
+                        name, ex)
+            return None
+
+    def running_trials(self, latest_attempt: Mapping[str, int]) -> dict[str, dict[str, Any]]:
+        """The trials with an attempt in flight: a marker newer than every row of the trial
+        (``latest_attempt``: trial_id -> highest attempt with a row) while a live driver holds
+        the sweep's lock. Empty without a live driver (its markers are leftovers)."""
+        lock = self.read_lock()
+        if not lock or not lock_is_live(lock, 600.0):
+            return {}
+        return {tid: m for tid, m in self.running_markers().items()
+                if int(m.get("attempt", 0)) > int(latest_attempt.get(tid, 0))}
 
     # ------------------------------------------------------------------ manifest
     def write_manifest(self, manifest: Mapping[str, Any]) -> None:

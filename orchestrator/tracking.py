@@ -1,38 +1,69 @@
-"""MLflow mirror of the results store, and the live progress view of a running sweep.
+"""MLflow: a live view of a running sweep, and a mirror of the results store; the progress view.
 
-The Parquet part files are the source of truth; `Tracker` mirrors each of them (one per trial
-attempt) into MLflow exactly once: experiment = sweep, run = attempt, params = the trial's
-config, metrics = its per-step history plus the final metrics, tags = trial_id, status,
-preset, attempt, part file, and the config as the artifact ``config.json``. Mirroring runs in a
-background thread of the driver (SQLite wants a single writer) and re-syncs at start, so
-attempts finished while a killed driver could not log them appear after `resume`. An MLflow
-failure logs a warning and never stops a sweep.
+The Parquet part files are the record; MLflow is a view of them, rebuilt from them when needed.
 
-Faults: a run counts as mirrored only once fully logged (the tag ``symsweep.mirrored`` is set
-last); a run a killed driver left half-logged (RUNNING, no metrics) is deleted and mirrored
-again at the next sync. The first use of a shared SQLite store (schema creation and migration)
-is serialised across processes by a file lock ``<db>.lock``, since drivers starting at once left
+Live view (issue 15 item 2). Each trial reports every history point it logs (step, metrics,
+and the time the trial measured it: `orchestrator.store.TIME_KEY`, its own clock) through
+``ray.tune.report``; `MlflowLiveCallback`, a Tune callback on the driver (what Ray's
+``MLflowLoggerCallback`` does), hands the points to the `Tracker`, whose one background thread
+logs them: one MLflow run per trial attempt, each point with its step and measured time, so
+MLflow's step and wall-time axes show the curve while the trial trains. Logging from the
+driver, not from the workers, keeps the tracking server on the head's loopback
+(``cluster/*.yaml`` start it on 127.0.0.1): workers logging themselves would need it exposed
+on the cluster network (and a SQLite store cannot be shared between machines at all).
+
+One parent run per driver invocation (`symsweep run` / `resume`), tagged ``symsweep.invocation``,
+with MLflow's own provenance tags (``mlflow.source.name`` = the sweep file,
+``mlflow.source.type`` = LOCAL, ``mlflow.source.git.commit`` / ``.branch`` / ``.repoURL`` of
+the code, ``mlflow.user``); every attempt run of the invocation is nested under it
+(``mlflow.parentRunId``) and carries the same provenance tags.
+
+Mirror. When an attempt's part file exists, the mirror completes the attempt's run from the
+part: the run the live view opened for (trial_id, attempt) when there is one (found in this
+process or, after a restart, by its tags), else a new run. It logs only the history points the
+run lacks (keyed by metric and step, so nothing is logged twice), then the final metrics, the
+params, tags (trial_id, status, preset, attempt, part file, ...) and ``config.json``, ends the
+run, and sets ``symsweep.mirrored`` last. A crash never leaves MLflow as the only copy: the
+trial writes each point to the results root (its in-flight history) before it reports it, and
+its part before the mirror completes the run; an attempt that dies without its part is given a
+failed row from its in-flight history (`Store.salvage_dead_attempts`, by the trial's next
+attempt or the next driver), which then completes its live run like any other. A live run
+whose attempt left nothing (no marker, no part) is ended as KILLED. A deleted ``mlflow.db`` is
+rebuilt from the parts at the next `resume`, each point at its measured time (parts written
+before the time was recorded use the attempt's finish time).
+
+Faults: a run counts as mirrored only once fully logged (``symsweep.mirrored`` is set last); a
+run a killed driver left half-mirrored (a part_file tag, no mark) is deleted and mirrored again
+at the next sync. The first use of a shared SQLite store (schema creation and migration) is
+serialised across processes by a file lock ``<db>.lock``, since drivers starting at once left
 it half-migrated; a store MLflow cannot open is reported in one line naming the fix. A part
 whose row, history or config cannot be read is not mirrored (said loudly) and tried again at
-the next start, never mirrored as empty.
+the next start, never mirrored as empty. An MLflow failure logs a warning and never stops a
+sweep.
 """
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
+import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from orchestrator.store import Store
+from orchestrator.store import TIME_KEY, Store, history_metrics, parse_part_name
 
 log = logging.getLogger("symsweep")
 
 MIRRORED_TAG = "symsweep.mirrored"  # set last: the run is completely logged
+LIVE_TAG = "symsweep.live"  # "1": opened by the live view while the attempt ran
+INVOCATION_TAG = "symsweep.invocation"  # "1" on the parent run of one driver invocation
 INIT_LOCK_TIMEOUT_S = 600.0  # waiting for another process's schema migration
+LIVE_FLUSH_S = 2.0  # live points reach MLflow within about this long
+SYNC_S = 15.0  # part files are looked for at least this often (and after every trial)
 
 
 class MlflowStoreError(RuntimeError):
@@ -100,22 +131,67 @@ def _ms(ts: Any) -> int:
         return int(time.time() * 1000)
 
 
-class Tracker:
-    """Mirror a sweep's part files into MLflow (see module docstring)."""
+def source_tags(source: str | None) -> dict[str, str]:
+    """MLflow's standard provenance tags of this invocation: ``mlflow.source.name`` (the sweep
+    file), ``mlflow.source.type`` (LOCAL), ``mlflow.user`` and, when the code runs from a git
+    checkout, ``mlflow.source.git.commit`` / ``.branch`` / ``.repoURL`` of that checkout (MLflow's
+    own git helpers, on this package's directory: the code that runs, not the console
+    script's location)."""
+    from mlflow.utils import mlflow_tags as mt
+    from mlflow.utils.git_utils import get_git_branch, get_git_commit, get_git_repo_url
 
-    def __init__(self, store: Store, *, mlflow_uri: str | None = None, preset: str | None = None):
+    here = str(Path(__file__).resolve().parent)
+    tags = {mt.MLFLOW_SOURCE_NAME: str(source or "symsweep"), mt.MLFLOW_SOURCE_TYPE: "LOCAL"}
+    try:
+        tags[mt.MLFLOW_USER] = getpass.getuser()
+    except Exception as ex:  # no user name (some containers): say so, do not invent one
+        log.warning("MLflow: user name unknown (%s); runs carry no mlflow.user", ex)
+    for key, fn in ((mt.MLFLOW_GIT_COMMIT, get_git_commit), (mt.MLFLOW_GIT_BRANCH,
+                                                             get_git_branch),
+                    (mt.MLFLOW_GIT_REPO_URL, get_git_repo_url)):
+        v = fn(here)
+        if v:
+            tags[key] = str(v)
+    return tags
+
+
+class Tracker:
+    """MLflow live view and mirror of one sweep (see the module docstring).
+
+    ``invocation``: when given (the driver of a `run` / `resume`), a parent run is opened for
+    this invocation with these params (preset, selection, overrides, ...) and ``source`` (the
+    sweep file) as ``mlflow.source.name``; every attempt run is nested under it. Without it
+    (rebuilding the mirror, tests) runs are created unnested.
+    """
+
+    def __init__(self, store: Store, *, mlflow_uri: str | None = None, preset: str | None = None,
+                 invocation: Mapping[str, Any] | None = None, source: str | None = None,
+                 code_version: str | None = None):
         self.store = store
         self.uri = mlflow_uri or default_mlflow_uri(store)
         self.preset = preset
+        self.invocation = dict(invocation) if invocation is not None else None
+        self.source = source
+        self.code_version = code_version
+        self.parent_run_id: str | None = None
+        self._tags: dict[str, str] | None = None  # provenance tags, computed once
         self._logged: set[str] | None = None
+        self._done_keys: set[tuple[str, int]] = set()  # (trial_id, attempt) mirrored
+        self._live: dict[tuple[str, int], str] = {}  # (trial_id, attempt) -> run, unmirrored
+        self._points: dict[str, set[tuple[str, int]]] = {}  # run -> (metric, step) logged
+        self._mine: set[str] = set()  # live runs this process opened
+        self._stale: set[str] = set()  # live runs of earlier invocations still RUNNING
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._exp_id: str | None = None
-        self._event = threading.Event()
+        self._poked = threading.Event()
+        self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._warned = False
         self._client_obj: Any = None
         self.broken: str | None = None  # the one-line error once the store failed to open
         self.logged_runs = 0
+        self.live_points = 0  # metric values logged by the live view
         self.repaired_runs = 0  # half-logged runs (driver killed mid-log) deleted, re-mirrored
         self._threshold: float | None = None
         for name in ("alembic", "mlflow", "sqlalchemy"):
@@ -127,28 +203,46 @@ class Tracker:
         self._thread.start()
 
     def poke(self) -> None:
-        self._event.set()
+        """Look for new part files now (a trial ended)."""
+        self._poked.set()
+        self._wake.set()
 
-    def stop(self) -> None:
+    def add_point(self, trial_id: str, attempt: int, config: Mapping[str, Any], step: int,
+                  time_ms: int, metrics: Mapping[str, float]) -> None:
+        """Queue one live history point of an attempt (called by `MlflowLiveCallback` on the
+        driver's main thread; logged by the tracker's thread within `LIVE_FLUSH_S`)."""
+        self._queue.put((trial_id, int(attempt), dict(config), int(step), int(time_ms),
+                         dict(metrics)))
+
+    def stop(self, status: str = "FINISHED") -> None:
+        """Log what is queued, mirror every part, end this invocation's unmirrored live runs
+        (KILLED: their attempt wrote no part) and its parent run with ``status``."""
         self._stop.set()
-        self._event.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=600)
+        self._guarded(self.flush_live)
         self.sync()
+        self._guarded(lambda: self._finish(status))
 
     def _loop(self) -> None:
+        last_sync = float("-inf")
         while not self._stop.is_set():
-            self.sync()
-            self._event.wait(15)
-            self._event.clear()
+            self._guarded(self.flush_live)
+            if self._poked.is_set() or time.monotonic() - last_sync >= SYNC_S:
+                self._poked.clear()
+                self.sync()
+                last_sync = time.monotonic()
+            self._wake.wait(LIVE_FLUSH_S)
+            self._wake.clear()
 
-    # ------------------------------------------------------------------ sync
-    def sync(self) -> int:
-        """Log every part file not yet in MLflow; returns how many runs were created."""
+    # ------------------------------------------------------------------ errors
+    def _guarded(self, fn: Callable[[], Any]) -> Any:
+        """Run fn; an MLflow failure is said (once) and never stops the sweep."""
         if self.broken is not None:
             return 0
         try:
-            return self._sync()
+            return fn()
         except MlflowStoreError as ex:
             self.broken = str(ex)
             log.error("%s", ex)
@@ -160,6 +254,11 @@ class Tracker:
                 self._warned = True
             return 0
 
+    def sync(self) -> int:
+        """Log every part file not yet in MLflow; returns how many runs were completed."""
+        return self._guarded(self._sync)
+
+    # ------------------------------------------------------------------ MLflow objects
     def _client(self) -> Any:
         if self._client_obj is None:
             self._client_obj = open_store(self.uri)
@@ -177,23 +276,164 @@ class Tracker:
                 self._exp_id = exp.experiment_id
         return self._exp_id
 
+    def _provenance(self) -> dict[str, str]:
+        if self._tags is None:
+            self._tags = source_tags(self.source) if self.invocation is not None else {}
+            if self.code_version:
+                self._tags["code_version"] = str(self.code_version)
+        return dict(self._tags)
+
+    def _parent(self, client: Any, exp_id: str) -> str | None:
+        """This invocation's parent run (opened at first use), None without an invocation."""
+        if self.invocation is None:
+            return None
+        if self.parent_run_id is None:
+            from mlflow.entities import Param
+
+            tags = {**self._provenance(), INVOCATION_TAG: "1", "sweep": self.store.sweep,
+                    "preset": str(self.preset)}
+            name = f"{self.store.sweep}-{self.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+            run = client.create_run(exp_id, tags=tags, run_name=name)
+            self.parent_run_id = run.info.run_id
+            params = [Param(k, str(v)[:6000]) for k, v in sorted(self.invocation.items())
+                      if v is not None]
+            if params:
+                client.log_batch(self.parent_run_id, params=params)
+        return self.parent_run_id
+
+    def _child_tags(self, client: Any, exp_id: str) -> dict[str, str]:
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+        tags = self._provenance()
+        parent = self._parent(client, exp_id)
+        if parent is not None:
+            tags[MLFLOW_PARENT_RUN_ID] = parent
+        return tags
+
+    # ------------------------------------------------------------------ live view
+    def flush_live(self) -> int:
+        """Log the queued live points (one batch per attempt run); returns values logged.
+        Points of an attempt already mirrored from its part are dropped (the part has them)."""
+        items = []
+        while True:
+            try:
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        if not items:
+            return 0
+        from mlflow.entities import Metric
+
+        client = self._client()
+        exp_id = self._experiment(client)
+        if self._logged is None:  # live runs of an earlier driver are found before new ones
+            self._logged = self._existing(client, exp_id)
+        by_key: dict[tuple[str, int], list[tuple]] = {}
+        for it in items:
+            by_key.setdefault((it[0], it[1]), []).append(it)
+        n = 0
+        for key, pts in by_key.items():
+            if key in self._done_keys:
+                continue
+            rid = self._live.get(key) or self._open_live(client, exp_id, key, pts[0][2])
+            seen = self._points_of(client, rid, {m for p in pts for m in p[5]})
+            batch = []
+            for _tid, _att, _cfg, step, t_ms, values in pts:
+                for name, v in values.items():
+                    if (name, step) not in seen:
+                        seen.add((name, step))
+                        batch.append(Metric(name, float(v), t_ms, step))
+            for i in range(0, len(batch), 1000):
+                client.log_batch(rid, metrics=batch[i:i + 1000])
+            n += len(batch)
+        self.live_points += n
+        return n
+
+    def _run_name(self, cfg: Mapping[str, Any], attempt: Any) -> str:
+        return (f"{cfg.get('inference')}-{cfg.get('arch')}-{cfg.get('transform')}"
+                f"-s{cfg.get('seed')}-a{attempt}")
+
+    def _open_live(self, client: Any, exp_id: str, key: tuple[str, int],
+                   cfg: Mapping[str, Any]) -> str:
+        from mlflow.entities import Param
+
+        tags = {**self._child_tags(client, exp_id), "trial_id": key[0], "attempt": str(key[1]),
+                "sweep": self.store.sweep, "preset": str(self.preset), "status": "running",
+                LIVE_TAG: "1"}
+        run = client.create_run(exp_id, tags=tags, run_name=self._run_name(cfg, key[1]))
+        rid = run.info.run_id
+        params = [Param(k, str(v)[:6000]) for k, v in sorted(cfg.items())]
+        for i in range(0, len(params), 100):
+            client.log_batch(rid, params=params[i:i + 100])
+        self._live[key] = rid
+        self._mine.add(rid)
+        self._points[rid] = set()
+        return rid
+
+    def _points_of(self, client: Any, rid: str, names: set[str]) -> set[tuple[str, int]]:
+        """(metric, step) pairs the run holds for ``names``: tracked for runs of this process,
+        read from MLflow for a run an earlier driver opened."""
+        seen = self._points.setdefault(rid, set())
+        if rid not in self._mine:
+            for name in names - {m for m, _ in seen}:
+                seen.update((name, int(m.step)) for m in client.get_metric_history(rid, name))
+        return seen
+
+    def _finish(self, status: str) -> None:
+        """End this invocation: live runs whose attempt wrote no part (its process died) are
+        ended KILLED, with a note; then the parent run, with ``status``."""
+        if self._client_obj is None:
+            return
+        client = self._client()
+        for key, rid in list(self._live.items()):
+            if rid in self._mine or rid in self._stale:
+                self._kill(client, rid, key)
+        if self.parent_run_id is not None:
+            client.set_terminated(self.parent_run_id, status=status)
+
+    def _kill(self, client: Any, rid: str, key: tuple[str, int]) -> None:
+        client.set_tag(rid, "mlflow.note.content",
+                       f"attempt {key[1]} of trial {key[0]} ended without writing its part "
+                       "file or leaving an in-flight record (its process died)")
+        client.set_terminated(rid, status="KILLED")
+        self._stale.discard(rid)
+
+    # ------------------------------------------------------------------ mirror
     def _existing(self, client: Any, exp_id: str) -> set[str]:
         """Part files with a completely logged run. A run with a part_file tag but not marked
         mirrored (its driver was killed while logging it: RUNNING, metrics missing) is
         deleted, so that its part is mirrored again; runs logged before the mark existed count
-        when MLflow saw them terminated (set_terminated was their last call)."""
+        when MLflow saw them terminated (set_terminated was their last call). Unmirrored live
+        runs are indexed by (trial_id, attempt), so that their part completes them."""
         names: set[str] = set()
         token = None
         while True:
             page = client.search_runs([exp_id], max_results=5000, page_token=token)
             for r in page:
-                part = r.data.tags.get("part_file")
-                if not part:
+                tags = r.data.tags
+                part = tags.get("part_file")
+                mark = tags.get(MIRRORED_TAG)
+                if tags.get(INVOCATION_TAG) == "1":
+                    # a driver holds the sweep's lock: another invocation still RUNNING died
+                    if self.invocation is not None and r.info.status == "RUNNING" and \
+                            r.info.run_id != self.parent_run_id:
+                        client.set_tag(r.info.run_id, "mlflow.note.content",
+                                       "this invocation's driver died before it ended")
+                        client.set_terminated(r.info.run_id, status="KILLED")
                     continue
-                mark = r.data.tags.get(MIRRORED_TAG)
+                if not part:
+                    if tags.get(LIVE_TAG) == "1" and mark != "1" and tags.get("attempt"):
+                        key = (tags.get("trial_id", ""), int(tags["attempt"]))
+                        self._live.setdefault(key, r.info.run_id)
+                        if r.info.status == "RUNNING":
+                            self._stale.add(r.info.run_id)
+                    continue
                 if mark == "1" or (mark is None and r.info.status != "RUNNING"
-                                   and "symsweep.version" not in r.data.tags):
+                                   and "symsweep.version" not in tags):
                     names.add(part)
+                    info = parse_part_name(part)
+                    if info is not None:
+                        self._done_keys.add((info.trial_id, info.attempt))
                 else:
                     log.warning("MLflow run %s of part %s was left half-logged (driver killed "
                                 "while mirroring); deleting it and mirroring the part again",
@@ -213,6 +453,9 @@ class Tracker:
         return row, hist
 
     def _sync(self) -> int:
+        if self.invocation is not None and self.parent_run_id is None:  # at start, once
+            client = self._client()
+            self._parent(client, self._experiment(client))
         parts = self.store.parts()
         if self._logged is not None and all(p.name in self._logged for p in parts):
             return 0
@@ -237,13 +480,21 @@ class Tracker:
             self._log_run(client, exp_id, p.name, row, hist)
             self._logged.add(p.name)
             n += 1
+        if self._stale:  # live runs of a dead driver whose attempt wrote no part
+            for key, rid in list(self._live.items()):
+                if rid in self._stale:
+                    self._kill(client, rid, key)
+                    del self._live[key]
         self.logged_runs += n
         return n
 
     def _log_run(self, client: Any, exp_id: str, part: str, row: dict, hist: list[dict]) -> None:
+        """Complete the attempt's live run from its part, or create the run (see the module
+        docstring); ``symsweep.mirrored`` is set last."""
         from mlflow.entities import Metric, Param, RunTag
 
         cfg = json.loads(row.get("config_json") or "{}")
+        key = (str(row["trial_id"]), int(row["attempt"]))
         tags = {"trial_id": row["trial_id"], "status": row["status"],
                 "preset": str(row.get("preset") or self.preset), "attempt": str(row["attempt"]),
                 "part_file": part, "sweep": row["sweep"], "kind": str(row.get("kind")),
@@ -254,21 +505,34 @@ class Tracker:
             tags["derived_from"] = row["derived_from"]
         if row.get("error"):
             tags["error"] = str(row["error"])[:5000]
-        name = (f"{cfg.get('inference')}-{cfg.get('arch')}-{cfg.get('transform')}"
-                f"-s{cfg.get('seed')}-a{row['attempt']}")
-        run = client.create_run(exp_id, start_time=_ms(row.get("started_at")), tags=tags,
-                                run_name=name)
-        rid = run.info.run_id
-        params = [Param(k, str(v)[:6000]) for k, v in sorted(cfg.items())]
+        rid = self._live.pop(key, None)
+        if rid is None:
+            run = client.create_run(exp_id, start_time=_ms(row.get("started_at")),
+                                    tags={**self._child_tags(client, exp_id), **tags},
+                                    run_name=self._run_name(cfg, row["attempt"]))
+            rid = run.info.run_id
+            seen: set[tuple[str, int]] = set()
+            params = [Param(k, str(v)[:6000]) for k, v in sorted(cfg.items())]
+        else:  # the live run: its params are logged, some points too
+            seen = self._points_of(client, rid, {str(h["metric"]) for h in hist})
+            params = []
+            client.log_batch(rid, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         ts = _ms(row.get("finished_at"))
-        metrics = [Metric(h["metric"], float(h["value"]), ts, int(h["step"])) for h in hist]
+        metrics = []
+        for h in hist:
+            name, step = str(h["metric"]), int(h["step"])
+            if (name, step) not in seen:
+                seen.add((name, step))
+                t = h.get("measured_at")
+                metrics.append(Metric(name, float(h["value"]), ts if t is None else _ms(t),
+                                      step))
         final_step = int(row.get("steps") or 0)
         for k in ("best_test_acc", "test_acc", "test_mse", "val_acc", "train_acc", "wall_s",
                   "eta0"):
             v = row.get(k)
             if v is not None and v == v:
                 metrics.append(Metric(f"final_{k}", float(v), ts, final_step))
-        for i in range(0, max(len(params), 1), 100):
+        for i in range(0, len(params), 100):
             client.log_batch(rid, params=params[i:i + 100])
         for i in range(0, len(metrics), 1000):
             client.log_batch(rid, metrics=metrics[i:i + 1000])
@@ -278,6 +542,9 @@ class Tracker:
         client.set_terminated(rid, status="FINISHED" if row["status"] != "failed" else "FAILED",
                               end_time=ts)
         client.set_tag(rid, MIRRORED_TAG, "1")  # last: everything above is logged
+        self._done_keys.add(key)
+        self._points.pop(rid, None)
+        self._stale.discard(rid)
 
     def _success(self, row: dict) -> bool:
         """The one definition of success (`analysis.successful`) at the threshold the tables
@@ -291,65 +558,143 @@ class Tracker:
         return bool(successful(pd.DataFrame([row]), self._threshold).iloc[0])
 
 
-# ====================================================================== progress
+# ====================================================================== live view callback
 def _tune_callback_base() -> type:
     from ray.tune import Callback
 
     return Callback
 
 
+def _tune_auto_keys() -> frozenset[str]:
+    """Keys Tune adds to every result (iteration counters, times, host, ...): not metrics."""
+    from ray.tune.result import AUTO_RESULT_KEYS
+
+    return frozenset(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "attempt"}
+
+
+class MlflowLiveCallback(_tune_callback_base()):  # type: ignore[misc]
+    """Tune callback on the driver: every history point a trial reports (a result with
+    ``step``, ``attempt`` and `orchestrator.store.TIME_KEY`, see ``runner.execute_trial``)
+    goes to the `Tracker`, which logs it to the attempt's MLflow run with its step and the
+    time the trial measured it. Tune's own result keys are not metrics; the point's metrics
+    are selected as for the Parquet history (`orchestrator.store.history_metrics`)."""
+
+    def __init__(self, tracker: Tracker):
+        self.tracker = tracker
+        self._skip = _tune_auto_keys()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks with the experiment state; the tracker (a thread, an
+        # MLflow client) stays behind
+        return {**self.__dict__, "tracker": None}
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        step = result.get("step", result.get("steps"))
+        if self.tracker is None or TIME_KEY not in result or "attempt" not in result or \
+                step is None:
+            return  # not a history point (e.g. the final summary of a trial)
+        t = trial.config["trial"]
+        metrics = history_metrics({k: v for k, v in result.items() if k not in self._skip})
+        if metrics:
+            self.tracker.add_point(t["trial_id"], int(result["attempt"]), t["config"],
+                                   int(step), int(result[TIME_KEY]), metrics)
+
+
+# ====================================================================== progress
+PROGRESS_LINE_S = 60.0  # a plain progress line at most this often (not a terminal)
+
+
+def _hms(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
 class ProgressCallback(_tune_callback_base()):  # type: ignore[misc]
-    """Tune callback: counts done / running / failed / retried trials, ETA, live rich view."""
+    """Tune callback: counts done / running / failed / retried trials and the ETA.
+
+    Shown as a live rich table when its console is a terminal, else (SLURM, nohup, a pipe) as
+    plain timestamped log lines: one at the start, then at most every ``line_every_s``
+    seconds as trials start and end, and one at the end. Titles and messages are never read
+    as rich markup, so "fig2 [smoke]" stays as written."""
 
     def __init__(self, *, total: int, title: str, on_attempt_end: Callable[[str], None],
-                 enabled: bool = True, console: Any = None):
+                 enabled: bool = True, console: Any = None,
+                 line_every_s: float = PROGRESS_LINE_S):
         self.total = total
         self.title = title
         self.on_attempt_end = on_attempt_end
         self.enabled = enabled
         self.console = console
+        self.line_every_s = line_every_s
         self.running: set[str] = set()
         self.done = 0
         self.failed = 0
         self.retries = 0
         self.t0: float | None = None
         self._live: Any = None
+        self._lines: Any = None  # the console plain lines go to (not a terminal)
+        self._last_line = float("-inf")
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks with the experiment state; the driver-side hooks and the
         # live view stay behind.
         state = dict(self.__dict__)
-        state.update(on_attempt_end=lambda _tid: None, console=None, _live=None)
+        state.update(on_attempt_end=lambda _tid: None, console=None, _live=None, _lines=None)
         return state
 
     @staticmethod
     def _id(trial: Any) -> str:
         return trial.config["trial"]["trial_id"]
 
-    def render(self) -> Any:
-        from rich.table import Table
-
+    def counts(self) -> dict[str, Any]:
+        """done, running, failed, pending, retries, elapsed and ETA (H:MM:SS, '?' unknown)."""
         finished = self.done + self.failed
         el = time.time() - self.t0 if self.t0 else 0.0
-        eta = "?"
-        if finished and el > 0:
-            eta_s = (self.total - finished) * el / finished
-            eta = time.strftime("%H:%M:%S", time.gmtime(eta_s))
-        t = Table(title=self.title, show_edge=False)
-        for c in ("done", "running", "failed", "pending", "retries", "elapsed", "ETA"):
-            t.add_column(c, justify="right")
-        pending = self.total - finished - len(self.running)
-        t.add_row(str(self.done), str(len(self.running)), str(self.failed), str(pending),
-                  str(self.retries), time.strftime("%H:%M:%S", time.gmtime(el)), eta)
+        eta = _hms((self.total - finished) * el / finished) if finished and el > 0 else "?"
+        return {"done": self.done, "running": len(self.running), "failed": self.failed,
+                "pending": self.total - finished - len(self.running), "retries": self.retries,
+                "elapsed": _hms(el), "ETA": eta}
+
+    def render(self) -> Any:
+        from rich.table import Table
+        from rich.text import Text
+
+        c = self.counts()
+        t = Table(title=Text(self.title), show_edge=False)  # Text: never parsed as markup
+        for k in c:
+            t.add_column(k, justify="right")
+        t.add_row(*(str(v) for v in c.values()))
         return t
+
+    def line(self) -> str:
+        """One plain progress line: ``<UTC time> <title>: 3/10 done, 2 running, ...``."""
+        c = self.counts()
+        return (f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} {self.title}: "
+                f"{c['done']}/{self.total} done, {c['running']} running, {c['failed']} failed, "
+                f"{c['pending']} pending, {c['retries']} retries; elapsed {c['elapsed']}, "
+                f"ETA {c['ETA']}")
+
+    def _say_line(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self._lines is not None and (force or now - self._last_line >= self.line_every_s):
+            self._last_line = now
+            self._lines.print(self.line(), markup=False, highlight=False, soft_wrap=True)
 
     def __enter__(self) -> ProgressCallback:
         if self.enabled:
-            from rich.live import Live
+            from rich.console import Console
 
-            self._live = Live(self.render(), console=self.console, refresh_per_second=2,
-                              transient=False)
-            self._live.__enter__()
+            con = self.console if self.console is not None else Console()
+            if con.is_terminal:
+                from rich.live import Live
+
+                self._live = Live(self.render(), console=con, refresh_per_second=2,
+                                  transient=False)
+                self._live.__enter__()
+            else:
+                self._lines = con
+                self._say_line(force=True)
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -357,10 +702,15 @@ class ProgressCallback(_tune_callback_base()):  # type: ignore[misc]
             self._live.update(self.render())
             self._live.__exit__(*exc)
             self._live = None
+        if self._lines is not None:
+            self._say_line(force=True)
+            self._lines = None
 
     def _refresh(self) -> None:
         if self._live is not None:
             self._live.update(self.render())
+        else:
+            self._say_line()
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if self.t0 is None:

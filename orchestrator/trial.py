@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import inspect
 import io
+import json
 import logging
 import shutil
 import socket
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -30,7 +32,7 @@ import numpy as np
 from orchestrator.checkpoints import DEFAULT_KEEP, TrialCheckpoints
 from orchestrator.fsio import write_atomic
 from orchestrator.spec import Trial
-from orchestrator.store import DONE_STATUSES, Store, now_utc
+from orchestrator.store import DONE_STATUSES, TIME_KEY, Store, now_utc
 from orchestrator.tiles import TileCache, TileMapper
 from workers.errors import UserError
 
@@ -137,9 +139,20 @@ def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., di
     (whichever attempt, run or driver wrote it); each checkpoint the worker reports is copied
     there before the report returns (the worker may delete its own copy then)."""
     store = Store(ctx["results"], ctx["sweep"])
+    # an earlier attempt of this trial that died without its part (Tune retries after a lost
+    # worker) gets its failed row first, so this one is numbered after it
+    store.salvage_dead_attempts(trial.trial_id)
     attempt = store.next_attempt(trial.trial_id)
     started = now_utc()
     t0 = time.time()
+    # in flight (`symsweep status`'s running column, `show`); removed once the part exists.
+    # It carries what a failed row needs, should this attempt die without writing one.
+    c = trial.config
+    store.mark_running(trial.trial_id, attempt, {
+        "started_at": started.isoformat(), "preset": ctx["preset"], "kind": trial.kind,
+        "arch": c.get("arch"), "inference": c.get("inference"),
+        "transform": c.get("transform"), "seed": c.get("seed"),
+        "config_json": json.dumps(c, sort_keys=True), "code_version": ctx.get("code_version")})
     wcfg = dict(trial.config)
     for k in ("data_dir", "cache_dir"):
         if ctx.get(k):
@@ -162,15 +175,24 @@ def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., di
             log.info("trial %s attempt %d: resuming from step %d (%s)", trial.trial_id,
                      attempt, restored.step, restored.source)
 
+    last_ms = 0
+
     def report(metrics: dict, checkpoint_dir: str | None = None) -> None:
+        nonlocal last_ms
         m = _scalars(metrics)
+        # when this point was measured, on this machine's clock (MLflow's time axis, live and
+        # rebuilt); strictly increasing within the attempt, so two points never share an
+        # instant (a point within the same millisecond as the last is put 1 ms after it)
+        last_ms = m[TIME_KEY] = max(int(time.time() * 1000), last_ms + 1)
         history.append(m)
         step = int(m.get("step", m.get("steps", len(history))) or 0)
         saved = None
         if checkpoint_dir and ckpts is not None:
             saved = ckpts.save(checkpoint_dir, step)
-        if report_fn is not None:
-            report_fn(m, saved)
+        # durable in the results root before the driver (and MLflow's live view) sees it
+        store.write_inflight(trial.trial_id, attempt, len(history), m)
+        if report_fn is not None:  # the attempt, so the driver's live view can key its run
+            report_fn({**m, "attempt": attempt}, saved)
         if _fault_fires(fault, trial.trial_id, attempt, step):
             raise InjectedFault(f"injected crash at step {step} (attempt {attempt})")
 
@@ -197,8 +219,13 @@ def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., di
                else f"{type(root).__name__}: {root}").strip()
         msg = (msg.splitlines() or [type(root).__name__])[0][:500]
         failed = {"checkpoint_warnings": " | ".join(ckpt_warnings)} if ckpt_warnings else {}
-        store.write_attempt(_row(trial, ctx, attempt, started, failed, "failed", msg,
-                                 time.time() - t0, start_step), history)
+        row = _row(trial, ctx, attempt, started, failed, "failed", msg, time.time() - t0,
+                   start_step)
+        # the whole traceback next to the one-line message (`symsweep show` prints it)
+        row["traceback"] = "".join(traceback.format_exception(root))[-20000:]
+        store.write_attempt(row, history)
+        store.clear_inflight(trial.trial_id, attempt)
+        store.clear_running(trial.trial_id)
         if isinstance(root, UserError) and root is not ex:
             raise root from None  # the caller tells bad input from crashes by its type
         raise
@@ -222,6 +249,8 @@ def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., di
     store.write_attempt(_row(trial, ctx, attempt, started, result, status, result.get("error"),
                              float(result.get("wall_s") or (time.time() - t0)), start_step),
                         history)
+    store.clear_inflight(trial.trial_id, attempt)
+    store.clear_running(trial.trial_id)
     # a finished trial is never run again: its checkpoints only take space (the row is
     # written first, so a crash in between leaves checkpoints, never a lost result)
     if ckpts is not None and status in DONE_STATUSES and ckpts.keep > 0:

@@ -169,7 +169,10 @@ def test_sweep_runs_retries_from_checkpoint_and_records_divergence(ray_session, 
 
     c = MlflowClient(f"sqlite:///{res}/mlflow.db")
     runs = c.search_runs([c.get_experiment_by_name("fake").experiment_id], max_results=1000)
-    assert len(runs) == 31
+    parents = [r for r in runs if r.data.tags.get("symsweep.invocation") == "1"]
+    runs = [r for r in runs if "trial_id" in r.data.tags]  # one parent per invocation
+    assert len(runs) == 31 and len(parents) == 1
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parents[0].info.run_id}
     r = next(r for r in runs if r.data.tags["trial_id"] == victim.trial_id
              and r.data.tags["attempt"] == "2")
     assert r.data.tags["status"] == "completed" and r.data.tags["preset"] == "smoke"
