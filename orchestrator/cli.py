@@ -393,38 +393,6 @@ def status(
         raise typer.Exit(1)
 
 
-def _find_trial(results: str, prefix: str, sweep: str | None) -> tuple[str, str]:
-    """(sweep, trial_id) of the one trial whose id starts with ``prefix`` (like git's short
-    hashes, at least `MIN_PREFIX` characters as for `plot --curves`), among the trials of the
-    sweeps' manifests (so a trial not run yet too) and stored rows. `ConfigError` (one line)
-    when none or several match."""
-    from orchestrator.figures.curves import MIN_PREFIX
-    from orchestrator.store import Store, list_sweeps
-
-    p = prefix.strip().lower()
-    if len(p) < MIN_PREFIX:
-        raise ConfigError(f"show {prefix!r}: give at least {MIN_PREFIX} characters of a trial "
-                          "id; `symsweep query 'select trial_id, arch, transform from trials'` "
-                          "lists them")
-    sweeps = [sweep] if sweep else list_sweeps(results)
-    hits: set[tuple[str, str]] = set()
-    for name in sweeps:
-        st = Store(results, name)
-        ids = {t["trial_id"] for t in (st.read_manifest() or {}).get("trials", [])}
-        ids |= set(st.read_trials_all()[0]["trial_id"].to_pylist())
-        hits |= {(name, i) for i in ids if i.startswith(p)}
-    if not hits:
-        raise ConfigError(f"show: no trial {prefix!r} under {results} (sweeps: "
-                          f"{', '.join(sweeps) or 'none'}); `symsweep query 'select trial_id, "
-                          "arch, transform from trials'` lists the ids")
-    if len(hits) > 1:
-        some = ", ".join(f"{i} ({s})" for s, i in sorted(hits)[:5])
-        raise ConfigError(f"show: trial id prefix {prefix!r} is ambiguous, {len(hits)} trials "
-                          f"match: {some}{', ...' if len(hits) > 5 else ''}; give more "
-                          "characters")
-    return next(iter(hits))
-
-
 _ROW_METRICS = ("best_test_acc", "test_acc", "test_mse", "val_acc", "train_acc",
                 "best_train_acc", "eta0")
 
@@ -449,10 +417,11 @@ def show(
     import json
 
     from orchestrator.checkpoints import TrialCheckpoints
+    from orchestrator.results import resolve_trial
     from orchestrator.store import Store
 
     check_results_exist(results, [sweep] if sweep else None)
-    name, tid = _find_trial(results, trial_id, sweep)
+    name, tid = resolve_trial(trial_id, results, sweep)
     st = Store(results, name)
     m = st.read_manifest() or {}
     trial = next((t for t in m.get("trials", []) if t["trial_id"] == tid), None)

@@ -20,11 +20,16 @@ from typing import Any
 
 import pandas as pd
 
-from orchestrator.store import Store, warn_corrupt
+from orchestrator.store import Store, list_sweeps, warn_corrupt
 from orchestrator.store import connect as _connect_store
 from workers.errors import ConfigError
 
 VIEWS = ("trials", "trials_all", "history")
+MIN_PREFIX = 4  # shorter trial-id prefixes match too much to be meant (git's rule too)
+
+
+class NoSuchTrial(ConfigError):
+    """No trial (or no unique trial) with that id under the results root."""
 
 
 def default_root() -> str:
@@ -53,3 +58,38 @@ def load(sweep: str, root: str | None = None, view: str = "trials") -> pd.DataFr
     if view not in VIEWS:
         raise ConfigError(f"view {view!r}: choose one of {', '.join(VIEWS)}")
     return connect(sweep, root).execute(f"select * from {view}").df()
+
+
+def resolve_trial(prefix: str, root: str | None = None, sweep: str | None = None
+                  ) -> tuple[str, str]:
+    """(sweep, trial_id) of the one trial whose id starts with ``prefix`` (like git's short
+    hashes: at least `MIN_PREFIX` characters), among the trials of the sweeps' manifests (so a
+    trial not run yet is found too) and their stored rows; in ``sweep`` or in every sweep
+    under ``root``. The one resolver behind `symsweep show` and `symsweep plot TRIAL_ID`.
+
+    Raises `NoSuchTrial` (a ConfigError: one line, exit 2) when none or several match, and
+    ConfigError when ``sweep`` was never run under ``root``."""
+    root = root or default_root()
+    p = prefix.strip().lower()
+    lists = (f"`symsweep query \"select trial_id, arch, transform from trials\" --results "
+             f"{root}` lists them")
+    if len(p) < MIN_PREFIX:
+        raise NoSuchTrial(f"trial id {prefix!r}: give at least {MIN_PREFIX} characters of a "
+                          f"trial id; {lists}")
+    if sweep:
+        Store(root, sweep).manifest_or_fail()
+    sweeps = [sweep] if sweep else list_sweeps(root)
+    hits: set[tuple[str, str]] = set()
+    for name in sweeps:
+        st = Store(root, name)
+        ids = {t["trial_id"] for t in (st.read_manifest() or {}).get("trials", [])}
+        ids |= set(st.read_trials_all()[0]["trial_id"].to_pylist())
+        hits |= {(name, i) for i in ids if i.startswith(p)}
+    if not hits:
+        where = f"sweep '{sweep}'" if sweep else f"{root} (sweeps: {', '.join(sweeps) or 'none'})"
+        raise NoSuchTrial(f"no trial {prefix!r} under {where}; {lists}")
+    if len(hits) > 1:
+        some = ", ".join(f"{i} ({s})" for s, i in sorted(hits)[:5])
+        raise NoSuchTrial(f"trial id prefix {prefix!r} is ambiguous, {len(hits)} trials match: "
+                          f"{some}{', ...' if len(hits) > 5 else ''}; give more characters")
+    return next(iter(hits))

@@ -41,11 +41,12 @@ from pathlib import Path
 
 from orchestrator.figures import fig2, fig3, fig4, fig5, figS1, figS4, figS5, figS6
 from orchestrator.figures.common import enrich, load, outputs
-from orchestrator.figures.curves import NoSuchTrial, trial_curves
+from orchestrator.figures.curves import trial_curves
 from orchestrator.figures.fig3 import fig3_cells
 from orchestrator.figures.fig4 import curve_fits, curve_points
 from orchestrator.figures.figS1 import figS1_cells
 from orchestrator.figures.figS5 import figS5_cells
+from orchestrator.results import NoSuchTrial
 from workers.errors import ConfigError
 
 

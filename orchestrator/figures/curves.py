@@ -26,14 +26,8 @@ from orchestrator.figures.common import (
     pyplot,
 )
 from orchestrator.figures.palette import SPLIT_COLORS
+from orchestrator.results import NoSuchTrial
 from workers.errors import ConfigError
-
-MIN_PREFIX = 4  # shorter trial-id prefixes match too much to be meant
-
-
-class NoSuchTrial(ConfigError):
-    """No trial (or no unique trial) with that id under the results root."""
-
 
 # (metric in the history, legend label, split for the colour); in the paper's words (Sec. 3)
 LOSS_METRICS = (("train_loss", "training loss (minibatches, no L2)", "train"),
@@ -46,34 +40,22 @@ ACC_METRICS = (("train_acc", "training", "train"), ("val_acc", "validation", "va
 def find_trial(results: str, trial_id: str, sweep: str | None = None
                ) -> tuple[pd.Series, pd.DataFrame]:
     """(the trial's latest-attempt row, its history: step, metric, value sorted by step) for
-    a full trial id or a unique prefix of at least `MIN_PREFIX` characters, in ``sweep`` or in
-    every sweep under ``results``. Raises `NoSuchTrial` (a ConfigError: one line, exit 2)
-    when nothing or several trials match; ConfigError when ``sweep`` was never run."""
-    from orchestrator.results import connect
+    a full trial id or a unique prefix (`orchestrator.results.resolve_trial`, the one resolver),
+    in ``sweep`` or in every sweep under ``results``. Raises `NoSuchTrial` (a ConfigError: one
+    line, exit 2) when nothing or several trials match or the trial has no result yet;
+    ConfigError when ``sweep`` was never run."""
+    from orchestrator.results import connect, resolve_trial
 
-    where = f"sweep '{sweep}'" if sweep else results
-    if len(trial_id) < MIN_PREFIX:
-        raise NoSuchTrial(f"trial id {trial_id!r}: give at least {MIN_PREFIX} characters of a "
-                          f"trial id (`symsweep query \"select trial_id, arch, transform from "
-                          f"trials\" --results {results}` lists them)")
-    con = connect(sweep, results)
-    rows = con.execute("select * from trials where starts_with(trial_id, ?)",
-                       [trial_id]).df()
-    if (rows["trial_id"] == trial_id).any():
-        rows = rows[rows["trial_id"] == trial_id]
+    sw, tid = resolve_trial(trial_id, results, sweep)
+    con = connect(sw, results)
+    rows = con.execute("select * from trials where trial_id = ?", [tid]).df()
     if rows.empty:
-        raise NoSuchTrial(f"no trial {trial_id!r} under {where}; `symsweep query \"select "
-                          f"trial_id, arch, transform from trials\" --results {results}` lists "
-                          "them")
-    if rows["trial_id"].nunique() > 1 or len(rows) > 1:
-        ids = ", ".join(sorted(f"{s}/{t}" for s, t in zip(rows["sweep"], rows["trial_id"],
-                                                          strict=True))[:3])
-        raise NoSuchTrial(f"trial id {trial_id!r} matches {len(rows)} trials under {where} "
-                          f"(e.g. {ids}); give more characters or the sweep")
+        raise NoSuchTrial(f"trial {tid} of sweep '{sw}' has no result yet (not run); "
+                          f"`symsweep resume {sw} --results {results}` runs it")
     row = rows.iloc[0]
     hist = con.execute("select step, metric, value from history where sweep = ? and "
                        "trial_id = ? and attempt = ? order by step, metric",
-                       [row["sweep"], row["trial_id"], int(row["attempt"])]).df()
+                       [sw, tid, int(row["attempt"])]).df()
     return row, hist
 
 
