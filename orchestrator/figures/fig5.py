@@ -275,7 +275,9 @@ def fig5_figure(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path, *, firs
         if lvl is not None and lim[0] < 100 * lvl < lim[1]:
             draw_chance(bx, 100 * lvl)
     else:
-        bx.text(0.5, 0.5, "no full-data ResNet runs yet", ha="center", transform=bx.transAxes)
+        bx.text(0.5, 0.5, "Fig. 4 (right): no full-data\nResNet runs yet", ha="center",
+                va="center", transform=bx.transAxes)
+        bx.axis("off")  # empty axes would show a 0-1 scale that means nothing
     bx.set_xlabel("Top-1 accuracy (%), clean")
     bx.set_ylabel("Top-1 accuracy (%), $O(3)^d$ rotated")
     bx.set_title("Fig. 4 (right): ResNet depths")
