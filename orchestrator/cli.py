@@ -156,6 +156,9 @@ def check_results_exist(results: str, sweeps: list[str] | None = None) -> None:
                                   f"{', '.join(have) or 'none'}")
 
 
+INTERRUPTED = 130  # exit code of a run stopped by Ctrl-C: 128 + SIGINT, the shell's convention
+
+
 def _print_summary(summary, console) -> None:
     console.print(
         f"{summary.total} trials: {summary.skipped} already finished, "
@@ -183,11 +186,13 @@ def _run(sweep, preset: str, results: str, address: str | None, mlflow_uri: str 
                         progress=progress, console=console)
     _print_summary(summary, console)
     # Tune stops on Ctrl-C (or SIGTERM) and returns normally: trials it had not finished
-    # have no row, so say so and fail, rather than print a partial table as if it were all
+    # have no row, so say so and fail, rather than print a partial table as if it were all.
+    # Tune's loop ends early only on such a signal (a lost lock raises), so the exit code is
+    # the shell's for an interrupt, 130, as for a Ctrl-C outside Tune (click's Abort).
     unfinished = summary.launched - summary.completed - summary.diverged - summary.failed
     if unfinished > 0:
         console.print(f"{unfinished} of {summary.launched} launched trials did not finish "
-                      f"(interrupted?); `symsweep resume {sweep.name} --results {results}` "
+                      f"(interrupted); `symsweep resume {sweep.name} --results {results}` "
                       "runs only those")
     if report:
         try:
@@ -195,7 +200,9 @@ def _run(sweep, preset: str, results: str, address: str | None, mlflow_uri: str 
             plot(sweep.name, results, None, "best_test_acc")
         except ConfigError as ex:  # e.g. nothing finished
             console.print(f"no table: {ex}")
-    return 0 if summary.failed == 0 and unfinished <= 0 else 1
+    if unfinished > 0:
+        return INTERRUPTED
+    return 0 if summary.failed == 0 else 1
 
 
 @app.command()
@@ -314,8 +321,9 @@ def ls_sweeps(
     if not names:
         print(f"no sweeps under {results} yet; start one with `symsweep run sweeps/fig2.py`")
         return
-    print(f"{'sweep':<12} {'preset':<7} {'trials':>7} {'finished':>9} {'failed':>7} "
-          f"{'missing':>8}  driver")
+    # every sweep read before anything is printed: an unreadable one is an error alone
+    lines = [f"{'sweep':<12} {'preset':<7} {'trials':>7} {'finished':>9} {'failed':>7} "
+             f"{'missing':>8}  driver"]
     for name in names:
         store = Store(results, name)
         m = store.read_manifest() or {}
@@ -329,8 +337,9 @@ def ls_sweeps(
         drv = "-" if not lock else ("LIVE pid {pid} on {host}" if lock_is_live(lock, 600.0)
                                     else "stale lock (pid {pid} on {host})").format(**{
                                         "pid": lock.get("pid"), "host": lock.get("host")})
-        print(f"{name:<12} {m.get('preset', '?'):<7} {len(ids):>7} {done:>9} {failed:>7} "
-              f"{max(0, len(ids) - done - failed):>8}  {drv}")
+        lines.append(f"{name:<12} {m.get('preset', '?'):<7} {len(ids):>7} {done:>9} "
+                     f"{failed:>7} {max(0, len(ids) - done - failed):>8}  {drv}")
+    print("\n".join(lines))
 
 
 @app.command()
@@ -348,6 +357,10 @@ def status(
     m = _manifest_or_fail(results, sweep)
     store = Store(results, sweep)
     df, corrupt = store.latest()
+    # history files too, before anything is printed (a compacted file that does not parse is
+    # a ConfigError naming it, alone): a corrupt part loses learning curves (README: status
+    # names corrupt files)
+    _, hist_corrupt = store.read_history()
     # status per trial only: a dict per row (df.to_dict) took 3 of 4.7 s at 10^5 attempts
     status_of = dict(zip(df["trial_id"], df["status"], strict=True))
     # running: an attempt in flight (its marker, newer than the trial's rows, under a live
@@ -372,10 +385,12 @@ def status(
         tab.add_row(kind, *(str(c.get(k, 0)) for k in counts), str(sum(c.values())))
     tab.add_row("all", *(str(v) for v in counts.values()), str(len(m["trials"])))
     con.print(tab)
-    con.print(f"{derived} trials are copies of an equal kernel cell (derived_from)")
+    con.print(f"{derived} {'trial is a copy' if derived == 1 else 'trials are copies'} of an "
+              "equal kernel cell (derived_from)")
     extra = set(status_of) - set(running) - {t["trial_id"] for t in m["trials"]}
     if extra:
-        con.print(f"{len(extra)} trials in the store are not in the last expansion")
+        con.print(f"{len(extra)} {'trial' if len(extra) == 1 else 'trials'} in the store "
+                  f"{'is' if len(extra) == 1 else 'are'} not in the last expansion")
     lock = store.read_lock()
     if lock:
         live = lock_is_live(lock, 600.0)
@@ -385,11 +400,17 @@ def status(
     for r in failed.head(10).itertuples():
         con.print(f"failed {r.trial_id} ({r.inference} {r.arch} {r.transform} s{r.seed}) "
                   f"attempt {r.attempt}: {r.error}")
-    if corrupt:
-        print(f"{len(corrupt)} CORRUPT part file(s), not read (delete them and run "
+    bad = [(f"{store.trials_dir}/{n}", e) for n, e in corrupt] + \
+        [(f"{store.history_dir}/{n}", e) for n, e in hist_corrupt]
+    if bad:
+        # a trial whose trial part reads is done: resume recomputes a lost history only
+        # when the trial part of the same name goes too
+        also = (", a history part with the trial part of the same name in "
+                f"{store.trials_dir}," if hist_corrupt else "")
+        print(f"{len(bad)} CORRUPT part file(s), not read (delete them{also} and run "
               f"`symsweep resume {sweep}` to recompute):")
-        for name, err in corrupt:
-            print(f"  {store.trials_dir}/{name}: {err}")
+        for path, err in bad:
+            print(f"  {path}: {err}")
         raise typer.Exit(1)
 
 
@@ -713,7 +734,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(getattr(ex, "exit_code", 2) or 2)
     except aborts:
         print("Aborted.", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     # with standalone_mode=False click returns the code of a `typer.Exit(code)` instead of
     # raising it
     return rv if isinstance(rv, int) else 0

@@ -38,6 +38,8 @@ class _Bars:
         self.tasks: dict[str, object] = {}
 
     def __call__(self, stage: str, done: int, total: int | None) -> None:
+        if not self.tasks:  # started at the first bar: an error before it prints alone
+            self.progress.start()
         if stage not in self.tasks:
             self.tasks[stage] = self.progress.add_task(stage, total=total)
         self.progress.update(self.tasks[stage], completed=done, total=total)
@@ -72,10 +74,14 @@ def prepare(
     err = Console(stderr=True)
     t0 = time.perf_counter()
     columns = (TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, TimeElapsedColumn(), console=err, transient=False) as progress:
-        bars = _Bars(progress)
+    progress = Progress(*columns, TimeElapsedColumn(), console=err, transient=False)
+    bars = _Bars(progress)
+    try:
         path = prepare_cifar10(data_dir, cache_dir, download=download, force=force, progress=bars)
         raw = load_cifar10(data_dir, cache_dir, download=download)
+    finally:
+        if bars.tasks:  # Progress.stop on a display never started prints an empty line
+            progress.stop()
     wall = time.perf_counter() - t0
     counts = raw.counts()
     table = Table(title=f"CIFAR-10 images per class ({raw.meta.get('source_kind')})")

@@ -33,11 +33,21 @@ def resolve_root(root: str) -> tuple[pafs.FileSystem, str]:
 
 def write_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> str:
     """Write ``data`` to ``path`` on ``fs`` (parent directories created) through a hidden
-    temporary name and a rename; returns ``path``."""
+    temporary name and a rename; returns ``path``. On any failure (e.g. OSError: ``path`` is a
+    directory, a parent is a file, no permission) the temporary file is removed and the error
+    re-raised: nothing half-written stays behind."""
     d, name = path.rsplit("/", 1)
     fs.create_dir(d, recursive=True)
     tmp = f"{d}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
-    with fs.open_output_stream(tmp) as f:
-        f.write(data)
-    fs.move(tmp, path)
+    try:
+        with fs.open_output_stream(tmp) as f:
+            f.write(data)
+        fs.move(tmp, path)
+    except BaseException:  # Ctrl-C too: never leave the hidden temporary behind
+        try:
+            if fs.get_file_info(tmp).type == pafs.FileType.File:
+                fs.delete_file(tmp)
+        except OSError as ex:  # the original error is the one to report; say this one too
+            ex.add_note(f"(could not remove the temporary {tmp}: {ex})")
+        raise
     return path

@@ -41,11 +41,20 @@ def connect(sweep: str | list[str] | None = None, root: str | None = None) -> An
     """A DuckDB connection with the views ``trials`` (latest attempt per trial), ``trials_all``
     and ``history`` over ``sweep`` (a name, a list, or None for every sweep under ``root``).
 
-    Raises ConfigError when a named sweep was never run under ``root``."""
+    Raises ConfigError when ``root`` is not a directory or a named sweep was never run
+    under it (the message names ``root=``, the fix from Python)."""
+    import pyarrow.fs as pafs
+
+    from orchestrator.fsio import resolve_root
+
     root = root or default_root()
+    fs, base = resolve_root(root)
+    if fs.get_file_info(base).type != pafs.FileType.Directory:
+        raise ConfigError(f"root={root!r}: no such results folder; pass root= the folder "
+                          "`symsweep run` wrote (or set SYMSWEEP_RESULTS)")
     names = [sweep] if isinstance(sweep, str) else sweep
     for name in names or []:
-        Store(root, name).manifest_or_fail()
+        Store(root, name).manifest_or_fail(root_option="root=")
     con, corrupt = _connect_store(root, names)
     warn_corrupt(corrupt)
     return con

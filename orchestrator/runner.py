@@ -223,6 +223,9 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
                 t.config[k] = os.path.abspath(os.path.expanduser(v))
     cells, comps = count_kernel_computations(trials)
     store = Store(results, sweep.name)
+    # a compacted file that does not parse is a ConfigError naming it: raised here, before
+    # the lock, the manifest and MLflow (whose mirror would report it as its own failure)
+    store.attempt_index()
     p = sweep.preset(preset)
     lock, note = store.acquire_lock()
     summary = RunSummary(total=len(trials), skipped=0, launched=0, derived_written=0,
@@ -440,7 +443,8 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
     import ray
     from ray import tune
 
-    from orchestrator.tracking import MlflowLiveCallback, ProgressCallback
+    from orchestrator.progress import ProgressCallback
+    from orchestrator.tracking import MlflowLiveCallback
 
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")

@@ -635,12 +635,13 @@ class Store:
         except (FileNotFoundError, OSError):
             return None
 
-    def manifest_or_fail(self) -> dict[str, Any]:
-        """The manifest; ConfigError (one line) when this sweep was never run here."""
+    def manifest_or_fail(self, root_option: str = "--results") -> dict[str, Any]:
+        """The manifest; ConfigError (one line) when this sweep was never run here, naming
+        ``root_option`` as the fix (the CLI's ``--results``, the Python API's ``root=``)."""
         m = self.read_manifest()
         if m is None:
             raise ConfigError(f"no sweep '{self.sweep}' under {self.root}; run it first or pass "
-                              "--results")
+                              f"{root_option}")
         return m
 
     def load_finished(self) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -769,13 +770,17 @@ def lock_is_live(lock: Mapping[str, Any], stale_after_s: float) -> bool:
 
 
 def list_sweeps(root: str) -> list[str]:
+    """The sweeps under ``root``: folders with a manifest (``sweep.json``, written before the
+    first trial starts, so a sweep interrupted before its first part is listed) or a
+    ``trials/`` folder."""
     fs, base = resolve_root(root)
     infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
     out = []
     for i in infos:
         if i.type == pafs.FileType.Directory:
-            t = fs.get_file_info(f"{base}/{i.base_name}/trials")
-            if t.type == pafs.FileType.Directory:
+            marks = fs.get_file_info([f"{base}/{i.base_name}/trials",
+                                      f"{base}/{i.base_name}/sweep.json"])
+            if marks[0].type == pafs.FileType.Directory or marks[1].type == pafs.FileType.File:
                 out.append(i.base_name)
     return sorted(out)
 

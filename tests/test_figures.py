@@ -271,7 +271,7 @@ def test_plot_trial_id_draws_its_learning_curve(results, capsys):
     _, svg = _check_files(png)
     text = _texts(svg)
     assert "Training step" in text and "Accuracy (%)" in text and tid in text
-    assert "training loss" in text and "test MSE" in text
+    assert "training MSE (minibatches, 2 × loss" in text and "test MSE" in text
     assert "validation" not in text  # an all-NaN split is left out, not drawn empty
     assert "chance" in _ids(svg)
 

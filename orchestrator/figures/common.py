@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -128,6 +129,16 @@ METRIC_LABEL: dict[str, tuple[str, float, bool]] = {
 # Chance accuracy per dataset: 1 / classes. The synthetic stand-in draws its labels from
 # CIFAR-10's classes (workers/synthetic.py). A dataset not listed gets no chance line.
 CHANCE_ACCURACY = {"cifar10": 1.0 / NUM_CLASSES, "synthetic": 1.0 / NUM_CLASSES}
+
+
+# Units of the non-accuracy result columns, for table headers (accuracies are in %)
+METRIC_UNIT = {"test_mse": "MSE, mean((f-y)^2)", "wall_s": "seconds", "steps": "SGD steps",
+               "start_step": "SGD steps", "eta0": "learning rate eta_0"}
+
+
+def metric_unit(metric: str) -> str:
+    """How a table states ``metric``'s values: "%" for an accuracy, else its unit."""
+    return "%" if metric_label(metric)[2] else METRIC_UNIT.get(metric, "as stored")
 
 
 def metric_label(metric: str) -> tuple[str, float, bool]:
@@ -256,7 +267,12 @@ def savefig(fig: Any, out: str | Path) -> Path | str:
             meta = {"png": {}, "pdf": {"CreationDate": None}, "svg": {"Date": None}}[fmt]
             fig.savefig(buf, format=fmt, dpi=PNG_DPI, metadata=meta)
             fs, path = resolve_root(p)
-            write_atomic(fs, path, buf.getvalue())
+            try:
+                write_atomic(fs, path, buf.getvalue())
+            except OSError as ex:  # a user-named path: say which and how to fix, exit 2
+                reason = os.strerror(ex.errno) if ex.errno else " ".join(str(ex).split())
+                raise ConfigError(f"cannot write --out {p}: {reason}; pass a writable file "
+                                  "path") from ex
     finally:
         plt.close(fig)
     return str(out) if "://" in str(out) else Path(out)
@@ -320,9 +336,14 @@ def plain_log_labels(axis: Any, lo: float, hi: float) -> None:
 
 
 def format_cell(mean: float, std: float, n: int, total: int, percent: bool = True) -> str:
+    """'mean ± std (n/total)' of a table cell: an accuracy (``percent``) x100 with one
+    decimal, any other metric as stored with 4 significant digits (seconds, steps, MSE)."""
     if n == 0:
         return f"- ({n}/{total})"
-    s = 100.0 if percent else 1.0
+    if percent:
+        m, s = f"{mean * 100:.1f}", f"{std * 100:.1f}"
+    else:
+        m, s = f"{mean:.4g}", f"{std:.4g}"
     if n == 1:
-        return f"{mean * s:.1f} ({n}/{total})"
-    return f"{mean * s:.1f} ± {std * s:.1f} ({n}/{total})"
+        return f"{m} ({n}/{total})"
+    return f"{m} ± {s} ({n}/{total})"

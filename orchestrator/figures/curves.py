@@ -29,10 +29,14 @@ from orchestrator.figures.palette import SPLIT_COLORS
 from orchestrator.results import NoSuchTrial
 from workers.errors import ConfigError
 
-# (metric in the history, legend label, split for the colour); in the paper's words (Sec. 3)
-LOSS_METRICS = (("train_loss", "training loss (minibatches, no L2)", "train"),
-                ("train_mse", "training MSE", "train"), ("val_mse", "validation MSE", "val"),
-                ("test_mse", "test MSE", "test"))
+# (metric in the history, legend label, split for the colour, factor drawn); in the paper's
+# words (Sec. 3). The minibatch loss the optimiser sees is 0.5 * mean((f - y)^2) without the
+# L2 term (workers/train.py), the MSEs are mean((f - y)^2): drawn as is, the factor 2 between
+# them would read as a train / test gap, so the loss is drawn x2, as the MSE of the minibatches.
+LOSS_METRICS = (("train_loss", "training MSE (minibatches, 2 × loss, no L2)", "train", 2.0),
+                ("train_mse", "training MSE", "train", 1.0),
+                ("val_mse", "validation MSE", "val", 1.0),
+                ("test_mse", "test MSE", "test", 1.0))
 ACC_METRICS = (("train_acc", "training", "train"), ("val_acc", "validation", "val"),
                ("test_acc", "test", "test"))
 
@@ -61,7 +65,9 @@ def find_trial(results: str, trial_id: str, sweep: str | None = None
 
 def trial_curves(results: str, trial_id: str, sweep: str | None = None,
                  out: str | Path | None = None) -> Path:
-    """Draw one trial's learning curve: left, losses / MSEs against the step (log y); right,
+    """Draw one trial's learning curve: left, MSEs mean((f-y)^2) against the step (log y),
+    the minibatch training loss 0.5 * mean((f-y)^2) drawn x2 so it is on the same scale
+    (labelled "2 × loss", `LOSS_METRICS`); right,
     training / validation / test accuracy in % with chance dotted and the best test accuracy
     starred. Written to ``out`` (default ``<results>/<sweep>/curves/<trial_id>.png``) and its
     PDF / SVG siblings; returns ``out``. Raises `NoSuchTrial`, or ConfigError for a trial
@@ -80,13 +86,13 @@ def trial_curves(results: str, trial_id: str, sweep: str | None = None,
     wide = hist.pivot_table(index="step", columns="metric", values="value", aggfunc="last")
     plt = pyplot()
     fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(7.0, 2.9))
-    for key, label, split in LOSS_METRICS:
+    for key, label, split, factor in LOSS_METRICS:
         if key in wide and np.isfinite(wide[key]).any():
-            ax_l.plot(wide.index, wide[key], color=SPLIT_COLORS[split],
+            ax_l.plot(wide.index, factor * wide[key], color=SPLIT_COLORS[split],
                       ls="-" if key != "train_loss" else "--", lw=1.2, label=label)
     ax_l.set_yscale("log")
     plain_log_labels(ax_l.yaxis, *ax_l.get_ylim())
-    ax_l.set_ylabel("Loss / MSE")
+    ax_l.set_ylabel("MSE, mean((f - y)$^2$)")
     for key, label, split in ACC_METRICS:
         if key in wide and np.isfinite(wide[key]).any():
             ax_a.plot(wide.index, 100 * wide[key], "-", marker=".", ms=3,

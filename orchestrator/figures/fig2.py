@@ -30,6 +30,7 @@ from orchestrator.figures.common import (
     finish,
     format_cell,
     metric_label,
+    metric_unit,
     pyplot,
     title,
 )
@@ -40,8 +41,10 @@ from workers.vocab import ARCHS, INFERENCES, TRANSFORMS
 def fig2_cells(df: pd.DataFrame, success_train_acc: float = DEFAULT_SUCCESS_TRAIN_ACC,
                metric: str = "best_test_acc") -> pd.DataFrame:
     """One row per (inference, arch, transform): mean, std (ddof=1; 0 for one run),
-    n_success, n_finished (completed + diverged + failed)."""
-    cols = ["inference", "arch", "transform", "mean", "std", "n_success", "n_finished"]
+    n_success, n_finished (completed + diverged + failed), has_metric (False when no attempt
+    of the cell has the metric at all, e.g. eta0 for a kernel cell: the table says n/a)."""
+    cols = ["inference", "arch", "transform", "mean", "std", "n_success", "n_finished",
+            "has_metric"]
     if df.empty:
         return pd.DataFrame(columns=cols)
     d = df.copy()
@@ -51,7 +54,8 @@ def fig2_cells(df: pd.DataFrame, success_train_acc: float = DEFAULT_SUCCESS_TRAI
         vals = g.loc[g["_ok"], metric].astype(float).dropna().to_numpy()
         mean = float(vals.mean()) if len(vals) else math.nan
         std = float(vals.std(ddof=1)) if len(vals) > 1 else (0.0 if len(vals) else math.nan)
-        out.append((inf, arch, tr, mean, std, len(vals), len(g)))
+        out.append((inf, arch, tr, mean, std, len(vals), len(g),
+                    bool(g[metric].notna().any())))
     cells = pd.DataFrame(out, columns=cols)
     order_i = {k: i for i, k in enumerate(INFERENCES)}
     order_a = {k: i for i, k in enumerate(ARCHS)}
@@ -61,15 +65,20 @@ def fig2_cells(df: pd.DataFrame, success_train_acc: float = DEFAULT_SUCCESS_TRAI
     return cells.iloc[np.argsort(key.to_numpy(), kind="stable")].reset_index(drop=True)
 
 
-def fig2_layout(cells: pd.DataFrame) -> pd.DataFrame:
-    """Rows = (inference, arch), columns = transforms, strings 'mean ± std (n_ok/n)' in %."""
+def fig2_layout(cells: pd.DataFrame, percent: bool = True) -> pd.DataFrame:
+    """Rows = (inference, arch), columns = transforms, strings 'mean ± std (n_ok/n)' (x100
+    when ``percent``, i.e. an accuracy), "n/a" for a cell none of whose attempts has the
+    metric (a kernel cell has no eta0 or steps)."""
     transforms = [t for t in TRANSFORMS if t in set(cells["transform"])]
     rows = []
     index = []
     for (inf, arch), g in cells.groupby(["inference", "arch"], sort=False):
         by_t = {r.transform: r for r in g.itertuples()}
-        rows.append([format_cell(by_t[t].mean, by_t[t].std, by_t[t].n_success,
-                                 by_t[t].n_finished) if t in by_t else "" for t in transforms])
+        rows.append([("" if t not in by_t else
+                      "n/a" if not getattr(by_t[t], "has_metric", True) else
+                      format_cell(by_t[t].mean, by_t[t].std, by_t[t].n_success,
+                                  by_t[t].n_finished, percent=percent))
+                     for t in transforms])
         index.append((LABELS.get(inf, inf), arch))
     return pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(index, names=["inference", "arch"]),
                         columns=[SHORT_T[t] for t in transforms])
@@ -138,15 +147,17 @@ def plot_fig2(cells: pd.DataFrame, out: str | Path, title: str = "", *,
 
 def table(df: pd.DataFrame, m: dict[str, Any], fmt: str = "text", *, sweep: str = "fig2",
           metric: str = "best_test_acc", **_: Any) -> str:
-    """The Fig. 2 table of ``metric`` (text: the paper's layout in %; csv: one row per cell)."""
+    """The Fig. 2 table of ``metric`` (text: the paper's layout, accuracies in %, other
+    metrics as stored with their unit in the header; csv: one row per cell, as stored)."""
     cells = fig2_cells(df, success_threshold(m), metric)
-    if fmt == "csv":
-        return cells.to_csv(index=False)
-    head = (f"{sweep} [{m['preset']}]: {metric} in %, mean ± std over successful runs "
+    if fmt == "csv":  # the columns scripts read, unchanged (a cell without the metric: no mean)
+        return cells.drop(columns=["has_metric"]).to_csv(index=False)
+    unit = metric_unit(metric)
+    head = (f"{sweep} [{m['preset']}]: {metric} in {unit}, mean ± std over successful runs "
             f"(successful/finished; success = completed, finite nets with train acc >= "
             f"{m.get('success_train_acc')})")
     with pd.option_context("display.width", 250, "display.max_columns", 20):
-        return head + "\n" + fig2_layout(cells).to_string() + "\n"
+        return head + "\n" + fig2_layout(cells, percent=unit == "%").to_string() + "\n"
 
 
 def plot(df: pd.DataFrame, m: dict[str, Any], out: str | Path, *, sweep: str = "fig2",
