@@ -60,22 +60,31 @@ def plan(
     units: str = typer.Option(None, help="Reuse units from a --save-units JSON file"),
     save_units: str = typer.Option(None, help="Write the measured units to this JSON file"),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output"),
+    gpu_tflops: float = typer.Option(35.0, help="ImageNet sweeps: sustained TFLOP/s per GPU "
+                                     "the FLOP counts are divided by (an assumption)"),
 ) -> None:
     """Projected compute per figure / column and wall time on N GPUs, from unit costs
-    measured on this machine."""
+    measured on this machine (ImageNet sweeps: from FLOP counts at --gpu-tflops)."""
     import json
 
     from orchestrator.plan import format_plans, load_units, make_plan
     from orchestrator.plan import save_units as write_units
-    from orchestrator.spec import load_sweep, parse_only, parse_overrides
+    from orchestrator.plan.imagenet import is_imagenet, plan_imagenet
+    from orchestrator.spec import load_sweep, parse_only, parse_overrides, select_trials
 
     if steps < 1 or budget_s <= 0 or solve_n < 2:
         raise ConfigError("need --steps >= 1, --budget-s > 0 and --solve-n >= 2")
     overrides = parse_overrides(set_)  # checked before any sweep is loaded or measured
     known = load_units(units) if units else {}
     plans = []
+    if gpu_tflops <= 0:
+        raise ConfigError(f"--gpu-tflops {gpu_tflops}: must be > 0")
     for f in sweep_files:
         sw = load_sweep(f).with_overrides(overrides)
+        trials = select_trials(sw.expand(preset), parse_only(only))
+        if is_imagenet(trials):  # priced from FLOP counts: a CPU step says little about a GPU
+            print(plan_imagenet(sw.name, preset, trials, gpus=gpus, gpu_tflops=gpu_tflops))
+            continue
         plans.append(make_plan(sw, preset, gpus=gpus, device_factor=device_factor,
                                steps=steps, budget_s=budget_s, solve_n=solve_n,
                                only=parse_only(only), units=known,
@@ -84,6 +93,8 @@ def plan(
         known.update(plans[-1].units)
     if save_units:
         write_units(known, save_units)
+    if not plans:
+        return
     if as_json:
         print(json.dumps([p.to_dict() for p in plans], default=str))
     else:

@@ -443,7 +443,8 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
     import ray
     from ray import tune
 
-    from orchestrator.tracking import MlflowLiveCallback, ProgressCallback
+    from orchestrator.progress import ProgressCallback
+    from orchestrator.tracking import MlflowLiveCallback
 
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")

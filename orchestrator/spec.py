@@ -32,7 +32,7 @@ from typing import Any
 from workers.errors import ConfigError
 from workers.theorem41 import equivalence_key
 from workers.vocab import (
-    ARCHS,
+    ALL_ARCHS,
     CONFIG_TYPES,
     FINITE_INFERENCES,
     INFERENCE_DEFAULTS,
@@ -52,10 +52,14 @@ CONFIG_RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     **{k: (1, True, None, False) for k in (
         "train_size", "test_size", "image_size", "depth", "width", "eval_every",
         "checkpoint_every", "batch_size", "eta0_samples", "eta0_inits", "eval_batch_size",
-        "tile_side", "tile_memory_bytes")},
+        "tile_side", "tile_memory_bytes", "epochs", "eval_every_epochs",
+        "checkpoint_every_epochs", "loader_threads", "num_classes", "patch_size",
+        "max_train_steps")},
     # 0: no validation set / no SGD step (eta_0 only) / full train set / keep every checkpoint
     **{k: (0, True, None, False) for k in ("val_size", "max_steps", "train_eval_size",
-                                          "keep_checkpoints")},
+                                          "keep_checkpoints", "subset", "warmup_epochs",
+                                          "weight_decay")},
+    "base_lr": (0.0, False, None, False),
     "w_var": (0.0, False, None, False),
     "b_var": (0.0, True, None, False),
     "lr_factor": (0.0, False, None, False),
@@ -419,7 +423,7 @@ class Sweep:
             if len(set(map(repr, vals))) != len(vals):
                 raise ConfigError(f"{where}: duplicate values in {list(vals)}")
             if ax == "arch":
-                _check_names(where, vals, ARCHS, "arch")
+                _check_names(where, vals, ALL_ARCHS, "arch")
             elif ax == "inference":
                 _check_names(where, vals, INFERENCES, "inference")
             elif ax == "transform":
@@ -441,7 +445,7 @@ class Sweep:
         _check_config(f"{where}.config", p.config)
         if not isinstance(p.width, Mapping):
             raise ConfigError(f"{where}.width: expected a dict arch -> int")
-        _check_names(f"{where}.width", p.width.keys(), ARCHS, "arch")
+        _check_names(f"{where}.width", p.width.keys(), ALL_ARCHS, "arch")
         for a, w in p.width.items():
             if isinstance(w, bool) or not isinstance(w, int) or w <= 0:
                 raise ConfigError(f"{where}.width.{a}: expected a positive integer, got {w!r}")

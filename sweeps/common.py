@@ -18,8 +18,10 @@ from typing import Any
 from orchestrator.spec import Preset
 from workers.vocab import PAPER_WIDTHS
 
-__all__ = ["CPU_RESOURCES", "GPU_RESOURCES", "NETWORK", "PAPER_CONFIG", "PAPER_WIDTHS",
-           "paper_preset", "smoke_config"]
+__all__ = ["CPU_RESOURCES", "GPU_RESOURCES", "IMAGENET_CPU_CONFIG",
+           "IMAGENET_GPU_RESOURCES", "IMAGENET_PAPER_CONFIG", "IMAGENET_PAPER_WIDTHS",
+           "IMAGENET_SMOKE_CONFIG", "IMAGENET_SUBSETS", "NETWORK", "PAPER_CONFIG",
+           "PAPER_WIDTHS", "imagenet_preset", "paper_preset", "smoke_config"]
 
 # The networks' hyper-parameters (docs/protocol.md, "M").
 NETWORK = dict(w_var=2.0, b_var=0.01)
@@ -61,3 +63,46 @@ def paper_preset(description: str, *, width: Mapping[str, int] | None = None,
                   width=dict(width or {}), seeds=seeds, rules=rules,
                   resources=dict(resources if resources is not None else GPU_RESOURCES),
                   success_train_acc=0.95, max_failures=3)
+
+
+# ----------------------------------------------------------------------------- ImageNet
+# Sec. 6.2 / App. B.2, B.3, F.2 (docs/protocol.md, "ImageNet"): Flax's ImageNet example recipe
+# (workers/imagenet_train.py) with 150 epochs, batch 1024, at 224x224; subsets m_i = 2^(-i/2) m
+# for i = 1..12 (``subset`` = i; 0 = all of ImageNet).
+IMAGENET_SUBSETS: list[int] = list(range(1, 13))
+IMAGENET_PAPER_WIDTHS: dict[str, int] = dict(
+    resnet18=64, resnet34=64, resnet50=64, resnet101=64, resnet152=64, resnet200=64,
+    mixer_s16=512)
+IMAGENET_PAPER_CONFIG: dict[str, Any] = dict(
+    dataset="imagenet", image_size=224, num_classes=1000, epochs=150, batch_size=1024,
+    base_lr=0.1, warmup_epochs=5.0, weight_decay=1e-4, momentum=0.9, nesterov=True,
+    eval_every_epochs=1, checkpoint_every_epochs=1, eval_batch_size=250, loader_threads=30)
+# one trial = one 8-GPU node: the batch is sharded over the trial's GPUs; JPEG decoding at 224
+# needs many cores (on the order of 1,000 images/s per 8 cores), hence 32 CPUs a trial
+IMAGENET_GPU_RESOURCES: dict[str, dict[str, float]] = dict(train=dict(cpu=32, gpu=8))
+# the smoke presets: a generated ImageNet-layout folder (4 classes, 64 + 16 images a class,
+# about 20 pixels a side; built once under the cache), 16x16 crops, tiny nets, 2 epochs
+IMAGENET_SMOKE_CONFIG: dict[str, Any] = dict(
+    dataset="imagenet", data_dir="synthetic://4x64x20", image_size=16, epochs=2, batch_size=32,
+    base_lr=0.4, warmup_epochs=0.5, eval_every_epochs=1, checkpoint_every_epochs=1,
+    eval_batch_size=64, loader_threads=2)
+# the cpu presets: CIFAR-10 (the JPEG copy in ../shared/data) written once into the ImageNet
+# layout and read through the same pipeline, 32x32 crops: a stand-in, not ImageNet
+IMAGENET_CPU_CONFIG: dict[str, Any] = dict(
+    dataset="imagenet", data_dir="cifar10://../shared/data", image_size=32, num_classes=10,
+    epochs=10, batch_size=128, base_lr=0.1, warmup_epochs=1.0, eval_every_epochs=5,
+    checkpoint_every_epochs=5, test_size=2000, eval_batch_size=500, loader_threads=2)
+
+
+def imagenet_preset(description: str, config: Mapping[str, Any], width: Mapping[str, int], *,
+                    resources: Mapping[str, Mapping[str, float]] | None = None,
+                    mixer: Mapping[str, int] | None = None, **overrides: Any) -> Preset:
+    """A preset of the ImageNet sweeps: ``config`` plus ``overrides``, one seed, every finished
+    run counts (no 95% training-accuracy criterion on ImageNet), two retries (a retry resumes
+    from the last epoch's checkpoint). ``resources``: default `CPU_RESOURCES`. ``mixer``:
+    depth (blocks) and patch_size of the Mixer when not Mixer-S/16's (8 blocks, 16x16)."""
+    rules = (({"arch": "mixer_s16"}, dict(mixer)),) if mixer else ()
+    return Preset(description=description, config={**config, **overrides},
+                  width=dict(width), seeds=(0,), rules=rules,
+                  resources=dict(resources if resources is not None else CPU_RESOURCES),
+                  success_train_acc=0.0, max_failures=2)

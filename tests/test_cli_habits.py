@@ -104,7 +104,7 @@ def _fake_trial(tid: str):
 
 
 def _progress(console, **kw):
-    from orchestrator.tracking import ProgressCallback
+    from orchestrator.progress import ProgressCallback
 
     return ProgressCallback(total=3, title="fig2 [smoke]", on_attempt_end=lambda _t: None,
                             console=console, **kw)

@@ -147,6 +147,8 @@ def trial_bytes(kind: str, config: dict[str, Any], sizes: dict[str, int]) -> int
     (sizes: train, val, test; train counting flips)."""
     s = int(config.get("image_size") or 32)
     shape = (s, s, 3)
+    if config.get("dataset") == "imagenet":
+        return imagenet_trial_bytes(config)
     if kind == "kernel":
         return kernel_trial_bytes(
             sizes["train"], sizes["val"], sizes["test"], arch=config["arch"],
@@ -160,3 +162,22 @@ def trial_bytes(kind: str, config: dict[str, Any], sizes: dict[str, int]) -> int
         n_val=sizes["val"], n_test=sizes["test"],
         eta0_samples=int(config.get("eta0_samples", 256)),
         eta0_given=bool(config.get("eta0")))["peak"]
+
+
+def imagenet_trial_bytes(config: dict[str, Any], n_files: int = 1_281_167 + 50_000) -> int:
+    """Peak host bytes of an ImageNet trial (`workers.imagenet_train`): the process, the file
+    list (about 200 B a path in Python strings), parameters with momentum and a device_get copy
+    for evaluation and checkpoints (4 copies of float32 P, P from jax.eval_shape), one global
+    batch as float32 on the host before it moves to the devices, twice, and the images
+    read ahead (2 x loader_threads). Activations live on the accelerator (not counted here)."""
+    from workers.imagenet_models import make_imagenet_model, param_count
+
+    s = int(config.get("image_size") or 224)
+    model = make_imagenet_model(str(config["arch"]), width=config.get("width"),
+                                depth=config.get("depth"), patch_size=config.get("patch_size"),
+                                num_classes=int(config.get("num_classes") or 1000))
+    p = param_count(model, (s, s, 3))
+    img = 4 * s * s * 3
+    batch = 2 * int(config.get("batch_size") or 1024) * img
+    ahead = 2 * int(config.get("loader_threads") or 8) * img
+    return int(PROCESS_BYTES + 200 * n_files + 4 * 4 * p + batch + ahead)

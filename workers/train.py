@@ -550,7 +550,13 @@ def train_arrays(config: dict, dataset: Any, report: Report | None = None, *,
 
 def train(config: dict, report: Report | None = None) -> dict:
     """The worker entry point: build the dataset from config (workers.data.build_dataset) and
-    train on it; see `train_arrays` for the returned metrics and DEFAULTS for config keys."""
+    train on it; see `train_arrays` for the returned metrics and DEFAULTS for config keys.
+    ``dataset="imagenet"`` (an image folder, the recipe of Flax's ImageNet example) goes to
+    `workers.imagenet_train.train_imagenet`."""
+    if config.get("dataset") == "imagenet":
+        from workers.imagenet_train import train_imagenet
+
+        return train_imagenet(config, report)
     from workers.data import build_dataset
 
     return train_arrays(config, build_dataset(config), report)

@@ -18,6 +18,16 @@ FULL_COV_ARCHS: tuple[str, ...] = ("gap", "lap4", "lap8")
 # Readouts that need only the per-pixel (diagonal) covariance.
 DIAG_COV_ARCHS: tuple[str, ...] = ("vec", "lcn")
 
+# The ImageNet experiments (paper Sec. 6.2, App. F.2): Flax's ImageNet-example ResNets and the
+# small MLP-Mixer with 16x16 patches (workers/imagenet_models.py). They are trained with the
+# example's recipe (workers/imagenet_train.py), never as kernels; docs/protocol.md, "ImageNet".
+IMAGENET_ARCHS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "resnet101",
+                                   "resnet152", "resnet200", "mixer_s16")
+ALL_ARCHS: tuple[str, ...] = ARCHS + IMAGENET_ARCHS
+# Datasets a config may name: CIFAR-10 and its synthetic stand-in (workers/data.py), an
+# ImageNet-layout image folder (workers/imagenet.py).
+DATASETS: tuple[str, ...] = ("cifar10", "synthetic", "imagenet")
+
 TRANSFORMS: tuple[str, ...] = (
     "identity", "shared_rotation", "pixel_rotation", "permutation", "global_rotation")
 
@@ -61,6 +71,11 @@ CONFIG_TYPES: dict[str, type] = {
     "train_eval_size": int, "eval_batch_size": int, "diverge_loss": float,
     "early_stop_train_acc": float, "path_t": float, "keep_checkpoints": int, "tile_side": int,
     "store_predictions": bool,
+    # ImageNet (workers/imagenet_train.py): the Flax example's recipe
+    "subset": int, "epochs": int, "base_lr": float, "warmup_epochs": float,
+    "weight_decay": float, "nesterov": bool, "num_classes": int, "patch_size": int,
+    "eval_every_epochs": int, "checkpoint_every_epochs": int, "loader_threads": int,
+    "max_train_steps": int,
 }
 
 # Scopes. A key is *scientific* (part of trial_id) unless it is a runtime key; a train-only key
@@ -73,12 +88,15 @@ RUNTIME_KEYS: frozenset[str] = frozenset({
     "keep_checkpoints",       # what is kept after a run
     "eval_batch_size",        # how evaluation is batched
     "store_predictions",      # also save test predictions as an artifact
+    "loader_threads",         # how many threads decode images
 })
 TRAIN_ONLY_KEYS: frozenset[str] = frozenset({
     "width", "max_steps", "eval_every", "checkpoint_every", "batch_size", "lr_factor", "l2",
     "eta0", "eta0_samples", "first_layer_init", "momentum", "eta0_inits", "eta0_seed",
     "train_eval_size", "eval_batch_size", "diverge_loss", "early_stop_train_acc",
-    "keep_checkpoints",
+    "keep_checkpoints", "epochs", "base_lr", "warmup_epochs", "weight_decay", "nesterov",
+    "patch_size", "eval_every_epochs", "checkpoint_every_epochs", "loader_threads",
+    "max_train_steps",
 })
 KERNEL_ONLY_KEYS: frozenset[str] = frozenset({"diag_reg", "kernel_dtype", "tile_memory_bytes",
                                               "tile_side"})

@@ -5,7 +5,10 @@ registry that ``symsweep table NAME`` / ``symsweep plot NAME`` dispatch through.
   table of any sweep without a figure of its own (`figure_of`).
 - `fig3`: VEC_n accuracy against width with the VEC_inf level (Fig. 3).
 - `fig4`: learning curves with power-law fits (Fig. 4).
+- `fig5`: ImageNet learning curves with power-law fits, and the ResNet-depth scatter
+  (Fig. 5, Fig. 4 right).
 - `figS1`: ensembles along the rotation path, S-Dist to GAP_n and VEC_inf (Fig. S1).
+- `figS4`: ImageNet accuracy against epoch under identity, O(3)^d, P(3d) (Fig. S4).
 - `figS5`: Gaussian vs uniform first-layer initialisation (Fig. S5).
 - `figS6`: NTK scaling-law exponents (Fig. S6).
 - `curves`: the learning curve of one trial (``symsweep plot TRIAL_ID``), from its history.
@@ -36,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.figures import fig2, fig3, fig4, figS1, figS5, figS6
+from orchestrator.figures import fig2, fig3, fig4, fig5, figS1, figS4, figS5, figS6
 from orchestrator.figures.common import enrich, load, outputs
 from orchestrator.figures.curves import trial_curves
 from orchestrator.figures.fig3 import fig3_cells
@@ -60,6 +63,8 @@ FIGURES: dict[str, Figure] = {
     "fig2": Figure(fig2.table, fig2.plot),
     "fig3": Figure(fig3.fig3_table, fig3.fig3_plot),
     "fig4": Figure(fig4.curves_table, fig4.curves_plot),
+    "fig5": Figure(fig5.table, fig5.plot),
+    "figS4": Figure(figS4.table, figS4.plot),
     "figS1": Figure(figS1.figS1_table, figS1.figS1_plot),
     "figS5": Figure(figS5.figS5_table, figS5.figS5_plot),
     "figS6": Figure(figS6.figS6_table, figS6.figS6_plot),

@@ -53,6 +53,11 @@ TRANSFORM_MARKERS: dict[str, str] = dict(zip(TRANSFORMS, "os^Dv", strict=True))
 TRANSFORM_LINESTYLES: dict[str, object] = dict(zip(TRANSFORMS, (
     "-", (0, (6, 2)), "-.", (0, (1, 1.5)), (0, (4, 1.5, 1, 1.5, 1, 1.5))), strict=True))
 
+# The ImageNet figures (Fig. 5, Fig. 4 right, Fig. S4): one colour and marker per model family
+# (Okabe-Ito blue and vermillion), the transform as line style as above
+IMAGENET_FAMILY_COLORS: dict[str, str] = {"resnet": "#0072B2", "mixer": "#D55E00"}
+IMAGENET_FAMILY_MARKERS: dict[str, str] = {"resnet": "o", "mixer": "s"}
+
 # A trial's learning curve (`figures.curves`): one colour per data split
 SPLIT_COLORS: dict[str, str] = {"train": "#4477AA", "val": "#228833", "test": "#AA3377"}
 
@@ -62,6 +67,7 @@ KEY_COLOR = "#444444"  # legend keys that stand for every series (a marker shape
 DERIVED_HATCH = "////"
 DERIVED_LABEL = "equal by Theorem 4.1 (copied, not computed)"
 
-__all__ = ["ARCH_COLORS", "CHANCE_COLOR", "DERIVED_HATCH", "DERIVED_LABEL", "INFERENCE_COLORS",
+__all__ = ["ARCH_COLORS", "CHANCE_COLOR", "DERIVED_HATCH", "DERIVED_LABEL",
+           "IMAGENET_FAMILY_COLORS", "IMAGENET_FAMILY_MARKERS", "INFERENCE_COLORS",
            "INFERENCE_MARKERS", "KEY_COLOR", "SPLIT_COLORS", "TRANSFORM_COLORS",
            "TRANSFORM_LINESTYLES", "TRANSFORM_MARKERS"]

@@ -93,8 +93,8 @@ def test_edited_and_truncated_tiles_are_recomputed(tmp_path):
 def test_corrupt_tile_count_reaches_the_driver(tmp_path, caplog):
     """The trial's result carries tiles_corrupt (a trial's log never reaches the driver), and
     the driver's Tune callback prints it."""
+    from orchestrator.progress import ProgressCallback
     from orchestrator.spec import Trial
-    from orchestrator.tracking import ProgressCallback
     from orchestrator.trial import execute_trial
 
     kws, keys, tile = _two_tiles(str(tmp_path))

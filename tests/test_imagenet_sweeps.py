@@ -1,0 +1,140 @@
+"""The ImageNet sweeps (sweeps/fig5.py, sweeps/figS4.py): expansion at every preset, a reduced
+smoke run through the runner's trial path (crash and resume included) into tables and plots,
+the FLOP-count plan, and (slow) the full smoke presets through ``symsweep run``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.figures import figure_plot, figure_table, load
+from orchestrator.runner import code_version
+from orchestrator.spec import Sweep, load_sweep
+from orchestrator.store import Store
+from orchestrator.trial import InjectedFault, execute_trial
+from workers.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEPS = {n: REPO / "sweeps" / f"{n}.py" for n in ("fig5", "figS4")}
+
+
+def test_expansion_at_every_preset() -> None:
+    f5, s4 = load_sweep(SWEEPS["fig5"]), load_sweep(SWEEPS["figS4"])
+    paper = f5.expand("paper")
+    curves = [t for t in paper if t.config["subset"] > 0]
+    scatter = [t for t in paper if t.config["subset"] == 0]
+    assert len(curves) == 2 * 2 * 12 and {t.config["arch"] for t in curves} == {
+        "resnet101", "mixer_s16"}
+    assert sorted({t.config["subset"] for t in curves}) == list(range(1, 13))
+    assert len(scatter) == 12 and {t.config["transform"] for t in scatter} == {
+        "identity", "pixel_rotation"}
+    c = paper[0].config
+    assert (c["dataset"], c["image_size"], c["batch_size"], c["epochs"], c["base_lr"],
+            c["weight_decay"], c["nesterov"]) == ("imagenet", 224, 1024, 150, 0.1, 1e-4, True)
+    assert paper[0].resources["gpu"] == 8 and c["checkpoint_every_epochs"] == 1
+    mixer = [t for t in paper if t.config["arch"] == "mixer_s16"][0].config
+    assert mixer["width"] == 512 and "depth" not in mixer  # Mixer-S/16's own 8 blocks
+    assert len(s4.expand("paper")) == 6 * 3
+    smoke = f5.expand("smoke")
+    assert len(smoke) == 2 * 2 * 4 + 4 and all(t.config["data_dir"].startswith("synthetic://")
+                                               for t in smoke)
+    assert {t.config["arch"] for t in f5.expand("cpu")} == {"resnet18", "resnet34", "resnet50",
+                                                            "mixer_s16"}
+    assert all(t.config["data_dir"] == "cifar10://../shared/data" for t in s4.expand("cpu"))
+
+
+def _run(sweep: Sweep, trials: list, results: Path, fault: dict | None = None) -> None:
+    Store(str(results), sweep.name).write_manifest({
+        "sweep": sweep.name, "preset": "smoke", "source": sweep.source,
+        "success_train_acc": 0.0, "data_dir": None, "trials": [t.to_dict() for t in trials]})
+    ctx = {"results": str(results), "sweep": sweep.name, "preset": "smoke",
+           "code_version": code_version(), "fault": fault}
+    for t in trials:
+        execute_trial(t, ctx, train)
+
+
+def _smaller(trials: list, tmp: Path) -> list:
+    for t in trials:  # one tiny net, few images: compile time dominates
+        t.config.update(width=2, epochs=2, cache_dir=str(tmp / "cache"),
+                        data_dir="synthetic://3x16x16")
+        if t.config["arch"] == "mixer_s16":
+            t.config.update(width=8, depth=1)
+    return trials
+
+
+@pytest.mark.slow  # five attempts, each compiling its nets: minutes on a busy 2-core machine
+def test_fig5_reduced_smoke_with_a_crash_into_table_and_plot(tmp_path: Path) -> None:
+    sw = load_sweep(SWEEPS["fig5"])
+    trials = _smaller([t for t in sw.expand("smoke") if t.config["arch"] == "resnet18" and (
+        t.config["subset"] in (0, 9, 12) and (t.config["transform"] == "identity"
+                                              or t.config["subset"] == 0))], tmp_path)
+    assert len(trials) == 4
+    res = tmp_path / "results"
+    first = trials[0]
+    # attempt 1 of the first trial crashes after its first epoch's checkpoint
+    with pytest.raises(InjectedFault):
+        _run(sw, [first], res, fault={"crash_at_step": 1, "trials": [first.trial_id]})
+    _run(sw, trials, res)
+    df, _ = load("fig5", str(res))
+    row = df[df["trial_id"] == first.trial_id].iloc[0]
+    assert row["attempt"] == 2 and row["start_step"] > 0 and row["status"] == "completed"
+    assert sorted(df["m"].astype(int)) == [1, 2, 48, 48]  # m_12, m_9 of 48 images, all
+    text = figure_table("fig5", str(res))
+    assert "top-1 error" in text and "ResNet-18 w2, clean" in text
+    assert "first 6 / last 6" in text and "gap (points)" in text
+    png = figure_plot("fig5", str(res))
+    assert png.exists() and png.stat().st_size > 10_000
+
+
+def test_figS4_reduced_smoke_into_table_and_plot(tmp_path: Path) -> None:
+    sw = load_sweep(SWEEPS["figS4"])
+    trials = _smaller([t for t in sw.expand("smoke") if t.config["arch"] == "resnet18"],
+                      tmp_path)
+    assert {t.config["transform"] for t in trials} == {"identity", "pixel_rotation",
+                                                       "permutation"}
+    res = tmp_path / "results"
+    _run(sw, trials, res)
+    text = figure_table("figS4", str(res))
+    assert "P(3d) permuted" in text and "O(3)^d rotated" in text and "epochs run: 2" in text
+    png = figure_plot("figS4", str(res))
+    assert png.exists() and png.stat().st_size > 10_000
+
+
+def test_paper_plan_counts_flops() -> None:
+    from orchestrator.plan.imagenet import model_flops, plan_imagenet
+
+    f_train, f_eval = model_flops("resnet50", None, None, None, 224, 1000)
+    # ResNet-50: about 4.1 G multiply-adds a 224x224 image forward (He et al. 2016), i.e.
+    # 8.2 GFLOP; a training step is about three forward passes
+    assert 7.5e9 < f_eval < 8.5e9 and 2.7 < f_train / f_eval < 3.3
+    sw = load_sweep(SWEEPS["figS4"])
+    trials = [t for t in sw.expand("paper") if t.config["arch"] == "resnet18"]
+    text = plan_imagenet("figS4", "paper", trials, gpus=8)
+    assert "ASSUMED 35 TFLOP/s" in text and "GPU-hours" in text and "192,153,600" in text
+
+
+def test_plan_command_prices_imagenet_sweeps_from_flops(capsys) -> None:
+    from orchestrator.cli import main
+
+    args = ["plan", str(SWEEPS["figS4"]), "--preset", "paper", "--only", "arch=resnet18",
+            "--gpus", "16"]
+    assert main([*args, "--gpu-tflops", "70"]) == 0
+    out = capsys.readouterr().out
+    assert "figS4 [paper]: 3 ImageNet trials" in out and "ASSUMED 70 TFLOP/s" in out
+    assert "on 16 GPUs" in out and "nothing was timed" in out
+    assert main([*args, "--gpu-tflops", "0"]) == 2
+    assert "--gpu-tflops 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(SWEEPS))
+def test_full_smoke_preset_through_the_cli(name: str, tmp_path: Path) -> None:
+    from orchestrator.cli import main
+
+    res = str(tmp_path / "results")
+    assert main(["run", str(SWEEPS[name]), "--preset", "smoke", "--results", res,
+                 "--no-progress", "--no-report"]) == 0
+    assert main(["table", name, "--results", res]) == 0
+    assert main(["plot", name, "--results", res]) == 0
+    assert (tmp_path / "results" / name / f"{name}.png").exists()

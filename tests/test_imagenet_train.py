@@ -1,0 +1,83 @@
+"""The ImageNet worker (workers/imagenet_train.py): the recipe's schedule and L2 term in closed
+form, a tiny run end to end, and resumption from a checkpoint equal to an uninterrupted run."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from workers.errors import ConfigError, DataError
+from workers.imagenet_models import init_variables, make_imagenet_model
+from workers.imagenet_train import lr_schedule, train_imagenet, weight_penalty
+
+
+def test_schedule_closed_form() -> None:
+    sched = lr_schedule(0.1, 1024, steps_per_epoch=10, epochs=20, warmup_epochs=5)
+    peak = 0.1 * 1024 / 256
+    assert float(sched(0)) == 0.0
+    assert math.isclose(float(sched(25)), peak / 2, rel_tol=1e-6)  # half-way up the warm-up
+    assert math.isclose(float(sched(50)), peak, rel_tol=1e-6)
+    assert math.isclose(float(sched(125)), peak / 2, rel_tol=1e-5)  # cosine half-way: 1/2
+    assert float(sched(200)) < 1e-7
+
+
+def test_weight_penalty_only_kernels() -> None:
+    model = make_imagenet_model("resnet18", num_classes=3, width=2)
+    params = init_variables(model, jax.random.key(0), (8, 8, 3))["params"]
+    ones = jax.tree_util.tree_map(np.ones_like, params)
+    kernels = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params) if x.ndim > 1)
+    assert float(weight_penalty(ones)) == pytest.approx(0.5 * kernels)
+
+
+BASE = dict(arch="resnet18", width=4, image_size=12, epochs=2, batch_size=16,
+            warmup_epochs=1, loader_threads=2, eval_batch_size=16, seed=1)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    cache = str(tmp_path_factory.mktemp("cache"))
+    return dict(data_dir="synthetic://3x16x16", cache_dir=cache)
+
+
+def test_tiny_run_and_resume(data: dict, tmp_path) -> None:
+    reports: list[dict] = []
+    full_dir = str(tmp_path / "full")
+    cfg = {**BASE, **data, "transform": "pixel_rotation", "keep_checkpoints": 0}
+    out = train_imagenet({**cfg, "work_dir": full_dir},
+                         lambda m, ck: reports.append({**m, "ckpt": ck}))
+    assert out["status"] == "completed" and out["train_size"] == 48
+    assert out["steps"] == 6 and out["steps_per_epoch"] == 3 and out["test_size"] == 12
+    assert [r["epoch"] for r in reports] == [1.0, 2.0]
+    assert all(0.0 <= r["test_acc"] <= 1.0 for r in reports)
+    assert out["lr_peak"] == pytest.approx(0.1 * 16 / 256)
+    # resume from the epoch-1 checkpoint: the same history and final weights
+    res_dir = str(tmp_path / "resumed")
+    again = train_imagenet({**cfg, "work_dir": res_dir, "resume_from": reports[0]["ckpt"]})
+    assert again["steps"] == 6
+    assert again["history"][1]["test_acc"] == out["history"][1]["test_acc"]
+    assert again["history"][0] == out["history"][0]  # carried over from the checkpoint
+    a = np.load(os.path.join(full_dir, "checkpoint_000000006", "state.npz"))
+    b = np.load(os.path.join(res_dir, "checkpoint_000000006", "state.npz"))
+    for k in a.files:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6)
+    # a checkpoint of another config is refused
+    with pytest.raises(ConfigError, match="different config"):
+        train_imagenet({**cfg, "seed": 2, "resume_from": reports[0]["ckpt"]})
+
+
+def test_subset_and_bad_input(data: dict) -> None:
+    with pytest.raises(ConfigError, match="not 'vec'"):
+        train_imagenet({**BASE, **data, "arch": "vec"})
+    with pytest.raises(ConfigError, match="needs data_dir"):
+        train_imagenet({**BASE, "data_dir": None})
+    with pytest.raises(DataError, match="expects 1000"):
+        train_imagenet({**BASE, **data, "num_classes": 1000})
+    with pytest.raises(DataError, match="synthetic://CxNxS"):
+        train_imagenet({**BASE, "data_dir": "synthetic://3x"})
+    out = train_imagenet({**BASE, **data, "subset": 2, "epochs": 1, "arch": "mixer_s16",
+                          "width": 8, "depth": 1, "patch_size": 4})
+    assert out["train_size"] == 24 and out["batch_size"] == 16 and out["steps"] == 1
