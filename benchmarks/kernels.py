@@ -1,40 +1,73 @@
-"""Benchmark: symsweep's infinite-width kernels against neural-tangents 0.6.5, side by side.
+"""Roofline benchmark: symsweep's infinite-width kernels against neural-tangents 0.6.5 and the
+machine's own peak, measured in one run.
 
-    .venv/bin/python benchmarks/kernels.py [--quick] [--no-readme]
+    python benchmarks/kernels.py                        # every arch at 32x32 and 16x16
+    python benchmarks/kernels.py --archs gap,lap4,vec,fcn --size 32   # the lead's rerun
+    python benchmarks/kernels.py --quick                # < 3 minutes: 16x16, small blocks
+    python benchmarks/kernels.py --ideas [--size 32]    # engine variants, interleaved
 
-Both sides get identical inputs (standard-normal 32x32x3 images, fixed seed, float32), depth 8,
-w_var = 2, b_var = 0.01, NNGP + NTK together, warm (compile time reported separately).
-neural-tangents runs in its reference environment (``NT_REF_PYTHON``, default
-/tmp/nt-ref/bin/python; built by ../shared/tools/nt-reference-env.sh) as a subprocess, with
-``nt.batch`` over the ``stax`` kernel function. Every measurement runs in its own process, so
-"peak MB" is that process's peak resident memory above its state before the kernel call
-(compilation included). Speed-ups are given on wall-clock time and on process CPU time (user +
-system, all threads): on a shared, oversubscribed machine the CPU-time ratio is the steadier
-one. Accuracy: both float32 results are compared with symsweep's float64 kernels (which match
-neural-tangents' float64 to <= 1e-7, see tests/test_kernels_fixtures.py) on up to 16 x 16 pairs;
-neural-tangents' float32 error is largest on image-with-itself entries (rho = 1).
-For gap/lap, neural-tangents gets only 4 x 4 pairs (it manages under
-1 pair/s) and symsweep 8 x 8 whose first 4 x 4 are the same pairs; the two results are
-evaluated on those pairs.
+What runs. For each (arch, image size) one persistent worker process per side (symsweep in this
+environment, neural-tangents in its reference environment ``NT_REF_PYTHON``, default
+/tmp/nt-ref/bin/python, built by ../shared/tools/nt-reference-env.sh) loads the same inputs
+(standard-normal HxWx3 images, fixed seed, float32), compiles, and then the driver asks the two
+workers for one timed repetition each, alternately (symsweep, nt, symsweep, nt, ...): both sides
+see the same machine load. Best of the repetitions is reported, with process CPU time (user +
+system, all threads) beside wall time, and ``/proc/loadavg`` is printed before and after.
+Depth 8, w_var 2, b_var 0.01, NNGP + NTK together, one arch per call (symsweep's gap/lap cell
+computes gap + lap4 + lap8 together, see `workers.kernel_trial`; here each arch is timed alone so
+that both sides do the same work). neural-tangents runs ``nt.batch`` over the ``stax`` kernel
+function. Accuracy: both float32 results against symsweep's float64 kernels (equal to
+neural-tangents' float64 to <= 1e-7, tests/test_kernels_fixtures.py) on the first m x m pairs.
 
-GFLOP/s counts the recursion's arithmetic, the same count for both sides: per layer and per
-covariance entry kept (1 for fcn, H*W for vec/lcn, (H*W)^2 for gap/lap) about 64 flops
-(3x3 window on NNGP and NTK, affine maps, the ReLU arc-cosine step), plus the input
-covariance (2 flops per channel per entry; for fcn 2 * H * W * C). The machine's peak is
-measured as a float32 numpy matrix multiply.
+The machine's peak, measured in the same run with as many threads as the engine uses
+(`workers.kernels.host_threads`):
+* multiply-add peak: a jitted micro-kernel, 16 independent chains of 32 multiply-adds per
+  element of an L2-resident float32 array in one fused loop, 2 flops per multiply-add (whether
+  XLA emits FMA instructions or not: it is the best XLA-generated elementwise code reaches);
+* copy bandwidth: ``np.copyto`` of a 256 MiB float32 array, split over the threads, counted as
+  read + write (2 x 256 MiB per copy).
 
-Writes a markdown table to stdout and into the "Kernels" section of benchmarks/README.md.
+The count per pair (the same for both sides; it is the algorithm's arithmetic, not either
+implementation's). E = covariance entries per pair per layer: 1 (fcn), H*W (vec, lcn: the
+per-pixel covariance), (H*W)^2 (gap, lap4, lap8: the full covariance). Per entry per layer:
+
+    3x3 window on K and Theta, separable: 2 arrays x 2 passes x 2 adds        8
+    affine maps K <- w K / 9 + b, Theta <- w Theta / 9 + K (FMA = 2)         4
+    ReLU step: rho = K (1/s1)(1/s2) 2, clip 2, same-image select 1, |rho| 1,
+      1 - r 1, sqrt 1, P(r) degree-7 Horner 14, arccos = s P 1, pi - theta
+      select 2, R(r) Horner 14, s u R 2, + pi max(rho, 0) 3,
+      K_out = (s1 s2) J1 c 3, Theta_out = Theta (pi - theta) c 2             49
+                                                                          ---- 61
+(fcn has no window: 53). Plus the input covariance, 2 C flops per entry (fcn: 2 H W C), and the
+readout, 2 flops per entry. So FLOP/pair = E (2 C + 61 L + 2) with L = 8 layers.
+Bytes per pair: the one-pass-per-layer model, each layer reading K and Theta and writing them
+back, 4 numbers x 4 bytes per entry per layer (16 E L bytes; plus the two images for fcn). An
+engine that keeps its work items in cache moves less than this through DRAM, so bytes/s above
+the copy bandwidth means the working set stayed in cache, not a measurement error.
+
+``--ideas`` times variants of the symsweep engine against each other, interleaved in one
+process, on the full-covariance path (gap): the ReLU step with a per-entry zero-variance select
+(``relu_kernels``) against precomputed inverse standard deviations, the 3x3 circular window as
+rolls fused into the layer's loop against materialised padding and nine slices, one thread
+against `host_threads()`, and work items of 2^16 to 2^20 numbers per array. It patches the
+module's internals and clears jax's caches between variants.
+
+Writes the markdown tables to stdout and (full runs, without --no-readme) into the "Kernels"
+section of benchmarks/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import resource
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -43,18 +76,23 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 NT_PYTHON = os.environ.get("NT_REF_PYTHON", "/tmp/nt-ref/bin/python")
 NT_TOOLS = os.environ.get("NTREF_TOOLS", str(ROOT.parent / "shared" / "tools"))
-DEPTH, W_VAR, B_VAR = 8, 2.0, 0.01
-FLOPS_PER_ENTRY_LAYER = 64
-SHAPE = (32, 32, 3)
+DEPTH, W_VAR, B_VAR, CHANNELS = 8, 2.0, 0.01, 3
+ALL_ARCHS = ("fcn", "vec", "lcn", "gap", "lap4", "lap8")
+# flops per covariance entry per layer (see the docstring's table)
+FLOPS_WINDOW, FLOPS_AFFINE, FLOPS_RELU = 8, 4, 49
+FLOPS_INPUT_PER_CHANNEL, FLOPS_READOUT = 2, 2
+BYTES_PER_ENTRY_LAYER = 16
+# Goals of issue 14 (symsweep / neural-tangents, 32x32)
+GOALS = {"fcn": 1.5, "vec": 5.0, "lcn": 5.0, "gap": 30.0, "lap4": 30.0, "lap8": 30.0}
 
-# Runs inside a subprocess of either environment. argv: side archs n1 n2 images.npy reps
+# A persistent worker: reads one command per line on stdin ("run", "check M", "quit"),
+# answers one JSON line on stdout. argv: side arch n size images.npy [nt_tools]
 WORKER = textwrap.dedent(r'''
 import json, resource, sys, time
 import numpy as np
-side, archs, n1, n2, path, reps = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3]), \
-    int(sys.argv[4]), sys.argv[5], int(sys.argv[6])
-x = np.load(path).astype(np.float32)
-x1, x2 = x[:n1], x[:n2]
+side, arch, n, size, path = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), \
+    sys.argv[5]
+x = np.load(path)[:n, :size, :size].astype(np.float32)
 DEPTH, W_VAR, B_VAR = 8, 2.0, 0.01
 
 def rss_mb():
@@ -64,38 +102,34 @@ def rss_mb():
                 return int(line.split()[1]) / 1024
 
 if side == "nt":
-    sys.path.insert(0, sys.argv[7])
+    sys.path.insert(0, sys.argv[6])
     from ntref import nt, stax
-    import jax
     w_std, b_std = W_VAR ** 0.5, B_VAR ** 0.5
-    def model(arch):
-        if arch == "fcn":
-            layers = [stax.Flatten()]
-            for _ in range(DEPTH):
-                layers += [stax.Dense(512, W_std=w_std, b_std=b_std), stax.Relu()]
-            return stax.serial(*layers, stax.Dense(10, W_std=w_std, b_std=b_std))
+    if arch == "fcn":
+        layers = [stax.Flatten()]
+        for _ in range(DEPTH):
+            layers += [stax.Dense(512, W_std=w_std, b_std=b_std), stax.Relu()]
+    else:
         conv = stax.ConvLocal if arch == "lcn" else stax.Conv
         layers = []
         for _ in range(DEPTH):
             layers += [conv(64, (3, 3), padding="CIRCULAR", W_std=w_std, b_std=b_std),
                        stax.Relu()]
-        head = {"vec": [stax.Flatten()], "lcn": [stax.Flatten()], "gap": [stax.GlobalAvgPool()],
-                "lap4": [stax.AvgPool((4, 4), (4, 4)), stax.Flatten()],
-                "lap8": [stax.AvgPool((8, 8), (8, 8)), stax.Flatten()]}[arch]
-        return stax.serial(*layers, *head, stax.Dense(10, W_std=w_std, b_std=b_std))
-    fns = [nt.batch(model(a)[2], batch_size=min(n1, n2, 64), store_on_device=False)
-           for a in archs]
+        layers += {"vec": [stax.Flatten()], "lcn": [stax.Flatten()],
+                   "gap": [stax.GlobalAvgPool()],
+                   "lap4": [stax.AvgPool((4, 4), (4, 4)), stax.Flatten()],
+                   "lap8": [stax.AvgPool((8, 8), (8, 8)), stax.Flatten()]}[arch]
+    fn = nt.batch(stax.serial(*layers, stax.Dense(10, W_std=w_std, b_std=b_std))[2],
+                  batch_size=min(n, 64), store_on_device=False)
     def run():
-        out = {}
-        for a, fn in zip(archs, fns):
-            k = fn(x1, x2, ("nngp", "ntk"))
-            out[a] = [np.asarray(k.nngp), np.asarray(k.ntk)]
-        return out
+        k = fn(x, x, ("nngp", "ntk"))
+        return np.asarray(k.nngp), np.asarray(k.ntk)
 else:
     from workers.kernels import kernel_tile
-    def run():
-        r = kernel_tile(archs, x1, x2, depth=DEPTH, w_var=W_VAR, b_var=B_VAR)
-        return {a: [r[a]["nngp"], r[a]["ntk"]] for a in archs}
+    def run(dtype=np.float32, m=n):
+        r = kernel_tile([arch], x[:m], x[:m], depth=DEPTH, w_var=W_VAR, b_var=B_VAR,
+                        dtype=dtype)[arch]
+        return r["nngp"], r["ntk"]
 
 def cpu():
     r = resource.getrusage(resource.RUSAGE_SELF)
@@ -103,154 +137,352 @@ def cpu():
 
 base = rss_mb()
 t0 = time.perf_counter(); out = run(); first = time.perf_counter() - t0
-times, cpus = [], []
-for _ in range(reps):
-    t0, c0 = time.perf_counter(), cpu()
-    out = run()
-    times.append(time.perf_counter() - t0); cpus.append(cpu() - c0)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-arrays = {f"{a}_{i}": v[i] for a, v in out.items() for i in range(2)}
-if side == "ours" and len(sys.argv) > 7 and int(sys.argv[7]) > 0:
-    m = int(sys.argv[7])
-    r = kernel_tile(archs, x[:m], x[:m], depth=DEPTH, w_var=W_VAR, b_var=B_VAR, dtype=np.float64)
-    arrays.update({f"{a}_{i}_f64": r[a][k] for a in archs for i, k in enumerate(("nngp", "ntk"))})
-np.savez(path + f".{side}.{'_'.join(archs)}.npz", **arrays)
-print("RESULT", json.dumps({"first_s": first, "best_s": min(times), "cpu_s": min(cpus),
-                            "peak_mb": peak - base}))
+print(json.dumps({"ready": True, "first_s": first}), flush=True)
+for line in sys.stdin:
+    cmd = line.split()
+    if cmd[0] == "run":
+        t0, c0 = time.perf_counter(), cpu()
+        out = run()
+        print(json.dumps({"wall_s": time.perf_counter() - t0, "cpu_s": cpu() - c0}),
+              flush=True)
+    elif cmd[0] == "save":  # the float32 result, and (symsweep) float64 on the first m x m
+        m = int(cmd[2])
+        arrays = {"nngp": out[0][:m, :m], "ntk": out[1][:m, :m]}
+        if side == "ours":
+            r64 = run(np.float64, m)
+            arrays.update(nngp64=r64[0], ntk64=r64[1])
+        np.savez(cmd[1], **arrays)
+        print(json.dumps({"saved": cmd[1],
+                          "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                          - base}), flush=True)
+    else:
+        break
 ''')
 
 
-def _run(side: str, archs: list[str], n1: int, n2: int, images: str, reps: int,
-         ref: int = 0) -> dict:
-    py = NT_PYTHON if side == "nt" else sys.executable
-    cmd = [py, "-c", WORKER, side, ",".join(archs), str(n1), str(n2), images, str(reps)]
-    cmd.append(NT_TOOLS if side == "nt" else str(ref))
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
-    if p.returncode != 0 or not lines:
-        raise RuntimeError(f"{side} {archs} failed:\n{p.stderr[-3000:]}")
-    res = json.loads(lines[-1][7:])
-    res.update(side=side, archs=archs, pairs=n1 * n2)
-    res["pairs_per_s"] = n1 * n2 / res["best_s"]
-    res["pairs_per_cpu_s"] = n1 * n2 / res["cpu_s"]
-    res["file"] = images + f".{side}.{'_'.join(archs)}.npz"
-    return res
+class Worker:
+    """One side's persistent worker process (see WORKER)."""
+
+    def __init__(self, side: str, arch: str, n: int, size: int, images: str) -> None:
+        py = NT_PYTHON if side == "nt" else sys.executable
+        cmd = [py, "-c", WORKER, side, arch, str(n), str(size), images]
+        if side == "nt":
+            cmd.append(NT_TOOLS)
+        self.name = f"{side} {arch} {size}x{size} n={n}"
+        self.side, self.n = side, n
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                                     env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        self.first_s = self._read()["first_s"]
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            raise RuntimeError(f"{self.name} failed:\n{self.proc.stderr.read()[-3000:]}")
+        return json.loads(line)
+
+    def ask(self, cmd: str) -> dict:
+        self.proc.stdin.write(cmd + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
 
 
-def flops_per_pair(arch: str) -> float:
-    h, w, c = SHAPE
+def entries(arch: str, size: int) -> int:
+    """Covariance entries per pair per layer."""
+    hw = size * size
+    return 1 if arch == "fcn" else hw if arch in ("vec", "lcn") else hw * hw
+
+
+def flops_per_pair(arch: str, size: int) -> float:
+    """The docstring's count: E (2 C + 61 L + 2) (fcn: 2 H W C + 53 L + 2)."""
     if arch == "fcn":
-        return 2 * h * w * c + DEPTH * FLOPS_PER_ENTRY_LAYER
-    entries = h * w if arch in ("vec", "lcn") else (h * w) ** 2
-    return entries * (DEPTH * FLOPS_PER_ENTRY_LAYER + 2 * c)
+        return (FLOPS_INPUT_PER_CHANNEL * size * size * CHANNELS
+                + DEPTH * (FLOPS_AFFINE + FLOPS_RELU) + FLOPS_READOUT)
+    per_layer = FLOPS_WINDOW + FLOPS_AFFINE + FLOPS_RELU
+    return entries(arch, size) * (FLOPS_INPUT_PER_CHANNEL * CHANNELS + DEPTH * per_layer
+                                  + FLOPS_READOUT)
 
 
-def machine_gflops() -> float:
-    a = np.random.default_rng(0).standard_normal((2048, 2048)).astype(np.float32)
-    a @ a
-    best = 1e9
-    for _ in range(3):
-        t0 = time.perf_counter()
-        a @ a
-        best = min(best, time.perf_counter() - t0)
-    return 2 * 2048**3 / best / 1e9
+def bytes_per_pair(arch: str, size: int) -> float:
+    """One-pass-per-layer traffic: 16 bytes per entry per layer (fcn: plus the two images)."""
+    extra = 2 * size * size * CHANNELS * 4 if arch == "fcn" else 0
+    return entries(arch, size) * DEPTH * BYTES_PER_ENTRY_LAYER + extra
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description="symsweep vs neural-tangents kernel benchmark")
-    ap.add_argument("--quick", action="store_true", help="smaller pair counts (smoke run)")
+def loadavg() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def machine_peak(threads: int) -> dict[str, float]:
+    """Multiply-add peak (GFLOP/s) of a jitted micro-kernel and copy bandwidth (GB/s), with
+    `threads` threads running at once."""
+    import jax
+    import jax.numpy as jnp
+
+    chains, steps, n, calls = 16, 32, 65536, 8  # 256 KiB input: L2-resident
+
+    @jax.jit
+    def fma(x, a, b):
+        # 16 independent chains of 32 dependent multiply-adds per element, in one fused loop:
+        # enough independent work per element to keep the FMA units, not memory, busy
+        ys = [x + i * 1e-3 for i in range(chains)]
+        for _ in range(steps):
+            ys = [y * a + b for y in ys]
+        return sum(ys)
+
+    x = jnp.asarray(np.random.default_rng(0).uniform(0.5, 1.0, n), jnp.float32)
+    a, b = jnp.float32(0.999), jnp.float32(1e-4)
+    fma(x, a, b).block_until_ready()
+
+    def timed(work: list) -> float:
+        best = math.inf
+        for _ in range(5):
+            ts = [threading.Thread(target=w) for w in work]
+            t0 = time.perf_counter()
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+            best = min(best, time.perf_counter() - t0)
+        return best
+
+    def fma_calls() -> None:
+        for _ in range(calls):
+            fma(x, a, b).block_until_ready()
+
+    s = timed([fma_calls] * threads)
+    gflops = threads * calls * n * chains * (steps * 2 + 1) / s / 1e9
+    big = 64 * 1024**2  # float32 numbers: 256 MiB
+    src = np.ones(big, np.float32)
+    dst = np.zeros_like(src)
+    part = -(-big // threads)
+    # np.copyto releases the GIL on large contiguous copies: one slice per thread
+    copies = [lambda i=i: np.copyto(dst[i * part:(i + 1) * part], src[i * part:(i + 1) * part])
+              for i in range(threads)]
+    s = timed(copies)
+    return {"fma_gflops": gflops, "copy_gbs": 2 * big * 4 / s / 1e9, "threads": threads}
+
+
+def measure(arch: str, size: int, n_ours: int, n_nt: int, images: str, reps: int,
+            with_nt: bool) -> dict:
+    """Both sides warm, then `reps` repetitions alternately; accuracy on the first m x m."""
+    ours = Worker("ours", arch, n_ours, size, images)
+    nt = Worker("nt", arch, n_nt, size, images) if with_nt else None
+    try:
+        t = {"ours": [], "nt": []}
+        for _ in range(reps):
+            t["ours"].append(ours.ask("run"))
+            if nt is not None:
+                t["nt"].append(nt.ask("run"))
+        m = min(n_ours, n_nt, 16)
+        fo, fn = images + f".ours.{arch}{size}.npz", images + f".nt.{arch}{size}.npz"
+        res = {"arch": arch, "size": size}
+        for side, w, f in (("ours", ours, fo), ("nt", nt, fn)):
+            if w is None:
+                continue
+            saved = w.ask(f"save {f} {m}")
+            best = min(t[side], key=lambda r: r["wall_s"])
+            res[side] = {"pairs": w.n * w.n, "wall_s": best["wall_s"],
+                         "cpu_s": min(r["cpu_s"] for r in t[side]),
+                         "pairs_per_s": w.n * w.n / best["wall_s"],
+                         "pairs_per_cpu_s": w.n * w.n / min(r["cpu_s"] for r in t[side]),
+                         "compile_s": max(w.first_s - best["wall_s"], 0.0),
+                         "peak_mb": saved["peak_mb"]}
+        ref = np.load(fo)
+        for side, f in (("ours", fo), ("nt", fn)):
+            if side in res:
+                d = np.load(f)
+                res[side]["err"] = max(
+                    float(np.max(np.abs(d[k] - ref[k + "64"]) / np.abs(ref[k + "64"])))
+                    for k in ("nngp", "ntk"))
+        return res
+    finally:
+        ours.close()
+        if nt is not None:
+            nt.close()
+
+
+def roofline_table(rows: list[dict], peak: dict, load: tuple[str, str]) -> str:
+    lines = [
+        f"Load average (1, 5, 15 min) before: {load[0]}; after: {load[1]}. "
+        f"{os.cpu_count()} CPU cores, {peak['threads']} threads. Machine peak in the same run: "
+        f"FMA micro-kernel {peak['fma_gflops']:.0f} GFLOP/s, copy {peak['copy_gbs']:.1f} GB/s.",
+        "",
+        "| arch | input | symsweep pairs/s | nt pairs/s | speed-up wall (CPU time) | goal "
+        "| symsweep GFLOP/s (% of FMA peak) | GB/s one-pass model (% of copy) "
+        "| nt GFLOP/s | pairs symsweep / nt | compile s symsweep / nt "
+        "| max rel err vs float64 symsweep / nt |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        o, n = r["ours"], r.get("nt")
+        f, b = flops_per_pair(r["arch"], r["size"]), bytes_per_pair(r["arch"], r["size"])
+        gf, gb = o["pairs_per_s"] * f / 1e9, o["pairs_per_s"] * b / 1e9
+        goal = GOALS[r["arch"]] if r["size"] == 32 else None
+        if n:
+            ratio = o["pairs_per_s"] / n["pairs_per_s"]
+            cratio = o["pairs_per_cpu_s"] / n["pairs_per_cpu_s"]
+            sp = f"{ratio:.1f}x ({cratio:.1f}x)"
+            ntc = (f"{n['pairs_per_s']:.4g}", f"{n['pairs_per_s'] * f / 1e9:.3g}",
+                   f"{n['pairs']}", f"{n['compile_s']:.1f}", f"{n['err']:.1e}")
+            met = "" if goal is None else ("met" if ratio >= goal else f"{ratio / goal:.0%} of")
+            goal_s = "" if goal is None else f"{goal:g}x {met}"
+        else:
+            sp, ntc, goal_s = "-", ("-", "-", "-", "-", "-"), ""
+        lines.append(
+            f"| {r['arch']} | {r['size']}x{r['size']} | {o['pairs_per_s']:.4g} | {ntc[0]} | {sp} "
+            f"| {goal_s} | {gf:.3g} ({gf / peak['fma_gflops']:.0%}) "
+            f"| {gb:.3g} ({gb / peak['copy_gbs']:.0%}) | {ntc[1]} | {o['pairs']} / {ntc[2]} "
+            f"| {o['compile_s']:.1f} / {ntc[3]} | {o['err']:.1e} / {ntc[4]} |")
+    return "\n".join(lines)
+
+
+# block sizes (symsweep n, neural-tangents n) per arch and size: n x n pairs of one image set
+SIZES = {
+    32: {"fcn": (512, 512), "vec": (64, 64), "lcn": (64, 64), "gap": (16, 4), "lap4": (16, 4),
+         "lap8": (16, 4)},
+    16: {"fcn": (512, 512), "vec": (128, 64), "lcn": (128, 64), "gap": (32, 16),
+         "lap4": (32, 16), "lap8": (32, 16)},
+}
+QUICK = {16: {"fcn": (256, 256), "vec": (64, 32), "lcn": (64, 32), "gap": (16, 8),
+              "lap4": (16, 8), "lap8": (16, 8)}}
+
+
+def ideas(size: int, n: int, reps: int) -> str:
+    """Engine variants on gap at size x size, n x n pairs, interleaved in this process."""
+    import jax
+
+    from workers import kernels as K
+
+    x = np.random.default_rng(2022).standard_normal((n, size, size, 3)).astype(np.float32)
+    orig = {k: getattr(K, k) for k in ("_relu_inv", "_window_pair", "_ITEM_ENTRIES_CPU")}
+
+    def relu_select(k, t, s1, i1, s2, i2, same):  # the per-entry select of relu_kernels
+        return K.relu_kernels(k, t, s1, s2, same)
+
+    def window_fused(k, t):  # rolls fused into the layer's loop (no materialised padding)
+        return K._box(k, (0, 1)), K._box(t, (0, 1))
+
+    variants = {
+        "engine (all kept ideas)": {},
+        "ReLU with per-entry select": {"_relu_inv": relu_select},
+        "window by rolls fused into the layer": {"_window_pair": window_fused},
+        "one thread": {"threads": 1},
+        **{f"work items 2^{e}": {"_ITEM_ENTRIES_CPU": 2**e} for e in (16, 17, 19, 20)},
+        "previous engine (select, fused rolls, one thread)": {
+            "_relu_inv": relu_select, "_window_pair": window_fused, "threads": 1},
+    }
+
+    def run(v: dict) -> tuple[float, float]:
+        for k, val in orig.items():
+            setattr(K, k, v.get(k, val))
+        jax.clear_caches()
+        kw = {"threads": v["threads"]} if "threads" in v else {}
+        K.kernel_tile(["gap"], x, x, **kw)  # compile (with this variant's globals)
+        best_w = best_c = math.inf
+        for _ in range(reps):
+            r0 = resource.getrusage(resource.RUSAGE_SELF)
+            t0 = time.perf_counter()
+            K.kernel_tile(["gap"], x, x, **kw)
+            w = time.perf_counter() - t0
+            r1 = resource.getrusage(resource.RUSAGE_SELF)
+            c = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
+            best_w, best_c = min(best_w, w), min(best_c, c)
+        return best_w, best_c
+
+    load0 = loadavg()
+    res = {name: [] for name in variants}
+    for _ in range(2):  # two interleaved rounds over all variants
+        for name, v in variants.items():
+            res[name].append(run(v))
+    for k, val in orig.items():
+        setattr(K, k, val)
+    jax.clear_caches()
+    base_w = min(r[0] for r in res["engine (all kept ideas)"])
+    base_c = min(r[1] for r in res["engine (all kept ideas)"])
+    lines = [f"gap at {size}x{size}, {n} x {n} pairs, float32, depth {DEPTH}; load average "
+             f"before {load0}, after {loadavg()}; best of {2 * reps} per variant, two "
+             "interleaved rounds.", "",
+             "| variant | pairs/s | pairs per CPU-second | wall vs engine | CPU vs engine |",
+             "|---|---|---|---|---|"]
+    for name, r in res.items():
+        w, c = min(x[0] for x in r), min(x[1] for x in r)
+        lines.append(f"| {name} | {n * n / w:.4g} | {n * n / c:.4g} | {w / base_w:.2f}x "
+                     f"| {c / base_c:.2f}x |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="kernel roofline benchmark vs neural-tangents")
+    ap.add_argument("--quick", action="store_true", help="16x16, small blocks, 1 rep (< 3 min)")
+    ap.add_argument("--archs", default=",".join(ALL_ARCHS), help="comma-separated archs")
+    ap.add_argument("--size", type=int, action="append", choices=(16, 32),
+                    help="image size (repeatable; default 32 and 16)")
+    ap.add_argument("--reps", type=int, default=None, help="timed repetitions per side")
+    ap.add_argument("--no-nt", action="store_true", help="symsweep side only")
+    ap.add_argument("--ideas", action="store_true", help="engine variants, interleaved")
     ap.add_argument("--no-readme", action="store_true", help="do not rewrite benchmarks/README")
     args = ap.parse_args()
-    q = args.quick
-    # (arch, symsweep n, nt n): square blocks n x n of the same images
-    plan = [("fcn", 256 if q else 512, 256 if q else 512),
-            ("vec", 32 if q else 64, 32 if q else 64),
-            ("lcn", 32 if q else 64, 32 if q else 64),
-            ("gap", 4 if q else 8, 4),
-            ("lap4", 4 if q else 8, 4),
-            ("lap8", 4 if q else 8, 4)]
-    reps = 1 if q else 2
+    archs = [a.strip() for a in args.archs.split(",") if a.strip()]
+    bad = [a for a in archs if a not in ALL_ARCHS]
+    if bad:
+        print(f"unknown arch {bad}; choose from {','.join(ALL_ARCHS)}", file=sys.stderr)
+        return 2
+    sizes = args.size or ([16] if args.quick else [32, 16])
+    with_nt = not args.no_nt
+    if with_nt and not (os.access(NT_PYTHON, os.X_OK)):
+        print(f"no neural-tangents reference environment at {NT_PYTHON}: build it with "
+              "../shared/tools/nt-reference-env.sh (or set NT_REF_PYTHON), or pass --no-nt",
+              file=sys.stderr)
+        return 2
+    print(f"load average before: {loadavg()}", file=sys.stderr, flush=True)
+    if args.ideas:
+        size = sizes[0]
+        print(ideas(size, 8 if size == 32 else 16, args.reps or 2))
+        return 0
+    from workers.kernels import host_threads
+
+    reps = args.reps or (1 if args.quick else 3)
     rng = np.random.default_rng(2022)
-    x = rng.standard_normal((1024, *SHAPE)).astype(np.float32)
     tmp = tempfile.mkdtemp(prefix="symsweep-bench-")
     images = os.path.join(tmp, "images.npy")
-    np.save(images, x)
-
+    np.save(images, rng.standard_normal((1024, 32, 32, CHANNELS)).astype(np.float32))
+    load0 = loadavg()
+    peak = machine_peak(host_threads())
+    print(f"peak: {peak}", file=sys.stderr, flush=True)
     rows = []
-    for arch, n_ours, n_nt in plan:
-        m = min(n_ours, n_nt, 16)
-        ours = _run("ours", [arch], n_ours, n_ours, images, reps, ref=m)
-        ref = _run("nt", [arch], n_nt, n_nt, images, reps if arch in ("fcn", "vec", "lcn") else 1)
-        a, b = np.load(ours["file"]), np.load(ref["file"])
-
-        def err(d, arch=arch, a=a, m=m):
-            return max(float(np.max(np.abs(d[f"{arch}_{i}"][:m, :m] - a[f"{arch}_{i}_f64"])
-                                    / np.abs(a[f"{arch}_{i}_f64"]))) for i in range(2))
-
-        rows.append((arch, ours, ref, err(a), err(b)))
-        print(f"{arch}: symsweep {ours['pairs_per_s']:.4g} pairs/s, nt {ref['pairs_per_s']:.4g}"
-              f" pairs/s; error vs float64 {err(a):.1e} / {err(b):.1e}", file=sys.stderr,
-              flush=True)
-
-    n_multi = 4 if q else 8
-    multi = _run("ours", ["vec", "gap", "lap4", "lap8"], n_multi, n_multi, images, reps)
-    by_arch = {r[0]: r for r in rows}
-    ours_sep_s = sum(1 / by_arch[a][1]["pairs_per_s"] for a in ("vec", "gap", "lap4", "lap8"))
-    nt_sep_s = sum(1 / by_arch[a][2]["pairs_per_s"] for a in ("vec", "gap", "lap4", "lap8"))
-    ours_sep_cpu = sum(1 / by_arch[a][1]["pairs_per_cpu_s"] for a in ("vec", "gap", "lap4", "lap8"))
-    nt_sep_cpu = sum(1 / by_arch[a][2]["pairs_per_cpu_s"] for a in ("vec", "gap", "lap4", "lap8"))
-    peak = machine_gflops()
-
-    lines = [
-        "`.venv/bin/python benchmarks/kernels.py` (about 15-30 minutes here, most of it "
-        "neural-tangents on gap/lap; `--quick` for a smoke run). Method and flop count: see the "
-        "script's docstring.",
-        "",
-        f"Depth {DEPTH}, 32x32x3, float32, NNGP + NTK, warm; "
-        f"measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on "
-        f"{os.cpu_count()} CPU cores (shared machine: other jobs were running, so absolute "
-        "numbers are noisy; each pair of numbers was measured back to back). "
-        f"Machine peak (float32 numpy matmul): {peak:.0f} GFLOP/s.",
-        "",
-        "| arch | symsweep pairs/s | nt pairs/s | speed-up (wall) | speed-up (CPU time) "
-        "| symsweep GFLOP/s | nt GFLOP/s | peak MB (symsweep / nt) | compile s (symsweep / nt) "
-        "| pairs (symsweep / nt) | max rel err vs float64 (symsweep / nt) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for arch, ours, ref, e_ours, e_nt in rows:
-        f = flops_per_pair(arch) / 1e9
-        lines.append(
-            f"| {arch} | {ours['pairs_per_s']:.4g} | {ref['pairs_per_s']:.4g} | "
-            f"{ours['pairs_per_s'] / ref['pairs_per_s']:.1f}x | "
-            f"{ours['pairs_per_cpu_s'] / ref['pairs_per_cpu_s']:.1f}x | "
-            f"{ours['pairs_per_s'] * f:.3g} | {ref['pairs_per_s'] * f:.3g} | "
-            f"{ours['peak_mb']:.0f} / {ref['peak_mb']:.0f} | "
-            f"{max(ours['first_s'] - ours['best_s'], 0):.1f} / "
-            f"{max(ref['first_s'] - ref['best_s'], 0):.1f} | "
-            f"{ours['pairs']} / {ref['pairs']} | {e_ours:.1e} / {e_nt:.1e} |")
-    lines += [
-        "",
-        "Multi-readout: one symsweep call computing vec + gap + lap4 + lap8 from one "
-        "propagation, against the four separate computations.",
-        "",
-        "| | seconds per pair (wall) | speed-up vs nt four separate (wall / CPU time) |",
-        "|---|---|---|",
-        f"| symsweep, one call [vec, gap, lap4, lap8] | {1 / multi['pairs_per_s']:.3g} | "
-        f"{nt_sep_s * multi['pairs_per_s']:.1f}x / "
-        f"{nt_sep_cpu * multi['pairs_per_cpu_s']:.1f}x |",
-        f"| symsweep, four separate calls | {ours_sep_s:.3g} | {nt_sep_s / ours_sep_s:.1f}x / "
-        f"{nt_sep_cpu / ours_sep_cpu:.1f}x |",
-        f"| neural-tangents, four separate | {nt_sep_s:.3g} | 1.0x |",
-        "",
-        f"symsweep multi-readout call: peak {multi['peak_mb']:.0f} MB, "
-        f"{multi['pairs']} pairs.",
-    ]
-    table = "\n".join(lines)
+    for size in sizes:
+        for arch in archs:
+            if arch == "lap8" and size < 8:
+                continue
+            n_ours, n_nt = (QUICK.get(size, SIZES[size]) if args.quick else SIZES[size])[arch]
+            r = measure(arch, size, n_ours, n_nt, images, reps, with_nt)
+            rows.append(r)
+            o = r["ours"]
+            msg = f"{arch} {size}x{size}: symsweep {o['pairs_per_s']:.4g} pairs/s"
+            if with_nt:
+                msg += (f", nt {r['nt']['pairs_per_s']:.4g} pairs/s "
+                        f"({o['pairs_per_s'] / r['nt']['pairs_per_s']:.1f}x)")
+            print(msg + f"; load {loadavg()}", file=sys.stderr, flush=True)
+    peak_after = machine_peak(host_threads())
+    peak = {k: max(peak[k], peak_after[k]) for k in peak}
+    cmd = "python benchmarks/kernels.py " + " ".join(sys.argv[1:])
+    table = (f"`{cmd.strip()}`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Depth "
+             f"{DEPTH}, float32, NNGP + NTK, warm, best of {reps} interleaved repetitions per "
+             "side; flop and byte counts per pair: the script's docstring.\n\n"
+             + roofline_table(rows, peak, (load0, loadavg())))
     print(table)
-    if not args.no_readme:
+    if not args.no_readme and not args.quick:
         readme = ROOT / "benchmarks" / "README.md"
-        text = readme.read_text() if readme.exists() else "# Benchmarks\n"
+        text = readme.read_text()
         start, end = "<!-- kernels:start -->", "<!-- kernels:end -->"
         block = f"{start}\n{table}\n{end}"
         if start in text and end in text:
@@ -258,7 +490,8 @@ def main() -> None:
         else:
             text = text.rstrip() + "\n\n## Kernels (`benchmarks/kernels.py`)\n\n" + block + "\n"
         readme.write_text(text)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

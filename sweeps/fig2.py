@@ -14,15 +14,16 @@ Presets:
   1 init), 256 train / 256 test images; the whole grid finishes in minutes on 2 CPU cores.
   Success threshold lowered to 0 (nets do not reach 95% in 300 steps): every completed run
   counts.
-- cpu: real CIFAR-10, class-balanced subsets (500 train / 500 test for kernels; 5,000 train
-  for finite nets), depth 8; gap/lap kernels on images average-pooled to 8x8 (their
-  full-covariance kernels are GPU work at 32x32), fcn/lcn/vec at 32x32.
+- cpu: real CIFAR-10 average-pooled to 8x8 for every column (kernel and finite, every arch:
+  like with like), class-balanced subsets (1,000 train / 1,000 test for kernels, diag_reg
+  fixed in advance at 1e-6 x mean diagonal; 5,000 train / 1,000 validation for finite nets),
+  depth 8. At 8x8 lap8 pools a single cell and equals gap; lap4 pools 2x2 cells.
 - paper: the paper's settings (45k/5k/10k, 32x32, depth 8, paper widths, 10^6 steps); GPUs.
 """
 
 from orchestrator.spec import Preset, Sweep
 from sweeps.common import CPU_RESOURCES, PAPER_WIDTHS, paper_preset, smoke_config
-from workers.vocab import ARCHS, FULL_COV_ARCHS, TRANSFORMS
+from workers.vocab import ARCHS, TRANSFORMS
 
 SMOKE = Preset(
     description="synthetic 8x8, depth 2, narrow nets, 300 steps; minutes on 2 cores",
@@ -36,18 +37,26 @@ SMOKE = Preset(
 )
 
 CPU = Preset(
-    description="CIFAR-10 subsets, depth 8; gap/lap kernels at 8x8, the rest at 32x32",
+    description="CIFAR-10 at 8x8 for every column, 1,000 / 1,000 images for kernels, depth 8",
     # data_dir: the shared CIFAR-10 copy, relative to the repository (--data-dir overrides)
-    config=dict(dataset="cifar10", data_dir="../shared/data", train_size=500, val_size=0,
-                test_size=500, depth=8,
+    config=dict(dataset="cifar10", data_dir="../shared/data", image_size=8, train_size=1000,
+                val_size=0, test_size=1000, depth=8,
                 w_var=2.0, b_var=0.01, max_steps=20000, eval_every=1000,
                 checkpoint_every=1000, batch_size=40),
     width=dict(fcn=256, lcn=8, vec=32, gap=32, lap4=32, lap8=32),
     rules=(
-        # finite nets see more data; kernels stay at 500 (N^2 pairs: a 500 + 500 gap kernel at
-        # 8x8 is ~375k pairs, minutes per core; vec at 32x32 likewise)
+        # Like with like: every column (kernel and finite, every arch) sees the same 8x8
+        # images (4x4 average pooling of CIFAR-10). At 32x32 a gap/lap kernel is GPU
+        # work; at 16x16 one transform's 400 + 400 kernel already costs ~20 CPU-minutes and its
+        # NTK orderings sit inside the +-2-point noise of 400 test images, so the preset takes
+        # more images at a lower resolution. At 8x8, lap8 pools one 8x8 cell: it equals gap.
+        # diag_reg is fixed in advance (the regression default and docs' CPU reference point,
+        # 1e-6 x mean diagonal), never tuned on the test set. Measured NTK row (about an hour
+        # on the loaded 2 cores; benchmarks/README.md): Theorem 4.1's equalities hold exactly,
+        # but at 8x8 gap sits below fcn on identity, unlike the paper at 32x32.
+        ({"kind": "kernel"}, {"diag_reg": 1e-6}),
+        # finite nets see more data (5,000 train, 1,000 validation for eta_0 and early stop)
         ({"kind": "train"}, {"train_size": 5000, "val_size": 1000}),
-        ({"arch": list(FULL_COV_ARCHS)}, {"image_size": 8}),
     ),
     resources=CPU_RESOURCES,
     success_train_acc=0.95,

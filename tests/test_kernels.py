@@ -160,3 +160,74 @@ def test_bad_inputs_raise_clear_errors():
         K.kernel_matrix("vec", x, np.zeros((2, 4, 5, 3)))
     with pytest.raises(ConfigError, match="dtype"):
         K.kernel_matrix("vec", x, dtype=np.float16)
+
+
+@pytest.mark.parametrize("archs", [["fcn"], ["vec"], ["gap", "lap4", "vec"]])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_column_threads_do_not_change_the_result(archs, dtype):
+    """A tile split over host threads (column parts) equals the one-thread tile: each column
+    part runs the same per-column computation; float64 must survive the worker threads (jax's
+    x64 switch is per thread)."""
+    rng = np.random.default_rng(3)
+    xr = rng.standard_normal((5, 8, 8, 3))
+    xc = np.concatenate([xr[:2], rng.standard_normal((9, 8, 8, 3))])  # shared images: 'same'
+    one = K.kernel_tile(archs, xr, xc, depth=3, dtype=dtype, threads=1)
+    for threads in (2, 3):
+        got = K.kernel_tile(archs, xr, xc, depth=3, dtype=dtype, threads=threads)
+        for a in archs:
+            for k in ("nngp", "ntk"):
+                assert got[a][k].dtype == np.dtype(dtype)
+                np.testing.assert_allclose(got[a][k], one[a][k], rtol=1e-6 if dtype ==
+                                           np.float32 else 1e-13)
+
+
+def test_column_parts_cover_once():
+    for n, threads in [(8, 1), (8, 2), (8, 3), (16, 3), (128, 2), (8, 16), (24, 5)]:
+        parts = K._column_parts(n, threads)
+        assert len(parts) <= threads
+        assert [p[0] for p in parts[1:]] == [p[1] for p in parts[:-1]]
+        assert parts[0][0] == 0 and parts[-1][1] == n
+        assert all(b0 % 4 == 0 for b0, _ in parts)
+
+
+class _FakeDevice:
+    device_kind = "fake accelerator"
+
+    def __init__(self, stats):
+        self.stats = stats
+
+    def memory_stats(self):
+        if isinstance(self.stats, Exception):
+            raise self.stats
+        return self.stats
+
+
+@pytest.mark.parametrize("stats, want, warns", [
+    ({"bytes_limit": 100 * 2**30, "bytes_in_use": 0}, 2**26, False),   # big GPU: upper bound
+    ({"bytes_limit": 2**30, "bytes_in_use": 2**29}, 2**20, False),      # 512 MiB free
+    ({"bytes_limit": 16 * 2**30, "bytes_in_use": 0}, 2**25, False),     # 16 GiB: 4 GiB / 128 B
+    (None, K._ITEM_ENTRIES_GPU, True),                                 # no report: fallback
+    (NotImplementedError("no stats"), K._ITEM_ENTRIES_GPU, True),
+])
+def test_accelerator_work_items_are_sized_from_device_memory(monkeypatch, capsys, stats, want,
+                                                             warns):
+    monkeypatch.setattr(K.jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(K.jax, "devices", lambda backend=None: [_FakeDevice(stats)])
+    K._accelerator_item_entries.cache_clear()
+    try:
+        assert K.item_entries() == want
+        err = capsys.readouterr().err
+        assert ("fallback" in err and "fake accelerator" in err) == warns
+        assert K.host_threads() == 1  # an accelerator call is not split over host threads
+        rb, dc = K._item_rows_offsets(32 * 32, 128)
+        assert rb == 64 and rb * dc * 1024 <= max(want, 1024 * 64)
+    finally:
+        K._accelerator_item_entries.cache_clear()
+
+
+def test_host_threads_follows_omp_num_threads(monkeypatch, capsys):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert K.host_threads() == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "lots")
+    assert K.host_threads() >= 1
+    assert "OMP_NUM_THREADS='lots'" in capsys.readouterr().err

@@ -43,15 +43,16 @@ def test_fig2_expands_to_the_paper_grid_with_seeds():
         assert all("width" not in t.config and "max_steps" not in t.config for t in kernel)
 
 
-def test_cpu_preset_rules_downsample_full_covariance_kernels():
+def test_cpu_preset_compares_like_with_like():
+    """Issue 14 item 4: every column of the cpu preset sees the same image size, and the
+    kernels' diag_reg is fixed in the preset (not tuned on the test set)."""
     trials = load_sweep(FIG2).expand("cpu")
+    assert {t.config["image_size"] for t in trials} == {8}
     for t in trials:
-        if t.config["arch"] in ("gap", "lap4", "lap8"):
-            assert t.config["image_size"] == 8
-        else:
-            assert "image_size" not in t.config
-        assert t.config["train_size"] == (5000 if t.kind == "train" else 500)
+        assert t.config["train_size"] == (5000 if t.kind == "train" else 1000)
         assert t.config["dataset"] == "cifar10"
+        if t.kind == "kernel":
+            assert t.config["diag_reg"] == 1e-6 and t.config["test_size"] == 1000
 
 
 def test_trial_id_is_a_stable_hash_of_the_scientific_config_only():

@@ -36,14 +36,16 @@ matrix are written with their transpose and diagonal tiles mirrored in place, so
 output plus about one tile (``benchmarks/memory.py``).
 
 Public API: ``kernel_matrix``, ``kernel_matrices``, ``kernel_tile``, ``plan_tiles``, ``acos``,
-``relu_kernels``, ``ARCHS``.
+``relu_kernels``, ``host_threads``, ``item_entries``, ``ARCHS``.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache, partial
 from typing import Any
 
@@ -61,14 +63,23 @@ _FULL = FULL_COV_ARCHS
 # Default tile memory budget (bytes) of `kernel_matrices` / `plan_tiles`.
 DEFAULT_MEMORY_BYTES = 2 * 1024**3
 # Numbers per array in one full-covariance work item (rows x offsets x pixels); about a dozen
-# such arrays are live at once. On CPU this keeps an item within the L2/L3 caches (measured
-# best of 2^13..2^20 for vec and gap at 32x32 on this machine).
-_ITEM_ENTRIES_CPU = 2**18
+# such arrays are live at once. On CPU this keeps an item within the L2/L3 caches: with the
+# vectorised layer, 2^16-2^17 beat 2^18-2^20 by 15-25% CPU time for gap at 16x16 and 32x32
+# (benchmarks/README.md, "Engine ideas").
+_ITEM_ENTRIES_CPU = 2**17
+# On an accelerator an item is sized from the device's free memory (`item_entries`): about
+# 16 live arrays of this many numbers may use this fraction of it, between these bounds; the
+# fallback when the device does not report its memory.
+_ITEM_MEMORY_FRACTION = 0.25
+_ITEM_ENTRIES_ACCEL = (2**20, 2**26)
 _ITEM_ENTRIES_GPU = 2**23
 # Largest tile side per path (rows = columns); keeps a tile a reasonable unit of work and retry.
 _MAX_SIDE = {"fcn": 8192, "diag": 2048, "full": 128}
 
 Array = Any
+# Full-precision contractions: on recent GPUs XLA's default float32 matmul rounds its inputs to
+# TF32 (10-bit mantissa), about 1e-3 relative error in the input covariance; a no-op on CPUs.
+_EXACT = lax.Precision.HIGHEST
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,11 +177,73 @@ def relu_kernels(k: Array, t: Array, s1: Array, s2: Array, same: Array | None) -
     return (s1 * s2) * j1 * c, t * pi_minus * c
 
 
+def _inv_std(v: Array) -> tuple[Array, Array]:
+    """(sqrt(v), 1 / sqrt(v) or 0 where v == 0) of a variance array (the small side arrays)."""
+    s = jnp.sqrt(v)
+    ok = s > 0
+    return s, jnp.where(ok, 1.0 / jnp.where(ok, s, jnp.ones_like(s)), jnp.zeros_like(s))
+
+
+def _relu_inv(k: Array, t: Array, s1: Array, i1: Array, s2: Array, i2: Array,
+              same: Array | None) -> tuple[Array, Array]:
+    """`relu_kernels` with the inverse standard deviations i1, i2 (0 where s = 0) given.
+
+    The hot loop of the conv stacks: s1, i1 (H, W, m, 1) and s2, i2 (H, W, 1, n) are per-side
+    arrays a factor m or n smaller than k, so the zero-variance guard (a select per entry in
+    `relu_kernels`) moves onto them: with i = 0 there, rho = 0 and s1 s2 = 0, the same b_var -> 0
+    limits. Measured about 20-30% less CPU time per layer than `relu_kernels`
+    (benchmarks/README.md, "Engine ideas").
+    """
+    pc, rc = _poly_coefficients(_degree(k.dtype))
+    rho = jnp.clip(k * (i1 * i2), -1.0, 1.0)
+    if same is not None:
+        rho = jnp.where(same, jnp.ones_like(rho), rho)
+    r = jnp.abs(rho)
+    u = 1.0 - r
+    s = jnp.sqrt(u)
+    a = s * _horner(pc, r)  # arccos(|rho|)
+    pi_minus = jnp.where(rho >= 0, math.pi - a, a)  # pi - theta
+    j1 = s * u * _horner(rc, r) + math.pi * jnp.maximum(rho, 0.0)
+    c = 0.5 / math.pi
+    return (s1 * s2) * j1 * c, t * pi_minus * c
+
+
 def _box(x: Array, axes: tuple[int, int]) -> Array:
-    """Sum over the 3x3 circular window on two axes (separable: two 1-D 3-tap passes)."""
+    """Sum over the 3x3 circular window on two axes (separable: two 1-D 3-tap passes); for the
+    small per-side variance arrays (the covariances use `_window_pair`)."""
     for ax in axes:
         x = x + jnp.roll(x, 1, ax) + jnp.roll(x, -1, ax)
     return x
+
+
+def _wrap_pad(x: Array) -> Array:
+    """x (H, W, ...) padded circularly by one on both spatial axes: (H + 2, W + 2, ...)."""
+    x = jnp.concatenate([x[-1:], x, x[:1]], axis=0)
+    return jnp.concatenate([x[:, -1:], x, x[:, :1]], axis=1)
+
+
+def _window_pair(k: Array, t: Array) -> tuple[Array, Array]:
+    """The 3x3 circular window sums of k and t (H, W, ...) over their two leading axes.
+
+    On a CPU the circularly padded copies are materialised first (`lax.optimization_barrier`)
+    and the window is the sum of nine plain slices of them: XLA then compiles the window, the
+    affine maps and the ReLU step into one loop that vectorises over the trailing (work item)
+    axes. Fused into that loop instead, the wrap-around of a roll or concatenate becomes a
+    per-element index select and the loop runs scalar: measured 1.6x more CPU time per layer
+    (benchmarks/README.md, "Engine ideas"). Elsewhere XLA fuses the padding itself.
+    """
+    h, w = k.shape[0], k.shape[1]
+    kp, tp = _wrap_pad(k), _wrap_pad(t)
+    if jax.default_backend() == "cpu":
+        kp, tp = lax.optimization_barrier((kp, tp))
+
+    def window(xp: Array) -> Array:
+        out = xp[1:h + 1, 1:w + 1]
+        for i, j in ((0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2)):
+            out = out + xp[i:i + h, j:j + w]
+        return out
+
+    return window(kp), window(tp)
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,7 +254,7 @@ def _box(x: Array, axes: tuple[int, int]) -> Array:
 def _fcn_tile(xr: Array, xc: Array, same: Array, w: Array, b: Array, depth: Array) -> Array:
     """fcn kernels of a tile. xr (R, D), xc (Cn, D), same (R, Cn) -> (2, R, Cn) [nngp, ntk]."""
     d = xr.shape[1]
-    k = xr @ xc.T / d
+    k = jnp.matmul(xr, xc.T, precision=_EXACT) / d
     v1 = jnp.sum(xr * xr, axis=1, keepdims=True) / d
     v2 = (jnp.sum(xc * xc, axis=1) / d)[None, :]
     t = jnp.zeros_like(k)
@@ -192,7 +265,7 @@ def _fcn_tile(xr: Array, xc: Array, same: Array, w: Array, b: Array, depth: Arra
         t = w * t + k
         v1 = w * v1 + b
         v2 = w * v2 + b
-        k, t = relu_kernels(k, t, jnp.sqrt(v1), jnp.sqrt(v2), same)
+        k, t = _relu_inv(k, t, *_inv_std(v1), *_inv_std(v2), same)
         return k, t, 0.5 * v1, 0.5 * v2
 
     k, t, _, _ = lax.fori_loop(0, depth, layer, (k, t, v1, v2))
@@ -217,11 +290,12 @@ def _propagate(k: Array, v1: Array, v2: Array, same: Array, w: Array, b: Array,
 
     def layer(_, carry):
         k, t, v1, v2 = carry
-        k = w9 * _box(k, (0, 1)) + b
-        t = w9 * _box(t, (0, 1)) + k
+        bk, bt = _window_pair(k, t)
+        k = w9 * bk + b
+        t = w9 * bt + k
         v1 = w9 * _box(v1, (0, 1)) + b
         v2 = w9 * _box(v2, (0, 1)) + b
-        k, t = relu_kernels(k, t, jnp.sqrt(v1), jnp.sqrt(v2), same)
+        k, t = _relu_inv(k, t, *_inv_std(v1), *_inv_std(v2), same)
         return k, t, 0.5 * v1, 0.5 * v2
 
     k, t, _, _ = lax.fori_loop(0, depth, layer, (k, t, v1, v2))
@@ -246,9 +320,9 @@ def _diag_tile(xr: Array, xc: Array, same: Array, w: Array, b: Array, depth: Arr
     same_b = same.reshape(n_rows // rb, rb, n_cols // cb, cb).transpose(0, 2, 1, 3)
 
     def item(xi: Array, xj: Array, sij: Array) -> Array:
-        k = jnp.einsum("ihwc,jhwc->hwij", xi, xj) / c
-        v1 = jnp.einsum("ihwc,ihwc->hwi", xi, xi)[..., None] / c
-        v2 = jnp.einsum("jhwc,jhwc->hwj", xj, xj)[:, :, None, :] / c
+        k = jnp.einsum("ihwc,jhwc->hwij", xi, xj, precision=_EXACT) / c
+        v1 = jnp.einsum("ihwc,ihwc->hwi", xi, xi, precision=_EXACT)[..., None] / c
+        v2 = jnp.einsum("jhwc,jhwc->hwj", xj, xj, precision=_EXACT)[:, :, None, :] / c
         k, t = _propagate(k, v1, v2, sij[None, None], w, b, depth)
         return jnp.stack([jnp.mean(k, axis=(0, 1)), jnp.mean(t, axis=(0, 1))])  # (2, rb, cb)
 
@@ -334,15 +408,16 @@ def _full_tile(
     def item(xrb: Array, xcj: Array, samej: Array, c0: Array) -> Array:
         ids = lax.dynamic_slice_in_dim(idx, c0, dc, axis=1)  # (hw, dc)
         xs = xcj[ids]  # (hw, dc, c): x'[a + d]
-        k = jnp.einsum("iac,adc->aid", xrb, xs).reshape(h, wd, rb, dc) / c
+        k = jnp.einsum("iac,adc->aid", xrb, xs, precision=_EXACT).reshape(h, wd, rb, dc) / c
         v1 = (jnp.sum(xrb * xrb, axis=-1).T / c).reshape(h, wd, rb, 1)
         v2 = (jnp.sum(xs * xs, axis=-1) / c).reshape(h, wd, 1, dc)
         dpos = c0 + jnp.arange(dc)
         same_m = (samej[:, None] & (dpos == 0)[None, :])[None, None]  # (1, 1, rb, dc)
         k, t = _propagate(k, v1, v2, same_m, w, b, depth)
         wc = lax.dynamic_slice_in_dim(wts, c0, dc, axis=3)  # (n_r, h, w, dc)
-        return jnp.stack([jnp.einsum("hwid,rhwd->ri", k, wc),
-                          jnp.einsum("hwid,rhwd->ri", t, wc)], axis=1)  # (n_r, 2, rb)
+        return jnp.stack([jnp.einsum("hwid,rhwd->ri", k, wc, precision=_EXACT),
+                          jnp.einsum("hwid,rhwd->ri", t, wc, precision=_EXACT)],
+                         axis=1)  # (n_r, 2, rb)
 
     def per_column(xrb: Array, sameb: Array) -> Array:
         def one(args):
@@ -421,6 +496,42 @@ def _pow2_divisor(n: int, cap: int) -> int:
     return m
 
 
+def item_entries(itemsize: int = 8) -> int:
+    """Numbers per array in one work item on the default backend.
+
+    CPU: `_ITEM_ENTRIES_CPU` (sized to the caches; benchmarks/README.md, "Engine ideas"). An
+    accelerator: from its free memory, ``jax.devices()[0].memory_stats()`` (``bytes_limit`` -
+    ``bytes_in_use``): the power of two whose ~16 live arrays of ``itemsize`` bytes take at
+    most `_ITEM_MEMORY_FRACTION` of it, clipped to `_ITEM_ENTRIES_ACCEL`. A device that does not
+    report its memory gets `_ITEM_ENTRIES_GPU` and a warning on stderr (once per process).
+    Itemsize 8 (float64) by default so the same size also fits a float64 run.
+    """
+    if jax.default_backend() == "cpu":
+        return _ITEM_ENTRIES_CPU
+    return _accelerator_item_entries(jax.default_backend(), itemsize)
+
+
+@cache
+def _accelerator_item_entries(backend: str, itemsize: int) -> int:
+    dev = jax.devices(backend)[0]
+    try:
+        stats = dev.memory_stats() or {}
+    except Exception as err:  # a backend without the query raises; say so, do not guess quietly
+        stats = {}
+        why = f"memory_stats() raised {type(err).__name__}: {err}"
+    else:
+        why = "memory_stats() reports no bytes_limit"
+    free = int(stats.get("bytes_limit", 0)) - int(stats.get("bytes_in_use", 0))
+    if free <= 0:
+        print(f"symsweep kernels: {dev.device_kind} ({backend}): {why}; work items of "
+              f"{_ITEM_ENTRIES_GPU} numbers per array (the fallback). If the device runs out "
+              "of memory, lower tile_memory_bytes", file=sys.stderr, flush=True)
+        return _ITEM_ENTRIES_GPU
+    lo, hi = _ITEM_ENTRIES_ACCEL
+    fit = int(free * _ITEM_MEMORY_FRACTION) // (16 * itemsize)
+    return max(lo, min(hi, 1 << max(0, fit.bit_length() - 1)))
+
+
 def _item_rows_offsets(hw: int, n_rows: int) -> tuple[int, int]:
     """(rb, dc): rows and offsets of one full-covariance work item for this backend.
 
@@ -428,20 +539,53 @@ def _item_rows_offsets(hw: int, n_rows: int) -> tuple[int, int]:
     caches, on an accelerator an item should be large enough to fill the device.
     """
     cpu = jax.default_backend() == "cpu"
-    entries = _ITEM_ENTRIES_CPU if cpu else _ITEM_ENTRIES_GPU
+    entries = item_entries()
     rb = _pow2_divisor(_padded(n_rows), 8 if cpu else 64)
     dc = _divisor_at_most(hw, max(1, entries // (hw * rb)))
     return rb, dc
 
 
 def _diag_item(hw: int, n_rows: int, n_cols: int) -> tuple[int, int]:
-    """(rb, cb): row and column images of one per-pixel work item (rb * cb * hw numbers)."""
-    cpu = jax.default_backend() == "cpu"
-    pairs = max(1, (_ITEM_ENTRIES_CPU if cpu else _ITEM_ENTRIES_GPU) // hw)
+    """(rb, cb): row and column images of one per-pixel work item (rb * cb * hw numbers).
+
+    n_cols: the column count of the call (cb divides it); n_rows is padded to `_PAD`."""
+    pairs = max(1, item_entries() // hw)
     side = 1 << max(0, int(math.log2(pairs)) // 2)
-    cb = _pow2_divisor(_padded(n_cols), side)
+    cb = _pow2_divisor(n_cols, side)
     rb = _pow2_divisor(_padded(n_rows), max(1, pairs // cb))
     return rb, cb
+
+
+def host_threads() -> int:
+    """Threads one `kernel_tile` uses on a CPU backend: ``OMP_NUM_THREADS`` when set (the
+    orchestrator sets it to a trial's CPU resource), else the CPUs this process may run on;
+    1 on an accelerator (one device call already fills it)."""
+    if jax.default_backend() != "cpu":
+        return 1
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            print(f"symsweep kernels: ignoring OMP_NUM_THREADS={env!r} (not an integer)",
+                  file=sys.stderr)
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def _column_parts(n_cols: int, threads: int) -> list[tuple[int, int]]:
+    """Split n_cols into at most `threads` contiguous ranges of about equal size, with bounds
+    at multiples of 4 (n_cols is a multiple of `_PAD`), so that per-pixel work items of 4
+    columns still divide every range."""
+    n = max(1, min(threads, n_cols))
+    unit = 4 if n_cols % 4 == 0 else 1
+    bounds = [min(n_cols, unit * round(i * n_cols / n / unit)) for i in range(n)] + [n_cols]
+    return [(b0, b1) for b0, b1 in zip(bounds[:-1], bounds[1:], strict=True) if b1 > b0]
+
+
+@cache
+def _pool(n: int) -> ThreadPoolExecutor:
+    """A process-wide pool of n threads for the column parts of a tile (created once)."""
+    return ThreadPoolExecutor(max_workers=n, thread_name_prefix="symsweep-kernel")
 
 
 def _pad_rows(x: np.ndarray, same: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
@@ -479,10 +623,13 @@ def kernel_tile(
     w_var: float = 2.0,
     b_var: float = 0.01,
     dtype: Any = np.float32,
+    threads: int | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """NNGP and NTK of every arch in archs between x_rows (R, H, W, C) and x_cols (Cn, H, W, C).
 
     A plain function of arrays (the unit the orchestrator ships as a task and caches).
+    threads: host threads the tile's columns are split over (default `host_threads()`; 1 on an
+    accelerator); the result does not depend on it beyond float rounding.
     Returns {arch: {"nngp": (R, Cn), "ntk": (R, Cn)}} numpy arrays of dtype.
     One propagation of the conv stack serves every requested conv arch: if any of gap/lap4/lap8
     is requested the full covariance is propagated and vec/lcn are read from its diagonal;
@@ -512,27 +659,43 @@ def kernel_tile(
         w = jnp.asarray(w_var, dt)
         b = jnp.asarray(b_var, dt)
         dep = jnp.asarray(depth, jnp.int32)
-        jsame = jnp.asarray(same)
+        jxr = jnp.asarray(xr, dt)
+        parts = _column_parts(xc.shape[0], host_threads() if threads is None else threads)
+
+        def by_parts(fn: Callable[[Array, Array], Array]) -> np.ndarray:
+            """fn(xc part, same part) -> (..., R, part) on every column part, one thread each,
+            concatenated along the last axis. XLA runs a compiled loop (lax.map / scan / while)
+            on one thread, so the parts are what keeps every core of the host busy."""
+            def run(se: tuple[int, int]) -> np.ndarray:
+                with _dtype_context(dtype):  # jax's x64 switch is per thread
+                    return np.asarray(fn(jnp.asarray(xc[se[0]:se[1]], dt),
+                                         jnp.asarray(same[:, se[0]:se[1]])))
+            if len(parts) == 1:
+                return run(parts[0])
+            return np.concatenate(list(_pool(len(parts)).map(run, parts)), axis=-1)
+
         if "fcn" in archs:
-            r = np.asarray(_fcn_tile(jnp.asarray(xr.reshape(len(xr), -1), dt),
-                                     jnp.asarray(xc.reshape(len(xc), -1), dt), jsame, w, b, dep))
+            xrf = jxr.reshape(len(xr), -1)
+            r = by_parts(lambda xcp, sp: _fcn_tile(xrf, xcp.reshape(len(xcp), -1), sp, w, b,
+                                                   dep))
             out["fcn"] = {"nngp": r[0], "ntk": r[1]}
         full = [a for a in archs if a in _FULL]
         diag = [a for a in archs if a in _DIAG]
         if full:
             conv = full + diag
-            wts = np.stack([readout_weights(a, h, wd) for a in conv])
+            jwts = jnp.asarray(np.stack([readout_weights(a, h, wd) for a in conv]), dt)
+            jidx = jnp.asarray(_offset_index(h, wd))
             rb, dc = _item_rows_offsets(h * wd, n_rows)
-            r = np.asarray(_full_tile(
-                jnp.asarray(xr, dt), jnp.asarray(xc, dt), jsame, w, b, dep,
-                jnp.asarray(wts, dt), jnp.asarray(_offset_index(h, wd)), rb=rb, dc=dc,
-            ))
+            r = by_parts(lambda xcp, sp: _full_tile(jxr, xcp, sp, w, b, dep, jwts, jidx,
+                                                    rb=rb, dc=dc))
             for i, a in enumerate(conv):
                 out[a] = {"nngp": r[i, 0], "ntk": r[i, 1]}
         elif diag:
-            rb, cb = _diag_item(h * wd, n_rows, n_cols)
-            r = np.asarray(_diag_tile(jnp.asarray(xr, dt), jnp.asarray(xc, dt), jsame, w, b, dep,
-                                      rb=rb, cb=cb))
+            def diag_part(xcp: Array, sp: Array) -> Array:
+                rb, cb = _diag_item(h * wd, n_rows, xcp.shape[0])
+                return _diag_tile(jxr, xcp, sp, w, b, dep, rb=rb, cb=cb)
+
+            r = by_parts(diag_part)
             for a in diag:
                 out[a] = {"nngp": r[0], "ntk": r[1]}
     return {a: {k: np.array(v[:n_rows, :n_cols], copy=True) for k, v in out[a].items()}
