@@ -68,6 +68,20 @@ def load_checkpoint_meta(directory: str) -> dict:
         return json.load(fh)
 
 
+def load_resume_meta(directory: str, scientific: dict) -> dict:
+    """The metadata of the checkpoint a trainer resumes from, after checking that it was
+    written by the same scientific settings (``scientific``: the keys that define the run,
+    e.g. arch, transform, seed, sizes). Raises ConfigError (one line) naming the keys that
+    differ, since continuing another config's state would silently mix two experiments."""
+    meta = load_checkpoint_meta(directory)
+    diff = {k: (meta["config"].get(k), scientific.get(k)) for k in scientific
+            if meta["config"].get(k) != scientific.get(k)}
+    if diff:
+        raise ConfigError(f"resume_from={directory!r} was written by a different config "
+                          f"{diff}; resume with the same scientific settings")
+    return meta
+
+
 def load_checkpoint(directory: str, template: dict) -> tuple[dict, dict]:
     """(state, meta) from a directory written by `save_checkpoint`; state shaped like template."""
     meta = load_checkpoint_meta(directory)

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from workers.checkpoint import load_checkpoint, load_checkpoint_meta, save_checkpoint
+from workers.checkpoint import load_checkpoint, load_resume_meta, save_checkpoint
 from workers.errors import ConfigError
 from workers.imagenet import (
     eval_pipeline,
@@ -217,12 +217,7 @@ def train_imagenet(config: dict, report: Report | None = None) -> dict:
 
     step, best, history = 0, {"best_test_acc": float("nan"), "best_epoch": 0}, []
     if cfg["resume_from"]:
-        meta = load_checkpoint_meta(str(cfg["resume_from"]))
-        diff = {k: (meta["config"].get(k), sci.get(k)) for k in sci
-                if meta["config"].get(k) != sci.get(k)}
-        if diff:
-            raise ConfigError(f"resume_from={cfg['resume_from']!r} was written by a different "
-                              f"config {diff}; resume with the same scientific settings")
+        load_resume_meta(str(cfg["resume_from"]), sci)
         state, meta = load_checkpoint(str(cfg["resume_from"]), state)
         step, best, history = int(meta["step"]), meta["best"], meta["history"]
 

@@ -140,6 +140,21 @@ def acos(x: Array) -> Array:
     return jnp.where(x < 0, math.pi - r, r)
 
 
+def _arc_cosine(rho: Array, scale: Array, t: Array, pc: Any, rc: Any) -> tuple[Array, Array]:
+    """The ReLU step from the correlation rho (clipped to [-1, 1]): the arc-cosine kernel
+    K_out = scale J1(rho) / (2 pi) with scale = s1 s2, and Theta_out = Theta (pi - theta) / (2 pi),
+    theta = arccos(rho), both by the polynomial arccos of `_poly_coefficients` (no arccos call:
+    it does not vectorise on CPU). Shared by `relu_kernels` and `_relu_inv`."""
+    r = jnp.abs(rho)
+    u = 1.0 - r
+    s = jnp.sqrt(u)
+    a = s * _horner(pc, r)  # arccos(|rho|)
+    pi_minus = jnp.where(rho >= 0, math.pi - a, a)  # pi - theta
+    j1 = s * u * _horner(rc, r) + math.pi * jnp.maximum(rho, 0.0)
+    c = 0.5 / math.pi
+    return scale * j1 * c, t * pi_minus * c
+
+
 def relu_kernels(k: Array, t: Array, s1: Array, s2: Array, same: Array | None) -> tuple:
     """One ReLU layer of the NNGP / NTK recursion, elementwise with broadcasting.
 
@@ -167,14 +182,7 @@ def relu_kernels(k: Array, t: Array, s1: Array, s2: Array, same: Array | None) -
     rho = jnp.where(ok, rho, jnp.zeros_like(rho))
     if same is not None:
         rho = jnp.where(same, jnp.ones_like(rho), rho)
-    r = jnp.abs(rho)
-    u = 1.0 - r
-    s = jnp.sqrt(u)
-    a = s * _horner(pc, r)  # arccos(|rho|)
-    pi_minus = jnp.where(rho >= 0, math.pi - a, a)  # pi - theta
-    j1 = s * u * _horner(rc, r) + math.pi * jnp.maximum(rho, 0.0)
-    c = 0.5 / math.pi
-    return (s1 * s2) * j1 * c, t * pi_minus * c
+    return _arc_cosine(rho, s1 * s2, t, pc, rc)
 
 
 def _inv_std(v: Array) -> tuple[Array, Array]:
@@ -198,14 +206,7 @@ def _relu_inv(k: Array, t: Array, s1: Array, i1: Array, s2: Array, i2: Array,
     rho = jnp.clip(k * (i1 * i2), -1.0, 1.0)
     if same is not None:
         rho = jnp.where(same, jnp.ones_like(rho), rho)
-    r = jnp.abs(rho)
-    u = 1.0 - r
-    s = jnp.sqrt(u)
-    a = s * _horner(pc, r)  # arccos(|rho|)
-    pi_minus = jnp.where(rho >= 0, math.pi - a, a)  # pi - theta
-    j1 = s * u * _horner(rc, r) + math.pi * jnp.maximum(rho, 0.0)
-    c = 0.5 / math.pi
-    return (s1 * s2) * j1 * c, t * pi_minus * c
+    return _arc_cosine(rho, s1 * s2, t, pc, rc)
 
 
 def _box(x: Array, axes: tuple[int, int]) -> Array:

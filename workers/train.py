@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from workers.checkpoint import load_checkpoint, load_checkpoint_meta, save_checkpoint
+from workers.checkpoint import load_checkpoint, load_resume_meta, save_checkpoint
 from workers.errors import ConfigError
 from workers.eta0 import estimate_eta0
 from workers.metrics import accuracy, mse
@@ -399,12 +399,7 @@ def train_arrays(config: dict, dataset: Any, report: Report | None = None, *,
 
     resume_meta = None
     if cfg["resume_from"]:
-        resume_meta = load_checkpoint_meta(str(cfg["resume_from"]))
-        diff = {k: (resume_meta["config"].get(k), sci.get(k)) for k in _SCIENTIFIC
-                if resume_meta["config"].get(k) != sci.get(k)}
-        if diff:
-            raise ConfigError(f"resume_from={cfg['resume_from']!r} was written by a different "
-                              f"config {diff}; resume with the same scientific settings")
+        resume_meta = load_resume_meta(str(cfg["resume_from"]), sci)
         tx = optax.sgd(1.0, momentum=float(cfg["momentum"]) or None)
         template = {"params": params0, "opt_state": tx.init(params0)}
         state_r, resume_meta = load_checkpoint(str(cfg["resume_from"]), template)
