@@ -201,6 +201,23 @@ def ensure_ray(address: str | None, num_cpus: int | None, env: Mapping[str, str]
     return True
 
 
+def check_image_folders(trials: list, data_dir: str | None = None) -> None:
+    """Every ImageNet-layout folder the trials will read exists and has its splits, checked
+    once per folder before the lock, the manifest or Ray (``data_dir``: the --data-dir
+    override, which replaces each trial's own). A missing folder would otherwise fail every
+    trial one by one on the cluster. Raises `workers.errors.DataError` (one line)."""
+    from workers.errors import DataError
+    from workers.imagenet import check_data_dir
+
+    dirs = {data_dir or str(t.config.get("data_dir") or "") for t in trials
+            if t.config.get("dataset") == "imagenet"}
+    if "" in dirs:
+        raise DataError("these ImageNet trials name no image folder: pass --data-dir <root> "
+                        "(the folder holding train/<wnid>/ and val/<wnid>/)")
+    for d in sorted(dirs):
+        check_data_dir(d)
+
+
 def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: str | None = None,
               mlflow_uri: str | None = None, dedupe: bool = True,
               max_failures: int | None = None, data_dir: str | None = None,
@@ -221,6 +238,7 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
             v = t.config.get(k)
             if isinstance(v, str) and "://" not in v and not os.path.isabs(v):
                 t.config[k] = os.path.abspath(os.path.expanduser(v))
+    check_image_folders(trials, data_dir)
     cells, comps = count_kernel_computations(trials)
     store = Store(results, sweep.name)
     # a compacted file that does not parse is a ConfigError naming it: raised here, before

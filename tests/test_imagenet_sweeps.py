@@ -138,3 +138,28 @@ def test_full_smoke_preset_through_the_cli(name: str, tmp_path: Path) -> None:
     assert main(["table", name, "--results", res]) == 0
     assert main(["plot", name, "--results", res]) == 0
     assert (tmp_path / "results" / name / f"{name}.png").exists()
+
+
+@pytest.mark.parametrize("data_dir, expect", [
+    (None, "name no image folder: pass --data-dir"),
+    ("MISSING", "does not exist"),
+    ("NOVAL", "has no val/ folder"),
+])
+def test_a_bad_image_folder_stops_the_sweep_before_anything_is_written(
+        data_dir: str | None, expect: str, tmp_path: Path) -> None:
+    """An ImageNet folder that is missing or incomplete (or none at all: the paper preset names
+    none) is one DataError before the lock, the manifest or Ray, not a failure in every trial."""
+    from orchestrator.runner import run_sweep
+    from workers.errors import DataError
+
+    if data_dir == "MISSING":
+        data_dir = str(tmp_path / "nowhere")
+    elif data_dir == "NOVAL":
+        (tmp_path / "inet" / "train" / "n01440764").mkdir(parents=True)
+        data_dir = str(tmp_path / "inet")
+    sweep = load_sweep(SWEEPS["figS4"])
+    results = tmp_path / "results"
+    with pytest.raises(DataError, match=expect):
+        run_sweep(sweep, "paper", results=str(results), data_dir=data_dir, progress=False,
+                  tracking=False)
+    assert not results.exists() or not any(results.rglob("*"))

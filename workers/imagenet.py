@@ -509,6 +509,37 @@ def named_classes(config: dict[str, Any]) -> int | None:
     return 10 if d.startswith(CIFAR_PREFIX) else None
 
 
+def check_data_dir(data_dir: str) -> None:
+    """A cheap check, before any trial runs, that ``data_dir`` can be an image folder: a local
+    path must hold ``train/`` and ``val/``, each with at least one class folder; a
+    ``cifar10://PATH`` source must exist; ``synthetic://`` is parsed. Remote URLs (gs://, s3://)
+    are left to the trials (listing a bucket is not cheap). The full checks (every class folder
+    has images, the splits have the same classes, the expected number of classes) stay in
+    `scan_split`. Raises `DataError` (one line, naming the fix)."""
+    import os
+
+    if data_dir.startswith(SYNTHETIC_PREFIX):
+        _parse_synthetic(data_dir)
+        return
+    if data_dir.startswith(CIFAR_PREFIX):
+        src = os.path.expanduser(data_dir[len(CIFAR_PREFIX):])
+        if not os.path.exists(src):
+            raise DataError(f"data_dir {data_dir}: no such file or folder; give the folder "
+                            "holding cifar10-images.tar.xz (e.g. cifar10://../shared/data)")
+        return
+    if "://" in data_dir:
+        return
+    if not os.path.isdir(data_dir):
+        raise DataError(f"ImageNet folder {data_dir!r} does not exist; {_HINT}")
+    for split in ("train", "val"):
+        sp = os.path.join(data_dir, split)
+        if not os.path.isdir(sp):
+            raise DataError(f"ImageNet folder {data_dir!r} has no {split}/ folder; {_HINT}")
+        with os.scandir(sp) as it:
+            if not any(e.is_dir() for e in it):
+                raise DataError(f"{sp} has no class folders; {_HINT}")
+
+
 def resolve_data_dir(data_dir: str, cache_dir: str | None = None) -> str:
     """The image-folder root a config's ``data_dir`` names.
 
