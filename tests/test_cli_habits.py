@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from faults.fault_helpers import one_line_error  # the one check of a one-line CLI error
 
 from orchestrator.cli import main
 from orchestrator.spec import load_sweep, parse_overrides, parse_set_value
@@ -14,14 +15,6 @@ from workers.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 FIG2 = REPO / "sweeps" / "fig2.py"
-
-
-def one_line_error(capsys, *needles: str) -> str:
-    err = capsys.readouterr().err
-    assert err.startswith("symsweep: error: ") and err.count("\n") == 1, err
-    for n in needles:
-        assert n in err, (n, err)
-    return err
 
 
 # ====================================================================== --set
