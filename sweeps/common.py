@@ -96,12 +96,15 @@ IMAGENET_CPU_CONFIG: dict[str, Any] = dict(
 
 def imagenet_preset(description: str, config: Mapping[str, Any], width: Mapping[str, int], *,
                     resources: Mapping[str, Mapping[str, float]] | None = None,
-                    mixer: Mapping[str, int] | None = None, **overrides: Any) -> Preset:
+                    mixer: Mapping[str, int] | None = None,
+                    rules: tuple[tuple[Mapping[str, Any], Mapping[str, Any]], ...] = (),
+                    **overrides: Any) -> Preset:
     """A preset of the ImageNet sweeps: ``config`` plus ``overrides``, one seed, every finished
     run counts (no 95% training-accuracy criterion on ImageNet), two retries (a retry resumes
     from the last epoch's checkpoint). ``resources``: default `CPU_RESOURCES`. ``mixer``:
-    depth (blocks) and patch_size of the Mixer when not Mixer-S/16's (8 blocks, 16x16)."""
-    rules = (({"arch": "mixer_s16"}, dict(mixer)),) if mixer else ()
+    depth (blocks) and patch_size of the Mixer when not Mixer-S/16's (8 blocks, 16x16).
+    ``rules``: further (when, set) pairs (`orchestrator.spec.Rule`), applied after the Mixer's."""
+    rules = ((({"arch": "mixer_s16"}, dict(mixer)),) if mixer else ()) + tuple(rules)
     return Preset(description=description, config={**config, **overrides},
                   width=dict(width), seeds=(0,), rules=rules,
                   resources=dict(resources if resources is not None else CPU_RESOURCES),
