@@ -329,6 +329,19 @@ def test_reading_a_denied_image_in_a_trial_is_one_data_error(bucket: Any, imnet:
     assert folder.paths[0] in _msg(ex) and "cannot be read" in _msg(ex)
 
 
+def test_a_network_failure_while_reading_is_left_to_the_trial_retry(bucket: Any,
+                                                                     imnet: str) -> None:
+    """A connection error that outlasted the client's retries is not the data's fault: it
+    propagates (Tune retries the trial from its checkpoint) instead of a DataError, which
+    would never be retried."""
+    _upload(imnet, bucket)
+    folder = I.scan_split("gs://bucket/imnet", "val")
+    bucket.errors[folder.paths[0][len("gs://"):]] = ConnectionResetError(104, "reset by peer")
+    ds = I.eval_pipeline(folder, image_size=8, batch_size=2)
+    with pytest.raises(ConnectionResetError):
+        ds[0]
+
+
 @pytest.mark.parametrize("url", ["ftp://host/imnet", "http://host/imnet", "file:///data/imnet"])
 def test_an_unknown_scheme_is_refused(url: str) -> None:
     """etils.epath has no backend for these (its own answer is a KeyError in every trial)."""

@@ -292,10 +292,17 @@ class _Records:
 
 
 def _read(path: str) -> np.ndarray:
+    """One image file's pixels. A file that is missing or unreadable is a `DataError` (not
+    worth a retry); on object storage only a missing file or denied access is: a network
+    failure that outlasted the client's own retries (aiohttp's are OSErrors too) propagates, so
+    the trial is retried from its checkpoint."""
     try:
         data = _epath(path).read_bytes()
     except OSError as ex:
-        raise DataError(f"image {path} cannot be read ({ex}); check the data folder") from ex
+        if remote_scheme(path) and not isinstance(ex, FileNotFoundError | PermissionError):
+            raise
+        raise DataError(f"image {path} cannot be read ({_one_line(ex)}); check the data "
+                        "folder") from ex
     return decode(data, path)
 
 
