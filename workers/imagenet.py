@@ -554,7 +554,8 @@ def _one_line(ex: BaseException) -> str:
 
 def _check_remote(url: str) -> None:
     """`check_data_dir` for object storage: the scheme's fsspec backend imports, and
-    ``<url>/train`` and ``<url>/val`` are folders (one metadata call each, no listing), read
+    ``<url>/train`` and ``<url>/val`` are folders (one `stat` each: gcsfs and s3fs ask for the
+    object, then list at most one key under the prefix; never a listing of the bucket), read
     through etils.epath exactly as the trials read them. Missing backend, missing split, denied
     access and any other failure of the storage client (no credentials, an unknown bucket) are
     each one `DataError` line naming the URL and the fix."""
@@ -590,7 +591,7 @@ def check_data_dir(data_dir: str) -> None:
     """A cheap check, before any trial runs, that ``data_dir`` can be an image folder: a local
     path must hold ``train/`` and ``val/``, each with at least one class folder; on object
     storage (gs://, s3://, az://, hf://) the backend must import and ``train/`` and ``val/``
-    must exist (two metadata calls, no listing of the bucket); a ``cifar10://PATH`` source must
+    must exist (one `stat` each, no listing of the bucket); a ``cifar10://PATH`` source must
     exist; ``synthetic://`` is parsed; any other ``scheme://`` is refused. The full checks
     (every class folder has images, the splits have the same classes, the expected number of
     classes) stay in `scan_split`. Raises `DataError` (one line, naming the fix)."""
