@@ -18,13 +18,15 @@ $(STAMP): $(BIN)/python pyproject.toml requirements/dev.txt
 	touch $(STAMP)
 
 # Re-resolve every pin from pyproject.toml (newest releases that satisfy it), for the dev/CPU
-# set and for the cluster's GPU set; review the diff, run `make test`, commit both files.
+# set and for the cluster's GPU set, both with the `cloud` extra (gs:// / s3:// data and
+# MLflow artifacts: a driver on a workstation runs the data pre-flight too); review the diff,
+# run `make test`, commit both files.
 UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --generate-hashes --python-version 3.11 \
 	--python-platform x86_64-manylinux_2_28 --no-header --quiet
 lock: $(BIN)/python
 	$(BIN)/pip install -q uv
-	$(UV_COMPILE) --extra dev -o requirements/dev.txt
-	$(UV_COMPILE) --extra gpu -o requirements/gpu.txt
+	$(UV_COMPILE) --extra dev --extra cloud -o requirements/dev.txt
+	$(UV_COMPILE) --extra gpu --extra cloud -o requirements/gpu.txt
 
 demo: $(STAMP)
 	$(BIN)/symsweep run sweeps/fig2.py --preset smoke

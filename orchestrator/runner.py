@@ -257,7 +257,9 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
     fs_root = results if "://" in results else os.path.abspath(results)
     ctx = {"results": fs_root, "sweep": sweep.name, "preset": preset,
            "code_version": code_version(), "tiles_root": fs_root,
-           "data_dir": os.path.abspath(data_dir) if data_dir else None,
+           # a URL stays a URL (abspath would make gs://b/x the local ./gs:/b/x)
+           "data_dir": (data_dir if "://" in data_dir else os.path.abspath(data_dir))
+           if data_dir else None,
            "cache_dir": os.path.abspath(cache_dir) if cache_dir else None,
            "fault": dict(fault) if fault else None}
     tracker = None

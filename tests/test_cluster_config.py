@@ -133,9 +133,39 @@ def test_results_on_object_storage_and_mlflow_on_the_head(name, scheme):
 
     fs_name = {"s3://": "S3FileSystem", "gs://": "GcsFileSystem"}[scheme]
     assert hasattr(pafs, fs_name)
-    # MLflow's server needs the bucket's client library to store artifacts there
-    client = {"s3://": "boto3", "gs://": "google-cloud-storage"}[scheme]
-    assert any(f"pip install -q {client}" in c for c in cfg["head_setup_commands"])
+    # MLflow's server needs the bucket's client library to store artifacts there, and the
+    # trials need fsspec's backend for the scheme (gs:// / s3:// ImageNet): both come pinned,
+    # with hashes, in the lock every node installs
+    lock = (ROOT / "requirements" / "gpu.txt").read_text()
+    for pkg in {"s3://": ("boto3", "s3fs"), "gs://": ("google-cloud-storage", "gcsfs")}[scheme]:
+        assert re.search(rf"^{pkg}==[0-9][^ ]* \\\n\s+--hash=sha256:", lock, re.M), pkg
+
+
+def test_both_locks_carry_the_cloud_extra():
+    """gs:// / s3:// ImageNet is read on the nodes (gpu lock) and pre-flighted by the driver,
+    which may be a workstation (dev lock): both locks pin the `cloud` extra, compiled by the
+    one `make lock`."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    names = {re.split(r"[<>=\[ ]", d)[0] for d in extras["cloud"]}
+    assert names == {"gcsfs", "s3fs", "boto3", "google-cloud-storage"}
+    for lock in ("dev.txt", "gpu.txt"):
+        text = (ROOT / "requirements" / lock).read_text()
+        assert all(re.search(rf"^{n}==", text, re.M) for n in names), lock
+    make = (ROOT / "Makefile").read_text()
+    assert "--extra dev --extra cloud -o requirements/dev.txt" in make
+    assert "--extra gpu --extra cloud -o requirements/gpu.txt" in make
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_nothing_is_installed_unlocked(name):
+    """Every pip install on a node is the hash-checked lock or the project without its
+    dependencies: an unpinned `pip install boto3` could move botocore under the locked
+    aiobotocore (s3fs) on one node and not another."""
+    for c in _commands(_load(name)):
+        for call in re.findall(r"pip install[^&;|]*", c):
+            assert ("--require-hashes -r requirements/gpu.txt" in call
+                    or "--no-deps -e ." in call), (name, call)
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))

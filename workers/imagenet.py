@@ -78,9 +78,33 @@ class ImageFolder:
         return len(self.paths)
 
 
+# Object-storage schemes etils.epath reads (through fsspec, or through TensorFlow's gfile where
+# TensorFlow is installed), with the package that gives fsspec the protocol. gcsfs and s3fs are
+# in both locks (pyproject extra `cloud`); az:// and hf:// work once their package is installed.
+REMOTE_SCHEMES: dict[str, str] = {"gs": "gcsfs", "s3": "s3fs", "az": "adlfs",
+                                  "hf": "huggingface_hub"}
+_INSTALL = "pip install --require-hashes -r requirements/gpu.txt (or requirements/dev.txt)"
+
+
+def remote_scheme(p: str) -> str | None:
+    """The object-storage scheme of a path (``"gs"`` for ``gs://bucket/x``), None for a local
+    path. Raises `DataError` for any other ``scheme://``: etils.epath would not read it as a
+    URL (an unknown scheme is a KeyError inside every trial, not a path)."""
+    if "://" not in p:
+        return None
+    scheme = p.split("://", 1)[0]
+    if scheme not in REMOTE_SCHEMES:
+        known = ", ".join(f"{k}://" for k in REMOTE_SCHEMES)
+        raise DataError(f"data_dir {p!r}: {scheme}:// cannot be read; the image folder may be "
+                        f"a local path or on object storage ({known}); copy it to one of them "
+                        "(for a local file:// URL give the path itself)")
+    return scheme
+
+
 def _epath(p: str) -> Any:
     from etils import epath  # grain's own path abstraction (local, gs://, s3:// via fsspec)
 
+    remote_scheme(p)  # an unknown scheme is one line, not etils' KeyError
     return epath.Path(p)
 
 
@@ -90,10 +114,15 @@ def scan_split(root: str, split: str, *, num_classes: int | None = None,
 
     ``num_classes``: the number of class folders expected (refuse fewer: a partial copy would
     silently change the task). ``classes``: the training split's classes, which the eval split
-    must match. Raises `DataError` (one line, naming the fix) for a missing root or split, a
+    must match. Raises `DataError` (one line, naming the fix) for a missing root or split
+    (on object storage also a missing backend or denied access, as `check_data_dir`), a
     split holding images directly (an unsorted val folder), empty class folders, fewer classes
     than expected, or eval classes that differ from the training ones.
     """
+    if remote_scheme(root):
+        # the same one-line errors in a trial as in the driver's pre-flight: a worker node
+        # may lack the backend or the credentials the driver had (not worth a retry)
+        _check_remote(root)
     base = _epath(root)
     if not base.is_dir():
         raise DataError(f"ImageNet folder {root!r} does not exist; {_HINT}")
@@ -263,10 +292,17 @@ class _Records:
 
 
 def _read(path: str) -> np.ndarray:
+    """One image file's pixels. A file that is missing or unreadable is a `DataError` (not
+    worth a retry); on object storage only a missing file or denied access is: a network
+    failure that outlasted the client's own retries (aiohttp's are OSErrors too) propagates, so
+    the trial is retried from its checkpoint."""
     try:
         data = _epath(path).read_bytes()
     except OSError as ex:
-        raise DataError(f"image {path} cannot be read ({ex}); check the data folder") from ex
+        if remote_scheme(path) and not isinstance(ex, FileNotFoundError | PermissionError):
+            raise
+        raise DataError(f"image {path} cannot be read ({_one_line(ex)}); check the data "
+                        "folder") from ex
     return decode(data, path)
 
 
@@ -509,13 +545,56 @@ def named_classes(config: dict[str, Any]) -> int | None:
     return 10 if d.startswith(CIFAR_PREFIX) else None
 
 
+def _one_line(ex: BaseException) -> str:
+    """An exception as ``Type: text`` on one line (gcsfs puts the server's JSON on the next
+    lines of a 403)."""
+    text = " ".join(str(ex).split()) or repr(ex)
+    return f"{type(ex).__name__}: {text[:300]}"
+
+
+def _check_remote(url: str) -> None:
+    """`check_data_dir` for object storage: the scheme's fsspec backend imports, and
+    ``<url>/train`` and ``<url>/val`` are folders (one `stat` each: gcsfs and s3fs ask for the
+    object, then list at most one key under the prefix; never a listing of the bucket), read
+    through etils.epath exactly as the trials read them. Missing backend, missing split, denied
+    access and any other failure of the storage client (no credentials, an unknown bucket) are
+    each one `DataError` line naming the URL and the fix."""
+    scheme = remote_scheme(url)
+    base = url.rstrip("/")
+    for split in SPLITS:
+        where = f"{base}/{split}"
+        try:
+            # stat, not is_dir: fsspec's isdir answers False for a denied or unauthenticated
+            # request, which would blame the layout for a credentials problem
+            is_dir = _epath(where).stat().is_directory
+        except ImportError as ex:
+            raise DataError(f"data_dir {url}: reading {scheme}:// needs the "
+                            f"{REMOTE_SCHEMES[str(scheme)]} package ({_one_line(ex)}); install "
+                            f"the locked set: {_INSTALL}, or pip install "
+                            f"{REMOTE_SCHEMES[str(scheme)]}") from ex
+        except FileNotFoundError as ex:
+            raise DataError(f"ImageNet folder {url!r} has no {split}/ folder ({where} not "
+                            f"found); {_HINT}") from ex
+        except PermissionError as ex:
+            raise DataError(f"data_dir {url}: access to {where} denied ({_one_line(ex)}); give "
+                            "this machine's credentials read access to the bucket") from ex
+        except Exception as ex:  # the storage client's own errors: credentials, network, 403
+            raise DataError(f"data_dir {url}: {where} cannot be checked ({_one_line(ex)}); "
+                            "check the bucket name and that this machine's credentials can "
+                            "read it") from ex
+        if not is_dir:
+            raise DataError(f"ImageNet folder {url!r}: {where} is a file, not a folder; "
+                            f"{_HINT}")
+
+
 def check_data_dir(data_dir: str) -> None:
     """A cheap check, before any trial runs, that ``data_dir`` can be an image folder: a local
-    path must hold ``train/`` and ``val/``, each with at least one class folder; a
-    ``cifar10://PATH`` source must exist; ``synthetic://`` is parsed. Remote URLs (gs://, s3://)
-    are left to the trials (listing a bucket is not cheap). The full checks (every class folder
-    has images, the splits have the same classes, the expected number of classes) stay in
-    `scan_split`. Raises `DataError` (one line, naming the fix)."""
+    path must hold ``train/`` and ``val/``, each with at least one class folder; on object
+    storage (gs://, s3://, az://, hf://) the backend must import and ``train/`` and ``val/``
+    must exist (one `stat` each, no listing of the bucket); a ``cifar10://PATH`` source must
+    exist; ``synthetic://`` is parsed; any other ``scheme://`` is refused. The full checks
+    (every class folder has images, the splits have the same classes, the expected number of
+    classes) stay in `scan_split`. Raises `DataError` (one line, naming the fix)."""
     import os
 
     if data_dir.startswith(SYNTHETIC_PREFIX):
@@ -527,7 +606,8 @@ def check_data_dir(data_dir: str) -> None:
             raise DataError(f"data_dir {data_dir}: no such file or folder; give the folder "
                             "holding cifar10-images.tar.xz (e.g. cifar10://../shared/data)")
         return
-    if "://" in data_dir:
+    if remote_scheme(data_dir):
+        _check_remote(data_dir)
         return
     if not os.path.isdir(data_dir):
         raise DataError(f"ImageNet folder {data_dir!r} does not exist; {_HINT}")
@@ -576,4 +656,5 @@ __all__ = ["CROP_PADDING", "IMAGE_SUFFIXES", "MEAN_RGB", "STDDEV_RGB", "ImageFol
            "subset_size",
            "synthetic_images", "train_pipeline", "train_view", "write_folder",
            "write_folder_one", "write_synthetic", "named_classes", "resolve_data_dir",
-           "SYNTHETIC_PREFIX", "CIFAR_PREFIX"]
+           "SYNTHETIC_PREFIX", "CIFAR_PREFIX", "REMOTE_SCHEMES", "check_data_dir",
+           "remote_scheme"]
