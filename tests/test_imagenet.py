@@ -254,6 +254,15 @@ def test_stream_batches_processes_equal_threads(folder: str, batch: int, start: 
     assert os.getpid() not in pids and len(pids) == procs
 
 
+def test_loader_processes_memory() -> None:
+    """A trial's host-memory request grows by each worker process and its chunks."""
+    from workers.memory import LOADER_WORKER_BYTES, imagenet_trial_bytes
+
+    cfg = dict(arch="resnet18", width=4, image_size=32, num_classes=10, batch_size=100)
+    extra = imagenet_trial_bytes({**cfg, "loader_processes": 3}) - imagenet_trial_bytes(cfg)
+    assert extra == 3 * (LOADER_WORKER_BYTES + 3 * 25 * 4 * 32 * 32 * 3)  # chunks of 25
+
+
 def test_loader_processes_is_a_checked_key() -> None:
     from orchestrator.spec import check_overrides
     from workers.errors import ConfigError

@@ -10,8 +10,8 @@ What is compared, and to what tolerance (see `test_eight_devices_match_one`):
   devices hold shifted rows makes those differ at order 1);
 - a whole run (a few dozen SGD steps, evaluations with a padded last batch) gives the same
   test accuracies and, to float32 accumulation error, the same final parameters;
-- a run resumed from a mid-run checkpoint on 8 devices ends where the uninterrupted 8-device
-  run ends;
+- a run resumed from a mid-run checkpoint on 8 devices, reading with ``loader_processes=2``,
+  ends where the uninterrupted 8-device run (loader threads) ends;
 - a batch that does not divide over the devices is the one-line ConfigError.
 Multi-host (several processes) is not tested here: a sweep trial is one node.
 """
@@ -117,15 +117,16 @@ def test_eight_devices_match_one(tmp_path) -> None:
          for n in CONFIGS}
     one = _run(1, {n: dict(c, cache_dir=cache, work_dir=d[n]["one"])
                    for n, c in CONFIGS.items()})
-    # the 8-device run, a run resumed on 8 devices from its epoch-3 checkpoint (step 9), and
-    # a batch of 12 that does not divide over 8 devices
+    # the 8-device run; a run resumed on 8 devices from its epoch-3 checkpoint (step 9) that
+    # reads its batches with 2 loader processes (grain workers started by a process whose
+    # JAX runtime holds 8 devices); a batch of 12 that does not divide over 8 devices
     res_ckpt = os.path.join(d["resnet"]["eight"], "checkpoint_000000009")
     eight = _run(8, {
         **{n: dict(c, cache_dir=cache, work_dir=d[n]["eight"]) for n, c in CONFIGS.items()},
     }, bn_check=True)
     resumed = _run(8, {
         "resnet": dict(CONFIGS["resnet"], cache_dir=cache, work_dir=d["resnet"]["resumed"],
-                       resume_from=res_ckpt),
+                       resume_from=res_ckpt, loader_processes=2),
         "odd_batch": dict(CONFIGS["mixer"], cache_dir=cache, batch_size=12),
     })
 
@@ -152,7 +153,7 @@ def test_eight_devices_match_one(tmp_path) -> None:
         norm = np.sqrt(sum(np.sum(p1[k] ** 2) for k in p1))
         assert diff <= 1e-5 * norm, (n, diff / norm)
 
-    # resumed on 8 devices == uninterrupted on 8 devices
+    # resumed on 8 devices (loader processes) == uninterrupted on 8 devices (loader threads)
     assert resumed["resnet"]["history"] == eight["resnet"]["history"]
     pr, p8 = _state(d["resnet"]["resumed"], 24), _state(d["resnet"]["eight"], 24)
     for k in p8:
