@@ -16,11 +16,12 @@ disk or network reads.
 Pipeline: ``loader_threads = W`` (W threads in this process) against ``loader_processes = W``
 (W grain worker processes), W = ``--workers``; batch ``--batch`` at 224x224; each measurement
 reads ``--per-rep`` images from a different starting step (new images every time), and reports
-the steady rate (the images after the first few batches over the time after them: `measure`)
-and the start-up time (to the first batch; for processes it includes spawning the workers). The four
-combinations (transform x path) run interleaved, ``--reps`` times, so load from other processes
-hits all alike; the table reports the best and the median. ``/proc/loadavg`` is printed before
-and after.
+the steady rate (the images after the first few batches over the time after them: `measure`),
+the CPU time an image takes there (this process and its loader processes: less sensitive to
+other jobs than the wall-clock rate) and the start-up time (to the first batch; for processes
+it includes spawning the workers). The four combinations (transform x path) run interleaved,
+``--reps`` times, so load from other processes hits all alike; the table reports the best and
+the median. ``/proc/loadavg`` is printed before and after.
 
 Stages: one image at a time on one thread: read the file (bytes), decode (PIL, to RGB uint8),
 crop + resize (the random crop, bicubic to 224, flip: `train_view`), standardise
@@ -81,11 +82,28 @@ def make_folder(root: str, n: int, seed: int = 0) -> str:
     return root
 
 
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and its live children so far."""
+    tck = os.sysconf("SC_CLK_TCK")
+    me, total = str(os.getpid()), time.process_time()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                f = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        if f[1] == me:  # ppid (fields after the command name: state, ppid, ...)
+            total += (int(f[11]) + int(f[12])) / tck
+    return total
+
+
 def measure(ds, batch: int, start: int, steps: int, skip: int, workers: int, processes: bool
-            ) -> tuple[float, float]:
-    """(steady images/s, seconds to the first batch). The steady rate counts the batches after
-    the first ``skip``: while the workers start, the ones already running fill their buffers
-    (a process worker holds up to two chunks), and those come out faster than they are made."""
+            ) -> tuple[float, float, float]:
+    """(steady images/s, CPU ms per image in the steady part (this process and its loader
+    processes), seconds to the first batch). The steady part is the batches after the first
+    ``skip``: while the workers start, the ones already running fill their buffers (a process
+    worker holds up to 3 chunks), and those come out faster than they are made. CPU time is
+    what the load does not change much (wall time is shared with other jobs)."""
     from workers.imagenet import stream_batches
 
     t0 = time.perf_counter()
@@ -96,13 +114,14 @@ def measure(ds, batch: int, start: int, steps: int, skip: int, workers: int, pro
         t1 = time.perf_counter()
         for _ in range(skip - 1):
             next(it)
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), cpu_seconds()
         for _ in range(steps - skip):
             next(it)
-        t3 = time.perf_counter()
+        t3, c3 = time.perf_counter(), cpu_seconds()
     finally:
         it.close()
-    return (steps - skip) * batch / (t3 - t2), t1 - t0
+    n = (steps - skip) * batch
+    return n / (t3 - t2), 1e3 * (c3 - c2) / n, t1 - t0
 
 
 def stages(folder, n: int) -> dict[str, float]:
@@ -170,28 +189,33 @@ def main() -> int:
           for k, t in tau.items()}
     rates: dict[tuple[str, str], list[float]] = {}
     starts: dict[tuple[str, str], list[float]] = {}
+    cpus: dict[tuple[str, str], list[float]] = {}
     start = 0
     for r in range(args.reps):
         for name in tau:
             for path in ("threads", "processes"):
-                rate, up = measure(ds[name], args.batch, start, steps, skip, args.workers,
-                                   path == "processes")
+                rate, cpu, up = measure(ds[name], args.batch, start, steps, skip,
+                                        args.workers, path == "processes")
                 start += steps
                 rates.setdefault((name, path), []).append(rate)
+                cpus.setdefault((name, path), []).append(cpu)
                 starts.setdefault((name, path), []).append(up)
-                print(f"  rep {r} {name:14s} {path:9s} {rate:7.1f} images/s "
-                      f"(first batch after {up:.1f} s; load {loadavg()})")
+                print(f"  rep {r} {name:14s} {path:9s} {rate:7.1f} images/s, {cpu:5.2f} CPU "
+                      f"ms an image (first batch after {up:.1f} s; load {loadavg()})")
 
     st = stages(folder, args.stage_images)
     per_img = sum(st.values())
     w = args.workers
     print(f"\n| transform | {w} threads: images/s best (median) | {w} processes: images/s "
-          "best (median) | start-up s threads / processes (median) |")
-    print("|---|---|---|---|")
+          "best (median) | CPU ms an image threads / processes (median) | start-up s "
+          "threads / processes (median) |")
+    print("|---|---|---|---|---|")
     for name in tau:
         th, pr = rates[(name, "threads")], rates[(name, "processes")]
+        med = {k: statistics.median(cpus[(name, k)]) for k in ("threads", "processes")}
         print(f"| {name} | {max(th):.1f} ({statistics.median(th):.1f}) | {max(pr):.1f} "
-              f"({statistics.median(pr):.1f}) | "
+              f"({statistics.median(pr):.1f}) | {med['threads']:.2f} / "
+              f"{med['processes']:.2f} | "
               f"{statistics.median(starts[(name, 'threads')]):.2f} / "
               f"{statistics.median(starts[(name, 'processes')]):.2f} |")
 
@@ -215,6 +239,10 @@ def main() -> int:
           f" here, so a GPU needs {gpu_rate / core_rot:.1f} cores ({gpu_rate / core_id:.1f} "
           f"for identity), {8 * gpu_rate / core_rot:.0f} ({8 * gpu_rate / core_id:.0f}) for "
           "an 8-GPU node, if the loader scales linearly with cores.")
+    for name in tau:
+        ms = min(statistics.median(cpus[(name, k)]) for k in ("threads", "processes"))
+        print(f"From the pipeline's CPU time ({ms:.2f} ms an image, {name}, the cheaper path):"
+              f" {gpu_rate * ms / 1e3:.1f} cores a GPU, {8 * gpu_rate * ms / 1e3:.0f} a node.")
     print(f"\nload average after: {loadavg()}")
     return 0
 
