@@ -254,13 +254,35 @@ def test_stream_batches_processes_equal_threads(folder: str, batch: int, start: 
     assert os.getpid() not in pids and len(pids) == procs
 
 
+def test_stream_batches_processes_data_error(tmp_path) -> None:
+    """An unreadable image decoded in a loader process is the one-line DataError here."""
+    root = I.write_synthetic(str(tmp_path), num_classes=2, train_per_class=4, val_per_class=1,
+                             size=12)
+    tr = I.scan_split(root, "train")
+    with open(tr.paths[3], "wb") as fh:
+        fh.write(b"not a jpeg")
+    ds = I.train_pipeline(tr, np.arange(len(tr)), image_size=8, batch_size=4, seed=0,
+                          epochs=1, batched=False)
+    it = I.stream_batches(ds, 4, 0, 2, threads=1, processes=2)
+    try:
+        with pytest.raises(DataError) as ex:
+            list(it)
+    finally:
+        it.close()
+    assert "cannot be decoded" in _msg(ex) and "replace or delete" in _msg(ex)
+
+
 def test_loader_processes_memory() -> None:
     """A trial's host-memory request grows by each worker process and its chunks."""
     from workers.memory import LOADER_WORKER_BYTES, imagenet_trial_bytes
 
-    cfg = dict(arch="resnet18", width=4, image_size=32, num_classes=10, batch_size=100)
+    cfg = dict(arch="resnet18", width=4, image_size=32, num_classes=10, batch_size=100,
+               eval_batch_size=50)
     extra = imagenet_trial_bytes({**cfg, "loader_processes": 3}) - imagenet_trial_bytes(cfg)
-    assert extra == 3 * (LOADER_WORKER_BYTES + 3 * 25 * 4 * 32 * 32 * 3)  # chunks of 25
+    img = 4 * 32 * 32 * 3
+    # training workers: chunks of 25 images; evaluation workers: eval batches of 50
+    assert extra == 3 * (LOADER_WORKER_BYTES + 3 * 25 * img) + 3 * (LOADER_WORKER_BYTES
+                                                                    + 3 * 50 * img)
 
 
 def test_loader_processes_is_a_checked_key() -> None:

@@ -175,8 +175,9 @@ def imagenet_trial_bytes(config: dict[str, Any], n_files: int = 1_281_167 + 50_0
     training images); with ``loader_processes`` P > 0, also P grain workers of
     `LOADER_WORKER_BYTES` each (measured: ~250 MB RSS, Python + numpy + PIL + grain + the jax
     module grain imports) holding up to 3 chunks of `workers.imagenet.chunk_rows` images (the
-    one being built, the one in its buffer, the one in shared memory in flight). Activations
-    live on the accelerator (not counted here)."""
+    one being built, the one in its buffer, the one in shared memory in flight), and during an
+    evaluation as many again holding up to 3 eval batches each. Activations live on the
+    accelerator (not counted here)."""
     from workers.imagenet_models import make_imagenet_model, param_count
 
     s = int(config.get("image_size") or 224)
@@ -191,6 +192,10 @@ def imagenet_trial_bytes(config: dict[str, Any], n_files: int = 1_281_167 + 50_0
     if procs:
         from workers.imagenet import chunk_rows
 
+        # training workers (chunks) and, while they wait, the evaluation's (whole eval
+        # batches: the one being built, one in the buffer, one in use)
         ahead += procs * (LOADER_WORKER_BYTES + 3 * chunk_rows(
             int(config.get("batch_size") or 1024)) * img)
+        ahead += procs * (LOADER_WORKER_BYTES + 3 * int(config.get("eval_batch_size") or 256)
+                          * img)
     return int(PROCESS_BYTES + 200 * n_files + 4 * 4 * p + batch + ahead)
