@@ -58,7 +58,7 @@ CONFIG_RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     # 0: no validation set / no SGD step (eta_0 only) / full train set / keep every checkpoint
     **{k: (0, True, None, False) for k in ("val_size", "max_steps", "train_eval_size",
                                           "keep_checkpoints", "subset", "warmup_epochs",
-                                          "weight_decay")},
+                                          "weight_decay", "loader_processes")},
     "base_lr": (0.0, False, None, False),
     "w_var": (0.0, False, None, False),
     "b_var": (0.0, True, None, False),

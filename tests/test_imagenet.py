@@ -212,6 +212,91 @@ def test_per_host_sharding(folder: str) -> None:
     assert parts[0][0]["image"].shape == (2, 8, 8, 3)
 
 
+# ----------------------------------------------------------------------------- streaming
+
+
+def test_chunk_rows() -> None:
+    assert [I.chunk_rows(b) for b in (1, 6, 32, 40, 100, 1024, 37)] == [1, 6, 32, 20, 25, 32, 1]
+
+
+def _with_pid(ds):  # tag every image with the process that decoded it
+    return ds.map(lambda e: {**e, "pid": np.int64(os.getpid())})
+
+
+@pytest.mark.parametrize("batch,start,procs", [(4, 1, 3), (40, 1, 2)])
+def test_stream_batches_processes_equal_threads(folder: str, batch: int, start: int,
+                                                procs: int) -> None:
+    """loader_processes: the batches from step `start` equal batches start.. of a thread run
+    from 0 (so a resumed run reads what an uninterrupted one would), decoded in other
+    processes. (4, 1, 3): 4-image chunks, 14 of them over 3 workers
+    (uneven shares); (40, 1, 2): two 20-image chunks a batch."""
+    import jax
+
+    jax.devices()  # the parent has a JAX runtime when the workers start
+    tr = I.scan_split(folder, "train")
+    epochs = 6 if batch > 30 else 2
+    ds = _with_pid(I.train_pipeline(tr, np.arange(len(tr)), image_size=8, batch_size=batch,
+                                    seed=5, epochs=epochs, batched=False))
+    n = (30 * epochs) // batch
+    ref = list(I.stream_batches(ds, batch, 0, n, threads=2))
+    it = I.stream_batches(ds, batch, start, n, threads=2, processes=procs)
+    try:
+        got = list(it)
+    finally:
+        it.close()
+    assert len(got) == n - start and len(ref) == n
+    for r, g in zip(ref[start:], got, strict=True):
+        assert g["image"].shape == (batch, 8, 8, 3) and g["image"].dtype == np.float32
+        np.testing.assert_array_equal(r["image"], g["image"])
+        np.testing.assert_array_equal(r["label"], g["label"])
+    assert set(np.concatenate([r["pid"] for r in ref]).tolist()) == {os.getpid()}
+    pids = set(np.concatenate([g["pid"] for g in got]).tolist())
+    assert os.getpid() not in pids and len(pids) == procs
+
+
+def test_stream_batches_processes_data_error(tmp_path) -> None:
+    """An unreadable image decoded in a loader process is the one-line DataError here."""
+    root = I.write_synthetic(str(tmp_path), num_classes=2, train_per_class=4, val_per_class=1,
+                             size=12)
+    tr = I.scan_split(root, "train")
+    with open(tr.paths[3], "wb") as fh:
+        fh.write(b"not a jpeg")
+    ds = I.train_pipeline(tr, np.arange(len(tr)), image_size=8, batch_size=4, seed=0,
+                          epochs=1, batched=False)
+    it = I.stream_batches(ds, 4, 0, 2, threads=1, processes=2)
+    try:
+        with pytest.raises(DataError) as ex:
+            list(it)
+    finally:
+        it.close()
+    assert "cannot be decoded" in _msg(ex) and "replace or delete" in _msg(ex)
+
+
+def test_loader_processes_memory() -> None:
+    """A trial's host-memory request grows by each worker process and its chunks."""
+    from workers.memory import LOADER_WORKER_BYTES, imagenet_trial_bytes
+
+    cfg = dict(arch="resnet18", width=4, image_size=32, num_classes=10, batch_size=100,
+               eval_batch_size=50)
+    extra = imagenet_trial_bytes({**cfg, "loader_processes": 3}) - imagenet_trial_bytes(cfg)
+    img = 4 * 32 * 32 * 3
+    # training workers: chunks of 25 images; evaluation workers: eval batches of 50
+    assert extra == 3 * (LOADER_WORKER_BYTES + 3 * 25 * img) + 3 * (LOADER_WORKER_BYTES
+                                                                    + 3 * 50 * img)
+
+
+def test_loader_processes_is_a_checked_key() -> None:
+    from orchestrator.spec import check_overrides
+    from workers.errors import ConfigError
+    from workers.imagenet_train import resolve_config
+
+    assert check_overrides({"loader_processes": 8}) == {"loader_processes": 8}
+    with pytest.raises(ConfigError, match="loader_processes must be >= 0"):
+        check_overrides({"loader_processes": -1})
+    with pytest.raises(ConfigError, match="loader_processes must be >= 0"):
+        resolve_config({"data_dir": "x", "loader_processes": -1})
+
+
 # ----------------------------------------------------------------------------- models
 
 PUBLISHED = {  # torchvision / Keras; Mixer: Tolstikhin et al. (2021), Table 1

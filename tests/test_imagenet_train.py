@@ -78,6 +78,9 @@ def test_subset_and_bad_input(data: dict) -> None:
         train_imagenet({**BASE, **data, "num_classes": 1000})
     with pytest.raises(DataError, match="synthetic://CxNxS"):
         train_imagenet({**BASE, "data_dir": "synthetic://3x"})
+    # read by 2 loader processes (training and evaluation; tests/test_imagenet_devices.py
+    # checks that they give the threads' numbers)
     out = train_imagenet({**BASE, **data, "subset": 2, "epochs": 1, "arch": "mixer_s16",
-                          "width": 8, "depth": 1, "patch_size": 4})
+                          "width": 8, "depth": 1, "patch_size": 4, "loader_processes": 2})
     assert out["train_size"] == 24 and out["batch_size"] == 16 and out["steps"] == 1
+    assert out["test_size"] == 12 and 0.0 <= out["test_acc"] <= 1.0

@@ -350,16 +350,76 @@ def train_pipeline(folder: ImageFolder, indices: np.ndarray, *, image_size: int,
 
 
 def stream_batches(elements: Any, local_batch: int, start_step: int, stop_step: int, *,
-                   threads: int) -> Any:
+                   threads: int, processes: int = 0) -> Any:
     """Iterate batches ``start_step .. stop_step - 1`` of a `train_pipeline(batched=False)`
-    dataset: the images are decoded and augmented on ``threads`` threads (PIL releases the GIL
-    while decoding and resizing) with about 2 x threads images read ahead (host memory: a few
-    MB at 224x224, not whole batches), then stacked into batches of ``local_batch``."""
+    dataset, as dicts of numpy arrays with ``local_batch`` rows (the images of batch s are
+    elements ``s * local_batch ..`` of ``elements``, whichever path reads them).
+
+    ``processes = 0``: the images are decoded and augmented on ``threads`` threads of this
+    process (PIL and numpy release the GIL inside decoding, resizing and array arithmetic;
+    the Python around them holds it) with about 2 x threads images read ahead (a few MB at
+    224x224, not whole batches), then stacked into batches.
+
+    ``processes > 0``: grain's multiprocessing (``IterDataset.mp_prefetch``). The images are
+    grouped into chunks of `chunk_rows` consecutive images (a divisor of ``local_batch``, at
+    most 32: 19 MB at 224x224 in float32); grain hands worker w the chunks w, w + processes,
+    ... (it slices the MapDataset right before ``to_iter_dataset``) and reads the workers
+    round-robin (``InterleaveIterDataset`` with cycle_length = processes), so the chunks come
+    back in order and are stacked into the same batches as the thread path: batch s stays a
+    pure function of (seed, s), and a start at step k reads the k-th batch. Each worker holds
+    the chunk it is building and one finished chunk (``per_worker_buffer_size=1``), passed
+    through shared memory (grain copies every array of an element there; Python 3.11's
+    resource tracker may warn at exit about segments grain already unlinked). A `DataError`
+    in a worker (an unreadable image) reaches the caller as the same one-line `DataError`.
+    ``threads`` is ignored on this path (each worker reads its chunks one image after
+    another). Close the iterator (``.close()``) to stop the workers; the training loop does.
+
+    Start method: grain starts its workers with ``spawn`` (process_prefetch.py:
+    ``mp.get_context("spawn")``: a fresh interpreter that unpickles the dataset), never
+    ``fork``, so they do not inherit this process's JAX runtime, device handles or threads.
+    grain imports the jax module in them (for its profiler hooks), which creates no backend;
+    nothing in the pipeline calls jax, so no worker opens a device. As with every spawned
+    process, the main script is imported again in each worker: a script that trains must
+    keep its work under ``if __name__ == "__main__":`` (tools/train_one.py and Ray's worker
+    entry point do).
+    """
     import grain
 
     sub = elements[start_step * local_batch:stop_step * local_batch]
-    opts = grain.ReadOptions(num_threads=int(threads), prefetch_buffer_size=2 * int(threads))
-    return iter(sub.to_iter_dataset(opts).batch(local_batch, drop_remainder=True))
+    if processes <= 0:
+        opts = grain.ReadOptions(num_threads=int(threads),
+                                 prefetch_buffer_size=2 * int(threads))
+        return iter(sub.to_iter_dataset(opts).batch(local_batch, drop_remainder=True))
+    rows = chunk_rows(local_batch)
+    per_batch = local_batch // rows
+    chunks = in_processes(sub.batch(rows, drop_remainder=True), processes)
+    # (per_batch, rows, ...) -> (local_batch, ...): a view of the stacked chunks, no copy
+    return iter(chunks.batch(per_batch, drop_remainder=True).map(
+        lambda b: {k: v.reshape(local_batch, *v.shape[2:]) for k, v in b.items()}))
+
+
+def in_processes(ds: Any, processes: int) -> Any:
+    """A grain MapDataset read in order by ``processes`` grain worker processes
+    (``to_iter_dataset().mp_prefetch``; `stream_batches` says how grain slices and orders the
+    elements, and why spawned workers are safe beside JAX): an IterDataset yielding
+    ``ds[0], ds[1], ...``. Each worker reads its elements one after another and holds at most
+    one finished element besides the one it builds."""
+    import grain
+    from absl import flags
+
+    # grain reads one of its absl flags (worker profiling) when it starts the workers; outside
+    # absl.app nothing has parsed the flags, and reading one then raises: take the defaults
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+    return ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)) \
+        .mp_prefetch(grain.MultiprocessingOptions(num_workers=int(processes),
+                                                  per_worker_buffer_size=1))
+
+
+def chunk_rows(local_batch: int, most: int = 32) -> int:
+    """The largest divisor of ``local_batch`` that is at most ``most``: the images a loader
+    process decodes into one piece of a batch (`stream_batches`)."""
+    return max(d for d in range(1, min(local_batch, most) + 1) if local_batch % d == 0)
 
 
 def eval_pipeline(folder: ImageFolder, indices: np.ndarray | None = None, *, image_size: int,
@@ -651,7 +711,8 @@ def resolve_data_dir(data_dir: str, cache_dir: str | None = None) -> str:
 
 
 __all__ = ["CROP_PADDING", "IMAGE_SUFFIXES", "MEAN_RGB", "STDDEV_RGB", "ImageFolder",
-           "center_crop_box", "decode", "eval_pipeline", "eval_view", "nested_order",
+           "center_crop_box", "chunk_rows", "decode", "eval_pipeline", "eval_view",
+           "in_processes", "nested_order",
            "nested_subset", "random_crop_box", "scan_split", "standardize", "stream_batches",
            "subset_size",
            "synthetic_images", "train_pipeline", "train_view", "write_folder",

@@ -47,6 +47,8 @@ from workers.vocab import FULL_COV_ARCHS
 # Python + NumPy + JAX/XLA runtime and compiled kernels of one trial process (measured RSS of
 # a worker after importing jax and compiling one tile is 0.4-0.6 GB on CPU; rounded up).
 PROCESS_BYTES = 1 << 30
+# one grain loader worker process (`workers.imagenet.stream_batches`), before its images
+LOADER_WORKER_BYTES = 256 << 20
 _SOLVE_BLOCK = 1024  # rows per block in workers.regression
 _EVAL_BATCH = 500    # images per batch of Trainer.predict
 NUM_CLASSES = 10
@@ -169,7 +171,13 @@ def imagenet_trial_bytes(config: dict[str, Any], n_files: int = 1_281_167 + 50_0
     list (about 200 B a path in Python strings), parameters with momentum and a device_get copy
     for evaluation and checkpoints (4 copies of float32 P, P from jax.eval_shape), one global
     batch as float32 on the host before it moves to the devices, twice, and the images
-    read ahead (2 x loader_threads). Activations live on the accelerator (not counted here)."""
+    read ahead (2 x loader_threads: training, or evaluation only when processes read the
+    training images); with ``loader_processes`` P > 0, also P grain workers of
+    `LOADER_WORKER_BYTES` each (measured: ~250 MB RSS, Python + numpy + PIL + grain + the jax
+    module grain imports) holding up to 3 chunks of `workers.imagenet.chunk_rows` images (the
+    one being built, the one in its buffer, the one in shared memory in flight), and during an
+    evaluation as many again holding up to 3 eval batches each. Activations live on the
+    accelerator (not counted here)."""
     from workers.imagenet_models import make_imagenet_model, param_count
 
     s = int(config.get("image_size") or 224)
@@ -180,4 +188,14 @@ def imagenet_trial_bytes(config: dict[str, Any], n_files: int = 1_281_167 + 50_0
     img = 4 * s * s * 3
     batch = 2 * int(config.get("batch_size") or 1024) * img
     ahead = 2 * int(config.get("loader_threads") or 8) * img
+    procs = int(config.get("loader_processes") or 0)
+    if procs:
+        from workers.imagenet import chunk_rows
+
+        # training workers (chunks) and, while they wait, the evaluation's (whole eval
+        # batches: the one being built, one in the buffer, one in use)
+        ahead += procs * (LOADER_WORKER_BYTES + 3 * chunk_rows(
+            int(config.get("batch_size") or 1024)) * img)
+        ahead += procs * (LOADER_WORKER_BYTES + 3 * int(config.get("eval_batch_size") or 256)
+                          * img)
     return int(PROCESS_BYTES + 200 * n_files + 4 * 4 * p + batch + ahead)

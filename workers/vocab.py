@@ -75,7 +75,7 @@ CONFIG_TYPES: dict[str, type] = {
     "subset": int, "epochs": int, "base_lr": float, "warmup_epochs": float,
     "weight_decay": float, "nesterov": bool, "num_classes": int, "patch_size": int,
     "eval_every_epochs": int, "checkpoint_every_epochs": int, "loader_threads": int,
-    "max_train_steps": int,
+    "loader_processes": int, "max_train_steps": int,
 }
 
 # Scopes. A key is *scientific* (part of trial_id) unless it is a runtime key; a train-only key
@@ -89,6 +89,7 @@ RUNTIME_KEYS: frozenset[str] = frozenset({
     "eval_batch_size",        # how evaluation is batched
     "store_predictions",      # also save test predictions as an artifact
     "loader_threads",         # how many threads decode images
+    "loader_processes",       # how many processes decode images (same batches either way)
 })
 TRAIN_ONLY_KEYS: frozenset[str] = frozenset({
     "width", "max_steps", "eval_every", "checkpoint_every", "batch_size", "lr_factor", "l2",
@@ -96,7 +97,7 @@ TRAIN_ONLY_KEYS: frozenset[str] = frozenset({
     "train_eval_size", "eval_batch_size", "diverge_loss", "early_stop_train_acc",
     "keep_checkpoints", "epochs", "base_lr", "warmup_epochs", "weight_decay", "nesterov",
     "patch_size", "eval_every_epochs", "checkpoint_every_epochs", "loader_threads",
-    "max_train_steps",
+    "loader_processes", "max_train_steps",
 })
 KERNEL_ONLY_KEYS: frozenset[str] = frozenset({"diag_reg", "kernel_dtype", "tile_memory_bytes",
                                               "tile_side"})
