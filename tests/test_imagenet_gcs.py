@@ -10,8 +10,8 @@ import os
 import socket
 from typing import Any
 
-import numpy as np
 import pytest
+from bucket_helpers import assert_bucket_reads_like_local
 from etils.epath import backend as epath_backend
 
 from workers import imagenet as I
@@ -65,22 +65,7 @@ def gcs(emulator: Any, monkeypatch: pytest.MonkeyPatch) -> str:
 
 def test_a_bucket_through_gcsfs_reads_like_the_local_folder(gcs: str) -> None:
     url, local = "gs://lab/imnet", gcs
-    I.check_data_dir(url)
-    tr_r, tr_l = I.scan_split(url, "train", num_classes=3), I.scan_split(local, "train")
-    va_r, va_l = I.scan_split(url, "val", classes=tr_r.classes), I.scan_split(local, "val")
-    assert tr_r.classes == tr_l.classes and len(tr_r) == 12 and len(va_r) == 6
-    np.testing.assert_array_equal(tr_r.labels, tr_l.labels)
-    assert [p.replace(url, local, 1) for p in tr_r.paths] == list(tr_l.paths)
-    kw = dict(image_size=8, batch_size=4, seed=3, epochs=1)
-    idx = np.arange(len(tr_l))
-    rem, loc = I.train_pipeline(tr_r, idx, **kw), I.train_pipeline(tr_l, idx, **kw)
-    for s in range(len(loc)):
-        np.testing.assert_array_equal(rem[s]["image"], loc[s]["image"])
-        np.testing.assert_array_equal(rem[s]["label"], loc[s]["label"])
-    ev_r = I.eval_pipeline(va_r, image_size=8, batch_size=4)
-    ev_l = I.eval_pipeline(va_l, image_size=8, batch_size=4)
-    for s in range(len(ev_l)):
-        np.testing.assert_array_equal(ev_r[s]["image"], ev_l[s]["image"])
+    assert_bucket_reads_like_local(url, local)
 
 
 @pytest.mark.parametrize("url", ["gs://lab/nowhere", "gs://no-such-bucket/imnet"])

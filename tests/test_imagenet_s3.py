@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
+from bucket_helpers import assert_bucket_reads_like_local
 from etils.epath import backend as epath_backend
 
 from workers import imagenet as I
@@ -90,22 +90,7 @@ def _msg(ex: pytest.ExceptionInfo) -> str:
 def test_a_bucket_through_s3fs_reads_like_the_local_folder(s3: Any, imnet: str) -> None:
     _upload(s3, imnet, "lab", "imnet")
     url = "s3://lab/imnet"
-    I.check_data_dir(url)
-    tr_r, tr_l = I.scan_split(url, "train", num_classes=3), I.scan_split(imnet, "train")
-    va_r, va_l = I.scan_split(url, "val", classes=tr_r.classes), I.scan_split(imnet, "val")
-    assert tr_r.classes == tr_l.classes and len(tr_r) == 12 and len(va_r) == 6
-    np.testing.assert_array_equal(tr_r.labels, tr_l.labels)
-    assert [p.replace(url, imnet, 1) for p in tr_r.paths] == list(tr_l.paths)
-    kw = dict(image_size=8, batch_size=4, seed=3, epochs=1)
-    idx = np.arange(len(tr_l))
-    rem, loc = I.train_pipeline(tr_r, idx, **kw), I.train_pipeline(tr_l, idx, **kw)
-    for s in range(len(loc)):
-        np.testing.assert_array_equal(rem[s]["image"], loc[s]["image"])
-        np.testing.assert_array_equal(rem[s]["label"], loc[s]["label"])
-    ev_r = I.eval_pipeline(va_r, image_size=8, batch_size=4)
-    ev_l = I.eval_pipeline(va_l, image_size=8, batch_size=4)
-    for s in range(len(ev_l)):
-        np.testing.assert_array_equal(ev_r[s]["image"], ev_l[s]["image"])
+    assert_bucket_reads_like_local(url, imnet)
 
 
 @pytest.mark.parametrize("url", ["s3://lab/nowhere", "s3://no-such-bucket/imnet"])
