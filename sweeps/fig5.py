@@ -24,8 +24,9 @@ Presets:
   ResNet-18 at width 16 for the ResNet curves, a 2-block Mixer (width 64, 4x4 patches) for the
   Mixer, subsets i = 1..12 (35,355 .. 781 images); ResNet-18/34/50 at width 8 on all 50,000
   images for the scatter (8, not 16: at width 16 the three depths would take longer than the
-  four curves together); 10 epochs, batch 128, 2,000 val images. About three hours on 2 quiet
-  cores: two for the curves, one for the scatter.
+  four curves together); 10 epochs, batch 128, 2,000 val images. About two hours on 2 cores:
+  the 24 trials of i = 1..5 and the scatter ran in 83 min at load 4 to 7 (2026-12-01), the 28
+  smaller ones of i = 6..12 are about a fifth of the steps.
 - paper: ILSVRC-2012 (``--data-dir`` the folder with train/ and val/), 224x224, batch 1024,
   150 epochs, ResNet-101 and Mixer-S/16, ResNet-18 .. 200 for the scatter, one 8-GPU node a
   trial, a checkpoint every epoch (a retry or `symsweep resume` continues from it).

@@ -43,6 +43,34 @@ def test_expansion_at_every_preset() -> None:
                                                             "mixer_s16"}
     assert all(t.config["data_dir"] == "cifar10://../shared/data" for t in s4.expand("cpu"))
 
+    cpu = f5.expand("cpu")  # the scatter is narrower than the curves (hours on 2 cores)
+    assert {t.config["width"] for t in cpu if t.config["subset"] == 0} == {8}
+    assert {t.config["width"] for t in cpu if t.config["subset"] > 0
+            and t.config["arch"] == "resnet18"} == {16}
+
+
+def test_fig5_labels_each_point_with_its_own_width() -> None:
+    """One arch at two widths (the cpu preset: ResNet-18 w16 curves, w8 scatter) is two
+    models: the scatter says w8, the curve w16, and neither averages the other's runs."""
+    import pandas as pd
+
+    from orchestrator.figures.fig5 import curve_points, fig5_text, scatter_points, with_subsets
+
+    rows = [("resnet18", t, w, sub, m, acc) for t, w, sub, m, acc in [
+        ("identity", 16, 1, 700, 0.60), ("pixel_rotation", 16, 1, 700, 0.50),
+        ("identity", 8, 0, 1000, 0.40), ("pixel_rotation", 8, 0, 1000, 0.30)]]
+    df = with_subsets(pd.DataFrame({
+        "arch": [r[0] for r in rows], "transform": [r[1] for r in rows],
+        "config": [{"width": r[2], "subset": r[3]} for r in rows],
+        "train_size": [r[4] for r in rows], "best_test_acc": [r[5] for r in rows]}))
+    sc, pts = scatter_points(df), curve_points(df)
+    assert list(sc["model"]) == ["ResNet-18 w8"]
+    assert sc["clean"].iloc[0] == pytest.approx(0.40) and sc["gap_points"].iloc[0] == \
+        pytest.approx(10.0)
+    assert set(pts["model"]) == {"ResNet-18 w16"} and list(pts["acc"]) == [0.60, 0.50]
+    text = fig5_text(df, {"preset": "cpu"}, first=1, last=1)
+    assert "ResNet-18 w8 " in text and "ResNet-18 w16, clean" in text
+
 
 def _run(sweep: Sweep, trials: list, results: Path, fault: dict | None = None) -> None:
     Store(str(results), sweep.name).write_manifest({

@@ -79,15 +79,19 @@ def first_config(df: pd.DataFrame, arch: str) -> Mapping[str, Any]:
 
 
 def curve_points(df: pd.DataFrame) -> pd.DataFrame:
-    """Fig. 5 points: one row per (arch, transform, m) of the subsets i >= 1, with the mean
-    best test accuracy over finished runs (acc), its error (err = 1 - acc) and the runs (n)."""
+    """Fig. 5 points: one row per (model, transform, m) of the subsets i >= 1, with the mean
+    best test accuracy over finished runs (acc), its error (err = 1 - acc) and the runs (n).
+    ``model`` is the arch's label with its own rows' width (`with_subsets`), so one arch at
+    two widths makes two curves, never one averaged curve."""
     d = df[df["subset_i"] > 0]
     rows = []
-    for (arch, tr, mm), g in d.groupby(["arch", "transform", "m"], sort=False):
+    for (arch, model, tr, mm), g in d.groupby(["arch", "model", "transform", "m"], sort=False):
         acc = pd.to_numeric(g["best_test_acc"], errors="coerce").dropna()
         a = float(acc.mean()) if len(acc) else math.nan
-        rows.append((arch, tr, int(g["subset_i"].iloc[0]), float(mm), a, 1.0 - a, len(acc)))
-    pts = pd.DataFrame(rows, columns=["arch", "transform", "subset", "m", "acc", "err", "n"])
+        rows.append((arch, model, tr, int(g["subset_i"].iloc[0]), float(mm), a, 1.0 - a,
+                     len(acc)))
+    pts = pd.DataFrame(rows, columns=["arch", "model", "transform", "subset", "m", "acc", "err",
+                                      "n"])
     if pts.empty:
         return pts
     pts["_a"] = pts["arch"].map(lambda a: order_key(a)[0])
@@ -96,26 +100,27 @@ def curve_points(df: pd.DataFrame) -> pd.DataFrame:
     return pts.sort_values(["_a", "_t", "m"]).drop(columns=["_a", "_t"]).reset_index(drop=True)
 
 
-def curve_fits(pts: pd.DataFrame, first: int, last: int) -> dict[tuple[str, str],
-                                                                 dict[str, PowerLawFit | None]]:
-    """(arch, transform) -> segment fits of err against m (first, last, all). The slope
+def curve_fits(pts: pd.DataFrame, first: int, last: int
+               ) -> dict[tuple[str, str, str], dict[str, PowerLawFit | None]]:
+    """(arch, model, transform) -> segment fits of err against m (first, last, all). The slope
     reported is that of the error, so a curve falling as m^-0.41 has slope -0.41."""
-    return {(a, t): segment_fits(g["m"], g["err"], first=first, last=last)
-            for (a, t), g in pts.dropna(subset=["acc"]).groupby(["arch", "transform"],
-                                                                sort=False)}
+    return {(a, mo, t): segment_fits(g["m"], g["err"], first=first, last=last)
+            for (a, mo, t), g in pts.dropna(subset=["acc"]).groupby(
+                ["arch", "model", "transform"], sort=False)}
 
 
 def scatter_points(df: pd.DataFrame) -> pd.DataFrame:
-    """Fig. 4 (right): per ResNet arch trained on all images (subset 0), the mean best test
-    accuracy clean and rotated and the gap (clean - rotated, in points)."""
+    """Fig. 4 (right): per ResNet model trained on all images (subset 0), the mean best test
+    accuracy clean and rotated and the gap (clean - rotated, in points). ``model`` is labelled
+    from these rows' own config (the cpu preset's scatter is narrower than its curves)."""
     d = df[(df["subset_i"] == 0) & df["arch"].str.startswith("resnet")]
     rows = []
-    for arch, g in d.groupby("arch", sort=False):
+    for (arch, model), g in d.groupby(["arch", "model"], sort=False):
         accs = {t: pd.to_numeric(g[g["transform"] == t]["best_test_acc"],
                                  errors="coerce").mean() for t in ("identity", "pixel_rotation")}
-        rows.append((arch, accs["identity"], accs["pixel_rotation"],
+        rows.append((arch, model, accs["identity"], accs["pixel_rotation"],
                      100 * (accs["identity"] - accs["pixel_rotation"])))
-    out = pd.DataFrame(rows, columns=["arch", "clean", "rotated", "gap_points"])
+    out = pd.DataFrame(rows, columns=["arch", "model", "clean", "rotated", "gap_points"])
     return out.sort_values("arch", key=lambda s: s.map(lambda a: order_key(a)[0]))
 
 
@@ -132,18 +137,17 @@ def fig5_text(df: pd.DataFrame, m: Mapping[str, Any], fmt: str = "text", *, firs
     pts, sc = curve_points(df), scatter_points(df)
     fits = curve_fits(pts, first, last) if len(pts) else {}
     if fmt == "csv":
-        frows = [(a, t, seg, f.slope, f.r2, f.stderr, f.n, f.x_min, f.x_max)
-                 for (a, t), fs in fits.items() for seg, f in fs.items() if f is not None]
-        fr = pd.DataFrame(frows, columns=["arch", "transform", "segment", "slope", "r2",
-                                          "stderr", "points", "m_min", "m_max"])
+        frows = [(a, mo, t, seg, f.slope, f.r2, f.stderr, f.n, f.x_min, f.x_max)
+                 for (a, mo, t), fs in fits.items() for seg, f in fs.items() if f is not None]
+        fr = pd.DataFrame(frows, columns=["arch", "model", "transform", "segment", "slope",
+                                          "r2", "stderr", "points", "m_min", "m_max"])
         return "\n".join(x.to_csv(index=False) for x in (pts, fr, sc))
     out = io.StringIO()
     out.write(f"fig5 [{m.get('preset')}]: top-1 error (%) against the training-set size m "
               "(best test accuracy over training; n = runs)\n")
     if len(pts):
-        tab = pts.assign(curve=[f"{arch_label(a, first_config(df, a))}, "
-                                f"{TRANSFORM_LABEL.get(t, t)}"
-                                for a, t in zip(pts["arch"], pts["transform"], strict=True)])
+        tab = pts.assign(curve=[f"{mo}, {TRANSFORM_LABEL.get(t, t)}"
+                                for mo, t in zip(pts["model"], pts["transform"], strict=True)])
         wide = tab.pivot_table(index="curve", columns="m", values="err", sort=False)
         wide = wide[sorted(wide.columns)]
         sub = dict(zip(pts["m"], pts["subset"], strict=False))
@@ -157,8 +161,8 @@ def fig5_text(df: pd.DataFrame, m: Mapping[str, Any], fmt: str = "text", *, firs
         n_max = int(pts.groupby(["arch", "transform"]).size().max())
         if n_max < first + last:
             out.write(f"  (at most {n_max} sizes per curve: the segments overlap)\n")
-        for (a, t), fs in fits.items():
-            name = f"{arch_label(a, first_config(df, a))}, {TRANSFORM_LABEL.get(t, t)}"
+        for (_, mo, t), fs in fits.items():
+            name = f"{mo}, {TRANSFORM_LABEL.get(t, t)}"
             out.write(f"  {name:<40}"
                       f" first {_fmt_fit(fs['first']):<28} last {_fmt_fit(fs['last']):<28} "
                       f"all {_fmt_fit(fs['all'])}\n")
@@ -168,7 +172,7 @@ def fig5_text(df: pd.DataFrame, m: Mapping[str, Any], fmt: str = "text", *, firs
     out.write(f"\nFig. 4 (right) [{m.get('preset')}]: top-1 accuracy (%) on all training "
               "images, clean vs O(3)^d rotated\n")
     if len(sc):
-        t = pd.DataFrame({"arch": [arch_label(a, first_config(df, a)) for a in sc["arch"]],
+        t = pd.DataFrame({"arch": list(sc["model"]),
                           "clean %": [f"{100 * v:.2f}" for v in sc["clean"]],
                           "rotated %": [f"{100 * v:.2f}" for v in sc["rotated"]],
                           "gap (points)": [f"{v:.2f}" for v in sc["gap_points"]]})
@@ -219,13 +223,13 @@ def fig5_figure(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path, *, firs
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(7.0, 3.2),
                                  gridspec_kw={"width_ratios": [1.35, 1]})
     handles = []
-    for (a, t), fs in fits.items():
-        g = pts[(pts["arch"] == a) & (pts["transform"] == t)].dropna(subset=["acc"])
+    for (a, mo, t), fs in fits.items():
+        g = pts[(pts["model"] == mo) & (pts["transform"] == t)].dropna(subset=["acc"])
         fam = family(a)
         col, ls = FAMILY_COLORS[fam], TRANSFORM_LINESTYLES.get(t, "-")
         sl = "/".join(f"{fs[s].slope:+.2f}" if fs[s] is not None else "-"
                       for s in ("first", "last"))
-        label = (f"{arch_label(a, first_config(df, a))}, {PLOT_TRANSFORM_LABEL.get(t, t)} "
+        label = (f"{mo}, {PLOT_TRANSFORM_LABEL.get(t, t)} "
                  f"(slopes {sl})")
         draw_points(ax, g["m"], g["err"], color=col, marker=FAMILY_MARKERS[fam], ls=ls,
                     label=label)
@@ -259,17 +263,15 @@ def fig5_figure(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path, *, firs
         lim = (100 * (lo - pad), 100 * (hi + pad))
         bx.plot(lim, lim, "-", color=CHANCE_COLOR, lw=0.8, zorder=0.5)
         cmap = plt.get_cmap("viridis")
+        # a legend, not labels at the points: depths often land within a point of each
+        # other (the cpu preset's ResNet-18 and -34 do), and labels there overprint
         for k, r in enumerate(ok.itertuples()):
             bx.plot(100 * r.clean, 100 * r.rotated, "o", ms=6,
-                    color=cmap(0.85 * k / max(len(ok) - 1, 1)))
-            # labels inside the axes: left of points on the right, above low points
-            right = r.clean > lo + 0.6 * (hi - lo)
-            low = r.rotated < lo + 0.3 * (hi - lo)
-            bx.annotate(f"{arch_label(r.arch, first_config(df, r.arch))}\n"
-                        f"gap {r.gap_points:.1f}", (100 * r.clean, 100 * r.rotated),
-                        fontsize=7, xytext=(-6 if right else 6, 4 if low else -3),
-                        textcoords="offset points", ha="right" if right else "left",
-                        va="bottom" if low else "top")
+                    color=cmap(0.85 * k / max(len(ok) - 1, 1)),
+                    label=f"{r.model}: gap {r.gap_points:.1f}")
+        # the points sit under the diagonal (rotation costs accuracy): the corner above it
+        # is empty
+        bx.legend(loc="upper left", fontsize=7, frameon=False, handletextpad=0.2)
         bx.set_xlim(*lim)
         bx.set_ylim(*lim)
         if lvl is not None and lim[0] < 100 * lvl < lim[1]:
@@ -287,11 +289,13 @@ def fig5_figure(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path, *, firs
 
 
 def with_subsets(df: pd.DataFrame) -> pd.DataFrame:
-    """``df`` with ``subset_i`` (the config's subset index, 0 = all images) and ``m`` (the
-    row's train_size: the images the trial trained on)."""
+    """``df`` with ``subset_i`` (the config's subset index, 0 = all images), ``m`` (the
+    row's train_size: the images the trial trained on) and ``model`` (`arch_label` of the
+    row's own arch and config: 'ResNet-18 w16')."""
     d = df.copy()
     cfgs = d["config"] if "config" in d else [{}] * len(d)
     d["subset_i"] = [int(c.get("subset", 0) or 0) for c in cfgs]
+    d["model"] = [arch_label(a, c) for a, c in zip(d["arch"], cfgs, strict=True)]
     d["m"] = pd.to_numeric(d["train_size"], errors="coerce")
     return d
 
