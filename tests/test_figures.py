@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from smoke_helpers import fig2_smoke_store
 
 from orchestrator.cli import main
 from orchestrator.figures import figure_plot
@@ -27,7 +28,6 @@ from orchestrator.figures.palette import (
     INFERENCE_COLORS,
     TRANSFORM_COLORS,
 )
-from orchestrator.spec import load_sweep
 from orchestrator.store import TRIAL_SCHEMA, Store
 from workers.vocab import ARCHS, INFERENCES, TRANSFORMS
 
@@ -40,13 +40,8 @@ def results(tmp_path) -> Path:
     """A fig2 smoke store over fcn / vec x identity / permutation with the real expansion's
     derived cells (fcn's permutation kernel cell copies identity's), on the synthetic
     dataset, and training history for the finite runs."""
-    sw = load_sweep(REPO / "sweeps" / "fig2.py")
-    trials = [t for t in sw.expand("smoke") if t.config["arch"] in ("fcn", "vec")
-              and t.config["transform"] in ("identity", "permutation")]
-    st = Store(str(tmp_path), "fig2")
-    st.write_manifest({"sweep": "fig2", "preset": "smoke", "source": sw.source, "dedupe": True,
-                       "only": None, "success_train_acc": 0.0,
-                       "trials": [t.to_dict() for t in trials]})
+    st, trials = fig2_smoke_store(tmp_path, lambda c: c["arch"] in ("fcn", "vec")
+                                  and c["transform"] in ("identity", "permutation"))
     for t in trials:
         c = t.config
         acc = 0.3 + 0.01 * c["seed"] + (0.1 if c["arch"] == "vec" else 0.0)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from smoke_helpers import run_smoke_through_cli
 
 from orchestrator.figures import figure_plot, figure_table, load
 from orchestrator.runner import code_version
@@ -158,14 +159,7 @@ def test_plan_command_prices_imagenet_sweeps_from_flops(capsys) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(SWEEPS))
 def test_full_smoke_preset_through_the_cli(name: str, tmp_path: Path) -> None:
-    from orchestrator.cli import main
-
-    res = str(tmp_path / "results")
-    assert main(["run", str(SWEEPS[name]), "--preset", "smoke", "--results", res,
-                 "--no-progress", "--no-report"]) == 0
-    assert main(["table", name, "--results", res]) == 0
-    assert main(["plot", name, "--results", res]) == 0
-    assert (tmp_path / "results" / name / f"{name}.png").exists()
+    run_smoke_through_cli(SWEEPS[name], name, tmp_path)
 
 
 @pytest.mark.parametrize("data_dir, expect", [

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from smoke_helpers import run_smoke_through_cli
 
 from orchestrator.figures import FIGURES, figure_plot, figure_table, load
 from orchestrator.runner import code_version
@@ -267,11 +268,4 @@ def test_figS5_and_figS6_reduced_smoke_runs(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(SWEEPS))
 def test_full_smoke_preset_through_the_cli(name, tmp_path):
-    from orchestrator.cli import main
-
-    res = str(tmp_path / "results")
-    assert main(["run", str(SWEEPS[name]), "--preset", "smoke", "--results", res,
-                 "--no-progress", "--no-report"]) == 0
-    assert main(["table", name, "--results", res]) == 0
-    assert main(["plot", name, "--results", res]) == 0
-    assert (tmp_path / "results" / name / f"{name}.png").exists()
+    run_smoke_through_cli(SWEEPS[name], name, tmp_path)

@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 
 import pytest
+from smoke_helpers import fig2_smoke_store
 
 from orchestrator.cli import main
-from orchestrator.spec import load_sweep
 from orchestrator.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,13 +22,8 @@ T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 def _store(root: Path) -> Store:
     """A fig2 smoke store (fcn x identity): kernel cells without steps / eta0, finite runs
     with steps=40, wall_s=2.5, eta0=0.125, test_mse=0.09, and a short history."""
-    sw = load_sweep(REPO / "sweeps" / "fig2.py")
-    trials = [t for t in sw.expand("smoke") if t.config["arch"] == "fcn"
-              and t.config["transform"] == "identity"]
-    st = Store(str(root), "fig2")
-    st.write_manifest({"sweep": "fig2", "preset": "smoke", "source": sw.source, "dedupe": True,
-                       "only": None, "success_train_acc": 0.0,
-                       "trials": [t.to_dict() for t in trials]})
+    st, trials = fig2_smoke_store(root, lambda c: c["arch"] == "fcn"
+                                  and c["transform"] == "identity")
     for t in trials:
         c = t.config
         train = t.kind == "train"
