@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
-from orchestrator.fsio import resolve_root, write_atomic
+from orchestrator.fsio import resolve_root, sync_written, write_atomic
 
 log = logging.getLogger("symsweep")
 
@@ -121,6 +121,7 @@ class TrialCheckpoints:
         name = f"{int(step):012d}-{time.time_ns():020d}{uuid.uuid4().hex[:6]}"
         dest = f"{self.dir}/{name}"
         files: dict[str, dict[str, object]] = {}
+        written: list[str] = []
         self.fs.create_dir(dest, recursive=True)
         for dirpath, dirnames, filenames in os.walk(local_dir):
             dirnames.sort()
@@ -136,6 +137,9 @@ class TrialCheckpoints:
                 with open(src, "rb") as f, self.fs.open_output_stream(f"{dest}/{rel}") as out:
                     while chunk := f.read(1 << 20):
                         out.write(chunk)
+                written.append(f"{dest}/{rel}")
+        # locally: the files on disk before the manifest that declares the checkpoint complete
+        sync_written(self.fs, written, dest)
         manifest = {"format": FORMAT, "trial_id": self.trial_id, "step": int(step),
                     "files": files, "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                 time.gmtime())}

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from workers.durable import fsync_tree, replace_durably
 from workers.errors import ConfigError
 
 
@@ -49,9 +50,10 @@ def save_checkpoint(directory: str, state: dict, meta: dict) -> str:
         np.savez(os.path.join(tmp, "state.npz"), **_tree_to_arrays(state))
         with open(os.path.join(tmp, "meta.json"), "w") as fh:
             json.dump(meta, fh)
+        fsync_tree(tmp)  # the files on disk before the rename makes them the checkpoint
         if os.path.exists(directory):
             shutil.rmtree(directory)
-        os.replace(tmp, directory)
+        replace_durably(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -65,7 +67,14 @@ def load_checkpoint_meta(directory: str) -> dict:
         raise ConfigError(f"resume_from={directory!r} is not a symsweep checkpoint (needs "
                           "state.npz and meta.json); pass a directory reported by train()")
     with open(mp) as fh:
-        return json.load(fh)
+        raw = fh.read()
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as ex:  # zero-length or cut short by a crash
+        why = "zero-length" if not raw.strip() else ex.msg
+        raise ConfigError(f"checkpoint metadata {mp} is damaged ({why}); resume from an "
+                          "earlier checkpoint or from scratch") from None
+    return meta
 
 
 def load_resume_meta(directory: str, scientific: dict) -> dict:

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from workers.durable import replace_durably
 from workers.errors import DataError
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -152,7 +153,7 @@ def download_cifar10(
                 f"downloaded {url} has MD5 {got}, expected {md5}: the download is corrupt or "
                 f"not the official CIFAR-10 archive and was removed; retry, or {_HELP}"
             )
-        os.replace(tmp, dest)
+        replace_durably(tmp, str(dest))
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -168,7 +169,7 @@ def _write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        replace_durably(tmp, str(path))
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

@@ -17,3 +17,10 @@ class DataError(UserError):
 
 class ConfigError(UserError):
     """An unknown name (arch, transform, preset, ...) or a malformed config or sweep."""
+
+
+class DiskFullError(UserError):
+    """No room to write: a full file system (ENOSPC) or a spent quota (EDQUOT) under the
+    results root, the checkpoint folder or a temporary / Ray folder. Not bad input, but like it
+    no retry can succeed until someone frees space: the run stops at once with one line naming
+    the folder and its free space (exit code 2); `symsweep resume` continues afterwards."""
