@@ -303,10 +303,22 @@ def resume(
 
 
 def _manifest_or_fail(results: str, sweep: str) -> dict:
-    from orchestrator.store import Store
+    """The sweep's manifest; a damaged one is rebuilt from the sweep file when unambiguous
+    (written back when the folder is writable), else ConfigError naming the repair."""
+    from orchestrator.store import ManifestDamagedError, Store
 
     check_results_exist(results)
-    return Store(results, sweep).manifest_or_fail()
+    try:
+        return Store(results, sweep).manifest_or_fail()
+    except ManifestDamagedError as damage:
+        from orchestrator.repair import rebuild_manifest
+
+        try:
+            check_results_writable(results, sweep)
+            writable = True
+        except ConfigError:
+            writable = False
+        return rebuild_manifest(results, sweep, damage, write=writable)
 
 
 @app.command("ls")
@@ -314,7 +326,14 @@ def ls_sweeps(
     results: str = typer.Option("results", envvar="SYMSWEEP_RESULTS", help=RESULTS_HELP),
 ) -> None:
     """The sweeps under a results root: preset, trials, finished / failed / missing, driver."""
-    from orchestrator.store import DONE_STATUSES, Store, list_sweeps, lock_is_live, warn_corrupt
+    from orchestrator.driver_lock import lock_is_live
+    from orchestrator.store import (
+        DONE_STATUSES,
+        ManifestDamagedError,
+        Store,
+        list_sweeps,
+        warn_corrupt,
+    )
 
     check_results_exist(results)
     names = list_sweeps(results)
@@ -326,17 +345,24 @@ def ls_sweeps(
              f"{'missing':>8}  driver"]
     for name in names:
         store = Store(results, name)
-        m = store.read_manifest() or {}
+        try:
+            m = store.read_manifest() or {}
+        except ManifestDamagedError as ex:  # one broken sweep never hides the others
+            print(f"symsweep: warning: {ex}", file=sys.stderr)
+            m = {"preset": "?"}
         ids = {t["trial_id"] for t in m.get("trials", [])}
         df, corrupt = store.latest()
         warn_corrupt(corrupt)
         df = df[df["trial_id"].isin(ids)] if ids else df
         done = int(df["status"].isin(DONE_STATUSES).sum())
         failed = int((df["status"] == "failed").sum())
-        lock = store.read_lock()
-        drv = "-" if not lock else ("LIVE pid {pid} on {host}" if lock_is_live(lock, 600.0)
+        lock_state = store.driver_lock.state()
+        lock = lock_state.lock
+        drv = "-" if not lock else ("LIVE pid {pid} on {host}" if lock_is_live(lock)
                                     else "stale lock (pid {pid} on {host})").format(**{
                                         "pid": lock.get("pid"), "host": lock.get("host")})
+        if lock_state.damaged:
+            drv = f"damaged lock ({lock_state.damaged})"
         lines.append(f"{name:<12} {m.get('preset', '?'):<7} {len(ids):>7} {done:>9} "
                      f"{failed:>7} {max(0, len(ids) - done - failed):>8}  {drv}")
     print("\n".join(lines))
@@ -352,7 +378,8 @@ def status(
     from rich.table import Table
     from rich.text import Text
 
-    from orchestrator.store import Store, lock_is_live
+    from orchestrator.driver_lock import lock_is_live
+    from orchestrator.store import Store
 
     m = _manifest_or_fail(results, sweep)
     store = Store(results, sweep)
@@ -391,11 +418,18 @@ def status(
     if extra:
         con.print(f"{len(extra)} {'trial' if len(extra) == 1 else 'trials'} in the store "
                   f"{'is' if len(extra) == 1 else 'are'} not in the last expansion")
-    lock = store.read_lock()
-    if lock:
-        live = lock_is_live(lock, 600.0)
+    lock_state = store.driver_lock.state()
+    if lock_state.lock:
+        lock = lock_state.lock
+        live = lock_is_live(lock)
         con.print(f"driver lock: pid {lock.get('pid')} on {lock.get('host')}, started "
                   f"{lock.get('started_at')} ({'LIVE' if live else 'stale: dead driver'})")
+    elif lock_state.damaged:
+        con.print(f"driver lock {store.lock_path} is DAMAGED ({lock_state.damaged}): it names "
+                  "no driver; the next `symsweep resume` takes it over")
+    for path, why in store.damaged_inflight():
+        con.print(f"damaged in-flight file {path} ({why}): not counted; the next `symsweep "
+                  "resume` records its attempt as failed without it and removes it")
     failed = df[(df["status"] == "failed") & ~df["trial_id"].isin(list(running))]
     for r in failed.head(10).itertuples():
         con.print(f"failed {r.trial_id} ({r.inference} {r.arch} {r.transform} s{r.seed}) "
@@ -439,15 +473,23 @@ def show(
 
     from orchestrator.checkpoints import TrialCheckpoints
     from orchestrator.results import resolve_trial
-    from orchestrator.store import Store
+    from orchestrator.store import ManifestDamagedError, Store, parse_part_name
 
     check_results_exist(results, [sweep] if sweep else None)
     name, tid = resolve_trial(trial_id, results, sweep)
     st = Store(results, name)
-    m = st.read_manifest() or {}
+    try:
+        m = st.read_manifest() or {}
+    except ManifestDamagedError as ex:
+        print(f"symsweep: warning: {ex}", file=sys.stderr)
+        m = {}
     trial = next((t for t in m.get("trials", []) if t["trial_id"] == tid), None)
-    rows = sorted((r for r in st.read_trials_all()[0].to_pylist() if r["trial_id"] == tid),
+    all_rows, corrupt = st.read_trials_all()
+    rows = sorted((r for r in all_rows.to_pylist() if r["trial_id"] == tid),
                   key=lambda r: r["attempt"])
+    # this trial's parts that do not parse (by name: <trial_id>-a<attempt>-...)
+    damaged = [(n, e) for n, e in corrupt
+               if (info := parse_part_name(n)) is not None and info.trial_id == tid]
     cfg = trial["config"] if trial else json.loads(rows[-1]["config_json"] or "{}")
     kind = trial["kind"] if trial else rows[-1]["kind"]
     out = [f"trial {tid}  sweep {name} [{m.get('preset', '?')}]  {kind}: "
@@ -468,7 +510,9 @@ def show(
     if trial:
         out.append("resources: " + ", ".join(f"{k}={_fmt(v)}" for k, v in
                                               sorted(trial["resources"].items())))
-    out.append(f"attempts: {len(rows) or 'none yet'}")
+    out.append(f"attempts: {len(rows) or ('none readable' if damaged else 'none yet')}")
+    out += [f"  DAMAGED part {st.trials_dir}/{n} ({e}): not read; delete it and `symsweep "
+            f"resume {name}` re-runs that attempt" for n, e in damaged]
     for r in rows:
         facts = [f"{label} {_fmt(r[k])}{unit}" for label, k, unit in (
             ("start_step", "start_step", ""), ("steps", "steps", ""),
@@ -660,6 +704,7 @@ def compact(
     from orchestrator.store import Store
 
     _manifest_or_fail(results, sweep)
+    check_results_writable(results, sweep)
     store = Store(results, sweep)
     out = store.compact()
     print(f"{sweep}: folded {out['attempts']} attempt part(s) and {out['history_parts']} "
@@ -735,6 +780,14 @@ def main(argv: list[str] | None = None) -> int:
     except aborts:
         print("Aborted.", file=sys.stderr)
         return INTERRUPTED
+    except OSError as ex:  # a full disk under any command: one line, not a traceback
+        from orchestrator.fsio import disk_full_error
+
+        full = disk_full_error(ex, os.environ.get("SYMSWEEP_RESULTS", "results"))
+        if full is None:
+            raise
+        print(f"symsweep: error: {full}", file=sys.stderr)
+        return full.exit_code
     # with standalone_mode=False click returns the code of a `typer.Exit(code)` instead of
     # raising it
     return rv if isinstance(rv, int) else 0

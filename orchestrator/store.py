@@ -53,6 +53,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from orchestrator.driver_lock import STALE_AFTER_S, DriverLock, lock_is_live
 from orchestrator.fsio import resolve_root, write_atomic
 from workers.errors import ConfigError
 
@@ -548,7 +549,8 @@ class Store:
             except FileNotFoundError:
                 pass
 
-    def salvage_dead_attempts(self, trial_id: str | None = None) -> list[str]:
+    def salvage_dead_attempts(self, trial_id: str | None = None, *,
+                              cause: str | None = None) -> list[str]:
         """Give every attempt that died without writing its part (an in-flight marker without
         a part of that attempt: its process was killed, its node lost) a ``failed`` row whose
         history is its in-flight points, then remove the marker and the points. Call only when
@@ -560,24 +562,42 @@ class Store:
         part like any other."""
         if trial_id is None:
             markers = self.running_markers()
-            done = self.attempt_index() if markers else {}
+            damaged = [n[: -len(".json")] for n, _ in self._damaged_markers()]
+            done = self.attempt_index() if markers or damaged else {}
         else:  # one trial (every attempt start): its own marker only, one read
             m = self._read_marker(f"{trial_id}.json")
             markers = {trial_id: m} if m is not None else {}
-            done = {trial_id: self.next_attempt(trial_id) - 1} if markers else {}
+            damaged = ([trial_id] if m is None and self._marker_state(f"{trial_id}.json")[1]
+                       else [])
+            done = ({trial_id: self.next_attempt(trial_id) - 1} if markers or damaged else {})
         notes = []
+        for tid in damaged:  # a marker cut short: its attempt is the newest in-flight one
+            # in-flight names are <trial_id>-a<attempt>-<seq>.parquet, like a part's
+            atts = [p.attempt for n in self._list(self.inflight_dir)
+                    if (p := parse_part_name(n)) is not None and p.trial_id == tid]
+            if atts and max(atts) > int(done.get(tid, 0)):
+                markers[tid] = {**self._manifest_fields(tid), "trial_id": tid,
+                                "attempt": max(atts), "note": "its in-flight marker was damaged"}
+            else:
+                self.clear_running(tid)
+                notes.append(f"trial {tid}: removed a damaged in-flight marker (no attempt of "
+                             "it left points to keep)")
+                log.warning(notes[-1])
         for tid, m in markers.items():
             att = int(m.get("attempt", 0))
             if att > int(done.get(tid, 0)):
-                names = self._inflight_names(tid, att)
-                hist = (_conform(pa.concat_tables([pq.read_table(
-                    f"{self.inflight_dir}/{n}", filesystem=self.fs) for n in names]),
-                    HISTORY_SCHEMA) if names else HISTORY_SCHEMA.empty_table())
+                hist, bad = self._read_inflight(tid, att)
                 steps = hist["step"].to_pylist()
-                why = (f"attempt {att} died without writing its result (its process was killed "
-                       f"or its node lost, on host {m.get('host')} pid {m.get('pid')}); "
+                how = cause or "its process was killed or its node lost"
+                why = (f"attempt {att} died without writing its result ({how}, on host "
+                       f"{m.get('host')} pid {m.get('pid')}); "
                        f"{len(set(steps))} history point(s) up to step "
                        f"{max(steps) if steps else '-'} were kept")
+                if bad:
+                    why += (f", {len(bad)} damaged in-flight file(s) left out "
+                            f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
+                if m.get("note"):
+                    why += f"; {m['note']}"
                 started = m.get("started_at")
                 self.write_attempt({
                     **{k: m.get(k) for k in ("preset", "kind", "arch", "inference", "transform",
@@ -591,6 +611,76 @@ class Store:
             self.clear_running(tid)
         return notes
 
+    def _manifest_fields(self, trial_id: str) -> dict[str, Any]:
+        """A trial's row fields from the manifest (for a failed row whose marker is lost)."""
+        try:
+            m = self.read_manifest() or {}
+        except ConfigError:
+            return {}
+        t = next((t for t in m.get("trials", []) if t.get("trial_id") == trial_id), None)
+        if not t:
+            return {}
+        cfg = t.get("config") or {}
+        return {"preset": m.get("preset"), "kind": t.get("kind"),
+                "config_json": json.dumps(cfg, sort_keys=True, default=str),
+                **{k: cfg.get(k) for k in ("arch", "inference", "transform", "seed")}}
+
+    def _read_inflight(self, trial_id: str, attempt: int) -> tuple[pa.Table, list[str]]:
+        """(the attempt's in-flight points as HISTORY_SCHEMA rows, names of the files among
+        them that do not parse: zero-length or cut short by a crash, left out)."""
+        tables, bad = [], []
+        for n in self._inflight_names(trial_id, attempt):
+            try:
+                tables.append(_conform(pq.read_table(f"{self.inflight_dir}/{n}",
+                                                     filesystem=self.fs), HISTORY_SCHEMA))
+            except FileNotFoundError:
+                continue
+            except (OSError, pa.ArrowException) as ex:
+                bad.append(n)
+                log.warning("in-flight point %s/%s does not parse (%s): left out",
+                            self.inflight_dir, n, ex)
+        return (pa.concat_tables(tables) if tables else HISTORY_SCHEMA.empty_table()), bad
+
+    def damaged_inflight(self) -> list[tuple[str, str]]:
+        """[(path, why)] of in-flight markers and points that do not parse (zero-length or cut
+        short): named by `symsweep status`; `salvage_dead_attempts` leaves them out and
+        removes them."""
+        out = [(f"{self.running_dir}/{n}", why) for n, why in self._damaged_markers()]
+        for n in self._list(self.inflight_dir):
+            if not n.endswith(".parquet") or n.startswith("."):
+                continue
+            path = f"{self.inflight_dir}/{n}"
+            try:
+                pq.read_metadata(path, filesystem=self.fs)
+            except FileNotFoundError:
+                continue
+            except (OSError, pa.ArrowException) as ex:
+                out.append((path, "zero-length" if "size is 0" in str(ex) or
+                            "empty" in str(ex).lower() else
+                            f"{type(ex).__name__}: {str(ex)[:120]}"))
+        return out
+
+    def _damaged_markers(self) -> list[tuple[str, str]]:
+        """[(marker file name, why)] of the in-flight markers that do not parse."""
+        return [(n, why) for n in self._list(self.running_dir) if n.endswith(".json")
+                and (why := self._marker_state(n)[1]) is not None]
+
+    def _marker_state(self, name: str) -> tuple[dict[str, Any] | None, str | None]:
+        """(marker ``name``'s record, None) when it parses; (None, why) when it exists but is
+        zero-length or cut short; (None, None) when it is gone."""
+        try:
+            with self.fs.open_input_stream(f"{self.running_dir}/{name}") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            return None, None
+        try:
+            rec = json.loads(raw.decode())
+            str(rec["trial_id"])
+            return rec, None
+        except (ValueError, KeyError, TypeError) as ex:
+            return None, ("zero-length" if not raw.strip() else
+                          f"cut short or not a marker ({type(ex).__name__})")
+
     def running_markers(self) -> dict[str, dict[str, Any]]:
         """{trial_id: marker} of every readable in-flight marker (an unreadable one, e.g. read
         while being replaced, is left out with a warning: it only feeds a count)."""
@@ -602,38 +692,54 @@ class Store:
 
     def _read_marker(self, name: str) -> dict[str, Any] | None:
         try:
-            with self.fs.open_input_stream(f"{self.running_dir}/{name}") as f:
-                rec = json.loads(f.read().decode())
-            str(rec["trial_id"])
-            return rec
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError, TypeError) as ex:
+            rec, why = self._marker_state(name)
+        except OSError as ex:
+            rec, why = None, str(ex)
+        if why is not None:
             log.warning("in-flight marker %s/%s unreadable (%s); not counted", self.running_dir,
-                        name, ex)
-            return None
+                        name, why)
+        return rec
 
     def running_trials(self, latest_attempt: Mapping[str, int]) -> dict[str, dict[str, Any]]:
         """The trials with an attempt in flight: a marker newer than every row of the trial
         (``latest_attempt``: trial_id -> highest attempt with a row) while a live driver holds
         the sweep's lock. Empty without a live driver (its markers are leftovers)."""
         lock = self.read_lock()
-        if not lock or not lock_is_live(lock, 600.0):
+        if not lock or not lock_is_live(lock):
             return {}
         return {tid: m for tid, m in self.running_markers().items()
                 if int(m.get("attempt", 0)) > int(latest_attempt.get(tid, 0))}
 
     # ------------------------------------------------------------------ manifest
     def write_manifest(self, manifest: Mapping[str, Any]) -> None:
-        write_atomic(self.fs, f"{self.dir}/sweep.json",
+        write_atomic(self.fs, self.manifest_path,
                      json.dumps(manifest, indent=1, default=str).encode())
 
+    @property
+    def manifest_path(self) -> str:
+        return f"{self.dir}/sweep.json"
+
     def read_manifest(self) -> dict[str, Any] | None:
+        """The manifest (what the last `run` expanded), None when this sweep has none.
+
+        Raises `ManifestDamagedError` (one line, naming the file) when ``sweep.json`` exists
+        but is zero-length, cut short or not a manifest: never taken for "no trials"."""
         try:
-            with self.fs.open_input_stream(f"{self.dir}/sweep.json") as f:
-                return json.loads(f.read().decode())
-        except (FileNotFoundError, OSError):
+            with self.fs.open_input_stream(self.manifest_path) as f:
+                raw = f.read()
+        except FileNotFoundError:
             return None
+        except OSError as ex:
+            raise ManifestDamagedError(self, f"unreadable: {ex}") from None
+        if not raw.strip():
+            raise ManifestDamagedError(self, "zero-length")
+        try:
+            m = json.loads(raw.decode())
+        except (UnicodeDecodeError, json.JSONDecodeError) as ex:
+            raise ManifestDamagedError(self, f"cut short or not JSON: {ex}") from None
+        if not isinstance(m, dict):
+            raise ManifestDamagedError(self, "not a symsweep manifest (not a JSON object)")
+        return m
 
     def manifest_or_fail(self, root_option: str = "--results") -> dict[str, Any]:
         """The manifest; ConfigError (one line) when this sweep was never run here, naming
@@ -657,116 +763,47 @@ class Store:
         return df, m
 
     # ------------------------------------------------------------------ driver lock
+    # (orchestrator.driver_lock: one driver per sweep; these delegate to it)
+    @property
+    def driver_lock(self) -> DriverLock:
+        return DriverLock(self.fs, self.dir, self.sweep, self.root)
+
     @property
     def lock_path(self) -> str:
-        return f"{self.dir}/driver.lock"
+        return self.driver_lock.path
 
     def read_lock(self) -> dict[str, Any] | None:
-        try:
-            with self.fs.open_input_stream(self.lock_path) as f:
-                return json.loads(f.read().decode() or "{}")
-        except (FileNotFoundError, OSError, json.JSONDecodeError):
-            return None
+        """The driver lock's record; None when there is none or it does not parse."""
+        return self.driver_lock.read()
 
-    def acquire_lock(self, *, stale_after_s: float = 600.0,
+    def acquire_lock(self, *, stale_after_s: float = STALE_AFTER_S,
                      settle_s: float = 2.0) -> tuple[dict[str, Any], str | None]:
-        """Take the driver lock of this sweep. Returns (our lock, note about a stale lock taken
-        over or None). Raises ConfigError naming the live driver when one holds it.
-
-        Of several drivers that race here (also over the same stale lock) exactly one wins.
-        Locally the whole read / judge / take-over step runs under an OS file lock
-        (``filelock``, i.e. flock on ``.driver.lock.guard``; released by the kernel when its
-        holder dies, so it can never go stale itself; flock works on NFS v4 too) and the lock
-        file is created with O_EXCL. Object stores (s3://, gs://) have neither flock nor an
-        atomic create or rename in pyarrow's API; there a driver writes its lock, waits
-        ``settle_s`` and reads it back: it wins only if its token is still there. That holds
-        unless a rival stalls longer than settle_s between reading the old lock and writing
-        its own (a best effort; such stores are strongly consistent, so no stale reads)."""
-        self.fs.create_dir(self.dir, recursive=True)
-        me = {"host": socket.gethostname(), "pid": os.getpid(),
-              "started_at": now_utc().isoformat(timespec="seconds"),
-              "heartbeat": now_utc().timestamp(), "token": uuid.uuid4().hex}
-        if isinstance(self.fs, pafs.LocalFileSystem):
-            from filelock import FileLock
-
-            with FileLock(f"{self.dir}/.driver.lock.guard"):
-                note = self._judge_old_lock(stale_after_s)
-                try:  # O_EXCL as well: a driver of an older symsweep takes no guard
-                    fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-                except FileExistsError as ex:
-                    cur = self.read_lock() or {}
-                    raise ConfigError(
-                        f"sweep '{self.sweep}' is already running: driver pid {cur.get('pid')} "
-                        f"on host {cur.get('host')}, started {cur.get('started_at')}") from ex
-                with os.fdopen(fd, "w") as f:
-                    json.dump(me, f)
-            return me, note
-        note = self._judge_old_lock(stale_after_s)
-        with self.fs.open_output_stream(self.lock_path) as f:
-            f.write(json.dumps(me).encode())
-        time.sleep(settle_s)
-        cur = self.read_lock() or {}
-        if cur.get("token") != me["token"]:
-            raise ConfigError(
-                f"sweep '{self.sweep}' was taken by another driver starting at the same time: "
-                f"pid {cur.get('pid')} on host {cur.get('host')}; wait for it, or stop it and "
-                "run `symsweep resume`")
-        return me, note
-
-    def _judge_old_lock(self, stale_after_s: float) -> str | None:
-        """Raise ConfigError if a live driver holds the lock; delete a dead driver's lock and
-        return a note saying so; None when there is no lock. Callers serialise this."""
-        old = self.read_lock()
-        if old is None:
-            return None
-        if lock_is_live(old, stale_after_s):
-            raise ConfigError(
-                f"sweep '{self.sweep}' is already running under {self.root}: driver pid "
-                f"{old.get('pid')} on host {old.get('host')}, started {old.get('started_at')}"
-                "; wait for it, or stop it and run `symsweep resume`")
-        self.fs.delete_file(self.lock_path)
-        return (f"took over a stale lock of a dead driver (pid {old.get('pid')} on "
-                f"{old.get('host')}, started {old.get('started_at')})")
+        """`DriverLock.acquire` for this sweep."""
+        return self.driver_lock.acquire(stale_after_s=stale_after_s, settle_s=settle_s)
 
     def heartbeat(self, lock: dict[str, Any]) -> None:
-        cur = self.read_lock()
-        if cur is None or cur.get("token") != lock["token"]:
-            return
-        lock["heartbeat"] = now_utc().timestamp()
-        write_atomic(self.fs, self.lock_path, json.dumps(lock).encode())
+        self.driver_lock.heartbeat(lock)
 
     def release_lock(self, lock: dict[str, Any]) -> None:
-        cur = self.read_lock()
-        if cur is not None and cur.get("token") == lock["token"]:
-            self.fs.delete_file(self.lock_path)
+        self.driver_lock.release(lock)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (killed, not yet reaped) is dead
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[-1][:1] != "Z"
-    except OSError:
-        return True
+class ManifestDamagedError(ConfigError):
+    """``sweep.json`` exists but cannot be read as a manifest (``why``: zero-length, cut
+    short by a crash, not JSON). `orchestrator.repair.rebuild_manifest` rebuilds it from the
+    sweep file when that is unambiguous, or names the command that does."""
+
+    def __init__(self, store: Store, why: str):
+        self.path, self.why, self.sweep = store.manifest_path, why, store.sweep
+        super().__init__(f"the manifest {self.path} of sweep '{store.sweep}' is damaged "
+                         f"({why}); `symsweep status {store.sweep}` rebuilds it or names the "
+                         "command that does")
 
 
 def warn_corrupt(corrupt: list[tuple[str, str]]) -> None:
     """Name each part file that does not parse on stderr: skipped, never silently dropped."""
     for name, err in corrupt:
         print(f"symsweep: warning: corrupt part file {name} skipped ({err})", file=sys.stderr)
-
-
-def lock_is_live(lock: Mapping[str, Any], stale_after_s: float) -> bool:
-    """Same host: the pid decides. Other host: a heartbeat newer than stale_after_s."""
-    if lock.get("host") == socket.gethostname():
-        return _pid_alive(int(lock.get("pid", -1)))
-    hb = float(lock.get("heartbeat", 0))
-    return now_utc().timestamp() - hb < stale_after_s
 
 
 def list_sweeps(root: str) -> list[str]:
