@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.checkpoints import clear_tune_state
+from orchestrator.driver_lock import STALE_AFTER_S
+from orchestrator.fsio import disk_full_error
 from orchestrator.spec import (
     Sweep,
     Trial,
@@ -41,7 +43,8 @@ from orchestrator.spec import (
 from orchestrator.store import Store, now_utc
 from orchestrator.tiles import ship_by_value
 from orchestrator.trial import default_worker, execute_trial, materialize_derived, tune_trainable
-from workers.errors import ConfigError, UserError
+from workers.durable import disk_full
+from workers.errors import ConfigError, DiskFullError, UserError
 from workers.vocab import FULL_COV_ARCHS
 
 log = logging.getLogger("symsweep")
@@ -72,7 +75,7 @@ def code_version() -> str:
 
 
 HEARTBEAT_S = 30.0  # the driver refreshes its lock this often
-LOCK_STALE_S = 600.0  # Store.acquire_lock's default: another host may take the lock after this
+LOCK_STALE_S = STALE_AFTER_S  # another host may take the lock after this (driver_lock)
 
 
 class LockLostError(UserError):
@@ -245,7 +248,14 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
     # the lock, the manifest and MLflow (whose mirror would report it as its own failure)
     store.attempt_index()
     p = sweep.preset(preset)
-    lock, note = store.acquire_lock()
+    try:
+        lock, note = store.acquire_lock()
+    except OSError as ex:  # e.g. no room for the lock file itself: none is left behind
+        full = disk_full_error(ex, results if "://" in results else os.path.abspath(results),
+                               sweep.name)
+        if full is None:
+            raise
+        raise full from None
     summary = RunSummary(total=len(trials), skipped=0, launched=0, derived_written=0,
                          kernel_cells=cells, kernel_computations=comps)
     if note:
@@ -311,6 +321,8 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
     summary.notes.extend(store.salvage_dead_attempts())
     started_ray = False
     finished = False
+    quiet = _DiskFullRecords().__enter__()  # Tune's and MLflow's full-disk tracebacks
+    disk_was_full = False
     try:
         store.write_manifest({
             "sweep": sweep.name, "preset": preset, "source": sweep.source, "dedupe": dedupe,
@@ -361,6 +373,12 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
         if lost:  # the heartbeat's SIGINT outside Tune
             raise LockLostError(lost[0]) from None
         raise
+    except Exception as ex:  # the driver's own writes (manifest, MLflow, Tune's state, Ray)
+        full = disk_full_error(ex, fs_root, sweep.name)
+        if full is None:
+            raise
+        disk_was_full = True
+        raise full from None
     finally:
         if tracker is not None:
             tracker.stop("FINISHED" if finished else "FAILED")
@@ -372,10 +390,12 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
         if finished:
             _compact_after_run(store, lock, summary)
         try:  # no attempt of this driver runs any more (Ray is shut down or never started)
-            summary.notes.extend(store.salvage_dead_attempts())
+            summary.notes.extend(store.salvage_dead_attempts(
+                cause="stopped when the disk filled up" if disk_was_full else None))
         except Exception as ex:  # the next driver salvages them; a marker never counts alone
-            log.warning("could not record the attempts that died under %s (%s: %s); the next "
-                        "run or resume does", store.running_dir, type(ex).__name__, ex)
+            say = log.info if disk_full_error(ex, fs_root, sweep.name) else log.warning
+            say("could not record the attempts that died under %s (%s: %s); the next run or "
+                "resume does", store.running_dir, type(ex).__name__, ex)
         stop_hb.set()
         try:
             store.release_lock(lock)
@@ -383,6 +403,11 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
             log.error("could not release the driver lock %s (%s: %s); a later driver on this "
                       "host takes it over once this process has ended", store.lock_path,
                       type(ex).__name__, ex)
+        quiet.__exit__()
+        if quiet.count and finished:  # the disk filled and emptied again: the run is whole
+            log.warning("Ray Tune / MLflow could not write %d time(s) for lack of space (their "
+                        "tracebacks were not shown); every trial's result is stored",
+                        quiet.count)
     summary.wall_s = time.time() - t_start
     return summary
 
@@ -457,6 +482,55 @@ def _compact_after_run(store: Store, lock: Mapping[str, Any], summary: RunSummar
     log.info("compacted %s: %s", store.sweep, out)
 
 
+class _DiskFullRecords(logging.Filter):
+    """Drops (and counts) log records whose exception is a full disk. Ray Tune logs each failed
+    save of its scratch state, and MLflow each failed SQL write, with a traceback; on a full
+    disk the driver says it once, in one line, so those records are counted, not shown."""
+
+    LOGGERS = ("ray.tune.execution.experiment_state", "mlflow.store.db.utils")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and disk_full(record.exc_info[1]) is not None:
+            self.count += 1
+            return False
+        return True
+
+    def __enter__(self) -> _DiskFullRecords:
+        for name in self.LOGGERS:
+            logging.getLogger(name).addFilter(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name in self.LOGGERS:
+            logging.getLogger(name).removeFilter(self)
+
+
+def _disk_full_stopper() -> Any:
+    """A Tune stopper: a trial that ended on a full disk (its final result has ``disk_full``,
+    see `trial.tune_trainable`) stops the whole experiment at once, so no other trial and no
+    retry writes against it; its ``message`` keeps the trial's one-line error for the driver.
+    (Built here: Ray is imported only when a sweep runs.)"""
+    from ray import tune
+
+    class StopOnDiskFull(tune.Stopper):
+        def __init__(self) -> None:
+            self.message: str | None = None
+
+        def __call__(self, trial_id: str, result: dict) -> bool:
+            if result.get("disk_full") and self.message is None:
+                self.message = str(result.get("error") or "no space left on device")
+            return bool(result.get("disk_full"))
+
+        def stop_all(self) -> bool:
+            return self.message is not None
+
+    return StopOnDiskFull()
+
+
 def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, store: Store,
               summary: RunSummary, tracker: Any, max_failures: int, progress: bool,
               console: Any) -> None:
@@ -500,6 +574,7 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
     n_old = clear_tune_state(ctx["results"], sweep.name)
     if n_old:
         log.info("removed %d Ray Tune state dir(s) of earlier runs under %s", n_old, storage)
+    stopper = _disk_full_stopper()
     tuner = tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search(memory_requests(order, _node_memory())),
@@ -513,6 +588,7 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
             name=f"{ctx['preset']}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
             storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=max_failures),
+            stop=stopper,
             # the live MLflow view logs from here, the driver (tracking.py says why)
             callbacks=[cb] + ([MlflowLiveCallback(tracker)] if tracker is not None else []),
             verbose=0,
@@ -525,7 +601,12 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
     except ray.exceptions.RaySystemError as ex:  # pragma: no cover - cluster trouble
         raise RuntimeError(f"Ray failed: {ex}") from ex
     finally:
-        clear_tune_state(ctx["results"], sweep.name)
+        try:
+            clear_tune_state(ctx["results"], sweep.name)
+        except OSError as ex:  # scratch: the next run removes it; a full disk is said below
+            log.info("could not remove Ray Tune's state dir under %s (%s)", storage, ex)
+    if stopper.message:
+        raise DiskFullError(stopper.message)
     # trials that ended on bad input (UserError) completed for Tune but failed for us
     user_errors = sum(1 for r in grid if r.error is None and (r.metrics or {}).get("user_error"))
     del grid  # the store, not Tune's result files, is the record

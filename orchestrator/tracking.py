@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.store import TIME_KEY, Store, history_metrics, parse_part_name
+from workers.durable import disk_full
 
 log = logging.getLogger("symsweep")
 
@@ -243,16 +244,28 @@ class Tracker:
             return 0
         try:
             return fn()
-        except MlflowStoreError as ex:
+        except Exception as ex:
+            if disk_full(ex) is None:
+                return self._mlflow_failed(ex)
+            # a full disk stops the sweep (the driver says it in one line): raised in the
+            # driver's thread; the background flush only stops tracking
+            self.broken = f"no space left on device under {self.uri}"
+            if threading.current_thread() is threading.main_thread():
+                raise
+            log.error("MLflow tracking stopped: %s", self.broken)
+            return 0
+
+    def _mlflow_failed(self, ex: Exception) -> int:
+        """Say an MLflow failure (once); the sweep goes on, Parquet is the record."""
+        if isinstance(ex, MlflowStoreError):
             self.broken = str(ex)
             log.error("%s", ex)
             return 0
-        except Exception as ex:
-            if not self._warned:
-                log.warning("MLflow tracking at %s failed (%s: %s); the sweep goes on, results "
-                            "are in Parquet", self.uri, type(ex).__name__, ex)
-                self._warned = True
-            return 0
+        if not self._warned:
+            log.warning("MLflow tracking at %s failed (%s: %s); the sweep goes on, results "
+                        "are in Parquet", self.uri, type(ex).__name__, ex)
+            self._warned = True
+        return 0
 
     def sync(self) -> int:
         """Log every part file not yet in MLflow; returns how many runs were completed."""

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from orchestrator.checkpoints import DEFAULT_KEEP, TrialCheckpoints
-from orchestrator.fsio import write_atomic
+from orchestrator.fsio import disk_full_error, write_atomic
 from orchestrator.spec import Trial
 from orchestrator.store import DONE_STATUSES, TIME_KEY, Store, now_utc
 from orchestrator.tiles import TileCache, TileMapper
@@ -299,11 +299,21 @@ def tune_trainable(config: dict, workers: Mapping[str, Callable] | None = None) 
 
     try:
         result = execute_trial(trial, ctx, worker, report_fn=report_fn)
-    except UserError as ex:
-        # Bad config or data fails the same way on every attempt: Tune's retries are for
-        # crashes (FailureConfig has no per-exception filter), so end the trial normally with
-        # a final `user_error` result. execute_trial has written the failed row with the
-        # one-line message; `_run_tune` counts such trials as failed.
+    except Exception as ex:
+        full = disk_full_error(ex, ctx["results"], ctx["sweep"])
+        if full is None and not isinstance(ex, UserError):
+            raise  # a crash: Tune retries it from the trial's last checkpoint
+        # A full disk (or quota) fails every retry and every other trial alike: end normally
+        # with a `disk_full` result, on which the driver's stopper ends the whole run at once
+        # (runner._StopOnDiskFull). Raising would make Tune retry, and write its own error
+        # file onto the full disk (it then reads it back empty: EOFError).
+        # Bad config or data (UserError) fails the same way on every attempt: Tune's retries
+        # are for crashes (FailureConfig has no per-exception filter), so end the trial
+        # normally with a final `user_error` result. execute_trial has written the failed row
+        # with the one-line message; `_run_tune` counts such trials as failed.
+        if full is not None:
+            tune.report({"trial_finished": 1, "disk_full": 1, "error": str(full)})
+            return
         tune.report({"trial_finished": 1, "user_error": 1, "error": str(ex).splitlines()[0]})
         return
     final = {k: v for k, v in _scalars(result).items() if v is not None}
