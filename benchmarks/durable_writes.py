@@ -59,8 +59,9 @@ def micro(d: str, n: int, rounds: int) -> None:
         print(f"{what:<16} {size:>7} {a:>9.3f} {b:>12.3f} {a - b:>9.3f}")
 
 
-def sweep(results: str) -> None:
-    """The smoke sweep (fcn / identity) under strace: fsync count and seconds, wall time."""
+def sweep(results: str, repo: Path, label: str) -> None:
+    """The smoke sweep (fcn / identity) of the checkout ``repo`` under strace: fsync count
+    and seconds, wall time."""
     if shutil.which("strace") is None:
         print("--sweep: strace is not installed here; skipped")
         return
@@ -70,8 +71,9 @@ def sweep(results: str) -> None:
            "--no-progress", "--no-report"]
     out = os.path.join(tempfile.mkdtemp(), "strace.txt")
     t0 = time.time()
+    env = {**os.environ, "PYTHONPATH": str(repo)}
     r = subprocess.run(["strace", "-f", "-c", "-o", out, "-e", "trace=fsync,fdatasync", *cmd],
-                       cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+                       cwd=repo, capture_output=True, text=True, env=env)
     wall = time.time() - t0
     if r.returncode != 0:
         raise SystemExit(f"the sweep failed (exit {r.returncode}): {r.stderr[-500:]}")
@@ -82,28 +84,40 @@ def sweep(results: str) -> None:
         tok = line.split()
         if len(tok) in (5, 6) and tok[-1] in ("fsync", "fdatasync"):
             secs, n = secs + float(tok[1]), n + int(tok[3])
-    print(f"fig2 smoke (fcn, identity; 11 trials) into {results}: {n} fsync/fdatasync calls, "
-          f"{secs:.2f} s inside them (all processes), sweep wall {wall:.1f} s under strace")
-    print(text.strip())
+    done = next((ln for ln in (r.stdout + r.stderr).splitlines() if " trials: " in ln), "?")
+    print(f"{label:<10} fig2 smoke (fcn, identity; 11 trials): {n:>5} fsync/fdatasync calls, "
+          f"{secs:6.2f} s inside them (all processes), sweep wall {wall:5.1f} s under strace\n"
+          f"{'':<11}{done.strip()[:110]}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", default=None, help="where to write (default: a temporary folder "
-                    "under ./results, the disk a sweep writes to)")
+                    "under ./results, the disk a sweep writes to; with --quick, under TMPDIR)")
     ap.add_argument("--n", type=int, default=300, help="writes per round")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--sweep", action="store_true", help="also count a smoke sweep's fsyncs")
+    ap.add_argument("--baseline", default=None, help="a checkout of the code before durable "
+                    "writes (e.g. `git worktree add /tmp/base dc651b0`): its sweep is counted "
+                    "too, interleaved, so MLflow's and Ray's own fsyncs cancel out")
+    ap.add_argument("--repeats", type=int, default=2, help="sweeps per side")
     ap.add_argument("--quick", action="store_true", help="seconds: few writes, no sweep")
     a = ap.parse_args()
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    base = a.dir or "results"
-    os.makedirs(base, exist_ok=True)
-    d = tempfile.mkdtemp(prefix=".bench-durable-", dir=base)
+    base = a.dir or (None if a.quick else "results")  # --quick: the temporary folder
+    if base is not None:
+        os.makedirs(base, exist_ok=True)
+    # absolute: the sweeps run with each checkout as their working folder
+    d = os.path.abspath(tempfile.mkdtemp(prefix=".bench-durable-", dir=base))
     try:
         micro(d, 20 if a.quick else a.n, 1 if a.quick else a.rounds)
         if a.sweep and not a.quick:
-            sweep(os.path.join(d, "sweep"))
+            here = Path(__file__).resolve().parents[1]
+            sides = [("durable", here)] + ([("baseline", Path(a.baseline))] if a.baseline
+                                           else [])
+            for _ in range(a.repeats):
+                for label, repo in sides:
+                    sweep(os.path.join(d, "sweep"), repo, label)
     finally:
         shutil.rmtree(d, ignore_errors=True)
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

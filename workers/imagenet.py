@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from workers.durable import fsync_dir, fsync_file, fsync_tree, replace_durably
 from workers.errors import DataError
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpeg", ".jpg", ".png")
@@ -505,7 +506,8 @@ def write_folder_one(root: str, split: str, cls: str, name: str, img: np.ndarray
     final = os.path.join(d, name)
     tmp = f"{final}.{os.getpid()}.part"
     Image.fromarray(np.asarray(img, np.uint8)).save(tmp, format="JPEG", quality=95)
-    os.replace(tmp, final)
+    fsync_file(tmp)  # durable before the rename (workers.durable says why)
+    replace_durably(tmp, final)
 
 
 # ----------------------------------------------------------------------------- sources
@@ -527,8 +529,12 @@ def _build_once(final: str, build: Callable[[str], None]) -> str:
     tmp = tempfile.mkdtemp(prefix=".building-", dir=os.path.dirname(final))
     try:
         build(tmp)
+        # every file on disk before the rename: a folder present is taken as complete, so a
+        # power loss must never leave it with zero-length images
+        fsync_tree(tmp)
         try:
             os.rename(tmp, final)
+            fsync_dir(os.path.dirname(final))
         except OSError:
             if not os.path.isdir(final):
                 raise

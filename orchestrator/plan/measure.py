@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from orchestrator.fsio import resolve_root, write_atomic
 from orchestrator.plan.model import (
     ETA0_SAMPLES,
     NUM_CLASSES,
@@ -232,8 +233,9 @@ def _key(t: Trial) -> tuple:
 
 def save_units(units: Mapping[tuple, Unit], path: str) -> None:
     """Write measured units as JSON (reuse them with --units)."""
-    with open(path, "w") as f:
-        json.dump([{**asdict(u), "key": list(u.key)} for u in units.values()], f, indent=1)
+    fs, p = resolve_root(path)  # atomically and durably: a reader never sees half a file
+    write_atomic(fs, p, json.dumps([{**asdict(u), "key": list(u.key)} for u in units.values()],
+                                   indent=1).encode())
 
 
 def load_units(path: str) -> dict[tuple, Unit]:
