@@ -1,6 +1,7 @@
 """Peak memory of `kernel_matrix` and of a whole kernel cell: streamed assembly vs the old one.
 
     PYTHONPATH=. python benchmarks/memory.py [--sizes 2000 4000] [--arch fcn] [--side 500]
+    PYTHONPATH=. python benchmarks/memory.py --quick   # seconds: N = 45 at 8x8, tiles of 32
 
 Cases (each at every size N, new and old code path interleaved in the same run):
 
@@ -232,7 +233,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image-size", type=int, default=32, help="synthetic image side")
     ap.add_argument("--one", nargs=6, help=argparse.SUPPRESS)
     ap.add_argument("--table-from", help="only print the table of a saved run's JSON lines")
+    ap.add_argument("--quick", action="store_true",
+                    help="seconds: both cases, old and new path, fcn at N = 45 (one size: a "
+                         "fresh process each), 8x8 images, tiles of 32 (the same subprocesses "
+                         "and table)")
     a = ap.parse_args(argv)
+    if a.quick:
+        a.sizes, a.arch, a.side, a.image_size = [45], "fcn", 32, 8
+        a.cases = ["matrix", "cell"]
     if a.table_from:
         with open(a.table_from) as f:
             print(table([json.loads(ln) for ln in f if ln.startswith("{")]))
