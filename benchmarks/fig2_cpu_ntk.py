@@ -15,7 +15,8 @@ Results are written (atomically) after every transform, so a partial run leaves 
 Prints the NTK row (test accuracy, %) as a markdown table.
 
 ``--quick`` (what ``make test`` runs) expands and evaluates the same cells the same way, but on
-the deterministic synthetic dataset (no CIFAR-10 needed) at QUICK's sizes, and writes its JSON
+the deterministic synthetic dataset (no CIFAR-10 needed) at QUICK's sizes, for the transforms
+QUICK_TRANSFORMS (one that keeps the pixels, one that moves them), and writes its JSON
 into a temporary folder (removed afterwards) unless ``--out`` is given: a check that the
 preset, the data builder and the kernel worker still fit together, not a result.
 """
@@ -34,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # (a preset with a validation split keeps one, of QUICK_VAL images)
 QUICK = {"dataset": "synthetic", "image_size": 8, "train_size": 20, "test_size": 10}
 QUICK_VAL = 10
+QUICK_TRANSFORMS = ("identity", "pixel_rotation")
 
 
 def main() -> int:
@@ -46,15 +48,17 @@ def main() -> int:
                     help="seconds: the preset's NTK cells on tiny synthetic data (QUICK)")
     args = ap.parse_args()
     if not args.quick:
-        return run(args, args.out or "fig2_cpu_ntk.json", {})
+        return run(args, args.out or "fig2_cpu_ntk.json", {}, None)
     if args.out:
-        return run(args, args.out, QUICK)
+        return run(args, args.out, QUICK, QUICK_TRANSFORMS)
     with tempfile.TemporaryDirectory(prefix="fig2-cpu-ntk-quick-") as tmp:
-        return run(args, str(Path(tmp) / "fig2_cpu_ntk.json"), QUICK)
+        return run(args, str(Path(tmp) / "fig2_cpu_ntk.json"), QUICK, QUICK_TRANSFORMS)
 
 
-def run(args: argparse.Namespace, out: str, override: dict) -> int:
-    """Evaluate every NTK cell (each cell's config updated by ``override``), write ``out``."""
+def run(args: argparse.Namespace, out: str, override: dict,
+        transforms: tuple[str, ...] | None) -> int:
+    """Evaluate every NTK cell (each cell's config updated by ``override``) of ``transforms``
+    (None: every transform), write ``out``."""
     import pyarrow.fs as pafs
 
     from orchestrator.fsio import write_atomic
@@ -70,7 +74,7 @@ def run(args: argparse.Namespace, out: str, override: dict) -> int:
     out_path = Path(out).resolve()
     results: dict[str, dict[str, float]] = {}
     print(f"load average before: {open('/proc/loadavg').read().strip()}", file=sys.stderr)
-    for transform in TRANSFORMS:
+    for transform in transforms or TRANSFORMS:
         for group in groups:
             cells = {t.config["arch"]: t for t in trials
                      if t.config["transform"] == transform and t.config["arch"] in group}

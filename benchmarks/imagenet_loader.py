@@ -5,7 +5,7 @@ a pixel_rotation image's time goes; and the CPU cores a node needs per GPU.
 
     .venv/bin/python benchmarks/imagenet_loader.py                      # ~2 minutes on 2 cores
     .venv/bin/python benchmarks/imagenet_loader.py --workers 8 --per-rep 512 --reps 3
-    .venv/bin/python benchmarks/imagenet_loader.py --quick   # seconds: 16 JPEGs, a temp folder
+    .venv/bin/python benchmarks/imagenet_loader.py --quick   # seconds: 8 JPEGs, a temp folder
 
 Data: a generated folder (default /tmp/symsweep-imagenet-bench, written once): ``--images``
 JPEGs of about 500x375 (ImageNet's typical size; sides drawn from 400..500 x 300..400, either
@@ -34,7 +34,7 @@ planner's `model_flops`) images/s; one core decodes 1 / (sum of the stage times)
 their ratio is the cores a GPU needs. Both numbers are stated; the GPU one is an assumption.
 
 ``--quick`` (what ``make test`` runs): the same measurements and tables at tiny sizes (QUICK:
-16 JPEGs in a temporary folder, removed afterwards, batch 4, one repetition, 2 stage images,
+8 JPEGs in a temporary folder, removed afterwards, batch 4, one repetition, 2 stage images,
 ResNet-18's FLOP count instead of ResNet-101's, whose lowering takes longer); numbers say
 nothing.
 """
@@ -50,7 +50,7 @@ import time
 import numpy as np
 
 # --quick's settings (argument name: value)
-QUICK = {"images": 16, "workers": 2, "batch": 4, "per_rep": 16, "reps": 1, "stage_images": 2,
+QUICK = {"images": 8, "workers": 2, "batch": 4, "per_rep": 16, "reps": 1, "stage_images": 2,
          "arch": "resnet18"}
 
 

@@ -4,7 +4,7 @@ machine's own peak, measured in one run.
     python benchmarks/kernels.py                        # every arch at 32x32 and 16x16
     python benchmarks/kernels.py --archs gap,lap4,vec,fcn --size 32   # the lead's rerun
     python benchmarks/kernels.py --size 16 --reps 1     # < 3 minutes: 16x16 only
-    python benchmarks/kernels.py --quick                # seconds: 8x8, fcn/vec/gap, tiny blocks
+    python benchmarks/kernels.py --quick                # seconds: 8x8, fcn and gap, tiny blocks
     python benchmarks/kernels.py --ideas [--size 32]    # engine variants, interleaved
 
 What runs. For each (arch, image size) one persistent worker process per side (symsweep in this
@@ -57,7 +57,7 @@ Writes the markdown tables to stdout and (full runs, without --no-readme) into t
 section of benchmarks/README.md.
 
 ``--quick`` (what ``make test`` runs, tests/test_benchmarks_quick.py) is the same harness at
-tiny sizes: 8x8 images, fcn, vec and gap (one of each engine path) on a few pairs, 1
+tiny sizes: 8x8 images, fcn and gap (the dense and the full-covariance path) on a few pairs, 1
 repetition, a small copy for the bandwidth. It never writes the README. Without the
 neural-tangents environment it times symsweep's side alone and says so on stderr; its
 numbers say nothing about speed.
@@ -361,7 +361,7 @@ SIZES = {
          "lap4": (32, 16), "lap8": (32, 16)},
 }
 # --quick: 8x8 images, a few pairs (seconds: it checks the harness, not the speed)
-QUICK_SIZE, QUICK_ARCHS = 8, ("fcn", "vec", "gap")
+QUICK_SIZE, QUICK_ARCHS = 8, ("fcn", "gap")
 QUICK = {"fcn": (16, 8), "vec": (8, 4), "lcn": (8, 4), "gap": (4, 2), "lap4": (4, 2),
          "lap8": (4, 2)}
 
@@ -433,10 +433,10 @@ def ideas(size: int, n: int, reps: int) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description="kernel roofline benchmark vs neural-tangents")
     ap.add_argument("--quick", action="store_true",
-                    help="seconds: 8x8, fcn,vec,gap, a few pairs, 1 rep; checks the harness "
+                    help="seconds: 8x8, fcn,gap, a few pairs, 1 rep; checks the harness "
                          "(symsweep's side alone when neural-tangents' environment is absent)")
     ap.add_argument("--archs", default=None,
-                    help="comma-separated archs (default: all; --quick: fcn,vec,gap)")
+                    help="comma-separated archs (default: all; --quick: fcn,gap)")
     ap.add_argument("--size", type=int, action="append", choices=(16, 32),
                     help="image size (repeatable; default 32 and 16)")
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions per side")
