@@ -1,6 +1,7 @@
 """The NTK row of Fig. 2's `cpu` preset on real CIFAR-10, computed directly (no Ray).
 
     python benchmarks/fig2_cpu_ntk.py --data-dir ../shared/data [--out ntk_row.json]
+    python benchmarks/fig2_cpu_ntk.py --quick    # seconds: the same cells on tiny synthetic data
 
 Every NTK cell of ``sweeps/fig2.py --preset cpu`` is expanded from the sweep file itself (same
 configs, same class-balanced subsets, same transforms and seeds, diag_reg as the preset fixes
@@ -12,6 +13,12 @@ full-covariance propagation, vec and lcn from one (they are the same kernel at i
 the transforms in the order identity, shared, pixel rotation, permutation, global rotation.
 Results are written (atomically) after every transform, so a partial run leaves what it has.
 Prints the NTK row (test accuracy, %) as a markdown table.
+
+``--quick`` (what ``make test`` runs) expands and evaluates the same cells the same way, but on
+the deterministic synthetic dataset (no CIFAR-10 needed) at QUICK's sizes, for the transforms
+QUICK_TRANSFORMS (one that keeps the pixels, one that moves them), and writes its JSON
+into a temporary folder (removed afterwards) unless ``--out`` is given: a check that the
+preset, the data builder and the kernel worker still fit together, not a result.
 """
 
 from __future__ import annotations
@@ -19,17 +26,39 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# --quick: each cell's data replaced by this (synthetic images, 8x8, a few of each split)
+# (a preset with a validation split keeps one, of QUICK_VAL images)
+QUICK = {"dataset": "synthetic", "image_size": 8, "train_size": 20, "test_size": 10}
+QUICK_VAL = 10
+QUICK_TRANSFORMS = ("identity", "pixel_rotation")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
-    ap.add_argument("--out", default="fig2_cpu_ntk.json", help="JSON results file")
+    ap.add_argument("--out", default=None,
+                    help="JSON results file (default fig2_cpu_ntk.json; --quick: a temporary "
+                         "folder's)")
+    ap.add_argument("--quick", action="store_true",
+                    help="seconds: the preset's NTK cells on tiny synthetic data (QUICK)")
     args = ap.parse_args()
+    if not args.quick:
+        return run(args, args.out or "fig2_cpu_ntk.json", {}, None)
+    if args.out:
+        return run(args, args.out, QUICK, QUICK_TRANSFORMS)
+    with tempfile.TemporaryDirectory(prefix="fig2-cpu-ntk-quick-") as tmp:
+        return run(args, str(Path(tmp) / "fig2_cpu_ntk.json"), QUICK, QUICK_TRANSFORMS)
+
+
+def run(args: argparse.Namespace, out: str, override: dict,
+        transforms: tuple[str, ...] | None) -> int:
+    """Evaluate every NTK cell (each cell's config updated by ``override``) of ``transforms``
+    (None: every transform), write ``out``."""
     import pyarrow.fs as pafs
 
     from orchestrator.fsio import write_atomic
@@ -42,14 +71,16 @@ def main() -> int:
     trials = [t for t in load_sweep(ROOT / "sweeps" / "fig2.py").expand("cpu", dedupe=False)
               if t.kind == "kernel" and t.config["inference"] == "ntk"]
     groups = (("fcn",), ("vec", "lcn"), ("gap", "lap4", "lap8"))
-    out_path = Path(args.out).resolve()
+    out_path = Path(out).resolve()
     results: dict[str, dict[str, float]] = {}
     print(f"load average before: {open('/proc/loadavg').read().strip()}", file=sys.stderr)
-    for transform in TRANSFORMS:
+    for transform in transforms or TRANSFORMS:
         for group in groups:
             cells = {t.config["arch"]: t for t in trials
                      if t.config["transform"] == transform and t.config["arch"] in group}
-            cfg = dict(cells[group[0]].config, data_dir=args.data_dir)
+            cfg = dict(cells[group[0]].config, data_dir=args.data_dir, **override)
+            if override and cfg.get("val_size"):
+                cfg["val_size"] = QUICK_VAL
             for a in group[1:]:  # the group shares data and kernel settings
                 other = {k: v for k, v in cells[a].config.items() if k != "arch"}
                 if other != {k: v for k, v in cells[group[0]].config.items() if k != "arch"}:

@@ -3,6 +3,8 @@
 #
 #   benchmarks/gpu_check.sh [--venv DIR] [--out FILE]     # installs the gpu extra, runs the check
 #   benchmarks/gpu_check.sh --cpu-dry-run [--python PY]   # every step on the CPU, tiny sizes
+#   benchmarks/gpu_check.sh --quick [--python PY]         # seconds: gpu_check.py --quick (its
+#                                                         # JSON in a temporary folder)
 #
 # 1. a virtual environment (default .venv-gpu, created if missing) with the `gpu` extra from the
 #    hash-locked requirements/gpu.txt (pip install --require-hashes), then this checkout
@@ -17,13 +19,15 @@ VENV="$ROOT/.venv-gpu"
 PY=""
 OUT="$ROOT/results/gpu_check-$(hostname).json"
 DRY=()
+OUT_GIVEN=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --venv) VENV=$2; shift 2 ;;
     --python) PY=$2; shift 2 ;;
-    --out) OUT=$2; shift 2 ;;
+    --out) OUT=$2; OUT_GIVEN=1; shift 2 ;;
     --cpu-dry-run) DRY=(--cpu-dry-run); shift ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    --quick) DRY=(--quick); shift ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown option '$1'; see --help" >&2; exit 2 ;;
   esac
 done
@@ -49,7 +53,12 @@ cd "$ROOT"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 start=$(date +%s)
 set +e
-PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PY" benchmarks/gpu_check.py "${DRY[@]}" --out "$OUT"
+OUT_ARG=(--out "$OUT")
+if [ "${DRY[*]}" = "--quick" ] && [ $OUT_GIVEN -eq 0 ]; then
+  OUT_ARG=()  # gpu_check.py --quick writes into a temporary folder
+  OUT="(temporary, removed)"
+fi
+PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PY" benchmarks/gpu_check.py "${DRY[@]}" "${OUT_ARG[@]}"
 rc=$?
 set -e
 echo "== gpu_check finished in $(( $(date +%s) - start )) s (exit $rc); results: $OUT"

@@ -5,6 +5,7 @@ a pixel_rotation image's time goes; and the CPU cores a node needs per GPU.
 
     .venv/bin/python benchmarks/imagenet_loader.py                      # ~2 minutes on 2 cores
     .venv/bin/python benchmarks/imagenet_loader.py --workers 8 --per-rep 512 --reps 3
+    .venv/bin/python benchmarks/imagenet_loader.py --quick   # seconds: 8 JPEGs, a temp folder
 
 Data: a generated folder (default /tmp/symsweep-imagenet-bench, written once): ``--images``
 JPEGs of about 500x375 (ImageNet's typical size; sides drawn from 400..500 x 300..400, either
@@ -31,6 +32,11 @@ Cores per GPU: a GPU training ResNet-101 at ``--gpu-tflops`` (default the planne
 35 TFLOP/s, orchestrator/plan/imagenet.py) takes 35e12 / (training FLOPs per image, from the
 planner's `model_flops`) images/s; one core decodes 1 / (sum of the stage times) images/s;
 their ratio is the cores a GPU needs. Both numbers are stated; the GPU one is an assumption.
+
+``--quick`` (what ``make test`` runs): the same measurements and tables at tiny sizes (QUICK:
+8 JPEGs in a temporary folder, removed afterwards, batch 4, one repetition, 2 stage images,
+ResNet-18's FLOP count instead of ResNet-101's, whose lowering takes longer); numbers say
+nothing.
 """
 
 from __future__ import annotations
@@ -38,9 +44,14 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import tempfile
 import time
 
 import numpy as np
+
+# --quick's settings (argument name: value)
+QUICK = {"images": 8, "workers": 2, "batch": 4, "per_rep": 16, "reps": 1, "stage_images": 2,
+         "arch": "resnet18"}
 
 
 def loadavg() -> str:
@@ -163,8 +174,20 @@ def main() -> int:
     ap.add_argument("--gpu-tflops", type=float, default=None,
                     help="sustained TFLOP/s per GPU (default: the planner's assumption)")
     ap.add_argument("--arch", default="resnet101")
+    ap.add_argument("--quick", action="store_true",
+                    help="seconds: QUICK's tiny sizes in a temporary folder (numbers say nothing)")
     args = ap.parse_args()
+    if not args.quick:
+        return run(args)
+    for k, v in QUICK.items():
+        setattr(args, k, v)
+    with tempfile.TemporaryDirectory(prefix="symsweep-imagenet-quick-") as tmp:
+        args.dir = tmp
+        return run(args)
 
+
+def run(args: argparse.Namespace) -> int:
+    """The whole benchmark for parsed arguments ``args`` (see the module docstring)."""
     from orchestrator.plan.imagenet import ASSUMED_GPU_TFLOPS, model_flops
     from workers.imagenet import chunk_rows, scan_split, train_pipeline
     from workers.transforms import make_transform

@@ -3,7 +3,8 @@ machine's own peak, measured in one run.
 
     python benchmarks/kernels.py                        # every arch at 32x32 and 16x16
     python benchmarks/kernels.py --archs gap,lap4,vec,fcn --size 32   # the lead's rerun
-    python benchmarks/kernels.py --quick                # < 3 minutes: 16x16, small blocks
+    python benchmarks/kernels.py --size 16 --reps 1     # < 3 minutes: 16x16 only
+    python benchmarks/kernels.py --quick                # seconds: 8x8, fcn and gap, tiny blocks
     python benchmarks/kernels.py --ideas [--size 32]    # engine variants, interleaved
 
 What runs. For each (arch, image size) one persistent worker process per side (symsweep in this
@@ -54,6 +55,12 @@ module's internals and clears jax's caches between variants.
 
 Writes the markdown tables to stdout and (full runs, without --no-readme) into the "Kernels"
 section of benchmarks/README.md.
+
+``--quick`` (what ``make test`` runs, tests/test_benchmarks_quick.py) is the same harness at
+tiny sizes: 8x8 images, fcn and gap (the dense and the full-covariance path) on a few pairs, 1
+repetition, a small copy for the bandwidth. It never writes the README. Without the
+neural-tangents environment it times symsweep's side alone and says so on stderr; its
+numbers say nothing about speed.
 """
 
 from __future__ import annotations
@@ -221,9 +228,10 @@ def loadavg() -> str:
         return " ".join(f.read().split()[:3])
 
 
-def machine_peak(threads: int) -> dict[str, float]:
-    """Multiply-add peak (GFLOP/s) of a jitted micro-kernel and copy bandwidth (GB/s), with
-    `threads` threads running at once."""
+def machine_peak(threads: int, copy_numbers: int = 64 * 1024**2) -> dict[str, float]:
+    """Multiply-add peak (GFLOP/s) of a jitted micro-kernel and copy bandwidth (GB/s) of
+    copying ``copy_numbers`` float32 numbers (default 256 MiB), with `threads` threads running
+    at once."""
     import jax
     import jax.numpy as jnp
 
@@ -260,7 +268,7 @@ def machine_peak(threads: int) -> dict[str, float]:
 
     s = timed([fma_calls] * threads)
     gflops = threads * calls * n * chains * (steps * 2 + 1) / s / 1e9
-    big = 64 * 1024**2  # float32 numbers: 256 MiB
+    big = copy_numbers
     src = np.ones(big, np.float32)
     dst = np.zeros_like(src)
     part = -(-big // threads)
@@ -352,8 +360,10 @@ SIZES = {
     16: {"fcn": (512, 512), "vec": (128, 64), "lcn": (128, 64), "gap": (32, 16),
          "lap4": (32, 16), "lap8": (32, 16)},
 }
-QUICK = {16: {"fcn": (256, 256), "vec": (64, 32), "lcn": (64, 32), "gap": (16, 8),
-              "lap4": (16, 8), "lap8": (16, 8)}}
+# --quick: 8x8 images, a few pairs (seconds: it checks the harness, not the speed)
+QUICK_SIZE, QUICK_ARCHS = 8, ("fcn", "gap")
+QUICK = {"fcn": (16, 8), "vec": (8, 4), "lcn": (8, 4), "gap": (4, 2), "lap4": (4, 2),
+         "lap8": (4, 2)}
 
 
 def ideas(size: int, n: int, reps: int) -> str:
@@ -422,8 +432,11 @@ def ideas(size: int, n: int, reps: int) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description="kernel roofline benchmark vs neural-tangents")
-    ap.add_argument("--quick", action="store_true", help="16x16, small blocks, 1 rep (< 3 min)")
-    ap.add_argument("--archs", default=",".join(ALL_ARCHS), help="comma-separated archs")
+    ap.add_argument("--quick", action="store_true",
+                    help="seconds: 8x8, fcn,gap, a few pairs, 1 rep; checks the harness "
+                         "(symsweep's side alone when neural-tangents' environment is absent)")
+    ap.add_argument("--archs", default=None,
+                    help="comma-separated archs (default: all; --quick: fcn,gap)")
     ap.add_argument("--size", type=int, action="append", choices=(16, 32),
                     help="image size (repeatable; default 32 and 16)")
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions per side")
@@ -431,18 +444,27 @@ def main() -> int:
     ap.add_argument("--ideas", action="store_true", help="engine variants, interleaved")
     ap.add_argument("--no-readme", action="store_true", help="do not rewrite benchmarks/README")
     args = ap.parse_args()
-    archs = [a.strip() for a in args.archs.split(",") if a.strip()]
+    default_archs = QUICK_ARCHS if args.quick else ALL_ARCHS
+    archs = [a.strip() for a in (args.archs or ",".join(default_archs)).split(",") if a.strip()]
     bad = [a for a in archs if a not in ALL_ARCHS]
     if bad:
         print(f"unknown arch {bad}; choose from {','.join(ALL_ARCHS)}", file=sys.stderr)
         return 2
-    sizes = args.size or ([16] if args.quick else [32, 16])
+    if args.quick and args.size:
+        print("--quick runs at 8x8; drop --size", file=sys.stderr)
+        return 2
+    sizes = [QUICK_SIZE] if args.quick else (args.size or [32, 16])
     with_nt = not args.no_nt
     if with_nt and not (os.access(NT_PYTHON, os.X_OK)):
-        print(f"no neural-tangents reference environment at {NT_PYTHON}: build it with "
-              "../shared/tools/nt-reference-env.sh (or set NT_REF_PYTHON), or pass --no-nt",
-              file=sys.stderr)
-        return 2
+        if not args.quick:
+            print(f"no neural-tangents reference environment at {NT_PYTHON}: build it with "
+                  "../shared/tools/nt-reference-env.sh (or set NT_REF_PYTHON), or pass --no-nt",
+                  file=sys.stderr)
+            return 2
+        print(f"SKIPPED the neural-tangents side: no reference environment at {NT_PYTHON} "
+              "(../shared/tools/nt-reference-env.sh builds it); timing symsweep's side only",
+              file=sys.stderr, flush=True)
+        with_nt = False
     print(f"load average before: {loadavg()}", file=sys.stderr, flush=True)
     if args.ideas:
         size = sizes[0]
@@ -452,18 +474,21 @@ def main() -> int:
 
     reps = args.reps or (1 if args.quick else 3)
     rng = np.random.default_rng(2022)
-    tmp = tempfile.mkdtemp(prefix="symsweep-bench-")
+    # the images and the saved results: removed when the process exits (its finaliser)
+    tmp_dir = tempfile.TemporaryDirectory(prefix="symsweep-bench-")
+    tmp = tmp_dir.name
     images = os.path.join(tmp, "images.npy")
     np.save(images, rng.standard_normal((1024, 32, 32, CHANNELS)).astype(np.float32))
     load0 = loadavg()
-    peak = machine_peak(host_threads())
+    copy_numbers = 1024**2 if args.quick else 64 * 1024**2
+    peak = machine_peak(host_threads(), copy_numbers)
     print(f"peak: {peak}", file=sys.stderr, flush=True)
     rows = []
     for size in sizes:
         for arch in archs:
             if arch == "lap8" and size < 8:
                 continue
-            n_ours, n_nt = (QUICK.get(size, SIZES[size]) if args.quick else SIZES[size])[arch]
+            n_ours, n_nt = (QUICK if args.quick else SIZES[size])[arch]
             r = measure(arch, size, n_ours, n_nt, images, reps, with_nt)
             rows.append(r)
             o = r["ours"]
@@ -472,7 +497,7 @@ def main() -> int:
                 msg += (f", nt {r['nt']['pairs_per_s']:.4g} pairs/s "
                         f"({o['pairs_per_s'] / r['nt']['pairs_per_s']:.1f}x)")
             print(msg + f"; load {loadavg()}", file=sys.stderr, flush=True)
-    peak_after = machine_peak(host_threads())
+    peak_after = machine_peak(host_threads(), copy_numbers)
     peak = {k: max(peak[k], peak_after[k]) for k in peak}
     cmd = "python benchmarks/kernels.py " + " ".join(sys.argv[1:])
     table = (f"`{cmd.strip()}`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Depth "

@@ -1,6 +1,11 @@
 """Peak memory of `kernel_matrix` and of a whole kernel cell: streamed assembly vs the old one.
 
     PYTHONPATH=. python benchmarks/memory.py [--sizes 2000 4000] [--arch fcn] [--side 500]
+    PYTHONPATH=. python benchmarks/memory.py --quick   # seconds: N = 45 at 8x8, tiles of 32
+
+``--quick`` (what ``make test`` runs) measures both cases, both paths, at one tiny size; the
+first measurement runs in a fresh subprocess as every real one does (the harness), the others
+in this process (one jax start-up and compile instead of four: its numbers say nothing).
 
 Cases (each at every size N, new and old code path interleaved in the same run):
 
@@ -232,7 +237,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image-size", type=int, default=32, help="synthetic image side")
     ap.add_argument("--one", nargs=6, help=argparse.SUPPRESS)
     ap.add_argument("--table-from", help="only print the table of a saved run's JSON lines")
+    ap.add_argument("--quick", action="store_true",
+                    help="seconds: both cases, old and new path, fcn at N = 45, 8x8 images, "
+                         "tiles of 32; the first measurement in a subprocess, the rest in "
+                         "this one")
     a = ap.parse_args(argv)
+    if a.quick:
+        a.sizes, a.arch, a.side, a.image_size = [45], "fcn", 32, 8
+        a.cases = ["matrix", "cell"]
     if a.table_from:
         with open(a.table_from) as f:
             print(table([json.loads(ln) for ln in f if ln.startswith("{")]))
@@ -246,7 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     for case in a.cases:
         for n in a.sizes:
             for path in ("old", "new"):  # interleaved: old then new at each size
-                r = _run_sub(case, path, n, a.arch, a.side, a.image_size)
+                if a.quick and rows:  # --quick: the harness once, then in this process
+                    r = measure_one(case, path, n, a.arch, a.side, a.image_size)
+                else:
+                    r = _run_sub(case, path, n, a.arch, a.side, a.image_size)
                 print(json.dumps(r), flush=True)
                 rows.append(r)
     print(f"load average at end: {os.getloadavg()}", flush=True)

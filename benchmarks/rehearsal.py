@@ -5,6 +5,7 @@ re-submitted the way `ray submit` would do it on a new cluster.
 
     .venv/bin/python benchmarks/rehearsal.py                     # all 330 trials of Fig. 2 paper
     .venv/bin/python benchmarks/rehearsal.py --kill-after 0.4    # kill when 40% have a row
+    .venv/bin/python benchmarks/rehearsal.py --quick             # 24 of the trials (QUICK_ONLY)
 
 What it measures and prints (last line: one JSON object):
 - trials: every trial of the expansion (kernel cells, derived cells, finite runs);
@@ -21,6 +22,13 @@ The no-op workers report three evaluations, with a checkpoint at each, so the ch
 is exercised; their metrics are a hash of the config, so a re-run would give the same numbers.
 The paper preset asks for GPUs: the rehearsal replaces each trial's resources by one CPU (and
 no memory request), which is what this machine has.
+
+``--quick`` (what ``make test`` runs) is the same rehearsal, kill and re-submission on the 24
+trials ``--only`` QUICK_ONLY selects (vec and lcn, identity and shared_rotation, NTK and NN:
+kernel cells derived and computed, finite runs with checkpoints), the no-op workers sleeping
+QUICK_SLEEP a report so that the kill lands while trials run; its results go to a temporary
+folder that is removed afterwards. Its overhead figure says nothing (two Ray start-ups over
+21 trials).
 """
 
 from __future__ import annotations
@@ -38,6 +46,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# --quick: the trials of these --only selections, and the no-op workers' sleep per report
+QUICK_ONLY = ("arch=vec,lcn", "transform=identity,shared_rotation", "inference=ntk,nn")
+QUICK_SLEEP = 0.2
 
 SWEEP_FILE = '''
 """Rehearsal: Fig. 2's paper preset with no-op workers (benchmarks/rehearsal.py writes this)."""
@@ -107,9 +118,10 @@ def _load() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
-def _driver(sweep_file: Path, results: Path, log: Path) -> subprocess.Popen:
+def _driver(sweep_file: Path, results: Path, log: Path, only: tuple[str, ...] = ()
+            ) -> subprocess.Popen:
     cmd = [sys.executable, str(sweep_file), "--preset", "paper", "--results", str(results),
-           "--no-progress", "--no-report"]
+           "--no-progress", "--no-report", *(f"--only={o}" for o in only)]
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("ab"),
                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -132,10 +144,25 @@ def main() -> int:
     ap.add_argument("--sleep", type=float, default=0.01,
                     help="seconds each no-op worker sleeps per report")
     ap.add_argument("--workdir", default=None, help="keep the results here (default: a tmp dir)")
+    ap.add_argument("--quick", action="store_true",
+                    help="the 24 trials of QUICK_ONLY, results in a temporary folder removed "
+                         "afterwards (unless --workdir)")
     args = ap.parse_args()
+    if not args.quick:
+        return run(args, ())
+    args.sleep = QUICK_SLEEP
+    if args.workdir:
+        return run(args, QUICK_ONLY)
+    with tempfile.TemporaryDirectory(prefix="symsweep-rehearsal-quick-") as tmp:
+        args.workdir = tmp
+        return run(args, QUICK_ONLY, keep=True)
 
+
+def run(args: argparse.Namespace, only: tuple[str, ...], keep: bool = False) -> int:
+    """The rehearsal (module docstring) on the trials ``only`` selects (every trial: ()).
+    ``keep``: use ``args.workdir`` as it is (do not empty it first)."""
     work = Path(args.workdir or tempfile.mkdtemp(prefix="symsweep-rehearsal-"))
-    if work.exists() and args.workdir:
+    if work.exists() and args.workdir and not keep:
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     sweep_file = work / "rehearsal.py"
@@ -145,10 +172,10 @@ def main() -> int:
     log = work / "driver.log"
 
     sys.path.insert(0, str(REPO))
-    from orchestrator.spec import load_sweep
+    from orchestrator.spec import load_sweep, parse_only, select_trials
 
     sw = load_sweep(sweep_file)
-    trials = sw.expand("paper")
+    trials = select_trials(sw.expand("paper"), parse_only(list(only)))
     n_trials = len(trials)
     n_computed = sum(1 for t in trials if t.derived_from is None)
     print(f"load average before: {_load()}; {n_trials} trials ({n_computed} computed, "
@@ -159,7 +186,7 @@ def main() -> int:
 
     store = Store(str(results), "rehearsal")
     t0 = time.perf_counter()
-    proc = _driver(sweep_file, results, log)
+    proc = _driver(sweep_file, results, log, only)
     target = int(args.kill_after * n_computed)
     while proc.poll() is None and len({p.trial_id for p in store.parts()}) < target:
         time.sleep(0.5)
@@ -175,7 +202,7 @@ def main() -> int:
 
     # run 2: the same command again, as `ray submit` on a new cluster would
     t1 = time.perf_counter()
-    proc = _driver(sweep_file, results, log)
+    proc = _driver(sweep_file, results, log, only)
     rc = proc.wait()
     wall2 = time.perf_counter() - t1
     print(f"run 2: exit {rc} after {wall2:.1f} s; load {_load()}", flush=True)

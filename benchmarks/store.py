@@ -1,11 +1,13 @@
 """Benchmark: the results store's readers at 10^5 attempts (issue 11, item 3).
 
     .venv/bin/python benchmarks/store.py [--n 100000] [--n-old 2000] [--cache /tmp/symsweep-bench]
+    .venv/bin/python benchmarks/store.py --quick   # seconds: 40 / 20 attempts, a temporary cache
 
 Synthetic attempts in the real TRIAL_SCHEMA / HISTORY_SCHEMA, one trial part and one history
-part per attempt with the runner's file names (about 20% of the trials have a failed first
-attempt and a second one; 4 history rows per attempt), written with ``pq.write_table`` in a
-loop and cached under ``--cache`` between runs (writing 2 x 10^5 files takes minutes).
+part per attempt (about 20% of the trials have a failed first attempt and a second one; 4
+history rows per attempt), each attempt written by ``Store.write_attempt``, the runner's own
+writer, so the parts follow the current schemas and file names; cached under ``--cache``
+between runs (writing 2 x 10^5 files takes minutes) and regenerated when a schema changes.
 
 Three commands are timed end to end, each as the CLI function itself with stdout discarded:
 ``status`` (manifest + latest view + per-trial counts), ``query`` (views over trial and
@@ -36,6 +38,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import hashlib
 import io
 import json
 import os
@@ -43,6 +46,7 @@ import random
 import shutil
 import statistics
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -55,9 +59,9 @@ import pyarrow.parquet as pq  # noqa: E402
 from orchestrator import cli  # noqa: E402
 from orchestrator.store import (  # noqa: E402
     HISTORY_SCHEMA,
+    TIME_KEY,
     TRIAL_SCHEMA,
     Store,
-    _to_record,
     parse_part_name,
 )
 
@@ -104,19 +108,30 @@ OLD = (_old_read_trials_all, _old_read_history)
 
 
 # ------------------------------------------------------------------ synthetic store
+def _schema_tag() -> str:
+    """A short fingerprint of TRIAL_SCHEMA + HISTORY_SCHEMA: a cached store written under an
+    older schema does not count as generated, so a schema change regenerates it."""
+    text = f"{TRIAL_SCHEMA}\n{HISTORY_SCHEMA}".encode()
+    return hashlib.sha256(text).hexdigest()[:12]
+
+
 def generate(root: str, n: int, seed: int = 0) -> None:
-    """n attempts of sweep SWEEP under root (cached: kept if a marker says it is complete)."""
+    """n attempts of sweep SWEEP under root, each written by ``Store.write_attempt`` (the
+    runner's writer: its row conversion, its history table, its part names), so the parts
+    follow the current schemas. Cached: kept if a marker says it is complete and was written
+    under the current schemas."""
     d = f"{root}/{SWEEP}"
-    if os.path.exists(f"{d}/.generated-{n}"):
+    marker = f"{d}/.generated-{n}-{_schema_tag()}"
+    if os.path.exists(marker):
         return
     shutil.rmtree(d, ignore_errors=True)
-    os.makedirs(f"{d}/trials")
-    os.makedirs(f"{d}/history")
+    store = Store(root, SWEEP)
     rng = random.Random(seed)
     t0 = time.time()
     i = k = 0
     trials = []
     when = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+    when_ms = int(when.timestamp() * 1000)
     while i < n:
         tid = f"{uuid.UUID(int=rng.getrandbits(128)).hex[:16]}"
         cfg = {"arch": ARCHS[k % 6], "inference": INFS[(k // 6) % 4],
@@ -130,8 +145,8 @@ def generate(root: str, n: int, seed: int = 0) -> None:
             status = "failed" if a < n_att else ("diverged" if rng.random() < 0.05
                                                  else "completed")
             acc = None if status == "failed" else rng.uniform(0.1, 0.6)
-            rec = _to_record({
-                "sweep": SWEEP, "trial_id": tid, "attempt": a, "preset": "paper", "kind": kind,
+            row = {
+                "trial_id": tid, "attempt": a, "preset": "paper", "kind": kind,
                 **cfg, "dataset": "cifar10", "image_size": 32, "train_size": 45000,
                 "test_size": 10000, "status": status, "best_test_acc": acc, "test_acc": acc,
                 "train_acc": None if acc is None else 1.0,
@@ -139,34 +154,40 @@ def generate(root: str, n: int, seed: int = 0) -> None:
                 "wall_s": 100.0, "error": "RuntimeError: node lost" if status == "failed"
                 else None, "started_at": when, "finished_at": when + dt.timedelta(seconds=a),
                 "code_version": "bench", "node": "n0", "host": "h0",
-                "config_json": json.dumps(cfg), "metrics_json": json.dumps({"acc": acc})})
-            name = f"{tid}-a{a:03d}-{uuid.UUID(int=rng.getrandbits(128)).hex[:8]}.parquet"
-            hist = pa.table({"sweep": [SWEEP] * 4, "trial_id": [tid] * 4, "attempt": [a] * 4,
-                             "step": [250, 500, 750, 1000], "metric": ["test_acc"] * 4,
-                             "value": [rng.random() for _ in range(4)]}, schema=HISTORY_SCHEMA)
-            pq.write_table(hist, f"{d}/history/{name}")
-            pq.write_table(pa.Table.from_pylist([rec], schema=TRIAL_SCHEMA),
-                           f"{d}/trials/{name}")
+                "config_json": json.dumps(cfg), "metrics_json": json.dumps({"acc": acc})}
+            # 4 points of one metric, as a worker reports them (step, value, measured time)
+            history = [{"step": s, "test_acc": rng.random(), TIME_KEY: when_ms + 1000 * s}
+                       for s in (250, 500, 750, 1000)]
+            store.write_attempt(row, history)
             i += 1
             if i % 10000 == 0:
                 print(f"  generated {i} attempts in {time.time() - t0:.0f} s", flush=True)
-    Store(root, SWEEP).write_manifest({"sweep": SWEEP, "preset": "paper", "trials": trials,
-                                       "success_train_acc": 0.95})
-    open(f"{d}/.generated-{n}", "w").close()
+    store.write_manifest({"sweep": SWEEP, "preset": "paper", "trials": trials,
+                          "success_train_acc": 0.95})
+    open(marker, "w").close()
 
 
 # ------------------------------------------------------------------ the three commands
 def _quiet(fn: Callable[[], object]) -> float:
+    """Seconds fn takes with stdout/stderr discarded. A command that exits non-zero (SystemExit
+    or typer's Exit with a code) raises RuntimeError with its stderr: a broken command must
+    stop the benchmark, not time as a fast one."""
+    err = io.StringIO()
     t0 = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    code: object = 0
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
         try:
             fn()
-        except SystemExit:
-            pass
+        except SystemExit as ex:
+            code = ex.code
         except Exception as ex:  # typer.Exit is an Exception subclass in recent click
             if type(ex).__name__ != "Exit":
                 raise
-    return time.perf_counter() - t0
+            code = getattr(ex, "exit_code", 0)
+    took = time.perf_counter() - t0
+    if code not in (0, None):
+        raise RuntimeError(f"command exited {code}: {err.getvalue().strip()[-500:]}")
+    return took
 
 
 def commands(root: str) -> dict[str, Callable[[], object]]:
@@ -211,7 +232,21 @@ def main() -> None:
     ap.add_argument("--cache", default="/tmp/symsweep-bench-store")
     ap.add_argument("--skip-big-loose", action="store_true")
     ap.add_argument("--regenerate", action="store_true")
+    ap.add_argument("--quick", action="store_true",
+                    help="seconds: 40 / 20 attempts, 1 repeat, a fresh temporary cache "
+                         "(removed afterwards); the same generation, readers and commands")
     a = ap.parse_args()
+    if a.quick:
+        a.n, a.n_old, a.repeats = 40, 20, 1
+        with tempfile.TemporaryDirectory(prefix="symsweep-bench-store-") as tmp:
+            a.cache = tmp
+            run(a)
+        return
+    run(a)
+
+
+def run(a: argparse.Namespace) -> None:
+    """The whole benchmark for parsed arguments ``a`` (see the module docstring)."""
     small, big = f"{a.cache}/n{a.n_old}", f"{a.cache}/n{a.n}"
     if a.regenerate:
         shutil.rmtree(big, ignore_errors=True)
@@ -224,6 +259,11 @@ def main() -> None:
     if old_c or new_c or not old_t.num_rows == new_t.num_rows == a.n_old:
         raise SystemExit(f"{small}: old reader {old_t.num_rows} rows / {len(old_c)} corrupt, "
                          f"new {new_t.num_rows} / {len(new_c)}; delete it to regenerate")
+    hist, hist_c = Store(small, SWEEP).read_history()
+    if hist_c or hist.num_rows != 4 * a.n_old or hist["measured_at"].null_count:
+        raise SystemExit(f"{small}: history has {hist.num_rows} rows (expected {4 * a.n_old}), "
+                         f"{len(hist_c)} corrupt, {hist['measured_at'].null_count} without "
+                         "measured_at; delete it to regenerate")
     for fn in commands(small).values():  # warm-up: imports (DuckDB, pandas, rich), untimed
         _quiet(fn)
     print(f"== {a.n_old} attempts, loose parts: old vs new reader, interleaved", flush=True)

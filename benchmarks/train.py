@@ -4,6 +4,7 @@ real CIFAR-10 sample with the time its estimate takes.
 
     .venv/bin/python benchmarks/train.py --data-dir ../shared/data            # all archs
     .venv/bin/python benchmarks/train.py --archs fcn lcn --steps fcn=400 lcn=20
+    .venv/bin/python benchmarks/train.py --quick     # seconds: fcn, 8x8, width 4, 2 steps
 
 Both loops run the same model, loss (1/(2KB) sum |f - y|^2 + lambda/2 |theta|^2, nn_plus
 settings), optimiser (optax SGD, momentum 0.9), batch 40 and batch order; each is compiled and
@@ -29,6 +30,10 @@ from workers.vocab import ARCHS, PAPER_WIDTHS
 
 # default step counts: a few seconds to a minute per timed repeat on 2 CPU cores
 DEFAULT_STEPS = {"fcn": 100, "lcn": 4, "vec": 2, "gap": 2, "lap4": 2, "lap8": 2}
+# --quick: the same loops, eta_0 estimate and checks at tiny sizes (seconds): fcn (any arch
+# with --archs), 8x8 synthetic images, width 4, depth 2
+QUICK = dict(archs=["fcn"], steps=2, repeats=1, image_size=8, train_size=80,
+             eta0_samples=4, width=4, depth=2)
 
 
 def load_images(data_dir: str | None, n: int, image_size: int) -> tuple[np.ndarray, np.ndarray,
@@ -87,11 +92,15 @@ def _block(tree):
 
 
 def bench_arch(arch: str, x: np.ndarray, y: np.ndarray, steps: int, repeats: int,
-               eta0_samples: int, eta0_inits: int, loop: str = "device") -> dict:
-    width = PAPER_WIDTHS[arch]
-    model = make_model(arch, width, depth=8)
+               eta0_samples: int, eta0_inits: int, loop: str = "device",
+               width: int | None = None, depth: int = 8) -> dict:
+    """One arch's row: eta_0 and its time, both loops' steps/s and CPU s/step, overheads.
+    ``width`` None: the paper's width for the arch (`PAPER_WIDTHS`)."""
+    width = PAPER_WIDTHS[arch] if width is None else width
+    model = make_model(arch, width, depth=depth)
     params = init_params(model, 0, x.shape[1:])
-    out = {"arch": arch, "width": width, "params": count_params(params), "steps": steps}
+    out = {"arch": arch, "width": width, "depth": depth, "params": count_params(params),
+           "steps": steps}
 
     t0 = time.perf_counter()
     est = estimate_eta0(model, x[:eta0_samples], inits=eta0_inits, seed=0)
@@ -154,7 +163,7 @@ def bench_arch(arch: str, x: np.ndarray, y: np.ndarray, steps: int, repeats: int
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--archs", nargs="+", default=list(ARCHS))
+    ap.add_argument("--archs", nargs="+", default=None, help="default: all (--quick: fcn)")
     ap.add_argument("--steps", nargs="*", default=[], help="per-arch step counts, e.g. fcn=400")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--image-size", type=int, default=32)
@@ -168,7 +177,21 @@ def main(argv: list[str] | None = None) -> int:
                          "steps in one compiled loop, host = one compiled step per call; auto "
                          "(train()'s default) is host on CPU, where XLA runs convolutions inside "
                          "loops ~25x slower, and device elsewhere")
+    ap.add_argument("--quick", action="store_true",
+                    help="seconds: fcn (or --archs), 8x8 synthetic images, width 4, depth 2, "
+                         "2 steps, 1 repeat (the same loops and checks; numbers say nothing)")
     a = ap.parse_args(argv)
+    width, depth = None, 8
+    if a.quick:
+        if a.data_dir or a.json:
+            ap.error("--quick runs on synthetic data and writes no file: drop --data-dir/--json")
+        q = QUICK
+        a.archs = a.archs or q["archs"]
+        a.repeats, a.image_size, a.train_size = q["repeats"], q["image_size"], q["train_size"]
+        a.eta0_samples, a.eta0_inits = q["eta0_samples"], 1
+        a.steps = [f"{arch}={q['steps']}" for arch in a.archs]
+        width, depth = q["width"], q["depth"]
+    a.archs = a.archs or list(ARCHS)
     steps = dict(DEFAULT_STEPS)
     steps.update({k: int(v) for k, v in (s.split("=") for s in a.steps)})
     x, y, source = load_images(a.data_dir, a.train_size, a.image_size)
@@ -181,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     print(hdr + "\n|" + "---|" * 13, flush=True)
     for arch in a.archs:
         r = bench_arch(arch, x, y, steps[arch], a.repeats, a.eta0_samples, a.eta0_inits,
-                       a.loop)
+                       a.loop, width=width, depth=depth)
         rows.append(r)
         print(f"| {arch} | {r['loop']} | {r['width']} | {r['params']:,} | {r['steps']} | "
               f"{r['symsweep_steps_s']:.3g} | {r['bare_steps_s']:.3g} | "
