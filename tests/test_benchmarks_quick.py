@@ -43,6 +43,8 @@ QUICK: dict[str, tuple[list[str], list[str], bool]] = {
     "fig2_cpu_ntk.py": ([], [r"\| NTK test acc \(%\) \| identity \|",
                              r"^\| (fcn|vec|lcn|gap|lap4|lap8) \| \d"], False),
     "nt_gap_standalone.py": ([], [r"(nt jit|symsweep kernel_tile) N=2 8x8: .* pairs/s"], False),
+    "durable_writes.py": ([], [r"^file\s+size\s+fsync ms\s+no fsync ms\s+extra ms",
+                               r"^trial part\s+6000\s", r"^running marker\s+300\s"], False),
     # grain's import and two spawned loader processes a transform: ~8 s quiet, ~14 s at load 2
     "imagenet_loader.py": ([], [r"\| transform \| 2 threads: images/s",
                                 r"^\| identity \| ", r"^\| pixel_rotation \| ",
