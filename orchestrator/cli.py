@@ -349,8 +349,8 @@ def ls_sweeps(
             m = store.read_manifest() or {}
         except ManifestDamagedError as ex:  # one broken sweep never hides the others
             print(f"symsweep: warning: {ex}", file=sys.stderr)
-            m = {"preset": "?"}
-        ids = {t["trial_id"] for t in m.get("trials", [])}
+            m = None
+        ids = {t["trial_id"] for t in (m or {}).get("trials", [])}
         df, corrupt = store.latest()
         warn_corrupt(corrupt)
         df = df[df["trial_id"].isin(ids)] if ids else df
@@ -363,6 +363,9 @@ def ls_sweeps(
                                         "pid": lock.get("pid"), "host": lock.get("host")})
         if lock_state.damaged:
             drv = f"damaged lock ({lock_state.damaged})"
+        if m is None:  # damaged manifest: what the parts hold, trials unknown
+            lines.append(f"{name:<12} {'?':<7} {'?':>7} {done:>9} {failed:>7} {'?':>8}  {drv}")
+            continue
         lines.append(f"{name:<12} {m.get('preset', '?'):<7} {len(ids):>7} {done:>9} "
                      f"{failed:>7} {max(0, len(ids) - done - failed):>8}  {drv}")
     print("\n".join(lines))

@@ -17,16 +17,38 @@ import logging
 import os
 from typing import Any
 
-from orchestrator.spec import SWEEPS_DIR, file_sha256, load_sweep
+from orchestrator.spec import SWEEPS_DIR, Trial, file_sha256, load_sweep, select_trials
 from orchestrator.store import ManifestDamagedError, Store, now_utc
 from workers.errors import ConfigError
 
 log = logging.getLogger("symsweep")
 
 
-def _repair_command(results: str, sweep: str, preset: str | None) -> str:
-    return (f"`symsweep run sweeps/{sweep}.py --preset {preset or 'PRESET'} --results {results}` "
-            "with the --only / --set you ran it with (finished trials are kept, nothing re-runs)")
+def _repair_command(results: str, sweep: str, preset: str | None,
+                    only: dict[str, list[str]] | None = None) -> str:
+    sel = "".join(f" --only {k}={','.join(v)}" for k, v in (only or {}).items())
+    cmd = f"`symsweep run sweeps/{sweep}.py --preset {preset or 'PRESET'}{sel} --results {results}`"
+    what = ("(the selection its results fit; add any --set you ran it with)" if only else
+            "with the --only / --set you ran it with")
+    return f"{cmd} {what}: finished trials are kept, nothing re-runs"
+
+
+def _guess_only(trials: list[Trial], axes: list[str], ids: set[str]
+                ) -> dict[str, list[str]] | None:
+    """The ``--only`` over the sweep's axes whose selection is exactly ``ids``, if any."""
+    have = [t for t in trials if t.trial_id in ids]
+    only = {}
+    for ax in axes:
+        vals = sorted({str(t.config.get(ax)) for t in have})
+        if vals != sorted({str(t.config.get(ax)) for t in trials}):
+            only[ax] = vals
+    if not only:
+        return None
+    try:
+        sel = select_trials(trials, only)
+    except ConfigError:
+        return None
+    return only if {t.trial_id for t in sel} == ids else None
 
 
 def rebuild_manifest(results: str, sweep: str, damage: ManifestDamagedError, *,
@@ -41,11 +63,11 @@ def rebuild_manifest(results: str, sweep: str, damage: ManifestDamagedError, *,
     ids = set(rows.column("trial_id").to_pylist())
     path = SWEEPS_DIR / f"{sweep}.py"
 
-    def refuse(why: str) -> ConfigError:
+    def refuse(why: str, only: dict[str, list[str]] | None = None) -> ConfigError:
         return ConfigError(f"the manifest {damage.path} of sweep '{sweep}' is damaged "
                            f"({damage.why}) and cannot be rebuilt ({why}): rewrite it with "
                            + _repair_command(results, sweep, presets[0] if len(presets) == 1
-                                             else None))
+                                             else None, only))
 
     if not ids:
         raise refuse("no trial has a result yet")
@@ -60,10 +82,13 @@ def rebuild_manifest(results: str, sweep: str, damage: ManifestDamagedError, *,
     except ConfigError as ex:
         raise refuse(f"{path} does not expand preset {preset!r}: {ex}") from None
     want = {t.trial_id for t in trials}
+    if ids - want:
+        raise refuse(f"{len(ids - want)} of the results' {len(ids)} trials are not in {path}'s "
+                     f"preset {preset!r}: a run with --set, or another version of the file")
     if ids != want:
-        raise refuse(f"its preset {preset!r} expands to {len(want)} trials, the results hold "
-                     f"{len(ids)} of which {len(ids - want)} are not among them: a run with "
-                     "--only or --set, or another version of the file")
+        raise refuse(f"the results hold {len(ids)} of the {len(want)} trials of preset "
+                     f"{preset!r}: a run with --only, or one that had not finished",
+                     _guess_only(trials, list(sw.axes), ids))
     fs_root = results if "://" in results else os.path.abspath(results)
     m = {"sweep": sw.name, "preset": preset, "source": str(path), "dedupe": True,
          "source_sha256": file_sha256(path), "only": None, "results": fs_root,
