@@ -321,7 +321,7 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
     summary.notes.extend(store.salvage_dead_attempts())
     started_ray = False
     finished = False
-    quiet = _DiskFullRecords().__enter__()  # Tune's and MLflow's full-disk tracebacks
+    quiet = _DiskFullRecords(fs_root).__enter__()  # Tune's and MLflow's full-disk tracebacks
     disk_was_full = False
     try:
         store.write_manifest({
@@ -406,8 +406,8 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
         quiet.__exit__()
         if quiet.count and finished:  # the disk filled and emptied again: the run is whole
             log.warning("Ray Tune / MLflow could not write %d time(s) for lack of space (their "
-                        "tracebacks were not shown); every trial's result is stored",
-                        quiet.count)
+                        "tracebacks were not shown; the first: %s); every trial's result is "
+                        "stored", quiet.count, (quiet.first or "").split("; free space")[0])
     summary.wall_s = time.time() - t_start
     return summary
 
@@ -487,15 +487,19 @@ class _DiskFullRecords(logging.Filter):
     save of its scratch state, and MLflow each failed SQL write, with a traceback; on a full
     disk the driver says it once, in one line, so those records are counted, not shown."""
 
-    LOGGERS = ("ray.tune.execution.experiment_state", "mlflow.store.db.utils")
+    LOGGERS = ("ray.tune.execution.experiment_state", "ray.tune.tune", "mlflow.store.db.utils")
 
-    def __init__(self) -> None:
+    def __init__(self, results: str) -> None:
         super().__init__()
+        self.results = results
         self.count = 0
+        self.first: str | None = None  # the first one, in one line (which folder, free space)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and disk_full(record.exc_info[1]) is not None:
             self.count += 1
+            if self.first is None:
+                self.first = str(disk_full_error(record.exc_info[1], self.results))
             return False
         return True
 
