@@ -463,6 +463,36 @@ def _fmt(v: object) -> str:
     return f"{v:.6g}" if isinstance(v, float) else str(v)
 
 
+def _diag_reg_lines(mets: dict, cfg: dict, prefix: str = "") -> list[str]:
+    """`show`'s lines for a kernel cell that chose diag_reg on the validation split: the
+    chosen value, the fixed-regulariser test accuracy beside it, and the validation curve
+    (``prefix`` ``nngp_`` / ``ntk_``: the other kernel's, from metrics_json)."""
+    import json
+
+    from workers.regression import DEFAULT_DIAG_REG
+
+    curve = json.loads(mets.get(f"{prefix}diag_reg_curve_json") or "null")
+    if not curve:
+        return []
+    fixed = cfg.get("diag_reg", DEFAULT_DIAG_REG)
+    chosen = mets.get(f"{prefix}chosen_diag_reg")
+    who = f" ({prefix.rstrip('_')})" if prefix else ""
+    out = [f"     diag_reg{who} chosen on the validation split: {_fmt(chosen)} x mean "
+           f"train-kernel diagonal (test_acc {_fmt(mets.get(f'{prefix}test_acc'))}); at the "
+           f"fixed diag_reg {_fmt(fixed)}: test_acc "
+           f"{_fmt(mets.get(f'{prefix}fixed_reg_test_acc'))}, test_mse "
+           f"{_fmt(mets.get(f'{prefix}fixed_reg_test_mse'))}",
+           f"       {'diag_reg':>10}  {'val_acc':>9}  {'val_mse':>9}"]
+    for reg, acc, err in zip(curve["diag_reg"], curve["val_acc"], curve["val_mse"],
+                             strict=True):
+        def cell(v: object) -> str:
+            return "not PD" if v is None else f"{v:.4g}"
+
+        mark = "  <- chosen" if reg == chosen else ""
+        out.append(f"       {reg:>10.3g}  {cell(acc):>9}  {cell(err):>9}{mark}")
+    return out
+
+
 @app.command()
 def show(
     trial_id: str = typer.Argument(..., help="Trial id, or its first characters if no other "
@@ -527,9 +557,12 @@ def show(
         extra = json.loads(r.get("metrics_json") or "{}")
         mets.update({k: v for k, v in extra.items() if k not in mets and v is not None
                      and k not in ("status", "error")})
+        curves = {k: mets.pop(k) for k in list(mets) if k.endswith("diag_reg_curve_json")}
         if mets:
             out.append("     metrics: " + ", ".join(f"{k}={_fmt(v)}" for k, v in
                                                     sorted(mets.items())))
+        for key in sorted(curves, key=len):  # the trial's own kernel first, then the other
+            out += _diag_reg_lines({**mets, **curves}, cfg, key[:-len("diag_reg_curve_json")])
         if r.get("error"):
             out.append(f"     error: {r['error']}")
         if r.get("traceback"):

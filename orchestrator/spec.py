@@ -87,6 +87,13 @@ def _check_value(where: str, key: str, value: Any, *, label: str | None = None) 
         )
     label = label or f"{where}.{key}"
     want = CONFIG_TYPES[key]
+    if want is tuple:  # the one tuple key, diag_reg_grid: checked where the worker checks it
+        from workers.kernel_trial import check_diag_reg_grid
+
+        try:
+            return check_diag_reg_grid(value)
+        except ConfigError as ex:
+            raise ConfigError(f"{label}: {ex}") from None
     if want is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{label}: expected a number, got {value!r}")
@@ -153,6 +160,11 @@ def check_ranges(trials: Iterable[Trial], where: str) -> None:
             if why:
                 raise ConfigError(f"{where}: trial {describe_trial(t)}: {why}; fix the preset "
                                   "config, its width or its rules")
+        if t.config.get("diag_reg_grid") is not None and t.config.get("val_size") == 0:
+            raise ConfigError(f"{where}: trial {describe_trial(t)}: diag_reg_grid chooses "
+                              "diag_reg on the validation split, but val_size is 0; set "
+                              "val_size > 0 for the kernel trials (e.g. in the rule that sets "
+                              "diag_reg_grid)")
 
 
 # ---------------------------------------------------------------------- overrides (--set)
@@ -533,7 +545,11 @@ class Sweep:
                     if kind == "kernel":
                         for k in TRAIN_ONLY_KEYS:  # they do not change a kernel
                             cfg.pop(k, None)
-                    elif "width" not in cfg:
+                    else:
+                        # nor this a finite net (so `--set diag_reg_grid=...` keeps the
+                        # finite trials' ids; other kernel-only keys stay, as they always did)
+                        cfg.pop("diag_reg_grid", None)
+                    if kind == "train" and "width" not in cfg:
                         raise ConfigError(f"sweep.presets.{preset}.width: no width for {arch}")
                     cfg.update(inference=inference, arch=arch, transform=transform,
                                seed=int(seed), transform_seed=int(cfg.get("transform_seed",

@@ -86,6 +86,13 @@ TRIAL_SCHEMA = pa.schema([
     ("steps", pa.int64()),
     ("start_step", pa.int64()),
     ("eta0", pa.float64()),
+    # kernel cells with diag_reg_grid (workers/kernel_trial.py; null otherwise): the diag_reg
+    # chosen on the validation split (x mean train-kernel diagonal; the row's metrics are at
+    # it), the test metrics at the preset's fixed diag_reg, and the validation curve (JSON)
+    ("chosen_diag_reg", pa.float64()),
+    ("fixed_reg_test_acc", pa.float64()),
+    ("fixed_reg_test_mse", pa.float64()),
+    ("diag_reg_curve_json", pa.string()),
     ("wall_s", pa.float64()),
     ("error", pa.string()),
     ("derived_from", pa.string()),

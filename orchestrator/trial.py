@@ -37,6 +37,10 @@ from orchestrator.tiles import TileCache, TileMapper
 from workers.errors import UserError
 
 log = logging.getLogger("symsweep")
+# result keys of a kernel cell that chose diag_reg on validation, stored as row columns
+# (store.TRIAL_SCHEMA; workers.kernel_trial.SELECTION_KEYS): None in every other row
+SELECTION_COLUMNS = ("chosen_diag_reg", "fixed_reg_test_acc", "fixed_reg_test_mse",
+                     "diag_reg_curve_json")
 
 
 class InjectedFault(RuntimeError):
@@ -86,6 +90,7 @@ def _row(trial: Trial, ctx: Mapping[str, Any], attempt: int, started, result: Ma
         "start_step": start_step,
         "best_train_acc": result.get("best_train_acc", result.get("train_acc")),
         "eta0": result.get("eta0"), "wall_s": wall_s, "error": error,
+        **{k: result.get(k) for k in SELECTION_COLUMNS},
         "derived_from": trial.derived_from, "started_at": started, "finished_at": now_utc(),
         "code_version": ctx.get("code_version"), "node": node, "host": socket.gethostname(),
         "config_json": json.dumps(c, sort_keys=True),

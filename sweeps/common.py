@@ -18,10 +18,11 @@ from typing import Any
 from orchestrator.spec import Preset
 from workers.vocab import PAPER_WIDTHS
 
-__all__ = ["CPU_RESOURCES", "GPU_RESOURCES", "IMAGENET_CPU_CONFIG",
+__all__ = ["CPU_RESOURCES", "DIAG_REG_GRID", "GPU_RESOURCES", "IMAGENET_CPU_CONFIG",
            "IMAGENET_GPU_RESOURCES", "IMAGENET_PAPER_CONFIG", "IMAGENET_PAPER_WIDTHS",
            "IMAGENET_SMOKE_CONFIG", "IMAGENET_SUBSETS", "NETWORK", "PAPER_CONFIG",
-           "PAPER_WIDTHS", "imagenet_preset", "paper_preset", "smoke_config"]
+           "PAPER_WIDTHS", "diag_reg_on_validation", "imagenet_preset", "paper_preset",
+           "smoke_config"]
 
 # The networks' hyper-parameters (docs/protocol.md, "M").
 NETWORK = dict(w_var=2.0, b_var=0.01)
@@ -37,6 +38,24 @@ GPU_RESOURCES: dict[str, dict[str, float]] = dict(
     train=dict(cpu=1, gpu=0.25), kernel=dict(cpu=1, tile_cpu=1, tile_gpu=1))
 # A workstation: one CPU per trial (the driver limits each trial's XLA threads to it).
 CPU_RESOURCES: dict[str, dict[str, float]] = dict(train=dict(cpu=1), kernel=dict(cpu=1))
+
+
+# Candidate kernel regularisers, relative to the mean train-kernel diagonal, a decade apart
+# from 1e-8 (near interpolation) to 1: the range over which Lee et al. (2020, "Finite versus
+# infinite neural networks") find the held-out optimum of NTK/NNGP regression.
+DIAG_REG_GRID: tuple[float, ...] = (1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+
+
+def diag_reg_on_validation(val_size: int, grid: tuple[float, ...] = DIAG_REG_GRID,
+                           ) -> tuple[dict[str, str], dict[str, Any]]:
+    """A preset rule that makes its kernel trials choose ``diag_reg`` on ``val_size``
+    validation images over ``grid`` (`workers.kernel_trial`); the preset's fixed ``diag_reg``
+    (default 1e-6) is still computed and reported beside it (``fixed_reg_test_acc``). Add it
+    to a preset's ``rules``; presets without it run as before::
+
+        rules=(diag_reg_on_validation(1000), ...)
+    """
+    return ({"kind": "kernel"}, {"diag_reg_grid": tuple(grid), "val_size": int(val_size)})
 
 
 def smoke_config(**overrides: Any) -> dict[str, Any]:

@@ -12,6 +12,9 @@ Kernel trial (``workers.kernel_trial.run_kernel_trial``), N train, V val, M test
   readouts of a shared gap/lap propagation go to the tile cache, never into an (N, N) array;
 * the regression: one float64 N x N working copy, factored in place (8 N^2), plus row blocks
   of 1024 x N float64 for the products (`workers.regression`);
+* with ``diag_reg_grid`` (G values), the regulariser chosen on the validation split: the
+  eigendecomposition's working copy and eigenvectors (2 x 8 N^2), the grid's dual coefficients
+  (8 G N K) and the validation predictions of the whole grid in row blocks (8 x 1024 x G K);
 * one tile in flight: `workers.kernels.tile_bytes` of the tile `plan_tiles` lays out (bounded
   by the tile memory budget), alive only while the matrices are assembled (not during the
   solve);
@@ -58,13 +61,14 @@ def kernel_trial_bytes(
     n_train: int, n_val: int, n_test: int, *,
     arch: str, image_shape: Sequence[int] = (32, 32, 3), itemsize: int = 4,
     archs_computed: Sequence[str] | None = None, tile_memory_bytes: int | None = None,
-    tile_side: int | None = None, num_classes: int = NUM_CLASSES,
+    tile_side: int | None = None, num_classes: int = NUM_CLASSES, grid_size: int = 0,
 ) -> dict[str, int]:
     """Estimated peak bytes of one kernel trial, by component (see the module docstring).
 
     n_*: images per split (train including flips); arch: the reported arch; itemsize: 4
     (float32 kernels) or 8; archs_computed: archs each tile computes (default: gap/lap4/lap8
-    together for a full-covariance arch, else arch). Returns a dict with keys process, images,
+    together for a full-covariance arch, else arch); grid_size: values of ``diag_reg_grid``
+    (0: a fixed diag_reg). Returns a dict with keys process, images,
     matrices, tile, solve, peak (all int bytes).
     """
     from workers.kernels import DEFAULT_MEMORY_BYTES, plan_tiles, tile_bytes
@@ -83,6 +87,10 @@ def kernel_trial_bytes(
         tile = tile_bytes(r1 - r0, c1 - c0, archs=comp, image_shape=(h, w, c),
                           itemsize=itemsize) + 2 * len(comp) * (r1 - r0) * (c1 - c0) * itemsize
     solve = 8 * n * n + 2 * 8 * _SOLVE_BLOCK * n + 3 * 8 * n * num_classes if n else 0
+    if n and grid_size:  # eigh: working copy + eigenvectors, the grid's alphas, val blocks
+        g = int(grid_size)
+        solve = max(solve, 2 * 8 * n * n + 8 * g * n * num_classes
+                    + 8 * _SOLVE_BLOCK * (n + g * num_classes) + 3 * 8 * n * num_classes)
     images = 2 * 4 * (n + v + m) * h * w * c
     peak = PROCESS_BYTES + images + matrices + max(tile, solve)
     return {"process": PROCESS_BYTES, "images": images, "matrices": matrices, "tile": tile,
@@ -157,7 +165,8 @@ def trial_bytes(kind: str, config: dict[str, Any], sizes: dict[str, int]) -> int
             image_shape=shape,
             itemsize=np.dtype(config.get("kernel_dtype") or "float32").itemsize,
             tile_memory_bytes=config.get("tile_memory_bytes"),
-            tile_side=int(config["tile_side"]) if config.get("tile_side") else None)["peak"]
+            tile_side=int(config["tile_side"]) if config.get("tile_side") else None,
+            grid_size=len(config.get("diag_reg_grid") or ()))["peak"]
     return train_trial_bytes(
         config["arch"], int(config["width"]), int(config.get("depth", 8)), image_shape=shape,
         batch_size=int(config.get("batch_size", 40)), n_train=sizes["train"],

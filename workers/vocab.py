@@ -59,7 +59,8 @@ INFERENCE_DEFAULTS: dict[str, dict[str, float]] = {
 # ----------------------------------------------------------------------------- config keys
 # Every config key a sweep may set, with its type. Float keys accept ints (normalised to
 # float, so ``w_var=2`` and ``w_var=2.0`` hash alike). Unknown keys are refused: a typo in a
-# sweep file must not silently become a default.
+# sweep file must not silently become a default. A tuple key takes a list or tuple of numbers
+# (normalised to a sorted tuple of floats).
 CONFIG_TYPES: dict[str, type] = {
     "dataset": str, "data_dir": str, "cache_dir": str, "train_size": int, "val_size": int,
     "test_size": int, "image_size": int, "flip": bool, "subset_seed": int,
@@ -71,6 +72,9 @@ CONFIG_TYPES: dict[str, type] = {
     "train_eval_size": int, "eval_batch_size": int, "diverge_loss": float,
     "early_stop_train_acc": float, "path_t": float, "keep_checkpoints": int, "tile_side": int,
     "store_predictions": bool,
+    # kernel regression's regulariser chosen on the validation split over this grid
+    # (relative to the mean train-kernel diagonal; workers/kernel_trial.py); a tuple of floats
+    "diag_reg_grid": tuple,
     # ImageNet (workers/imagenet_train.py): the Flax example's recipe
     "subset": int, "epochs": int, "base_lr": float, "warmup_epochs": float,
     "weight_decay": float, "nesterov": bool, "num_classes": int, "patch_size": int,
@@ -99,8 +103,8 @@ TRAIN_ONLY_KEYS: frozenset[str] = frozenset({
     "patch_size", "eval_every_epochs", "checkpoint_every_epochs", "loader_threads",
     "loader_processes", "max_train_steps",
 })
-KERNEL_ONLY_KEYS: frozenset[str] = frozenset({"diag_reg", "kernel_dtype", "tile_memory_bytes",
-                                              "tile_side"})
+KERNEL_ONLY_KEYS: frozenset[str] = frozenset({"diag_reg", "diag_reg_grid", "kernel_dtype",
+                                              "tile_memory_bytes", "tile_side"})
 
 
 def scientific(config: dict[str, Any]) -> dict[str, Any]:

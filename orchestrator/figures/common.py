@@ -125,6 +125,9 @@ METRIC_LABEL: dict[str, tuple[str, float, bool]] = {
     "train_acc": ("Training accuracy (%)", 100.0, True),
     "best_train_acc": ("Best training accuracy (%)", 100.0, True),
     "test_mse": ("Test MSE", 1.0, False),
+    # kernel cells that chose diag_reg on validation: the test accuracy at the fixed diag_reg
+    "fixed_reg_test_acc": ("Test accuracy at the fixed diag_reg (%)", 100.0, True),
+    "fixed_reg_test_mse": ("Test MSE at the fixed diag_reg", 1.0, False),
 }
 # Chance accuracy per dataset: 1 / classes. The synthetic stand-in draws its labels from
 # CIFAR-10's classes (workers/synthetic.py). A dataset not listed gets no chance line.

@@ -89,8 +89,8 @@ def kernel_key(cfg: Mapping[str, Any]) -> tuple:
 
 
 # config keys that do not change a kernel cell's tiles (its regression or bookkeeping only)
-_NOT_IN_TILES = ("arch", "inference", "diag_reg", "store_predictions", "data_dir", "cache_dir",
-                 "keep_checkpoints", "eval_batch_size")
+_NOT_IN_TILES = ("arch", "inference", "diag_reg", "diag_reg_grid", "store_predictions",
+                 "data_dir", "cache_dir", "keep_checkpoints", "eval_batch_size")
 
 
 def propagation_key(t: Trial) -> str:
