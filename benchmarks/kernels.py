@@ -1,24 +1,29 @@
 """Roofline benchmark: symsweep's infinite-width kernels against neural-tangents 0.6.5 and the
-machine's own peak, measured in one run.
+machine's own peak, on the same work, measured in one run.
 
     python benchmarks/kernels.py                        # every arch at 32x32 and 16x16
-    python benchmarks/kernels.py --archs gap,lap4,vec,fcn --size 32   # the lead's rerun
-    python benchmarks/kernels.py --size 16 --reps 1     # < 3 minutes: 16x16 only
+    python benchmarks/kernels.py --archs gap,vec,fcn --size 32   # the quoted table (~20 min)
+    python benchmarks/kernels.py --size 16 --kinds offdiag       # 16x16, off-diagonal only
     python benchmarks/kernels.py --quick                # seconds: 8x8, fcn and gap, tiny blocks
     python benchmarks/kernels.py --ideas [--size 32]    # engine variants, interleaved
 
-What runs. For each (arch, image size) one persistent worker process per side (symsweep in this
-environment, neural-tangents in its reference environment ``NT_REF_PYTHON``, default
-/tmp/nt-ref/bin/python, built by ../shared/tools/nt-reference-env.sh) loads the same inputs
-(standard-normal HxWx3 images, fixed seed, float32), compiles, and then the driver asks the two
-workers for one timed repetition each, alternately (symsweep, nt, symsweep, nt, ...): both sides
-see the same machine load. Best of the repetitions is reported, with process CPU time (user +
-system, all threads) beside wall time, and ``/proc/loadavg`` is printed before and after.
-Depth 8, w_var 2, b_var 0.01, NNGP + NTK together, one arch per call (symsweep's gap/lap cell
-computes gap + lap4 + lap8 together, see `workers.kernel_trial`; here each arch is timed alone so
-that both sides do the same work). neural-tangents runs ``nt.batch`` over the ``stax`` kernel
-function. Accuracy: both float32 results against symsweep's float64 kernels (equal to
-neural-tangents' float64 to <= 1e-7, tests/test_kernels_fixtures.py) on the first m x m pairs.
+What runs. For each (arch, image size, block kind) one persistent worker process per side
+(symsweep in this environment, neural-tangents in its reference environment ``NT_REF_PYTHON``,
+default /tmp/nt-ref/bin/python, built by ../shared/tools/nt-reference-env.sh) loads the same
+inputs (standard-normal HxWx3 images, fixed seed, float32) and computes the **same n x n block**
+(`SIZES`): ``offdiag``, n images against n others (a trial's test-train block), or ``sym``, n
+images against themselves (its train-train block). Each side batches the block as it would
+for real: symsweep through `workers.kernels.kernel_matrices`, which plans its own tiles;
+neural-tangents through ``nt.batch`` at each batch size in `SIZES` (divisors of n), and the
+speed-up is against its best one. After a warm-up call per batch size (compiles), the driver
+asks for one timed repetition of each, alternately (symsweep, nt at each batch size, symsweep,
+...): all see the same machine load. Best of the repetitions is reported, with process CPU time
+(user + system, all threads) beside wall time, and ``/proc/loadavg`` is printed before and
+after. Depth 8, w_var 2, b_var 0.01, NNGP + NTK together, one arch per call (symsweep's gap/lap
+cell computes gap + lap4 + lap8 together, see `workers.kernel_trial`; here each arch is timed
+alone so that both sides do the same work). Accuracy: both float32 results against symsweep's
+float64 kernels (equal to neural-tangents' float64 to <= 1e-7, tests/test_kernels_fixtures.py)
+on the first m x m pairs of the block (m <= 16).
 
 The machine's peak, measured in the same run with as many threads as the engine uses
 (`workers.kernels.host_threads`):
@@ -57,8 +62,9 @@ Writes the markdown tables to stdout and (full runs, without --no-readme) into t
 section of benchmarks/README.md.
 
 ``--quick`` (what ``make test`` runs, tests/test_benchmarks_quick.py) is the same harness at
-tiny sizes: 8x8 images, fcn and gap (the dense and the full-covariance path) on a few pairs, 1
-repetition, a small copy for the bandwidth. It never writes the README. Without the
+tiny sizes: 8x8 images, fcn on an off-diagonal and gap on a symmetric block (both kinds, the
+dense and the full-covariance path) of a few pairs, 1 repetition, a small copy for the
+bandwidth. It never writes the README. Without the
 neural-tangents environment it times symsweep's side alone and says so on stderr; its
 numbers say nothing about speed.
 """
@@ -92,14 +98,23 @@ BYTES_PER_ENTRY_LAYER = 16
 # Goals of issue 14 (symsweep / neural-tangents, 32x32)
 GOALS = {"fcn": 1.5, "vec": 5.0, "lcn": 5.0, "gap": 30.0, "lap4": 30.0, "lap8": 30.0}
 
-# A persistent worker: reads one command per line on stdin ("run", "check M", "quit"),
-# answers one JSON line on stdout. argv: side arch n size images.npy [nt_tools]
-WORKER = textwrap.dedent(r'''
+# A persistent worker: reads one command per line on stdin ("run B", "save F M", "quit"),
+# answers one JSON line on stdout. argv: side arch n size kind images.npy batches [nt_tools].
+# kind "offdiag": x1 = images[:n], x2 = images[n:2n] (n x n pairs of distinct images, the
+# test-train block of a trial); kind "sym": x1 = images[:n] with itself (the train-train
+# block: symsweep computes the tiles on or above the diagonal, neural-tangents gets x2=None).
+# symsweep runs `kernel_matrices`, its real entry point, at the tile side it plans for itself;
+# neural-tangents runs ``nt.batch`` over the ``stax`` kernel function at each batch size of
+# `batches` (each compiled once, before the timed runs).
+WORKER = textwrap.dedent(r"""
 import json, resource, sys, time
 import numpy as np
-side, arch, n, size, path = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), \
-    sys.argv[5]
-x = np.load(path)[:n, :size, :size].astype(np.float32)
+side, arch, n, size, kind, path = sys.argv[1], sys.argv[2], int(sys.argv[3]), \
+    int(sys.argv[4]), sys.argv[5], sys.argv[6]
+batches = [int(b) for b in sys.argv[7].split(",")]
+images = np.load(path)[:, :size, :size].astype(np.float32)
+x1 = images[:n]
+x2 = images[n:2 * n] if kind == "offdiag" else None
 DEPTH, W_VAR, B_VAR = 8, 2.0, 0.01
 
 def rss_mb():
@@ -109,7 +124,7 @@ def rss_mb():
                 return int(line.split()[1]) / 1024
 
 if side == "nt":
-    sys.path.insert(0, sys.argv[6])
+    sys.path.insert(0, sys.argv[8])
     from ntref import nt, stax
     w_std, b_std = W_VAR ** 0.5, B_VAR ** 0.5
     if arch == "fcn":
@@ -126,16 +141,17 @@ if side == "nt":
                    "gap": [stax.GlobalAvgPool()],
                    "lap4": [stax.AvgPool((4, 4), (4, 4)), stax.Flatten()],
                    "lap8": [stax.AvgPool((8, 8), (8, 8)), stax.Flatten()]}[arch]
-    fn = nt.batch(stax.serial(*layers, stax.Dense(10, W_std=w_std, b_std=b_std))[2],
-                  batch_size=min(n, 64), store_on_device=False)
-    def run():
-        k = fn(x, x, ("nngp", "ntk"))
+    kernel_fn = stax.serial(*layers, stax.Dense(10, W_std=w_std, b_std=b_std))[2]
+    fns = {b: nt.batch(kernel_fn, batch_size=b, store_on_device=False) for b in batches}
+    def run(b):
+        k = fns[b](x1, x2, ("nngp", "ntk"))
         return np.asarray(k.nngp), np.asarray(k.ntk)
 else:
-    from workers.kernels import kernel_tile
-    def run(dtype=np.float32, m=n):
-        r = kernel_tile([arch], x[:m], x[:m], depth=DEPTH, w_var=W_VAR, b_var=B_VAR,
-                        dtype=dtype)[arch]
+    from workers.kernels import kernel_matrices, kernel_tile, plan_tiles
+    tiles = plan_tiles(n, n, archs=[arch], image_shape=x1.shape[1:], symmetric=x2 is None)
+    def run(b):
+        r = kernel_matrices([arch], x1, x2, depth=DEPTH, w_var=W_VAR, b_var=B_VAR,
+                            dtype=np.float32)[arch]
         return r["nngp"], r["ntk"]
 
 def cpu():
@@ -143,44 +159,54 @@ def cpu():
     return r.ru_utime + r.ru_stime
 
 base = rss_mb()
-t0 = time.perf_counter(); out = run(); first = time.perf_counter() - t0
-print(json.dumps({"ready": True, "first_s": first}), flush=True)
+first = {}
+for b in batches:
+    t0 = time.perf_counter(); out = run(b); first[b] = time.perf_counter() - t0
+info = {"ready": True, "first_s": first}
+if side == "ours":
+    info["tile_side"] = tiles[0][1] - tiles[0][0]
+    info["tiles"] = len(tiles)
+print(json.dumps(info), flush=True)
 for line in sys.stdin:
     cmd = line.split()
     if cmd[0] == "run":
         t0, c0 = time.perf_counter(), cpu()
-        out = run()
+        out = run(int(cmd[1]))
         print(json.dumps({"wall_s": time.perf_counter() - t0, "cpu_s": cpu() - c0}),
               flush=True)
     elif cmd[0] == "save":  # the float32 result, and (symsweep) float64 on the first m x m
         m = int(cmd[2])
         arrays = {"nngp": out[0][:m, :m], "ntk": out[1][:m, :m]}
         if side == "ours":
-            r64 = run(np.float64, m)
-            arrays.update(nngp64=r64[0], ntk64=r64[1])
+            r64 = kernel_tile([arch], x1[:m], (x1 if x2 is None else x2)[:m], depth=DEPTH,
+                              w_var=W_VAR, b_var=B_VAR, dtype=np.float64)[arch]
+            arrays.update(nngp64=r64["nngp"], ntk64=r64["ntk"])
         np.savez(cmd[1], **arrays)
         print(json.dumps({"saved": cmd[1],
                           "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
                           - base}), flush=True)
     else:
         break
-''')
+""")
 
 
 class Worker:
     """One side's persistent worker process (see WORKER)."""
 
-    def __init__(self, side: str, arch: str, n: int, size: int, images: str) -> None:
+    def __init__(self, side: str, arch: str, n: int, size: int, kind: str, images: str,
+                 batches: tuple[int, ...] = (0,)) -> None:
         py = NT_PYTHON if side == "nt" else sys.executable
-        cmd = [py, "-c", WORKER, side, arch, str(n), str(size), images]
+        cmd = [py, "-c", WORKER, side, arch, str(n), str(size), kind, images,
+               ",".join(map(str, batches))]
         if side == "nt":
             cmd.append(NT_TOOLS)
-        self.name = f"{side} {arch} {size}x{size} n={n}"
-        self.side, self.n = side, n
+        self.name = f"{side} {arch} {size}x{size} {kind} n={n}"
+        self.side, self.n, self.batches = side, n, batches
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, cwd=ROOT,
                                      env=dict(os.environ, PYTHONPATH=str(ROOT)))
-        self.first_s = self._read()["first_s"]
+        self.info = self._read()
+        self.first_s = {int(b): s for b, s in self.info["first_s"].items()}
 
     def _read(self) -> dict:
         line = self.proc.stdout.readline()
@@ -279,38 +305,47 @@ def machine_peak(threads: int, copy_numbers: int = 64 * 1024**2) -> dict[str, fl
     return {"fma_gflops": gflops, "copy_gbs": 2 * big * 4 / s / 1e9, "threads": threads}
 
 
-def measure(arch: str, size: int, n_ours: int, n_nt: int, images: str, reps: int,
-            with_nt: bool) -> dict:
-    """Both sides warm, then `reps` repetitions alternately; accuracy on the first m x m."""
-    ours = Worker("ours", arch, n_ours, size, images)
-    nt = Worker("nt", arch, n_nt, size, images) if with_nt else None
+def measure(arch: str, size: int, n: int, kind: str, batches: tuple[int, ...], images: str,
+            reps: int, with_nt: bool) -> dict:
+    """The same n x n block (`kind`) on both sides, warm, `reps` rounds alternating symsweep
+    and neural-tangents at each batch size; accuracy on the first m x m pairs."""
+    ours = Worker("ours", arch, n, size, kind, images)
+    nt = Worker("nt", arch, n, size, kind, images, batches) if with_nt else None
     try:
-        t = {"ours": [], "nt": []}
+        t: dict = {"ours": [], **{b: [] for b in batches}}
         for _ in range(reps):
-            t["ours"].append(ours.ask("run"))
+            t["ours"].append(ours.ask("run 0"))
             if nt is not None:
-                t["nt"].append(nt.ask("run"))
-        m = min(n_ours, n_nt, 16)
-        fo, fn = images + f".ours.{arch}{size}.npz", images + f".nt.{arch}{size}.npz"
-        res = {"arch": arch, "size": size}
-        for side, w, f in (("ours", ours, fo), ("nt", nt, fn)):
-            if w is None:
-                continue
-            saved = w.ask(f"save {f} {m}")
-            best = min(t[side], key=lambda r: r["wall_s"])
-            res[side] = {"pairs": w.n * w.n, "wall_s": best["wall_s"],
-                         "cpu_s": min(r["cpu_s"] for r in t[side]),
-                         "pairs_per_s": w.n * w.n / best["wall_s"],
-                         "pairs_per_cpu_s": w.n * w.n / min(r["cpu_s"] for r in t[side]),
-                         "compile_s": max(w.first_s - best["wall_s"], 0.0),
-                         "peak_mb": saved["peak_mb"]}
+                for b in batches:
+                    t[b].append(nt.ask(f"run {b}"))
+        m = min(n, 16)
+        tag = f"{arch}{size}{kind}"
+        fo, fn = images + f".ours.{tag}.npz", images + f".nt.{tag}.npz"
+        pairs = n * n
+
+        def side(runs: list, first_s: float, peak_mb: float) -> dict:
+            wall, cpu = min(r["wall_s"] for r in runs), min(r["cpu_s"] for r in runs)
+            return {"wall_s": wall, "cpu_s": cpu, "pairs_per_s": pairs / wall,
+                    "pairs_per_cpu_s": pairs / cpu, "compile_s": max(first_s - wall, 0.0),
+                    "peak_mb": peak_mb}
+
+        res = {"arch": arch, "size": size, "kind": kind, "pairs": pairs,
+               "tile_side": ours.info["tile_side"], "tiles": ours.info["tiles"]}
+        res["ours"] = side(t["ours"], ours.first_s[0], ours.ask(f"save {fo} {m}")["peak_mb"])
         ref = np.load(fo)
-        for side, f in (("ours", fo), ("nt", fn)):
-            if side in res:
-                d = np.load(f)
-                res[side]["err"] = max(
-                    float(np.max(np.abs(d[k] - ref[k + "64"]) / np.abs(ref[k + "64"])))
-                    for k in ("nngp", "ntk"))
+
+        def err(f: str) -> float:
+            d = np.load(f)
+            return max(float(np.max(np.abs(d[k] - ref[k + "64"]) / np.abs(ref[k + "64"])))
+                       for k in ("nngp", "ntk"))
+
+        res["ours"]["err"] = err(fo)
+        if nt is not None:
+            peak = nt.ask(f"save {fn} {m}")["peak_mb"]
+            by_batch = {b: side(t[b], nt.first_s[b], peak) for b in batches}
+            best = max(batches, key=lambda b: by_batch[b]["pairs_per_s"])
+            res["nt"] = dict(by_batch[best], batch=best, err=err(fn))
+            res["nt_by_batch"] = {b: by_batch[b]["pairs_per_s"] for b in batches}
         return res
     finally:
         ours.close()
@@ -324,11 +359,11 @@ def roofline_table(rows: list[dict], peak: dict, load: tuple[str, str]) -> str:
         f"{os.cpu_count()} CPU cores, {peak['threads']} threads. Machine peak in the same run: "
         f"FMA micro-kernel {peak['fma_gflops']:.0f} GFLOP/s, copy {peak['copy_gbs']:.1f} GB/s.",
         "",
-        "| arch | input | symsweep pairs/s | nt pairs/s | speed-up wall (CPU time) | goal "
+        "| arch | input | block | pairs (both sides) | symsweep pairs/s (tile side) "
+        "| nt pairs/s (best batch) | speed-up wall (CPU time) | goal | nt pairs/s by batch "
         "| symsweep GFLOP/s (% of FMA peak) | GB/s one-pass model (% of copy) "
-        "| nt GFLOP/s | pairs symsweep / nt | compile s symsweep / nt "
-        "| max rel err vs float64 symsweep / nt |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| compile s symsweep / nt | max rel err vs float64 symsweep / nt |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         o, n = r["ours"], r.get("nt")
@@ -339,31 +374,41 @@ def roofline_table(rows: list[dict], peak: dict, load: tuple[str, str]) -> str:
             ratio = o["pairs_per_s"] / n["pairs_per_s"]
             cratio = o["pairs_per_cpu_s"] / n["pairs_per_cpu_s"]
             sp = f"{ratio:.1f}x ({cratio:.1f}x)"
-            ntc = (f"{n['pairs_per_s']:.4g}", f"{n['pairs_per_s'] * f / 1e9:.3g}",
-                   f"{n['pairs']}", f"{n['compile_s']:.1f}", f"{n['err']:.1e}")
+            nt_s = f"{n['pairs_per_s']:.4g} ({n['batch']})"
+            scan = ", ".join(f"{bb}: {v:.3g}" for bb, v in r["nt_by_batch"].items())
             met = "" if goal is None else ("met" if ratio >= goal else f"{ratio / goal:.0%} of")
             goal_s = "" if goal is None else f"{goal:g}x {met}"
+            comp, e = f"{o['compile_s']:.1f} / {n['compile_s']:.1f}", f"{n['err']:.1e}"
         else:
-            sp, ntc, goal_s = "-", ("-", "-", "-", "-", "-"), ""
+            sp = nt_s = scan = e = "-"
+            goal_s, comp = "", f"{o['compile_s']:.1f} / -"
         lines.append(
-            f"| {r['arch']} | {r['size']}x{r['size']} | {o['pairs_per_s']:.4g} | {ntc[0]} | {sp} "
-            f"| {goal_s} | {gf:.3g} ({gf / peak['fma_gflops']:.0%}) "
-            f"| {gb:.3g} ({gb / peak['copy_gbs']:.0%}) | {ntc[1]} | {o['pairs']} / {ntc[2]} "
-            f"| {o['compile_s']:.1f} / {ntc[3]} | {o['err']:.1e} / {ntc[4]} |")
+            f"| {r['arch']} | {r['size']}x{r['size']} | {r['kind']} | {r['pairs']} "
+            f"| {o['pairs_per_s']:.4g} ({r['tile_side']}) | {nt_s} | {sp} | {goal_s} | {scan} "
+            f"| {gf:.3g} ({gf / peak['fma_gflops']:.0%}) "
+            f"| {gb:.3g} ({gb / peak['copy_gbs']:.0%}) | {comp} | {o['err']:.1e} / {e} |")
     return "\n".join(lines)
 
 
-# block sizes (symsweep n, neural-tangents n) per arch and size: n x n pairs of one image set
+# Work per (image size, arch): n, the block's side (n x n pairs, the same on both sides), and
+# the neural-tangents batch sizes tried (divisors of n; nt.batch needs one). The blocks are
+# small because neural-tangents is slow on the full-covariance archs (~1-3 pairs/s for gap at
+# 32x32 here): 64 pairs of gap is already a minute a repetition on its side. symsweep plans
+# its own tiles (at these n one tile: its tile side is n, at most 128 for gap/lap).
 SIZES = {
-    32: {"fcn": (512, 512), "vec": (64, 64), "lcn": (64, 64), "gap": (16, 4), "lap4": (16, 4),
-         "lap8": (16, 4)},
-    16: {"fcn": (512, 512), "vec": (128, 64), "lcn": (128, 64), "gap": (32, 16),
-         "lap4": (32, 16), "lap8": (32, 16)},
+    32: {"fcn": (512, (128, 256, 512)), "vec": (40, (8, 20, 40)), "lcn": (40, (8, 20, 40)),
+         "gap": (8, (4, 8)), "lap4": (8, (4, 8)), "lap8": (8, (4, 8))},
+    16: {"fcn": (512, (128, 256, 512)), "vec": (64, (16, 32, 64)), "lcn": (64, (16, 32, 64)),
+         "gap": (16, (4, 8, 16)), "lap4": (16, (4, 8, 16)), "lap8": (16, (4, 8, 16))},
 }
-# --quick: 8x8 images, a few pairs (seconds: it checks the harness, not the speed)
+KINDS = ("offdiag", "sym")
+# --quick: 8x8 images, a few pairs (seconds: it checks the harness, not the speed); by
+# default fcn on an off-diagonal block and gap on a symmetric one (both block kinds, the dense
+# and the full-covariance path, four worker start-ups instead of eight)
 QUICK_SIZE, QUICK_ARCHS = 8, ("fcn", "gap")
-QUICK = {"fcn": (16, 8), "vec": (8, 4), "lcn": (8, 4), "gap": (4, 2), "lap4": (4, 2),
-         "lap8": (4, 2)}
+QUICK_KINDS = {"fcn": ("offdiag",), "gap": ("sym",)}
+QUICK = {"fcn": (16, (8, 16)), "vec": (8, (4, 8)), "lcn": (8, (4, 8)), "gap": (4, (2, 4)),
+         "lap4": (4, (2, 4)), "lap8": (4, (2, 4))}
 
 
 def ideas(size: int, n: int, reps: int) -> str:
@@ -439,7 +484,11 @@ def main() -> int:
                     help="comma-separated archs (default: all; --quick: fcn,gap)")
     ap.add_argument("--size", type=int, action="append", choices=(16, 32),
                     help="image size (repeatable; default 32 and 16)")
-    ap.add_argument("--reps", type=int, default=None, help="timed repetitions per side")
+    ap.add_argument("--reps", type=int, default=None,
+                    help="timed repetitions per side and batch size (default 2; --quick 1)")
+    ap.add_argument("--kinds", default=None,
+                    help="blocks to time: offdiag (n x n distinct images), sym (n images with "
+                         "themselves); default both (--quick: fcn offdiag, gap sym)")
     ap.add_argument("--no-nt", action="store_true", help="symsweep side only")
     ap.add_argument("--ideas", action="store_true", help="engine variants, interleaved")
     ap.add_argument("--no-readme", action="store_true", help="do not rewrite benchmarks/README")
@@ -449,6 +498,10 @@ def main() -> int:
     bad = [a for a in archs if a not in ALL_ARCHS]
     if bad:
         print(f"unknown arch {bad}; choose from {','.join(ALL_ARCHS)}", file=sys.stderr)
+        return 2
+    kinds = [k.strip() for k in (args.kinds or ",".join(KINDS)).split(",") if k.strip()]
+    if not kinds or any(k not in KINDS for k in kinds):
+        print(f"--kinds {args.kinds!r}: choose from {','.join(KINDS)}", file=sys.stderr)
         return 2
     if args.quick and args.size:
         print("--quick runs at 8x8; drop --size", file=sys.stderr)
@@ -472,13 +525,13 @@ def main() -> int:
         return 0
     from workers.kernels import host_threads
 
-    reps = args.reps or (1 if args.quick else 3)
+    reps = args.reps or (1 if args.quick else 2)
     rng = np.random.default_rng(2022)
     # the images and the saved results: removed when the process exits (its finaliser)
     tmp_dir = tempfile.TemporaryDirectory(prefix="symsweep-bench-")
     tmp = tmp_dir.name
     images = os.path.join(tmp, "images.npy")
-    np.save(images, rng.standard_normal((1024, 32, 32, CHANNELS)).astype(np.float32))
+    np.save(images, rng.standard_normal((1024, 32, 32, CHANNELS)).astype(np.float32))  # 2n <= 1024
     load0 = loadavg()
     copy_numbers = 1024**2 if args.quick else 64 * 1024**2
     peak = machine_peak(host_threads(), copy_numbers)
@@ -488,21 +541,28 @@ def main() -> int:
         for arch in archs:
             if arch == "lap8" and size < 8:
                 continue
-            n_ours, n_nt = (QUICK if args.quick else SIZES[size])[arch]
-            r = measure(arch, size, n_ours, n_nt, images, reps, with_nt)
-            rows.append(r)
-            o = r["ours"]
-            msg = f"{arch} {size}x{size}: symsweep {o['pairs_per_s']:.4g} pairs/s"
-            if with_nt:
-                msg += (f", nt {r['nt']['pairs_per_s']:.4g} pairs/s "
-                        f"({o['pairs_per_s'] / r['nt']['pairs_per_s']:.1f}x)")
-            print(msg + f"; load {loadavg()}", file=sys.stderr, flush=True)
+            n, batches = (QUICK if args.quick else SIZES[size])[arch]
+            arch_kinds = kinds
+            if args.quick and args.kinds is None:
+                arch_kinds = QUICK_KINDS.get(arch, KINDS)
+            for kind in arch_kinds:
+                r = measure(arch, size, n, kind, batches, images, reps, with_nt)
+                rows.append(r)
+                o = r["ours"]
+                msg = (f"{arch} {size}x{size} {kind} {n}x{n}: symsweep "
+                       f"{o['pairs_per_s']:.4g} pairs/s")
+                if with_nt:
+                    ntr = r["nt"]
+                    msg += (f", nt {ntr['pairs_per_s']:.4g} pairs/s at batch {ntr['batch']} "
+                            f"({o['pairs_per_s'] / ntr['pairs_per_s']:.1f}x)")
+                print(msg + f"; load {loadavg()}", file=sys.stderr, flush=True)
     peak_after = machine_peak(host_threads(), copy_numbers)
     peak = {k: max(peak[k], peak_after[k]) for k in peak}
     cmd = "python benchmarks/kernels.py " + " ".join(sys.argv[1:])
     table = (f"`{cmd.strip()}`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Depth "
              f"{DEPTH}, float32, NNGP + NTK, warm, best of {reps} interleaved repetitions per "
-             "side; flop and byte counts per pair: the script's docstring.\n\n"
+             "side and nt batch size, the same n x n block on both sides; flop and byte "
+             "counts per pair: the script's docstring.\n\n"
              + roofline_table(rows, peak, (load0, loadavg())))
     print(table)
     if not args.no_readme and not args.quick:

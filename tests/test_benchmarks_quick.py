@@ -33,8 +33,9 @@ BENCH = ROOT / "benchmarks"
 QUICK: dict[str, tuple[list[str], list[str], bool]] = {
     "store.py": ([], [r"\| attempts \| reader \| store \| status s \| query s \| table s \|",
                       r"\| 40 \| new \| compacted \|", r'^\{"attempts": 40, '], False),
-    "kernels.py": ([], [r"\| arch \| input \| symsweep pairs/s \| nt pairs/s \|",
-                        r"^\| fcn \| 8x8 \|", r"^\| gap \| 8x8 \|"], False),
+    "kernels.py": ([], [r"\| arch \| input \| block \| pairs \(both sides\) \| symsweep pairs/s",
+                        r"^\| fcn \| 8x8 \| offdiag \| 256 \|",
+                        r"^\| gap \| 8x8 \| sym \| 16 \|"], False),
     "train.py": ([], [r"\| arch \| loop \| width \| params \| steps \|", r"^\| fcn \| "],
                  False),
     "memory.py": ([], [r"\| case \| arch \| N \| path \|", r"^\| matrix \| fcn 8px \| 45 \| old",
