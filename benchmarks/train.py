@@ -169,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--train-size", type=int, default=2000)
     ap.add_argument("--data-dir", default=None, help="CIFAR-10 source (else synthetic data)")
+    ap.add_argument("--widths", nargs="*", default=[],
+                    help="per-arch widths, e.g. gap=32 fcn=256 (default: the paper's)")
+    ap.add_argument("--depth", type=int, default=8)
     ap.add_argument("--eta0-samples", type=int, default=16)
     ap.add_argument("--eta0-inits", type=int, default=1)
     ap.add_argument("--json", default=None, help="also write the rows to this file")
@@ -181,7 +184,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds: fcn (or --archs), 8x8 synthetic images, width 4, depth 2, "
                          "2 steps, 1 repeat (the same loops and checks; numbers say nothing)")
     a = ap.parse_args(argv)
-    width, depth = None, 8
+    depth = a.depth
+    try:
+        widths = {k: int(v) for k, v in (w.split("=") for w in a.widths)}
+    except ValueError:
+        ap.error(f"--widths {' '.join(a.widths)}: give ARCH=INT, e.g. gap=32")
     if a.quick:
         if a.data_dir or a.json:
             ap.error("--quick runs on synthetic data and writes no file: drop --data-dir/--json")
@@ -190,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         a.repeats, a.image_size, a.train_size = q["repeats"], q["image_size"], q["train_size"]
         a.eta0_samples, a.eta0_inits = q["eta0_samples"], 1
         a.steps = [f"{arch}={q['steps']}" for arch in a.archs]
-        width, depth = q["width"], q["depth"]
+        widths, depth = {arch: q["width"] for arch in a.archs}, q["depth"]
     a.archs = a.archs or list(ARCHS)
     steps = dict(DEFAULT_STEPS)
     steps.update({k: int(v) for k, v in (s.split("=") for s in a.steps)})
@@ -204,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     print(hdr + "\n|" + "---|" * 13, flush=True)
     for arch in a.archs:
         r = bench_arch(arch, x, y, steps[arch], a.repeats, a.eta0_samples, a.eta0_inits,
-                       a.loop, width=width, depth=depth)
+                       a.loop, width=widths.get(arch), depth=depth)
         rows.append(r)
         print(f"| {arch} | {r['loop']} | {r['width']} | {r['params']:,} | {r['steps']} | "
               f"{r['symsweep_steps_s']:.3g} | {r['bare_steps_s']:.3g} | "
