@@ -18,6 +18,10 @@ with MLflow's own provenance tags (``mlflow.source.name`` = the sweep file,
 the code, ``mlflow.user``); every attempt run of the invocation is nested under it
 (``mlflow.parentRunId``) and carries the same provenance tags.
 
+The sweep's experiment carries ``mlflow.experimentKind`` = ``custom_model_development``
+(`EXPERIMENT_KIND_TAG`), set at creation or, for an experiment of an older store, at the first
+sync of a tracker, so MLflow 3's UI shows it as model training, not GenAI.
+
 Mirror. When an attempt's part file exists, the mirror completes the attempt's run from the
 part: the run the live view opened for (trial_id, attempt) when there is one (found in this
 process or, after a restart, by its tags), else a new run. It logs only the history points the
