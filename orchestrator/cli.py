@@ -63,8 +63,10 @@ def plan(
     gpu_tflops: float = typer.Option(35.0, help="ImageNet sweeps: sustained TFLOP/s per GPU "
                                      "the FLOP counts are divided by (an assumption)"),
 ) -> None:
-    """Projected compute per figure / column and wall time on N GPUs, from unit costs
-    measured on this machine (ImageNet sweeps: from FLOP counts at --gpu-tflops)."""
+    """Projected compute and wall time of a sweep on N GPUs.
+
+    Per figure and column, from unit costs measured on this machine (scaled by
+    --device-factor); ImageNet sweeps are priced from FLOP counts at --gpu-tflops instead."""
     import json
 
     from orchestrator.plan import format_plans, load_units, make_plan
@@ -214,8 +216,8 @@ def run(
                                 help="Ray address ('auto' on a cluster); default: "
                                 "start Ray on this machine"),
     mlflow_uri: str = typer.Option(None, envvar="MLFLOW_TRACKING_URI",
-                                   help="MLflow tracking URI (default "
-                                   "sqlite:///<results>/mlflow.db)"),
+                                   help="MLflow tracking URI (default: mlflow.db, SQLite, "
+                                   "in the results root)"),
     no_dedupe: bool = typer.Option(False, "--no-dedupe", help="Compute every kernel cell, "
                                    "even those Theorem 4.1 makes equal"),
     max_failures: int = typer.Option(None, help="Retries per trial (default: the preset's)"),
@@ -276,7 +278,10 @@ def resume(
     force: bool = typer.Option(False, "--force", help="Resume even when the sweep file's "
                                "sha256 differs from the recorded one"),
 ) -> None:
-    """Re-run only the trials of the last `run` of SWEEP that have no finished attempt.
+    """Finish SWEEP: re-run the trials of its last `run` not yet done.
+
+    Only trials with no finished attempt run again, with the preset, selection and overrides
+    that `run` recorded.
 
     The sweep is loaded from the repository's sweeps/SWEEP.py (or --sweep-file), never from the
     file the results folder names: a results folder is data, not code."""
@@ -325,7 +330,10 @@ def _manifest_or_fail(results: str, sweep: str) -> dict:
 def ls_sweeps(
     results: str = typer.Option("results", envvar="SYMSWEEP_RESULTS", help=RESULTS_HELP),
 ) -> None:
-    """The sweeps under a results root: preset, trials, finished / failed / missing, driver."""
+    """List the sweeps under a results root and how far each got.
+
+    For each sweep: its preset, its trials (finished / failed / missing) and its live driver,
+    if one runs."""
     from orchestrator.driver_lock import lock_is_live
     from orchestrator.store import (
         DONE_STATUSES,
@@ -376,7 +384,9 @@ def status(
     sweep: str = typer.Argument(..., help="Sweep name, e.g. fig2"),
     results: str = typer.Option("results", envvar="SYMSWEEP_RESULTS", help=RESULTS_HELP),
 ) -> None:
-    """Done / failed / missing trials of SWEEP, corrupt part files, the live driver."""
+    """Done, failed and missing trials of SWEEP.
+
+    Also names the sweep's live driver, if one runs, and any corrupt part file."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -500,8 +510,10 @@ def show(
     results: str = typer.Option("results", envvar="SYMSWEEP_RESULTS", help=RESULTS_HELP),
     sweep: str = typer.Option(None, help="Look only in this sweep (default: every sweep)"),
 ) -> None:
-    """One trial: its config, every attempt (status, start step, metrics, error and
-    traceback), its history and the checkpoints on disk."""
+    """One trial: config, attempts, history and checkpoints.
+
+    Prints the trial's config, every attempt (status, start step, metrics, error and
+    traceback), its metrics history and the checkpoints on disk."""
     import json
 
     from orchestrator.checkpoints import TrialCheckpoints
@@ -692,8 +704,10 @@ def table(
     fit_first: int = _FIT_FIRST_OPT,
     fit_last: int = _FIT_LAST_OPT,
 ) -> None:
-    """The paper's table of a sweep (orchestrator/figures/<sweep>.py; Fig. 2's layout, mean ±
-    std of the metric over successful seeds in %, for a sweep without its own)."""
+    """The paper's table of a sweep.
+
+    The layout is the sweep's own (orchestrator/figures/<sweep>.py); a sweep without one gets
+    Fig. 2's: the mean ± std, in %, of the metric over successful seeds."""
     from orchestrator.figures import figure_table
 
     _check_metric(metric)
@@ -715,9 +729,11 @@ def plot(
     curves: str = typer.Option(None, help="Trial id (or a unique prefix): draw its learning "
                                "curve (loss, accuracy against the step) instead"),
 ) -> None:
-    """The paper's figure of a sweep (orchestrator/figures/<sweep>.py; Fig. 2's bars for a
-    sweep without its own) as PNG, PDF and SVG; or, for a trial id (`plot TRIAL_ID` or
-    `plot SWEEP --curves TRIAL_ID`), that trial's learning curve."""
+    """The paper's figure of a sweep, or one trial's learning curve.
+
+    The figure is the sweep's own (orchestrator/figures/<sweep>.py); a sweep without one gets
+    Fig. 2's bars. It is written as PNG, PDF and SVG. Given a trial id (`plot TRIAL_ID` or
+    `plot SWEEP --curves TRIAL_ID`), draws that trial's learning curve instead."""
     from orchestrator.figures import plot_any
     from orchestrator.figures.common import outputs
 
@@ -734,9 +750,10 @@ def compact(
     sweep: str = typer.Argument(..., help="Sweep name, e.g. fig2"),
     results: str = typer.Option("results", envvar="SYMSWEEP_RESULTS", help=RESULTS_HELP),
 ) -> None:
-    """Fold SWEEP's finished part files into one larger file per directory (optional: makes
-    status / query / table fast at 10^5 attempts). Every attempt row is kept; refused while a
-    driver runs the sweep."""
+    """Fold SWEEP's finished part files into one file per directory.
+
+    Optional: it makes status, query and table fast at 10^5 attempts. Every attempt row is
+    kept. Refused while a driver runs the sweep."""
     from orchestrator.store import Store
 
     _manifest_or_fail(results, sweep)
@@ -752,6 +769,35 @@ def compact(
         print(f"{len(out['corrupt'])} CORRUPT file(s) left in place (see `symsweep status "
               f"{sweep}`)", file=sys.stderr)
         raise typer.Exit(1)
+
+
+def prose_help(text: str) -> str:
+    """A docstring as help the CLI can wrap: the lines of each paragraph (paragraphs are
+    separated by blank lines) joined into one line, since typer's rich help keeps a
+    docstring's hard line breaks and so prints ragged lines at any terminal width. A paragraph
+    that starts with ``\\b`` is kept as written (without the marker), as click would."""
+    import inspect
+
+    out = []
+    for para in inspect.cleandoc(text).split("\n\n"):
+        if para.startswith("\b"):
+            out.append(para[1:].lstrip("\n"))
+        else:
+            out.append(" ".join(ln.strip() for ln in para.splitlines()))
+    return "\n\n".join(out)
+
+
+def _reflow_help(typer_app: typer.Typer) -> None:
+    """Every command's help (its docstring, or help=) through `prose_help`, sub-apps too."""
+    for info in typer_app.registered_commands:
+        doc = info.help if info.help is not None else (info.callback.__doc__ or "")
+        info.help = prose_help(doc)
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _reflow_help(group.typer_instance)
+
+
+_reflow_help(app)  # after every command above is registered
 
 
 def _click_exception_types() -> tuple[tuple[type, ...], tuple[type, ...]]:

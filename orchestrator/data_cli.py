@@ -58,7 +58,9 @@ def prepare(
     ] = True,
     force: Annotated[bool, typer.Option("--force", help="Rebuild the cache.")] = False,
 ) -> None:
-    """Build the CIFAR-10 cache (one .npz) and print the images per split and class."""
+    """Build the CIFAR-10 cache and count its images.
+
+    The cache is one .npz file; the count printed is of images per split and per class."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -125,11 +127,13 @@ def show(
         int | None, typer.Option("--image-size", help="Pool CIFAR-10 / generate synthetic at it.")
     ] = None,
 ) -> None:
-    """Render test images under the five transforms (rows) as a grid, like the paper's Fig. 1.
+    """Draw test images under the five transforms, as in Fig. 1.
+
+    One row per transform, one column per image, written as one image file.
 
     CIFAR-10 comes from --data-dir or the cache built by `symsweep data prepare` (no download
     here); --synthetic uses the synthetic dataset. Pixels map back to [0, 255] by inverse
-    standardisation and clipping (see `_display`).
+    standardisation and clipping.
     """
     if synthetic and data_dir is not None:
         raise ConfigError("--synthetic and --data-dir exclude each other; pass one of them")

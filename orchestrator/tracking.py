@@ -18,6 +18,10 @@ with MLflow's own provenance tags (``mlflow.source.name`` = the sweep file,
 the code, ``mlflow.user``); every attempt run of the invocation is nested under it
 (``mlflow.parentRunId``) and carries the same provenance tags.
 
+The sweep's experiment carries ``mlflow.experimentKind`` = ``custom_model_development``
+(`EXPERIMENT_KIND_TAG`), set at creation or, for an experiment of an older store, at the first
+sync of a tracker, so MLflow 3's UI shows it as model training, not GenAI.
+
 Mirror. When an attempt's part file exists, the mirror completes the attempt's run from the
 part: the run the live view opened for (trial_id, attempt) when there is one (found in this
 process or, after a restart, by its tags), else a new run. It logs only the history points the
@@ -62,6 +66,11 @@ log = logging.getLogger("symsweep")
 MIRRORED_TAG = "symsweep.mirrored"  # set last: the run is completely logged
 LIVE_TAG = "symsweep.live"  # "1": opened by the live view while the attempt ran
 INVOCATION_TAG = "symsweep.invocation"  # "1" on the parent run of one driver invocation
+# MLflow 3's UI chooses an experiment's page from this experiment tag (values in its JS bundle:
+# genai_development, custom_model_development, ...; no Python constant); without it the UI
+# guesses and may open a sweep on the GenAI overview instead of the runs table
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 INIT_LOCK_TIMEOUT_S = 600.0  # waiting for another process's schema migration
 LIVE_FLUSH_S = 2.0  # live points reach MLflow within about this long
 SYNC_S = 15.0  # part files are looked for at least this often (and after every trial)
@@ -278,15 +287,23 @@ class Tracker:
         return self._client_obj
 
     def _experiment(self, client: Any) -> str:
+        """The sweep's experiment id, the experiment created at first use with
+        `EXPERIMENT_KIND_TAG`; an experiment of an older store, created without the tag, is
+        given it here (the first sync of every tracker); a kind already set is left alone."""
         if self._exp_id is None:
             exp = client.get_experiment_by_name(self.store.sweep)
             if exp is None:
                 art = None
                 if self.uri.startswith("sqlite:///"):
                     art = (Path(self.store.base) / "mlartifacts").resolve().as_uri()
-                self._exp_id = client.create_experiment(self.store.sweep, artifact_location=art)
+                self._exp_id = client.create_experiment(
+                    self.store.sweep, artifact_location=art,
+                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
             else:
                 self._exp_id = exp.experiment_id
+                if not exp.tags.get(EXPERIMENT_KIND_TAG):
+                    client.set_experiment_tag(self._exp_id, EXPERIMENT_KIND_TAG,
+                                              EXPERIMENT_KIND)
         return self._exp_id
 
     def _provenance(self) -> dict[str, str]:

@@ -324,3 +324,37 @@ def test_a_dead_drivers_attempt_is_salvaged_and_its_live_run_completed(tmp_path)
     assert "died without writing its result" in run.data.tags["error"]
     assert _points(c, run.info.run_id) == [(10, t0, 0.2)]
     assert st.next_attempt("a") == 2
+
+
+def test_the_experiment_opens_on_the_runs_table_new_or_old_store(tmp_path):
+    """MLflow 3's UI chooses an experiment's page from the experiment tag
+    ``mlflow.experimentKind``; without it the UI guesses (GenAI here). A new store's experiment
+    is created with ``custom_model_development``; an experiment of an older store (created
+    without the tag) gets it at the next sync; a kind someone chose is left alone."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, Tracker
+
+    assert (EXPERIMENT_KIND_TAG, EXPERIMENT_KIND) == ("mlflow.experimentKind",
+                                                      "custom_model_development")
+    st = Store(str(tmp_path), "s")
+    tr = Tracker(st, preset="smoke")
+    tr.sync()  # a fresh store, no part yet: the experiment is created
+    c = MlflowClient(tr.uri)
+    assert c.get_experiment_by_name("s").tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+
+    # an older store: the experiment exists without the tag
+    uri = f"sqlite:///{tmp_path}/old.db"
+    old = MlflowClient(uri)
+    old.create_experiment("s")
+    assert EXPERIMENT_KIND_TAG not in old.get_experiment_by_name("s").tags
+    st.write_attempt(_row("a", 1), [{"step": 30, "test_acc": 0.5}])
+    assert Tracker(st, preset="smoke", mlflow_uri=uri).sync() == 1
+    assert old.get_experiment_by_name("s").tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+
+    # a kind set by hand is the user's choice
+    uri = f"sqlite:///{tmp_path}/chosen.db"
+    chosen = MlflowClient(uri)
+    chosen.create_experiment("s", tags={EXPERIMENT_KIND_TAG: "genai_development"})
+    Tracker(st, preset="smoke", mlflow_uri=uri).sync()
+    assert chosen.get_experiment_by_name("s").tags[EXPERIMENT_KIND_TAG] == "genai_development"
