@@ -34,6 +34,11 @@ transform (exact: fcn_inf only sees inner products); vec = lcn, and vec under sh
 rotation equal to identity (Theorem 4.1, exact); gap (and lap4) falling from identity to pixel
 rotation, and further to permutation and global rotation.
 
+``--val-size V`` adds the row the preset itself records: m = N, diag_reg chosen on V validation
+images of the preset's own split (separate CIFAR-10 training images, never the N training or T
+test images; ``workers.data`` draws them beside the same training subset). Only the V x N
+validation kernels are computed for it, cached beside the others.
+
 ``--quick`` (what ``make test`` runs) is the same code on the deterministic synthetic images at
 8x8 with a few images per split; it checks the harness, not the science.
 """
@@ -53,7 +58,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 QUICK = dict(dataset="synthetic", image_size=8, train_sizes=(20, 30, 40), test_size=30,
-             depth=2)
+             depth=2, val_size=20)
 GROUPS = (("fcn",), ("vec",), ("lcn",), ("gap", "lap4", "lap8"))
 EXACT_TOL = 1e-9  # accuracy fractions: equal means the same test images right
 
@@ -107,6 +112,9 @@ def main() -> int:
     ap.add_argument("--train-sizes", default="125,250,500",
                     help="comma-separated nested training set sizes (multiples of 10)")
     ap.add_argument("--test-size", type=int, default=500)
+    ap.add_argument("--val-size", type=int, default=0,
+                    help="also the m = N row with diag_reg chosen on this many images of the "
+                         "preset's validation split (the preset's row; 0: not run)")
     ap.add_argument("--transforms", default=None, help="comma-separated (default: all five)")
     ap.add_argument("--out", default=None, help="JSON results (written after every cell)")
     ap.add_argument("--quick", action="store_true", help="seconds: synthetic 8x8, tiny sets")
@@ -120,8 +128,13 @@ def main() -> int:
         print(f"--transforms: {bad or 'identity is needed'}; choose from "
               f"{','.join(TRANSFORMS)} (identity included)", file=sys.stderr)
         return 2
+    if args.val_size < 0 or args.val_size % 10:
+        print(f"--val-size {args.val_size}: give a multiple of 10 (classes are balanced), "
+              "or 0 for none", file=sys.stderr)
+        return 2
     if args.quick:
         sizes, test_size = QUICK["train_sizes"], QUICK["test_size"]
+        args.val_size = QUICK["val_size"]  # the quick run covers every row kind
         override = dict(dataset="synthetic", image_size=QUICK["image_size"],
                         depth=QUICK["depth"])
     else:
@@ -158,6 +171,7 @@ def run(args: argparse.Namespace, out: Path, sizes: tuple[int, ...], test_size: 
     # class-balanced order), used only with training sets that end before it
     n_val = n_max - max([m for m in sizes if m < n_max], default=0)
     val_sizes = tuple(m for m in sizes if m <= n_max - n_val)
+    n_split = int(args.val_size)  # the preset's own validation split (0: none)
     cache = out.with_suffix(".kernels")
     cache.mkdir(parents=True, exist_ok=True)
     load0 = loadavg()
@@ -166,6 +180,7 @@ def run(args: argparse.Namespace, out: Path, sizes: tuple[int, ...], test_size: 
     record: dict = {"args": {"image_size": override["image_size"], "depth": override["depth"],
                              "train_sizes": list(sizes), "test_size": test_size,
                              "val": [n_max - n_val, n_max], "val_train_sizes": list(val_sizes),
+                             "split_val_size": n_split,
                              "diag_reg_grid": list(DIAG_REG_GRID),
                              "dataset": override.get("dataset", "cifar10")},
                     "load_before": load0, "cells": {}}
@@ -175,7 +190,7 @@ def run(args: argparse.Namespace, out: Path, sizes: tuple[int, ...], test_size: 
         for kind in ("nngp", "ntk"):
             correct[(arch, transform, m, kind, reg)] = np.argmax(preds[kind], axis=1) == labels
             cell = {"test_acc": res[kind]["test_acc"], "test_mse": res[kind]["test_mse"]}
-            if reg == "val":
+            if reg != "fixed":
                 cell["chosen_diag_reg"] = res[kind]["chosen_diag_reg"]
             record["cells"][f"{kind}/{arch}/{transform}/{m}/{reg}"] = cell
 
@@ -200,6 +215,10 @@ def run(args: argparse.Namespace, out: Path, sizes: tuple[int, ...], test_size: 
                      **{f"tr_{a}_{k}": k_tr[a][k] for a in group for k in ("nngp", "ntk")},
                      **{f"te_{a}_{k}": k_te[a][k] for a in group for k in ("nngp", "ntk")})
             tmp.replace(f)
+        if n_split:
+            k_va, ds_v, wall_v, cpu_v = split_val_kernels(
+                cache / f"{'+'.join(group)}_{transform}.val{n_split}.npz", group, cfg, ds,
+                n_split, kw)
         lo = n_max - n_val
         for arch in group:
             for m in sizes:
@@ -221,6 +240,16 @@ def run(args: argparse.Namespace, out: Path, sizes: tuple[int, ...], test_size: 
                     y_val=ds.y_train[lo:], labels_val=ds.labels_train[lo:],
                     diag_reg_grid=DIAG_REG_GRID)
                 put(arch, transform, m, "val", res, preds, ds.labels_test)
+            if n_split:
+                preds = {}
+                res = kernel_metrics(
+                    k_tr[arch], k_te[arch], ds.y_train, ds.y_test, ds.labels_train,
+                    ds.labels_test, diag_reg=cfg.get("diag_reg"), test_predictions=preds,
+                    k_val=k_va[arch], y_val=ds_v.y_val, labels_val=ds_v.labels_val,
+                    diag_reg_grid=DIAG_REG_GRID)
+                put(arch, transform, n_max, "split", res, preds, ds.labels_test)
+                record["cells"][f"valcost/{arch}/{transform}"] = {
+                    "wall_s": wall_v, "cpu_s": cpu_v, "shared_with": list(group)}
             record["cells"][f"cost/{arch}/{transform}"] = {
                 "wall_s": wall, "cpu_s": cpu, "n": n_max, "t": test_size,
                 "shared_with": list(group)}
@@ -238,7 +267,7 @@ def run(args: argparse.Namespace, out: Path, sizes: tuple[int, ...], test_size: 
             if (arch, transform, n_max, "ntk", "fixed") in correct:
                 continue
             src = kernel_equivalence_key(arch, transform)[1]
-            for m, reg in [(m, "fixed") for m in sizes] + [(m, "val") for m in val_sizes]:
+            for m, reg in runs_of(sizes, val_sizes, n_split):
                 for kind in ("nngp", "ntk"):
                     correct[(arch, transform, m, kind, reg)] = correct[(arch, src, m, kind, reg)]
                     record["cells"][f"{kind}/{arch}/{transform}/{m}/{reg}"] = dict(
@@ -246,10 +275,44 @@ def run(args: argparse.Namespace, out: Path, sizes: tuple[int, ...], test_size: 
     record["load_after"] = loadavg()
     write_atomic(pafs.LocalFileSystem(), str(out.resolve()),
                  json.dumps(record, indent=1).encode())
-    print(report(record, correct, sizes, val_sizes, test_size, transforms))
+    print(report(record, correct, sizes, val_sizes, n_split, test_size, transforms))
     print(f"results: {out.resolve()} (kernels: {cache}); load average after: "
           f"{record['load_after']}", file=sys.stderr)
     return 0
+
+
+def split_val_kernels(f: Path, group: tuple[str, ...], cfg: dict, ds, n_split: int,
+                      kw: dict) -> tuple[dict, object, float, float]:
+    """The V x N validation kernels of the preset's own split for one group, from ``f`` when
+    an earlier run cached them; with the dataset that holds the split and their cost."""
+    from workers.data import build_dataset
+    from workers.kernels import kernel_matrices
+
+    ds_v = build_dataset(dict(cfg, val_size=n_split))
+    # the split is drawn beside the same training and test subsets: check, do not assume
+    if not (np.array_equal(ds_v.x_train, ds.x_train) and np.array_equal(ds_v.x_test, ds.x_test)):
+        raise RuntimeError("a validation split changed the training or test images; the "
+                           "cached kernels do not apply (workers.data's subset order changed)")
+    if f.exists():
+        z = np.load(f)
+        k_va = {a: {k: z[f"va_{a}_{k}"] for k in ("nngp", "ntk")} for a in group}
+        return k_va, ds_v, float(z["wall_s"]), float(z["cpu_s"])
+    t0, c0 = time.perf_counter(), cpu_s()
+    k_va = kernel_matrices(list(group), ds_v.x_val, ds.x_train, **kw)
+    wall, cpu = time.perf_counter() - t0, cpu_s() - c0
+    tmp = f.with_suffix(".tmp.npz")
+    np.savez(tmp, wall_s=wall, cpu_s=cpu,
+             **{f"va_{a}_{k}": k_va[a][k] for a in group for k in ("nngp", "ntk")})
+    tmp.replace(f)
+    return k_va, ds_v, wall, cpu
+
+
+def runs_of(sizes: tuple[int, ...], val_sizes: tuple[int, ...],
+            n_split: int) -> list[tuple[int, str]]:
+    """The (m, regulariser) rows: fixed at every m, chosen on the held-out tail where it fits,
+    chosen on the preset's split at m = N when asked for."""
+    return ([(m, "fixed") for m in sizes] + [(m, "val") for m in val_sizes]
+            + ([(max(sizes), "split")] if n_split else []))
 
 
 def row_cost(record: dict, m: int, test_size: int) -> tuple[float, float]:
@@ -271,7 +334,7 @@ def row_cost(record: dict, m: int, test_size: int) -> tuple[float, float]:
 
 
 def report(record: dict, correct: dict, sizes: tuple[int, ...], val_sizes: tuple[int, ...],
-           test_size: int, transforms: tuple[str, ...]) -> str:
+           n_split: int, test_size: int, transforms: tuple[str, ...]) -> str:
     a = record["args"]
     archs = ("fcn", "vec", "lcn", "gap", "lap4", "lap8")
     lo, hi = a["val"]
@@ -279,13 +342,22 @@ def report(record: dict, correct: dict, sizes: tuple[int, ...], val_sizes: tuple
              f"T = {test_size} test images (standard error of one accuracy <= "
              f"{100 * 0.5 / np.sqrt(test_size):.1f} points); diag_reg fixed at the preset's "
              f"value, or chosen on training images {lo}..{hi - 1} (held out) over "
-             f"{a['diag_reg_grid']} x mean diagonal; load average before "
+             f"{a['diag_reg_grid']} x mean diagonal"
+             + (f" (or on the preset's {n_split} validation images, at m = {max(sizes)})"
+                if n_split else "") + "; load average before "
              f"{record['load_before']}, after {record['load_after']}.", ""]
-    runs = [(m, "fixed") for m in sizes] + [(m, "val") for m in val_sizes]
+    runs = runs_of(sizes, val_sizes, n_split)
+    hows = {"val": "diag_reg chosen on validation (held-out tail)", "fixed": "diag_reg fixed",
+            "split": f"diag_reg chosen on the preset's {n_split} validation images"}
     for kind in ("ntk", "nngp"):
-        for m, reg in sorted(runs, key=lambda r: (r[1] != "val", r[0])):
+        for m, reg in sorted(runs, key=lambda r: ({"split": 0, "val": 1}.get(r[1], 2), r[0])):
             wall, cpu = row_cost(record, m, test_size)
-            how = "diag_reg chosen on validation" if reg == "val" else "diag_reg fixed"
+            if reg == "split":  # plus the V x N validation kernels
+                for key, c in record["cells"].items():
+                    if key.startswith("valcost/") and key.split("/")[1] == c["shared_with"][0] \
+                            and key.split("/")[1] != "lcn":
+                        wall, cpu = wall + c["wall_s"], cpu + c["cpu_s"]
+            how = hows[reg]
             lines += [f"**{kind.upper()}, m = {m}, {how}** (one deduplicated row's kernels: "
                       f"{wall / 60:.1f} min wall, {cpu / 60:.1f} CPU-min)", "",
                       f"| {kind.upper()} test acc (%) +- s.e. | " + " | ".join(transforms) + " |",
@@ -296,8 +368,8 @@ def report(record: dict, correct: dict, sizes: tuple[int, ...], val_sizes: tuple
                     c = correct[(arch, t, m, kind, reg)]
                     p = c.mean()
                     cell = f"{100 * p:.1f} +- {100 * np.sqrt(p * (1 - p) / len(c)):.1f}"
-                    if reg == "val":
-                        chosen = record["cells"][f"{kind}/{arch}/{t}/{m}/val"]["chosen_diag_reg"]
+                    if reg != "fixed":
+                        chosen = record["cells"][f"{kind}/{arch}/{t}/{m}/{reg}"]["chosen_diag_reg"]
                         cell += f" ({chosen:g})"
                     cells.append(cell)
                 lines.append(f"| {arch} | " + " | ".join(cells) + " |")
