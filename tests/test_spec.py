@@ -28,11 +28,12 @@ def test_fig2_expands_to_the_paper_grid_with_seeds():
         trials = sw.expand(preset)
         kernel = [t for t in trials if t.kind == "kernel"]
         finite = [t for t in trials if t.kind == "train"]
-        assert len(kernel) == 6 * 5 and len(finite) == 2 * 6 * 5 * 5
+        seeds = [0] if preset == "cpu" else [0, 1, 2, 3, 4]  # cpu: one seed (its budget)
+        assert len(kernel) == 6 * 5 and len(finite) == 2 * 6 * 5 * len(seeds)
         cells = {(t.config["inference"], t.config["arch"], t.config["transform"])
                  for t in trials}
         assert len(cells) == 90
-        assert sorted({t.config["seed"] for t in finite}) == [0, 1, 2, 3, 4]
+        assert sorted({t.config["seed"] for t in finite}) == seeds
         # the seed also draws tau: transform_seed follows it
         assert all(t.config["transform_seed"] == t.config["seed"] for t in trials)
         assert len({t.trial_id for t in trials}) == len(trials)
@@ -44,15 +45,29 @@ def test_fig2_expands_to_the_paper_grid_with_seeds():
 
 
 def test_cpu_preset_compares_like_with_like():
-    """Issue 14 item 4: every column of the cpu preset sees the same image size, and the
-    kernels' diag_reg is fixed in the preset (not tuned on the test set)."""
+    """Issue 14 item 4 and issue 27 item 1: every column of the cpu preset (kernel and finite,
+    every arch) sees the same image size and the same training and test images; the kernels'
+    fixed diag_reg is set in the preset and the chosen one is picked on a validation split
+    (never the test set); finite nets have no validation split (nothing would use it)."""
+    from workers.data import build_dataset
+
     trials = load_sweep(FIG2).expand("cpu")
-    assert {t.config["image_size"] for t in trials} == {8}
+    assert {t.config["image_size"] for t in trials} == {16}
     for t in trials:
-        assert t.config["train_size"] == (5000 if t.kind == "train" else 1000)
-        assert t.config["dataset"] == "cifar10"
+        assert (t.config["train_size"], t.config["test_size"]) == (500, 500)
+        assert t.config["dataset"] == "cifar10" and t.config["depth"] == 8
         if t.kind == "kernel":
-            assert t.config["diag_reg"] == 1e-6 and t.config["test_size"] == 1000
+            assert t.config["diag_reg"] == 1e-6 and t.config["val_size"] == 250
+            assert list(t.config["diag_reg_grid"]) == sorted(t.config["diag_reg_grid"])
+        else:
+            assert t.config["val_size"] == 0 and "diag_reg_grid" not in t.config
+    # the same images: a kernel cell's and a finite cell's data agree (synthetic stand-in for
+    # CIFAR-10, same sizes and subset seed: the builder picks by (sizes, subset_seed) only)
+    kern = next(t for t in trials if t.kind == "kernel" and t.config["transform"] == "identity")
+    fin = next(t for t in trials if t.kind == "train" and t.config["transform"] == "identity")
+    pick = {"dataset": "synthetic", "image_size": 8}
+    a, b = build_dataset({**kern.config, **pick}), build_dataset({**fin.config, **pick})
+    assert (a.x_train == b.x_train).all() and (a.x_test == b.x_test).all()
 
 
 def test_trial_id_is_a_stable_hash_of_the_scientific_config_only():
