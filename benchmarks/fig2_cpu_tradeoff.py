@@ -161,7 +161,6 @@ def run(args: argparse.Namespace, out: Path, sizes: tuple[int, ...], test_size: 
     from sweeps.common import DIAG_REG_GRID
     from workers.data import build_dataset
     from workers.kernel_trial import kernel_metrics
-    from workers.kernels import kernel_matrices
 
     trials = {(t.config["arch"], t.config["transform"]): t
               for t in load_sweep(ROOT / "sweeps" / "fig2.py").expand("cpu", dedupe=False)
@@ -199,22 +198,10 @@ def run(args: argparse.Namespace, out: Path, sizes: tuple[int, ...], test_size: 
                    test_size=test_size, val_size=0)
         ds = build_dataset(cfg)
         kw = dict(depth=int(cfg["depth"]), w_var=float(cfg["w_var"]), b_var=float(cfg["b_var"]))
-        f = cache / f"{'+'.join(group)}_{transform}.npz"
-        if f.exists():  # a rerun (e.g. of the report) reuses the kernels of an earlier one
-            z = np.load(f)
-            k_tr = {a: {k: z[f"tr_{a}_{k}"] for k in ("nngp", "ntk")} for a in group}
-            k_te = {a: {k: z[f"te_{a}_{k}"] for k in ("nngp", "ntk")} for a in group}
-            wall, cpu = float(z["wall_s"]), float(z["cpu_s"])
-        else:
-            t0, c0 = time.perf_counter(), cpu_s()
-            k_tr = kernel_matrices(list(group), ds.x_train, None, **kw)
-            k_te = kernel_matrices(list(group), ds.x_test, ds.x_train, **kw)
-            wall, cpu = time.perf_counter() - t0, cpu_s() - c0
-            tmp = f.with_suffix(".tmp.npz")
-            np.savez(tmp, wall_s=wall, cpu_s=cpu,
-                     **{f"tr_{a}_{k}": k_tr[a][k] for a in group for k in ("nngp", "ntk")},
-                     **{f"te_{a}_{k}": k_te[a][k] for a in group for k in ("nngp", "ntk")})
-            tmp.replace(f)
+        blocks, wall, cpu = cached_kernels(
+            cache / f"{'+'.join(group)}_{transform}.npz", group,
+            {"tr": (ds.x_train, None), "te": (ds.x_test, ds.x_train)}, kw)
+        k_tr, k_te = blocks["tr"], blocks["te"]
         if n_split:
             k_va, ds_v, wall_v, cpu_v = split_val_kernels(
                 cache / f"{'+'.join(group)}_{transform}.val{n_split}.npz", group, cfg, ds,
@@ -286,25 +273,44 @@ def split_val_kernels(f: Path, group: tuple[str, ...], cfg: dict, ds, n_split: i
     """The V x N validation kernels of the preset's own split for one group, from ``f`` when
     an earlier run cached them; with the dataset that holds the split and their cost."""
     from workers.data import build_dataset
-    from workers.kernels import kernel_matrices
 
     ds_v = build_dataset(dict(cfg, val_size=n_split))
     # the split is drawn beside the same training and test subsets: check, do not assume
     if not (np.array_equal(ds_v.x_train, ds.x_train) and np.array_equal(ds_v.x_test, ds.x_test)):
         raise RuntimeError("a validation split changed the training or test images; the "
                            "cached kernels do not apply (workers.data's subset order changed)")
+    blocks, wall, cpu = cached_kernels(
+        f, group, {"va": (ds_v.x_val, ds.x_train)}, kw)
+    return blocks["va"], ds_v, wall, cpu
+
+
+def cached_kernels(f: Path, group: tuple[str, ...], pairs: dict, kw: dict
+                   ) -> tuple[dict, float, float]:
+    """Kernel blocks {name: {arch: {"nngp"|"ntk": array}}}, one per ``pairs[name]`` = (x1, x2)
+    (`workers.kernels.kernel_matrices` of group's archs; x2 None: x1 x x1), with the wall and
+    CPU seconds they took; read from the .npz ``f`` when an earlier run wrote it (a rerun, e.g.
+    of the report, reuses its kernels), else computed and written there atomically."""
+    import io
+
+    import pyarrow.fs as pafs
+
+    from orchestrator.fsio import write_atomic
+    from workers.kernels import kernel_matrices
+
+    kinds = ("nngp", "ntk")
     if f.exists():
         z = np.load(f)
-        k_va = {a: {k: z[f"va_{a}_{k}"] for k in ("nngp", "ntk")} for a in group}
-        return k_va, ds_v, float(z["wall_s"]), float(z["cpu_s"])
+        names = sorted({key.split("_", 1)[0] for key in z.files} - {"wall", "cpu"})
+        blocks = {n: {a: {k: z[f"{n}_{a}_{k}"] for k in kinds} for a in group} for n in names}
+        return blocks, float(z["wall_s"]), float(z["cpu_s"])
     t0, c0 = time.perf_counter(), cpu_s()
-    k_va = kernel_matrices(list(group), ds_v.x_val, ds.x_train, **kw)
+    blocks = {n: kernel_matrices(list(group), x1, x2, **kw) for n, (x1, x2) in pairs.items()}
     wall, cpu = time.perf_counter() - t0, cpu_s() - c0
-    tmp = f.with_suffix(".tmp.npz")
-    np.savez(tmp, wall_s=wall, cpu_s=cpu,
-             **{f"va_{a}_{k}": k_va[a][k] for a in group for k in ("nngp", "ntk")})
-    tmp.replace(f)
-    return k_va, ds_v, wall, cpu
+    buf = io.BytesIO()
+    np.savez(buf, wall_s=wall, cpu_s=cpu, **{f"{n}_{a}_{k}": blocks[n][a][k] for n in blocks
+                                             for a in group for k in kinds})
+    write_atomic(pafs.LocalFileSystem(), str(f.resolve()), buf.getvalue())
+    return blocks, wall, cpu
 
 
 def runs_of(sizes: tuple[int, ...], val_sizes: tuple[int, ...],
