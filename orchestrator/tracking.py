@@ -64,6 +64,7 @@ from workers.durable import disk_full
 log = logging.getLogger("symsweep")
 
 MIRRORED_TAG = "symsweep.mirrored"  # set last: the run is completely logged
+SEARCH_PAGE = 5000  # runs per search_runs page (MLflow's own maximum for one page)
 LIVE_TAG = "symsweep.live"  # "1": opened by the live view while the attempt ran
 INVOCATION_TAG = "symsweep.invocation"  # "1" on the parent run of one driver invocation
 # MLflow 3's UI chooses an experiment's page from this experiment tag (values in its JS bundle:
@@ -436,43 +437,50 @@ class Tracker:
         when MLflow saw them terminated (set_terminated was their last call). Unmirrored live
         runs are indexed by (trial_id, attempt), so that their part completes them."""
         names: set[str] = set()
+        # Every page is read before anything is deleted or terminated: MLflow's page token is
+        # an offset, so deleting runs of one page shifts the next one past as many runs,
+        # which then looked unmirrored and were mirrored twice (mlflow/mlflow issue 20546's
+        # pattern; at 5,010 runs with 3 half-logged, a sync left 5,013 runs for 5,010 parts).
+        runs: list[Any] = []
         token = None
         while True:
-            page = client.search_runs([exp_id], max_results=5000, page_token=token)
-            for r in page:
-                tags = r.data.tags
-                part = tags.get("part_file")
-                mark = tags.get(MIRRORED_TAG)
-                if tags.get(INVOCATION_TAG) == "1":
-                    # a driver holds the sweep's lock: another invocation still RUNNING died
-                    if self.invocation is not None and r.info.status == "RUNNING" and \
-                            r.info.run_id != self.parent_run_id:
-                        client.set_tag(r.info.run_id, "mlflow.note.content",
-                                       "this invocation's driver died before it ended")
-                        client.set_terminated(r.info.run_id, status="KILLED")
-                    continue
-                if not part:
-                    if tags.get(LIVE_TAG) == "1" and mark != "1" and tags.get("attempt"):
-                        key = (tags.get("trial_id", ""), int(tags["attempt"]))
-                        self._live.setdefault(key, r.info.run_id)
-                        if r.info.status == "RUNNING":
-                            self._stale.add(r.info.run_id)
-                    continue
-                if mark == "1" or (mark is None and r.info.status != "RUNNING"
-                                   and "symsweep.version" not in tags):
-                    names.add(part)
-                    info = parse_part_name(part)
-                    if info is not None:
-                        self._done_keys.add((info.trial_id, info.attempt))
-                else:
-                    log.warning("MLflow run %s of part %s was left half-logged (driver killed "
-                                "while mirroring); deleting it and mirroring the part again",
-                                r.info.run_id, part)
-                    client.delete_run(r.info.run_id)
-                    self.repaired_runs += 1
+            page = client.search_runs([exp_id], max_results=SEARCH_PAGE, page_token=token)
+            runs.extend(page)
             token = page.token
             if not token:
-                return names
+                break
+        for r in runs:
+            tags = r.data.tags
+            part = tags.get("part_file")
+            mark = tags.get(MIRRORED_TAG)
+            if tags.get(INVOCATION_TAG) == "1":
+                # a driver holds the sweep's lock: another invocation still RUNNING died
+                if self.invocation is not None and r.info.status == "RUNNING" and \
+                        r.info.run_id != self.parent_run_id:
+                    client.set_tag(r.info.run_id, "mlflow.note.content",
+                                   "this invocation's driver died before it ended")
+                    client.set_terminated(r.info.run_id, status="KILLED")
+                continue
+            if not part:
+                if tags.get(LIVE_TAG) == "1" and mark != "1" and tags.get("attempt"):
+                    key = (tags.get("trial_id", ""), int(tags["attempt"]))
+                    self._live.setdefault(key, r.info.run_id)
+                    if r.info.status == "RUNNING":
+                        self._stale.add(r.info.run_id)
+                continue
+            if mark == "1" or (mark is None and r.info.status != "RUNNING"
+                               and "symsweep.version" not in tags):
+                names.add(part)
+                info = parse_part_name(part)
+                if info is not None:
+                    self._done_keys.add((info.trial_id, info.attempt))
+            else:
+                log.warning("MLflow run %s of part %s was left half-logged (driver killed "
+                            "while mirroring); deleting it and mirroring the part again",
+                            r.info.run_id, part)
+                client.delete_run(r.info.run_id)
+                self.repaired_runs += 1
+        return names
 
     def _read_part(self, name: str) -> tuple[dict, list[dict]]:
         """Row and history of one part; raises when either file cannot be read (an unreadable
