@@ -214,7 +214,8 @@ def run(
     results: str = typer.Option("results", envvar="SYMSWEEP_RESULTS", help=RESULTS_HELP),
     address: str = typer.Option(None, envvar="RAY_ADDRESS",
                                 help="Ray address ('auto' on a cluster); default: "
-                                "start Ray on this machine"),
+                                "start a Ray of symsweep's own on this machine, never one "
+                                "`ray start` left running"),
     mlflow_uri: str = typer.Option(None, envvar="MLFLOW_TRACKING_URI",
                                    help="MLflow tracking URI (default: mlflow.db, SQLite, "
                                    "in the results root)"),

@@ -4,7 +4,7 @@ Flow of `run_sweep`:
 1. expand the sweep (spec.py), take the driver lock of the sweep under the results root;
 2. write derived rows whose source already finished, and skip every trial with a finished
    (completed / diverged) attempt: this is resume;
-3. start (or join, ``address='auto'``) Ray and run the remaining trials as one Tune
+3. start a Ray of its own (or join ``address``: raynode.py) and run the remaining trials as one Tune
    experiment of function trainables. Each trial calls its worker
    (``workers.train.train`` or ``workers.kernel_trial.run_kernel_trial``) with a ``report``
    callback that forwards metrics to ``ray.tune.report``. A finite trial's checkpoints go
@@ -33,6 +33,7 @@ from typing import Any
 from orchestrator.checkpoints import clear_tune_state
 from orchestrator.driver_lock import STALE_AFTER_S
 from orchestrator.fsio import disk_full_error
+from orchestrator.raynode import check_address, ensure_ray, stop_reaper
 from orchestrator.spec import (
     Sweep,
     Trial,
@@ -107,101 +108,15 @@ def _ray_env(trials: list[Trial]) -> dict[str, str]:
     if all(t.resources.get("gpu", 0) == 0 and t.resources.get("tile_gpu", 0) == 0
            for t in trials):
         threads = max(1, int(min((t.resources.get("cpu", 1) for t in trials), default=1)))
-        env["XLA_FLAGS"] = ("--xla_cpu_multi_thread_eigen=false "
-                            f"intra_op_parallelism_threads={threads}")
+        # No XLA flag limits JAX's CPU threads (cpus.py): each trial pins itself to the
+        # cores it claims (tune_trainable), and XLA's pool follows. This flag only keeps
+        # Eigen's matmuls in one thread for 1-CPU trials (the same numbers on every attempt,
+        # even one that ran unpinned).
+        if threads == 1:
+            env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false"
         env["OMP_NUM_THREADS"] = str(threads)
         env["JAX_PLATFORMS"] = "cpu"
     return env
-
-
-# The reaper of an embedded Ray (see `_start_reaper`): a separate tiny process that reads the
-# driver's pipe; while the driver lives it records the driver's Ray descendants every second
-# (pid and start time, so a reused pid is never hit); at EOF (the driver ended, however: even
-# by SIGKILL the kernel closes the pipe) it sends SIGTERM to those still alive, then SIGKILL.
-_REAPER_SRC = r"""
-import os, select, signal, sys, time
-import psutil
-driver = psutil.Process(int(sys.argv[1]))
-seen = {}
-def record():
-    try:
-        for p in driver.children(recursive=True):
-            try:
-                if p.pid != os.getpid() and "ray" in " ".join(p.cmdline()).lower():
-                    seen.setdefault(p.pid, p.create_time())
-            except psutil.Error:
-                pass
-    except psutil.Error:
-        pass
-fd = sys.stdin.fileno()
-while True:
-    record()
-    if select.select([fd], [], [], 1.0)[0] and not os.read(fd, 4096):
-        break
-alive = []
-for pid, t in seen.items():
-    try:
-        p = psutil.Process(pid)
-        if p.create_time() == t:
-            p.send_signal(signal.SIGTERM)
-            alive.append(p)
-    except psutil.Error:
-        pass
-_, left = psutil.wait_procs(alive, timeout=3)
-for p in left:
-    try:
-        p.kill()
-    except psutil.Error:
-        pass
-"""
-_reaper: subprocess.Popen | None = None
-
-
-def _start_reaper() -> None:
-    """Start the reaper of this driver's embedded Ray (replacing the previous one, whose Ray
-    was shut down). Ray fate-shares its direct children with the driver (PR_SET_PDEATHSIG),
-    but the dashboard and runtime-env agents are the raylet's children: after a SIGKILL of the
-    driver they outlived it by about a minute, ignoring SIGTERM meanwhile. Ray's own reaper
-    (services.start_reaper) kills its whole process group, which would first take the driver
-    out of the terminal's foreground group (Ctrl+C would no longer reach it); this one only
-    kills the processes it saw descend from the driver."""
-    global _reaper
-    stop_reaper()
-    import sys
-
-    _reaper = subprocess.Popen(  # noqa: S603 - fixed code, our own pid
-        [sys.executable, "-c", _REAPER_SRC, str(os.getpid())], stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)  # not in the driver's group: Ctrl+C / killpg spare it
-
-
-def stop_reaper() -> None:
-    """After ``ray.shutdown()`` of an embedded Ray: the reaper ends whatever of it is left
-    and exits (also done at interpreter exit, or by the kernel at any death of the driver)."""
-    global _reaper
-    if _reaper is not None:
-        _reaper.stdin.close()  # type: ignore[union-attr]
-        _reaper = None
-
-
-def ensure_ray(address: str | None, num_cpus: int | None, env: Mapping[str, str]) -> bool:
-    """Start embedded Ray (or connect to ``address``) unless already initialised; returns
-    True when this call started it (the caller then shuts it down). An embedded Ray's
-    processes end with the driver however it ends, SIGKILL included (`_start_reaper`)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    kw: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.WARNING,
-                              log_to_driver=False, runtime_env={"env_vars": dict(env)},
-                              ignore_reinit_error=True)
-    if address:
-        ray.init(address=address, **kw)
-    else:
-        _start_reaper()  # before ray.init: it records the processes as they appear
-        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kw)
-    return True
 
 
 def check_image_folders(trials: list, data_dir: str | None = None) -> None:
@@ -242,6 +157,7 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
             if isinstance(v, str) and "://" not in v and not os.path.isabs(v):
                 t.config[k] = os.path.abspath(os.path.expanduser(v))
     check_image_folders(trials, data_dir)
+    check_address(address)  # a dead --address: one line, before anything is written
     cells, comps = count_kernel_computations(trials)
     store = Store(results, sweep.name)
     # a compacted file that does not parse is a ConfigError naming it: raised here, before

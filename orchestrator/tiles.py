@@ -14,6 +14,7 @@ import hashlib
 import inspect
 import io
 import logging
+import socket
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from orchestrator.cpus import claimed_cores, pin_threads
 from orchestrator.fsio import resolve_root, write_atomic
 from orchestrator.spec import SWEEP_MODULE_PREFIX
 
@@ -183,7 +185,12 @@ def ship_by_value(fn: Callable) -> None:
         cloudpickle.register_pickle_by_value(mod)
 
 
-def _run_tile(fn: Callable, names: list[str], *values: Any) -> Any:
+def _run_tile(fn: Callable, names: list[str], where: tuple[str, list[int]] | None,
+              *values: Any) -> Any:
+    # a CPU tile runs on its trial's cores (``where``: the trial's host and claimed cores,
+    # orchestrator.cpus): its CPUs are the trial's bundle, so it must not spread beyond them
+    if where is not None and where[0] == socket.gethostname():
+        pin_threads(set(where[1]))
     return fn(**dict(zip(names, values, strict=True)))
 
 
@@ -251,6 +258,8 @@ class TileMapper:
             num_cpus=0 if self.num_gpus == 0 else self.num_cpus, num_gpus=self.num_gpus,
             max_retries=2)
         refs_by_id: dict[int, Any] = {}
+        cores = claimed_cores() if self.num_gpus == 0 else None
+        where = (socket.gethostname(), cores) if cores else None
 
         def submit(i: int) -> Any:
             kw = kwargs_list[i]
@@ -262,7 +271,7 @@ class TileMapper:
                         refs_by_id[id(v)] = ray.put(v)
                     v = refs_by_id[id(v)]
                 vals.append(v)
-            return remote.remote(fn, names, *vals)
+            return remote.remote(fn, names, where, *vals)
 
         pending: dict[Any, int] = {}
         queue = list(todo)

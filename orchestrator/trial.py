@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from orchestrator.checkpoints import DEFAULT_KEEP, TrialCheckpoints
+from orchestrator.cpus import claim_cores
 from orchestrator.fsio import disk_full_error, write_atomic
 from orchestrator.spec import Trial
 from orchestrator.store import DONE_STATUSES, TIME_KEY, Store, now_utc
@@ -297,6 +298,10 @@ def tune_trainable(config: dict, workers: Mapping[str, Callable] | None = None) 
 
     trial = Trial.from_dict(config["trial"])
     ctx = config["ctx"]
+    if trial.resources.get("gpu", 0) == 0 and trial.resources.get("tile_gpu", 0) == 0:
+        # before the worker imports JAX: its CPU pool is sized from the cores pinned here,
+        # so a 1-CPU trial runs one busy thread, not one per core of the machine (cpus.py)
+        claim_cores(trial.resources.get("cpu", 1))
     worker = (workers or {}).get(trial.kind) or default_worker(trial.kind)
 
     def report_fn(metrics: dict, checkpoint_path: str | None) -> None:
