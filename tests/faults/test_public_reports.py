@@ -1,0 +1,202 @@
+"""Public bug reports of our dependencies, tried against symsweep's own code paths (issue 25,
+deliverable 3; docs/faults.md lists every report tried and its outcome). Each test names the
+report it reproduces; tiny data, no Ray cluster, seconds each."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import duckdb
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from orchestrator.store import LATEST_SQL, TRIAL_SCHEMA, Store, connect
+
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+CFG = {"inference": "nn", "arch": "vec", "transform": "identity", "seed": 0, "width": 4}
+
+
+def _row(tid: str, attempt: int, status: str = "completed", **kw) -> dict:
+    r = dict(trial_id=tid, attempt=attempt, preset="smoke", kind="train", arch="vec",
+             inference="nn", transform="identity", seed=0, status=status, best_test_acc=0.5,
+             test_acc=0.5, train_acc=1.0, steps=30, started_at=T0,
+             finished_at=T0 + dt.timedelta(seconds=attempt),
+             config_json=json.dumps(CFG), metrics_json="{}")
+    r.update(kw)
+    return r
+
+
+# ------------------------------------------------------------------ pyarrow / Parquet parts
+
+
+def test_a_part_whose_all_null_columns_are_typed_null_reads_with_the_results_schema(tmp_path):
+    """astrolabsoftware/fink-client#234, apache/arrow#11967: a column that is all null in a
+    file gets Arrow type ``null`` when the writer infers the schema (pandas, from_pylist), so
+    files of one dataset disagree on its type. A part written that way (by another tool, or
+    an older symsweep) must read as the results schema's type, not as corrupt."""
+    st = Store(str(tmp_path), "s")
+    st.write_attempt(_row("a", 1), [])
+    inferred = pa.Table.from_pylist([{**_row("b", 1), "sweep": "s", "error": None,
+                                      "val_acc": None, "derived_from": None}])
+    assert inferred.schema.field("error").type == pa.null()  # the report's situation
+    pq.write_table(inferred, f"{st.trials_dir}/b-a001-00000000.parquet")
+    t, corrupt = st.read_trials_all()
+    assert corrupt == []
+    assert t.schema == TRIAL_SCHEMA
+    assert sorted(t["trial_id"].to_pylist()) == ["a", "b"]
+    b = t.filter(pa.compute.equal(t["trial_id"], "b")).to_pylist()[0]
+    assert b["error"] is None and b["val_acc"] is None and b["test_acc"] == 0.5
+    df, corrupt = st.latest()
+    assert corrupt == [] and sorted(df["trial_id"]) == ["a", "b"]
+
+
+def test_rows_of_old_and_new_parts_form_a_valid_table(tmp_path):
+    """apache/arrow#39670: a dataset scan with a unified schema can return a table that holds
+    nulls in non-nullable fields, which then fails to cast to its own schema. The store's scan
+    over an old part lacking columns and a new one must give a table that validates fully and
+    casts to its own schema (every results column is nullable)."""
+    st = Store(str(tmp_path), "s")
+    st.write_attempt(_row("new", 1), [])
+    old = pa.Table.from_pylist([{"sweep": "s", "trial_id": "old", "attempt": 1,
+                                 "status": "completed", "test_acc": 0.25}],
+                               schema=pa.schema([pa.field("sweep", pa.string(), False),
+                                                 pa.field("trial_id", pa.string(), False),
+                                                 pa.field("attempt", pa.int64(), False),
+                                                 pa.field("status", pa.string(), False),
+                                                 pa.field("test_acc", pa.float64(), False)]))
+    pq.write_table(old, f"{st.trials_dir}/old-a001-00000000.parquet")
+    t, corrupt = st.read_trials_all()
+    assert corrupt == [] and t.num_rows == 2
+    t.validate(full=True)
+    assert all(f.nullable for f in t.schema)
+    assert t.cast(t.schema).equals(t)
+    old_row = t.filter(pa.compute.equal(t["trial_id"], "old")).to_pylist()[0]
+    assert old_row["test_acc"] == 0.25 and old_row["arch"] is None
+
+
+# ------------------------------------------------------------------ DuckDB views
+
+
+def _attempts(n_trials: int) -> pa.Table:
+    rows = []
+    for i in range(n_trials):
+        for a in range(1, 1 + (i % 3) + 1):  # 1, 2 or 3 attempts
+            rows.append({**_row(f"t{i:04d}", a, status="failed" if a < (i % 3) + 1
+                                else "completed", test_acc=a / 10), "sweep": "s"})
+    return pa.Table.from_pylist(rows, schema=TRIAL_SCHEMA)
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+def test_latest_view_is_one_row_per_trial_whatever_duckdbs_thread_count(threads):
+    """duckdb/duckdb#4822: ``row_number() over (partition by ... order by ...)`` = 1 gave a
+    result that depended on the thread count. The ``trials`` view (LATEST_SQL) must give
+    exactly one row per trial, its highest attempt, on one thread and on several."""
+    table = _attempts(600)
+    con = duckdb.connect(config={"threads": threads})
+    con.register("trials_all", table)
+    got = con.execute(f"select trial_id, attempt, status from ({LATEST_SQL}) "
+                      "order by trial_id").fetchall()
+    assert len(got) == 600
+    assert [g[0] for g in got] == [f"t{i:04d}" for i in range(600)]
+    assert all(a == (i % 3) + 1 and s == "completed" for i, (_, a, s) in enumerate(got))
+
+
+def test_latest_view_over_the_registered_scan_returns_every_trial(tmp_path):
+    """duckdb/duckdb#24313: a window with PARTITION BY and no ORDER BY over a registered
+    pyarrow RecordBatchReader silently returned zero rows. symsweep registers materialised
+    Arrow tables and its window orders; the views over a real store return every trial."""
+    st = Store(str(tmp_path), "s")
+    for tid, attempts in (("a", 1), ("b", 2), ("c", 3)):
+        for k in range(1, attempts + 1):
+            st.write_attempt(_row(tid, k, status="completed" if k == attempts else "failed"),
+                             [{"step": 10, "test_acc": 0.1 * k}])
+    con, corrupt = connect(str(tmp_path), ["s"])
+    assert corrupt == []
+    assert "order by" in LATEST_SQL.split("over", 1)[1].split(")", 1)[0]
+    assert con.execute("select count(*) from trials_all").fetchone()[0] == 6
+    got = con.execute("select trial_id, attempt from trials order by trial_id").fetchall()
+    assert got == [("a", 1), ("b", 2), ("c", 3)]
+    assert con.execute("select count(*) from history").fetchone()[0] == 6
+
+
+# ------------------------------------------------------------------ flax / optax checkpoints
+
+
+def test_restored_optimizer_state_is_the_optimizers_own_pytree(tmp_path):
+    """google/flax#1550, #1464 (fixed by #1432): an optax state restored from a checkpoint
+    came back as flax.serialization's look-alike named tuples, so jax.lax.cond / tree_map
+    between the restored and a fresh state failed on differing tree structures. symsweep's
+    trainer checkpoint (workers/checkpoint.py) restores into the live state's own treedef;
+    the restored state equals the saved one leaf for leaf (dtypes too) and mixes with a
+    fresh state under lax.cond."""
+    from workers.checkpoint import load_checkpoint, save_checkpoint
+    from workers.models import init_params, make_model
+    from workers.train import Trainer
+
+    model = make_model("fcn", 8, depth=1)
+    params = init_params(model, 0, (4, 4, 3))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 4, 4, 3)).astype(np.float32)
+    y = np.eye(10, dtype=np.float32)[np.arange(8) % 10]
+    tr = Trainer(model, x, y, lr=0.1, batch_size=4, l2=1e-3, seed=0, momentum=0.9)
+    state, _ = tr.run(tr.init_state(params), 0, 3)  # momentum buffers are non-zero now
+    save_checkpoint(str(tmp_path / "ck"), state, {"step": 3})
+    fresh = tr.init_state(params)
+    restored, meta = load_checkpoint(str(tmp_path / "ck"), fresh)
+    assert meta["step"] == 3
+    assert jax.tree_util.tree_structure(restored) == jax.tree_util.tree_structure(fresh)
+    for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(state),
+                    strict=True):
+        assert a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b))
+    picked = jax.lax.cond(jnp.asarray(True), lambda: restored, lambda: fresh)
+    assert jax.tree_util.tree_structure(picked) == jax.tree_util.tree_structure(fresh)
+    # and it trains on: three more steps from the restored state = from the saved state
+    a, _ = tr.run(restored, 3, 6)
+    b, _ = tr.run(state, 3, 6)
+    for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        assert np.array_equal(np.asarray(u), np.asarray(v))
+
+
+# ------------------------------------------------------------------ grain pipelines
+
+
+def _labelled_folder(n: int):
+    from workers.imagenet import ImageFolder
+
+    return ImageFolder(root="mem", split="train", classes=tuple(str(i) for i in range(n)),
+                       paths=tuple(f"mem/{i}.png" for i in range(n)),
+                       labels=np.arange(n, dtype=np.int32))
+
+
+def test_grain_epochs_are_permutations_of_the_chosen_images(monkeypatch):
+    """google/grain#1200: shuffle, then slice, then repeat leaked images outside the slice
+    into later epochs (and repeated others). symsweep's ImageNet pipeline
+    (workers.imagenet.train_pipeline) chooses its images before the shuffle and slices hosts
+    after the repeat: every epoch must be a permutation of exactly the chosen images, a new
+    one each epoch, and the hosts' rows must partition every global batch."""
+    from workers import imagenet as I
+
+    monkeypatch.setattr(I, "_read", lambda path: np.zeros((8, 8, 3), np.uint8))
+    folder = _labelled_folder(10)
+    chosen = np.array([1, 3, 4, 6, 8, 9])  # a subset, as the preset's train_size picks
+    epochs, batch = 4, 2
+    ds = I.train_pipeline(folder, chosen, image_size=8, batch_size=batch, seed=5,
+                          epochs=epochs)
+    per_epoch = len(chosen) // batch
+    assert len(ds) == epochs * per_epoch
+    labels = [int(v) for s in range(len(ds)) for v in ds[s]["label"]]
+    orders = [labels[e * len(chosen):(e + 1) * len(chosen)] for e in range(epochs)]
+    for o in orders:
+        assert sorted(o) == sorted(chosen.tolist())
+    assert len({tuple(o) for o in orders}) > 1  # reshuffled per epoch
+    hosts = [I.train_pipeline(folder, chosen, image_size=8, batch_size=batch, seed=5,
+                              epochs=epochs, process_index=p, process_count=2)
+             for p in range(2)]
+    for s in range(len(ds)):
+        rows = [int(v) for h in hosts for v in h[s]["label"]]
+        assert sorted(rows) == sorted(int(v) for v in ds[s]["label"])
