@@ -200,3 +200,92 @@ def test_grain_epochs_are_permutations_of_the_chosen_images(monkeypatch):
     for s in range(len(ds)):
         rows = [int(v) for h in hosts for v in h[s]["label"]]
         assert sorted(rows) == sorted(int(v) for v in ds[s]["label"])
+
+
+# ------------------------------------------------------------------ MLflow mirror
+
+
+def _mlflow_runs(uri: str, sweep: str = "s", filter_string: str = "") -> list:
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name(sweep)
+    return c.search_runs([exp.experiment_id], filter_string=filter_string, max_results=1000)
+
+
+def test_mirror_splits_what_exceeds_one_log_batch(tmp_path):
+    """mlflow/mlflow#6049 (and the request limits behind amesar/mlflow-export-import#41): one
+    ``log_batch`` takes at most 1,000 metrics and 100 params. The mirror of an attempt with
+    130 config keys and 1,200 metric points (300 evaluations of 4 metrics) must log all of
+    them, in several batches."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.tracking import Tracker
+
+    st = Store(str(tmp_path), "s")
+    cfg = {**CFG, **{f"extra_{i:03d}": i for i in range(125)}}
+    hist = [{"step": 10 * (k + 1), "test_acc": k / 300, "train_acc": k / 300,
+             "train_loss": 1 - k / 300, "test_mse": 0.5} for k in range(300)]
+    st.write_attempt(_row("a", 1, config_json=json.dumps(cfg)), hist)
+    tr = Tracker(st, preset="smoke")
+    assert tr.sync() == 1
+    tr.stop("FINISHED")
+    (run,) = _mlflow_runs(tr.uri)
+    assert len(cfg) == 130 and {k: run.data.params[k] for k in cfg} == \
+        {k: str(v) for k, v in cfg.items()}
+    c = MlflowClient(tr.uri)
+    for key in ("test_acc", "train_acc", "train_loss", "test_mse"):
+        steps = [m.step for m in c.get_metric_history(run.info.run_id, key)]
+        assert sorted(steps) == [10 * (k + 1) for k in range(300)], key
+
+
+def test_attempt_runs_are_found_by_their_parent_run_id(tmp_path):
+    """mlflow/mlflow#7809, #1984: MLflow's UI filter only sees the parent runs' own tags and
+    params, so the way to list the attempts of one invocation is a search on
+    ``tags.mlflow.parentRunId`` (the documented idiom). Every attempt run the mirror logs under
+    an invocation must be found that way, and by its trial_id tag."""
+    from orchestrator.tracking import Tracker
+
+    st = Store(str(tmp_path), "s")
+    tr = Tracker(st, preset="smoke", invocation={"preset": "smoke"})
+    for tid, attempt in (("a", 1), ("a", 2), ("b", 1)):
+        st.write_attempt(_row(tid, attempt), [{"step": 10, "test_acc": 0.5}])
+    assert tr.sync() == 3
+    tr.stop("FINISHED")
+    parent = tr.parent_run_id
+    kids = _mlflow_runs(tr.uri, filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+    assert sorted((r.data.tags["trial_id"], r.data.tags["attempt"]) for r in kids) == \
+        [("a", "1"), ("a", "2"), ("b", "1")]
+    assert len(_mlflow_runs(tr.uri, filter_string="tags.trial_id = 'a'")) == 2
+    assert len(_mlflow_runs(tr.uri)) == 4  # and the parent itself
+
+
+def test_completing_an_earlier_drivers_run_reads_its_whole_metric_history(tmp_path,
+                                                                        monkeypatch):
+    """mlflow/mlflow#16318, #23916: a metric history read that stops at one page (or, over
+    REST without ``max_results``, returns nothing and a token that never advances). The
+    mirror reads the points an earlier driver logged (to log only the missing ones) with
+    MlflowClient.get_metric_history, which pages; with a page of 5 points, completing a run
+    that holds 23 must log the 7 missing points and no point twice."""
+    import mlflow.tracking._tracking_service.client as tsc
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.store import TIME_KEY
+    from orchestrator.tracking import Tracker
+
+    monkeypatch.setattr(tsc, "GET_METRIC_HISTORY_MAX_RESULTS", 5)
+    st = Store(str(tmp_path), "s")
+    t0 = 1_767_225_600_000
+    dead = Tracker(st, preset="smoke", invocation={"preset": "smoke"})
+    for k in range(23):
+        dead.add_point("a", 1, CFG, 10 * (k + 1), t0 + k, {"test_acc": k / 30})
+    dead.flush_live()  # its driver dies here: no stop, no part yet
+    st.write_attempt(_row("a", 1), [{"step": 10 * (k + 1), "test_acc": k / 30,
+                                     TIME_KEY: t0 + k} for k in range(30)])
+    nxt = Tracker(st, preset="smoke", invocation={"preset": "smoke"})
+    assert nxt.sync() == 1
+    nxt.stop("FINISHED")
+    (run,) = [r for r in _mlflow_runs(nxt.uri) if r.data.tags.get("trial_id") == "a"]
+    steps = [m.step for m in MlflowClient(nxt.uri).get_metric_history(run.info.run_id,
+                                                                       "test_acc")]
+    assert sorted(steps) == [10 * (k + 1) for k in range(30)]
