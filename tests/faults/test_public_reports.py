@@ -289,3 +289,77 @@ def test_completing_an_earlier_drivers_run_reads_its_whole_metric_history(tmp_pa
     steps = [m.step for m in MlflowClient(nxt.uri).get_metric_history(run.info.run_id,
                                                                        "test_acc")]
     assert sorted(steps) == [10 * (k + 1) for k in range(30)]
+
+
+# ------------------------------------------------------------------ Ray Tune resource requests
+
+
+def _trial_dict(tid: str, kind: str = "train", **resources) -> dict:
+    return {"trial_id": tid, "kind": kind, "config": {"arch": "fcn"},
+            "resources": {"cpu": 1, **resources}}
+
+
+NODE = {"Alive": True, "Resources": {"CPU": 2.0, "memory": 8e9, "node:10.0.0.1": 1.0}}
+
+
+def test_a_request_no_node_can_hold_is_named_before_tune_waits_on_it():
+    """ray-project/ray#24259 (placement groups stuck pending), #14621, #18718: a trial whose
+    resource bundle fits on no node stays PENDING; without an autoscaler Tune only warns
+    (every 60 s, through a logger symsweep silences) and waits forever. `unschedulable` names
+    the first such trial, what it asks for and what the largest node has."""
+    from orchestrator.runner import unschedulable
+
+    fits = [_trial_dict("a"), _trial_dict("b", cpu=2, memory=4e9)]
+    assert unschedulable(fits, [NODE]) is None
+    msg = unschedulable(fits + [_trial_dict("c", cpu=3), _trial_dict("d", gpu=1)], [NODE])
+    assert msg is not None and "\n" not in msg
+    assert "2 trial(s)" in msg and "trial c" in msg and "CPU 3" in msg and "CPU 2" in msg
+    # the second bundle of a kernel trial with tile GPUs counts too; a dead node does not
+    tiles = _trial_dict("k", kind="kernel", tile_gpu=0.5, tile_cpu=1)
+    assert "trial k" in unschedulable([tiles], [NODE])
+    gpu_node = {"Alive": True, "Resources": {"CPU": 4.0, "GPU": 1.0}}
+    assert unschedulable([tiles], [NODE, gpu_node]) is None
+    assert unschedulable([tiles], [NODE, {**gpu_node, "Alive": False}]) is not None
+
+
+SWEEP_TOO_BIG = '''
+from orchestrator.spec import Preset, Sweep
+
+def fake_train(config, report=None):
+    return dict(status="completed", best_test_acc=0.5, test_acc=0.5, test_mse=0.5,
+                train_acc=1.0, steps=1)
+
+SWEEP = Sweep(
+    name="big",
+    axes=dict(inference=["nn"], arch=["fcn"], transform=["identity"]),
+    presets=dict(smoke=Preset(config=dict(dataset="synthetic", max_steps=1, eval_every=1),
+                              width=dict(fcn=4), seeds=(0,), max_failures=0,
+                              resources=dict(train=dict(cpu=2)))),
+    workers=dict(train=fake_train),
+)
+'''
+
+
+def test_a_sweep_asking_more_cpus_than_its_ray_has_stops_in_one_line(tmp_path):
+    """The same report end to end: ``symsweep run --num-cpus 1`` of a sweep whose trials ask
+    for 2 CPUs hung silently before (reproduced: no output, no trial, for minutes); now it
+    stops at once with one line, exit code 2, and no trial row."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sweep = tmp_path / "big.py"
+    sweep.write_text(SWEEP_TOO_BIG)
+    res = tmp_path / "res"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env.pop("RAY_ADDRESS", None)
+    # the timeout only turns the old hang into a failure; the new code ends within seconds
+    p = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(sweep),
+                        "--results", str(res), "--num-cpus", "1", "--no-progress"],
+                       capture_output=True, text=True, timeout=420, env=env)
+    assert p.returncode == 2, p.stderr[-2000:]
+    last = p.stderr.strip().splitlines()[-1]
+    assert "asks Ray for CPU 2" in last and "--num-cpus" in last, p.stderr[-2000:]
+    assert "Traceback" not in p.stderr
+    assert Store(str(res), "big").latest()[0].empty
