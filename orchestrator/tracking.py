@@ -289,9 +289,19 @@ class Tracker:
     def _experiment(self, client: Any) -> str:
         """The sweep's experiment id, the experiment created at first use with
         `EXPERIMENT_KIND_TAG`; an experiment of an older store, created without the tag, is
-        given it here (the first sync of every tracker); a kind already set is left alone."""
+        given it here (the first sync of every tracker); a kind already set is left alone.
+        An experiment deleted in MLflow (only marked deleted: no run can be created in it,
+        mlflow/mlflow issue 2651) raises `MlflowStoreError` naming the command that restores
+        it; mirroring then stops for this invocation (the sweep goes on)."""
         if self._exp_id is None:
             exp = client.get_experiment_by_name(self.store.sweep)
+            if exp is not None and exp.lifecycle_stage == "deleted":
+                raise MlflowStoreError(
+                    f"MLflow experiment '{self.store.sweep}' (id {exp.experiment_id}) in "
+                    f"{self.uri} was deleted, so nothing of this sweep is mirrored there (the "
+                    "sweep goes on; its results are in Parquet); restore it with "
+                    f"`MLFLOW_TRACKING_URI={self.uri} mlflow experiments restore -x "
+                    f"{exp.experiment_id}` and the next run or resume mirrors what it missed")
             if exp is None:
                 art = None
                 if self.uri.startswith("sqlite:///"):

@@ -363,3 +363,44 @@ def test_a_sweep_asking_more_cpus_than_its_ray_has_stops_in_one_line(tmp_path):
     assert "asks Ray for CPU 2" in last and "--num-cpus" in last, p.stderr[-2000:]
     assert "Traceback" not in p.stderr
     assert Store(str(res), "big").latest()[0].empty
+
+
+def test_a_deleted_sweep_experiment_is_named_with_its_restore_command(tmp_path, caplog):
+    """mlflow/mlflow#2651, #6445 (and mlflow/mlflow#814, Lightning-AI/pytorch-lightning#20556):
+    an experiment deleted in the UI is only marked deleted; looking it up by name still finds
+    it, and every run created in it fails ("must be in the 'active' state"). A sweep whose
+    experiment was deleted then mirrored nothing, with MLflow's message and no fix, and
+    retried at every sync. Now the tracker stops mirroring with one error line naming the
+    experiment and the command that restores it; once restored, the next run mirrors the
+    attempts it missed."""
+    import logging
+
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.tracking import Tracker
+
+    st = Store(str(tmp_path), "s")
+    st.write_attempt(_row("a", 1), [{"step": 10, "test_acc": 0.5}])
+    first = Tracker(st, preset="smoke", invocation={"preset": "smoke"})
+    assert first.sync() == 1
+    first.stop("FINISHED")
+    c = MlflowClient(first.uri)
+    exp_id = c.get_experiment_by_name("s").experiment_id
+    c.delete_experiment(exp_id)
+    st.write_attempt(_row("b", 1), [{"step": 10, "test_acc": 0.6}])
+    caplog.set_level(logging.WARNING)
+    tr = Tracker(st, preset="smoke", invocation={"preset": "smoke"})
+    assert tr.sync() == 0
+    assert tr.sync() == 0
+    tr.stop("FINISHED")
+    assert tr.broken is not None and "\n" not in tr.broken
+    assert "deleted" in tr.broken and f"mlflow experiments restore -x {exp_id}" in tr.broken
+    said = [r for r in caplog.records if "deleted" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.ERROR
+    c.restore_experiment(exp_id)
+    again = Tracker(st, preset="smoke", invocation={"preset": "smoke"})
+    assert again.sync() == 1
+    again.stop("FINISHED")
+    mirrored = [r for r in _mlflow_runs(again.uri) if "trial_id" in r.data.tags]
+    assert sorted(r.data.tags["trial_id"] for r in mirrored) == ["a", "b"]
+    assert all(r.info.status == "FINISHED" for r in mirrored)
