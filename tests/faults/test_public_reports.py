@@ -404,3 +404,48 @@ def test_a_deleted_sweep_experiment_is_named_with_its_restore_command(tmp_path, 
     mirrored = [r for r in _mlflow_runs(again.uri) if "trial_id" in r.data.tags]
     assert sorted(r.data.tags["trial_id"] for r in mirrored) == ["a", "b"]
     assert all(r.info.status == "FINISHED" for r in mirrored)
+
+
+def test_a_live_run_deleted_in_the_ui_stops_no_other_trials_live_view(tmp_path, caplog):
+    """mlflow/mlflow#689: logging to a run deleted in the UI fails ("must be in an active
+    lifecycle_stage"). A trial's live run deleted while it trained made every later flush of
+    the live view fail at that run, dropping the points queued behind it for the other
+    trials, until the trial ended. Now that trial's live points are dropped with one warning
+    naming it, the others keep arriving, and the attempt's part is still mirrored whole in
+    an active run at the end."""
+    import logging
+
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.store import TIME_KEY
+    from orchestrator.tracking import Tracker
+
+    st = Store(str(tmp_path), "s")
+    t0 = 1_767_225_600_000
+    tr = Tracker(st, preset="smoke", invocation={"preset": "smoke"})
+    for tid in "ab":
+        tr.add_point(tid, 1, CFG, 10, t0, {"test_acc": 0.1})
+    assert tr.flush_live() == 2
+    c = MlflowClient(tr.uri)
+    live = {r.data.tags["trial_id"]: r.info.run_id for r in _mlflow_runs(tr.uri)
+            if "trial_id" in r.data.tags}
+    c.delete_run(live["a"])  # a's queue comes first: its failure stopped b's points
+    caplog.set_level(logging.WARNING)
+    for k, step in enumerate((20, 30), start=1):
+        for tid in "ab":
+            tr.add_point(tid, 1, CFG, step, t0 + k, {"test_acc": 0.1 * k})
+        assert tr.flush_live() == 1  # b's point; a's is dropped
+    assert [m.step for m in c.get_metric_history(live["b"], "test_acc")] == [10, 20, 30]
+    said = [r for r in caplog.records if "deleted" in r.getMessage()]
+    assert len(said) == 1 and "trial a" in said[0].getMessage()
+    for tid in "ab":
+        st.write_attempt(_row(tid, 1), [{"step": s, "test_acc": 0.1, TIME_KEY: t0 + k}
+                                        for k, s in enumerate((10, 20, 30))])
+    assert tr.sync() == 2
+    tr.stop("FINISHED")
+    active = [r for r in _mlflow_runs(tr.uri) if "trial_id" in r.data.tags]
+    assert sorted(r.data.tags["trial_id"] for r in active) == ["a", "b"]
+    for r in active:
+        assert r.info.status == "FINISHED"
+        assert [m.step for m in c.get_metric_history(r.info.run_id, "test_acc")] == \
+            [10, 20, 30]
