@@ -449,3 +449,31 @@ def test_a_live_run_deleted_in_the_ui_stops_no_other_trials_live_view(tmp_path, 
         assert r.info.status == "FINISHED"
         assert [m.step for m in c.get_metric_history(r.info.run_id, "test_acc")] == \
             [10, 20, 30]
+
+
+def test_a_history_with_a_repeated_point_mirrors_each_point_once(tmp_path):
+    """mlflow/mlflow#20807: ``log_batch`` with metric points already in the store (or twice
+    in the batch) hits the SQL store's unique key and its IntegrityError recovery, which failed
+    when the duplicates spanned several key batches. The mirror sends each (metric, step) of
+    an attempt once: a history that repeats a point (a worker reporting its last evaluation
+    again, even with another value) and a second sync log no second point at a step and raise
+    nothing; the first value of a step is kept, as in the live view."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.store import TIME_KEY
+    from orchestrator.tracking import Tracker
+
+    st = Store(str(tmp_path), "s")
+    t0 = 1_767_225_600_000
+    pts = [{"step": 10, "test_acc": 0.1, TIME_KEY: t0}, {"step": 20, "test_acc": 0.2,
+                                                          TIME_KEY: t0 + 1}]
+    # the last evaluation reported again (a final eval at the same step, another value)
+    st.write_attempt(_row("a", 1), pts + [{**pts[-1], "test_acc": 0.25}])
+    tr = Tracker(st, preset="smoke")
+    assert tr.sync() == 1
+    assert tr.sync() == 0
+    tr.stop("FINISHED")
+    assert tr.broken is None
+    (run,) = _mlflow_runs(tr.uri)
+    hist = MlflowClient(tr.uri).get_metric_history(run.info.run_id, "test_acc")
+    assert [(m.step, m.value) for m in hist] == [(10, 0.1), (20, 0.2)]
