@@ -328,25 +328,69 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
     return summary
 
 
-def trial_resources(config: dict) -> Any:
-    """Tune's resource request of one trial (config = {"trial": Trial dict, ...}): CPU, GPU
-    and ``memory`` (bytes, from `memory_requests`) in one bundle; a kernel trial with tile
-    GPUs gets a second bundle for its tiles."""
-    from ray import tune
-
-    r = config["trial"]["resources"]
-    if config["trial"]["kind"] == "kernel" and r.get("tile_gpu", 0) > 0:
+def trial_bundles(trial: Mapping[str, Any]) -> list[dict[str, float]]:
+    """The resource bundles of one trial (a Trial dict): CPU, GPU and ``memory`` (bytes, from
+    `memory_requests`) in one bundle; a kernel trial with tile GPUs gets a second bundle for
+    its tiles."""
+    r = trial["resources"]
+    if trial["kind"] == "kernel" and r.get("tile_gpu", 0) > 0:
         first = {"CPU": max(r.get("cpu", 1), 0.01)}
         if r.get("memory", 0) > 0:
             first["memory"] = r["memory"]
-        return tune.PlacementGroupFactory(
-            [first, {"CPU": r.get("tile_cpu", 1), "GPU": r["tile_gpu"]}])
+        return [first, {"CPU": r.get("tile_cpu", 1), "GPU": r["tile_gpu"]}]
     bundle = {"CPU": r.get("cpu", 1)}
     if r.get("gpu", 0) > 0:
         bundle["GPU"] = r["gpu"]
     if r.get("memory", 0) > 0:  # bytes of host RAM (see memory_requests)
         bundle["memory"] = r["memory"]
-    return tune.PlacementGroupFactory([bundle])
+    return [bundle]
+
+
+def trial_resources(config: dict) -> Any:
+    """Tune's resource request of one trial (config = {"trial": Trial dict, ...}): a
+    placement group of its `trial_bundles`."""
+    from ray import tune
+
+    return tune.PlacementGroupFactory(trial_bundles(config["trial"]))
+
+
+def _resources_text(res: Mapping[str, float]) -> str:
+    return ", ".join(f"{k} {v / 1e9:.1f} GB" if k == "memory" else f"{k} {v:g}"
+                     for k, v in res.items())
+
+
+def unschedulable(trials: list[dict[str, Any]], nodes: list[dict[str, Any]]) -> str | None:
+    """None when each resource bundle of every trial (Trial dicts, `trial_bundles`) fits on
+    some alive node of ``nodes`` (``ray.nodes()`` entries: "Alive", "Resources"); else one
+    line naming how many trials cannot be placed, the first of them, what it asks for, the
+    most any node has, and the fixes. Such a trial's placement group stays pending: Tune
+    only warns about it once a minute and waits for an autoscaler (ray-project/ray issue
+    24259; docs/faults.md), so without one the sweep would hang."""
+    alive = [n.get("Resources", {}) for n in nodes if n.get("Alive")]
+
+    def fits(bundle: Mapping[str, float]) -> bool:
+        return any(all(res.get(k, 0.0) >= v * (1 - 1e-9) for k, v in bundle.items())
+                   for res in alive)
+
+    bad = [(t, b) for t in trials for b in trial_bundles(t) if not fits(b)]
+    if not bad:
+        return None
+    n = len({t["trial_id"] for t, _ in bad})
+    t, bundle = bad[0]
+    most = {k: max((res.get(k, 0.0) for res in alive), default=0.0)
+            for k in ("CPU", "GPU", "memory")}
+    return (f"{n} trial(s) ask Ray for more than any node of this Ray has, so Ray Tune would "
+            f"wait on them for ever: trial {t['trial_id']} ({t['kind']} "
+            f"{t.get('config', {}).get('arch')}) asks Ray for {_resources_text(bundle)}, "
+            f"the nodes have at most {_resources_text(most)}; lower the preset's resources, "
+            f"give Ray more CPUs (--num-cpus) or run on a cluster with such nodes (--address)")
+
+
+def _may_autoscale() -> bool:
+    """True on a Ray cluster started by the cluster launcher, whose autoscaler may still add
+    the nodes a pending trial needs: the test Ray Tune itself makes
+    (ray.tune.execution.cluster_info: the launcher's bootstrap config exists)."""
+    return os.path.exists(os.path.expanduser("~/ray_bootstrap_config.yaml"))
 
 
 def _node_memory() -> float | None:
@@ -465,6 +509,10 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "100")
     for name in ("ray.tune", "ray.train", "ray.air"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # ...but not Tune's note that no pending trial fits the cluster (shown once a minute
+    # while an autoscaler may still add nodes; without one `unschedulable` stops the run)
+    logging.getLogger("ray.tune.execution.insufficient_resources_manager").setLevel(
+        logging.WARNING)
     # kernels first; cells sharing tiles (gap/lap4/lap8 of one transform) far apart, so that
     # the second finds the first's tiles in the cache instead of computing them concurrently
     order = sorted(todo, key=lambda t: (t.kind != "kernel", t.config.get("arch") not in
@@ -494,11 +542,14 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
     n_old = clear_tune_state(ctx["results"], sweep.name)
     if n_old:
         log.info("removed %d Ray Tune state dir(s) of earlier runs under %s", n_old, storage)
+    requests = memory_requests(order, _node_memory())
+    problem = None if _may_autoscale() else unschedulable(requests, ray.nodes())
+    if problem:
+        raise ConfigError(problem)
     stopper = _disk_full_stopper()
     tuner = tune.Tuner(
         trainable,
-        param_space={"trial": tune.grid_search(memory_requests(order, _node_memory())),
-                     "ctx": ctx},
+        param_space={"trial": tune.grid_search(requests), "ctx": ctx},
         tune_config=tune.TuneConfig(
             reuse_actors=True,
             trial_name_creator=lambda t: t.config["trial"]["trial_id"],

@@ -192,6 +192,7 @@ class Tracker:
         self._points: dict[str, set[tuple[str, int]]] = {}  # run -> (metric, step) logged
         self._mine: set[str] = set()  # live runs this process opened
         self._stale: set[str] = set()  # live runs of earlier invocations still RUNNING
+        self._dropped: set[tuple[str, int]] = set()  # attempts whose live run was deleted
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._exp_id: str | None = None
         self._poked = threading.Event()
@@ -290,9 +291,19 @@ class Tracker:
     def _experiment(self, client: Any) -> str:
         """The sweep's experiment id, the experiment created at first use with
         `EXPERIMENT_KIND_TAG`; an experiment of an older store, created without the tag, is
-        given it here (the first sync of every tracker); a kind already set is left alone."""
+        given it here (the first sync of every tracker); a kind already set is left alone.
+        An experiment deleted in MLflow (only marked deleted: no run can be created in it,
+        mlflow/mlflow issue 2651) raises `MlflowStoreError` naming the command that restores
+        it; mirroring then stops for this invocation (the sweep goes on)."""
         if self._exp_id is None:
             exp = client.get_experiment_by_name(self.store.sweep)
+            if exp is not None and exp.lifecycle_stage == "deleted":
+                raise MlflowStoreError(
+                    f"MLflow experiment '{self.store.sweep}' (id {exp.experiment_id}) in "
+                    f"{self.uri} was deleted, so nothing of this sweep is mirrored there (the "
+                    "sweep goes on; its results are in Parquet); restore it with "
+                    f"`MLFLOW_TRACKING_URI={self.uri} mlflow experiments restore -x "
+                    f"{exp.experiment_id}` and the next run or resume mirrors what it missed")
             if exp is None:
                 art = None
                 if self.uri.startswith("sqlite:///"):
@@ -364,7 +375,7 @@ class Tracker:
             by_key.setdefault((it[0], it[1]), []).append(it)
         n = 0
         for key, pts in by_key.items():
-            if key in self._done_keys:
+            if key in self._done_keys or key in self._dropped:
                 continue
             rid = self._live.get(key) or self._open_live(client, exp_id, key, pts[0][2])
             seen = self._points_of(client, rid, {m for p in pts for m in p[5]})
@@ -374,11 +385,30 @@ class Tracker:
                     if (name, step) not in seen:
                         seen.add((name, step))
                         batch.append(Metric(name, float(v), t_ms, step))
-            for i in range(0, len(batch), 1000):
-                client.log_batch(rid, metrics=batch[i:i + 1000])
+            try:
+                for i in range(0, len(batch), 1000):
+                    client.log_batch(rid, metrics=batch[i:i + 1000])
+            except Exception:
+                if not self._deleted_live(client, rid, key):
+                    raise
+                continue  # the other attempts' points still go out
             n += len(batch)
         self.live_points += n
         return n
+
+    def _deleted_live(self, client: Any, rid: str, key: tuple[str, int]) -> bool:
+        """True (said once as a warning) when the live run ``rid`` of attempt ``key`` was
+        deleted in MLflow while the attempt ran: no point can be logged to it any more
+        (mlflow/mlflow issue 689), so its live points are dropped from now on; its part is
+        still mirrored, to a new run. False when the run is active (another failure)."""
+        if client.get_run(rid).info.lifecycle_stage != "deleted":
+            return False
+        log.warning("MLflow: the live run of trial %s attempt %s (%s) was deleted while it "
+                    "ran; its points are no longer shown live, its results are mirrored to a "
+                    "new run when it ends", key[0], key[1], rid)
+        self._dropped.add(key)
+        self._live.pop(key, None)
+        return True
 
     def _run_name(self, cfg: Mapping[str, Any], attempt: Any) -> str:
         return (f"{cfg.get('inference')}-{cfg.get('arch')}-{cfg.get('transform')}"
