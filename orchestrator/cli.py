@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import TYPE_CHECKING
 
 import typer
@@ -165,7 +166,9 @@ def _print_summary(summary, console) -> None:
     console.print(
         f"{summary.total} trials: {summary.skipped} already finished, "
         f"{summary.launched} launched ({summary.completed} completed, {summary.diverged} "
-        f"diverged, {summary.failed} failed, {summary.retries} retries), "
+        f"diverged, {summary.failed} failed, "
+        f"{f'{summary.interrupted} interrupted, ' if summary.interrupted else ''}"
+        f"{summary.retries} retries), "
         f"{summary.derived_written} derived rows written; kernel cells {summary.kernel_cells}, "
         f"computed {summary.kernel_computations}; wall {summary.wall_s:.1f} s")
     for n in summary.notes:
@@ -192,7 +195,13 @@ def _run(sweep, preset: str, results: str, address: str | None, mlflow_uri: str 
     # Tune's loop ends early only on such a signal (a lost lock raises), so the exit code is
     # the shell's for an interrupt, 130, as for a Ctrl-C outside Tune (click's Abort).
     unfinished = summary.launched - summary.completed - summary.diverged - summary.failed
-    if unfinished > 0:
+    if unfinished > 0 and summary.stopped_by:
+        console.print(f"stopped by {summary.stopped_by}: {unfinished} of {summary.launched} "
+                      f"trials did not finish ({summary.interrupted} stopped in flight after a "
+                      f"checkpoint, recorded as interrupted; {unfinished - summary.interrupted} "
+                      f"not started); `symsweep resume {sweep.name} --results {results}` "
+                      f"continues them (exit code {summary.exit_code})")
+    elif unfinished > 0:
         console.print(f"{unfinished} of {summary.launched} launched trials did not finish "
                       f"(interrupted); `symsweep resume {sweep.name} --results {results}` "
                       "runs only those")
@@ -203,7 +212,7 @@ def _run(sweep, preset: str, results: str, address: str | None, mlflow_uri: str 
         except ConfigError as ex:  # e.g. nothing finished
             console.print(f"no table: {ex}")
     if unfinished > 0:
-        return INTERRUPTED
+        return summary.exit_code or INTERRUPTED
     return 0 if summary.failed == 0 else 1
 
 
@@ -308,6 +317,39 @@ def resume(
     raise typer.Exit(code)
 
 
+@app.command()
+def stop(
+    sweep: str = typer.Argument(..., help="Sweep name, e.g. fig2"),
+    results: str = typer.Option("results", envvar="SYMSWEEP_RESULTS", help=RESULTS_HELP),
+    wait: bool = typer.Option(False, "--wait", help="Return only once the driver has "
+                              "released its lock"),
+    timeout: float = typer.Option(None, help="With --wait: give up after this many seconds "
+                                  "(exit code 1)"),
+) -> None:
+    """Ask the running driver of SWEEP to stop cleanly, from any host.
+
+    The same as SIGINT, SIGTERM or SIGUSR1 to the driver: no new trial starts, the trials in
+    flight write a checkpoint and are recorded as interrupted (not failed), the driver releases
+    its lock and exits with code 130 (after a signal: 128 + the signal, 130, 143 or 138). A
+    second signal stops it at once. `symsweep resume SWEEP` continues from there.
+
+    Works wherever the results root is seen: a driver in a tmux session, a Ray Job or a SLURM
+    job on another machine. When no driver runs the sweep, says so (exit code 2)."""
+    from orchestrator.stopping import stop_driver, wait_stopped
+
+    check_results_exist(results)
+    lock = stop_driver(results, sweep)
+    print(f"asked the driver of '{sweep}' (pid {lock.get('pid')} on host {lock.get('host')}) "
+          "to stop: no new trial starts, the trials in flight checkpoint and stop (within the "
+          "driver's SYMSWEEP_STOP_GRACE_S, default 120 s), then it exits with code 130; "
+          f"`symsweep resume {sweep} --results {results}` continues")
+    if wait:
+        if not wait_stopped(results, sweep, str(lock["token"]), timeout):
+            print(f"the driver still runs after {timeout:g} s", file=sys.stderr)
+            raise typer.Exit(1)
+        print("the driver has stopped")
+
+
 def _manifest_or_fail(results: str, sweep: str) -> dict:
     """The sweep's manifest; a damaged one is rebuilt from the sweep file when unambiguous
     (written back when the folder is writable), else ConfigError naming the repair."""
@@ -408,7 +450,8 @@ def status(
     # driver), whatever an earlier attempt ended as
     running = store.running_trials(dict(zip(df["trial_id"], df["attempt"], strict=True)))
     status_of.update(dict.fromkeys(running, "running"))
-    counts = {"completed": 0, "diverged": 0, "failed": 0, "running": 0, "missing": 0}
+    counts = {"completed": 0, "diverged": 0, "failed": 0, "interrupted": 0, "running": 0,
+              "missing": 0}
     per_kind: dict[str, dict[str, int]] = {}
     derived = 0
     for t in m["trials"]:
@@ -438,6 +481,13 @@ def status(
         live = lock_is_live(lock)
         con.print(f"driver lock: pid {lock.get('pid')} on {lock.get('host')}, started "
                   f"{lock.get('started_at')} ({'LIVE' if live else 'stale: dead driver'})")
+        from orchestrator.stopping import read_stop
+
+        req = read_stop(results, sweep)
+        if live and req and req.get("token") == lock.get("token"):
+            ago = time.time() - float(req.get("requested_at") or time.time())
+            con.print(f"stopping: asked by {req.get('by')} {ago:.0f} s ago; the trials in "
+                      "flight checkpoint and stop, then the driver exits")
     elif lock_state.damaged:
         con.print(f"driver lock {store.lock_path} is DAMAGED ({lock_state.damaged}): it names "
                   "no driver; the next `symsweep resume` takes it over")
@@ -860,9 +910,9 @@ def main(argv: list[str] | None = None) -> int:
     except click_errors as ex:  # unknown flag, missing argument, bad value: one line, exit 2
         print(_usage_line(ex), file=sys.stderr)
         return int(getattr(ex, "exit_code", 2) or 2)
-    except aborts:
+    except aborts as ex:  # Ctrl-C outside a run, or a second stop signal (stopping.StopNow)
         print("Aborted.", file=sys.stderr)
-        return INTERRUPTED
+        return int(getattr(ex.__cause__, "exit_code", INTERRUPTED))
     except OSError as ex:  # a full disk under any command: one line, not a traceback
         from orchestrator.fsio import disk_full_error
 

@@ -45,6 +45,7 @@ class ProgressCallback(Callback):  # type: ignore[misc]
         self.running: set[str] = set()
         self.done = 0
         self.failed = 0
+        self.interrupted = 0  # ended by a stop request (stopping.py): not done, not failed
         self.retries = 0
         self.t0: float | None = None
         self._live: Any = None
@@ -67,9 +68,13 @@ class ProgressCallback(Callback):  # type: ignore[misc]
         finished = self.done + self.failed
         el = time.time() - self.t0 if self.t0 else 0.0
         eta = _hms((self.total - finished) * el / finished) if finished and el > 0 else "?"
-        return {"done": self.done, "running": len(self.running), "failed": self.failed,
-                "pending": self.total - finished - len(self.running), "retries": self.retries,
-                "elapsed": _hms(el), "ETA": eta}
+        out: dict[str, Any] = {"done": self.done, "running": len(self.running),
+                               "failed": self.failed}
+        if self.interrupted:
+            out["interrupted"] = self.interrupted
+        out.update(pending=self.total - finished - self.interrupted - len(self.running),
+                   retries=self.retries, elapsed=_hms(el), ETA=eta)
+        return out
 
     def render(self) -> Any:
         from rich.table import Table
@@ -87,6 +92,7 @@ class ProgressCallback(Callback):  # type: ignore[misc]
         c = self.counts()
         return (f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} {self.title}: "
                 f"{c['done']}/{self.total} done, {c['running']} running, {c['failed']} failed, "
+                f"{str(c['interrupted']) + ' interrupted, ' if self.interrupted else ''}"
                 f"{c['pending']} pending, {c['retries']} retries; elapsed {c['elapsed']}, "
                 f"ETA {c['ETA']}")
 
@@ -135,7 +141,11 @@ class ProgressCallback(Callback):  # type: ignore[misc]
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running.discard(self._id(trial))
-        self.done += 1
+        last = getattr(trial, "last_result", None) or {}
+        if last.get("interrupted"):  # on a stop request: checkpointed, or never started
+            self.interrupted += 0 if last.get("not_started") else 1
+        else:
+            self.done += 1
         self._end(trial)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -16,7 +16,9 @@ Flow of `run_sweep`:
    files to MLflow (tracking.py) and shows live progress.
 
 One attempt of a trial is orchestrator/trial.py (also fault injection); kernel tiles and their
-cache are orchestrator/tiles.py.
+cache are orchestrator/tiles.py. SIGINT, SIGTERM, SIGUSR1 and `symsweep stop` stop a sweep
+cleanly (orchestrator/stopping.py): no new trial starts, the trials in flight checkpoint and
+are recorded as interrupted, the lock is released, `RunSummary.stopped_by` says what stopped it.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from orchestrator.spec import (
     file_sha256,
     select_trials,
 )
+from orchestrator.stopping import StopControl, clear_stop, grace_seconds
 from orchestrator.store import Store, now_utc
 from orchestrator.tiles import ship_by_value
 from orchestrator.trial import default_worker, execute_trial, materialize_derived, tune_trainable
@@ -99,6 +102,9 @@ class RunSummary:
     wall_s: float = 0.0
     kernel_cells: int = 0
     kernel_computations: int = 0
+    interrupted: int = 0  # trials that stopped (or never started) on a stop request
+    stopped_by: str | None = None  # SIGINT / SIGTERM / SIGUSR1 / "symsweep stop"
+    exit_code: int = 0  # of a stopped run: 128 + the signal (stopping.exit_code_for)
     notes: list[str] = field(default_factory=list)
 
 
@@ -158,6 +164,10 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
                 t.config[k] = os.path.abspath(os.path.expanduser(v))
     check_image_folders(trials, data_dir)
     check_address(address)  # a dead --address: one line, before anything is written
+    try:
+        grace_s = grace_seconds()
+    except ValueError as ex:
+        raise ConfigError(str(ex)) from None
     cells, comps = count_kernel_computations(trials)
     store = Store(results, sweep.name)
     # a compacted file that does not parse is a ConfigError naming it: raised here, before
@@ -177,17 +187,23 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
     if note:
         summary.notes.append(note)
         log.warning(note)
+    fs_root = results if "://" in results else os.path.abspath(results)
+    # a stop request left by an earlier driver is for none that runs now (our token is new)
+    clear_stop(fs_root, sweep.name)
+    control = StopControl(fs_root, sweep.name, lock["token"], grace_s)
+    control.install()
     if fault is None and os.environ.get("SYMSWEEP_CRASH_AT_STEP"):
         ids = [s for s in os.environ.get("SYMSWEEP_CRASH_TRIALS", "").split(",") if s]
         fault = {"crash_at_step": int(os.environ["SYMSWEEP_CRASH_AT_STEP"]), "trials": ids}
-    fs_root = results if "://" in results else os.path.abspath(results)
     ctx = {"results": fs_root, "sweep": sweep.name, "preset": preset,
            "code_version": code_version(), "tiles_root": fs_root,
            # a URL stays a URL (abspath would make gs://b/x the local ./gs:/b/x)
            "data_dir": (data_dir if "://" in data_dir else os.path.abspath(data_dir))
            if data_dir else None,
            "cache_dir": os.path.abspath(cache_dir) if cache_dir else None,
-           "fault": dict(fault) if fault else None}
+           "fault": dict(fault) if fault else None,
+           # the trials poll the stop request naming this driver (stopping.StopProbe)
+           "driver_token": lock["token"]}
     tracker = None
     stop_hb = threading.Event()
     lost: list[str] = []  # set by the heartbeat when the sweep must stop
@@ -195,7 +211,8 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
     def heartbeat() -> None:
         # Every failure is logged; once the lock has not been refreshed for nearly the stale
         # time (another driver could then take it over), or another driver holds it, the sweep
-        # is stopped: SIGINT to the main thread, which Tune turns into a clean stop.
+        # is stopped at once (control.abort: Tune's stopper ends its loop, a SIGINT wakes the
+        # main thread elsewhere).
         last_ok = time.monotonic()
         fails = 0
         while not stop_hb.wait(HEARTBEAT_S):
@@ -225,10 +242,7 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
             lost.append(f"sweep '{sweep.name}' stopped: {why}; no other driver may run it "
                         "meanwhile. Finished trials are kept: fix access to the results "
                         "folder, then `symsweep resume`")
-            import signal
-
-            # a real SIGINT to the main thread (wakes a blocking wait, unlike interrupt_main)
-            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            control.abort(lost[0])
             return
 
     hb = threading.Thread(target=heartbeat, daemon=True, name="driver-lock-heartbeat")
@@ -271,13 +285,14 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
         todo = [t for t in trials if t.derived_from is None and t.trial_id not in done]
         summary.skipped = sum(1 for t in trials if t.trial_id in done)
         summary.launched = len(todo)
-        if todo:
+        if todo and not control.poll():
             env = _ray_env(todo)
             os.environ.update({k: v for k, v in env.items() if k.startswith(("RAY_", "TUNE"))})
             started_ray = ensure_ray(address, num_cpus, env)
+            control.reinstall()  # ray.init made SIGTERM a plain sys.exit
             _run_tune(sweep, todo, trials, ctx, store, summary, tracker,
                       max_failures if max_failures is not None else p.max_failures, progress,
-                      console)
+                      console, control)
             if lost:  # Tune stopped on the heartbeat's SIGINT
                 raise LockLostError(lost[0])
             # Tune has ended every trial: attempts that died without a part get their failed
@@ -296,6 +311,13 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
         disk_was_full = True
         raise full from None
     finally:
+        control.uninstall()
+        if control.requested:
+            summary.stopped_by, summary.exit_code = control.by, control.exit_code
+        try:
+            clear_stop(fs_root, sweep.name, lock["token"])
+        except OSError as ex:  # it names this driver's token: no later driver obeys it
+            log.info("could not remove the stop request of %s (%s)", sweep.name, ex)
         if tracker is not None:
             tracker.stop("FINISHED" if finished else "FAILED")
         if started_ray:
@@ -473,14 +495,16 @@ class _DiskFullRecords(logging.Filter):
             logging.getLogger(name).removeFilter(self)
 
 
-def _disk_full_stopper() -> Any:
-    """A Tune stopper: a trial that ended on a full disk (its final result has ``disk_full``,
-    see `trial.tune_trainable`) stops the whole experiment at once, so no other trial and no
-    retry writes against it; its ``message`` keeps the trial's one-line error for the driver.
-    (Built here: Ray is imported only when a sweep runs.)"""
+def _stopper(control: StopControl, running: Any) -> Any:
+    """The Tune stopper of a sweep. A trial that ended on a full disk (its final result has
+    ``disk_full``, see `trial.tune_trainable`) stops the whole experiment at once, so no other
+    trial and no retry writes against it; its ``message`` keeps the trial's one-line error for
+    the driver. A stop request or a lost lock (``control``, stopping.py) ends it once no trial
+    runs (``running()`` of them), or at once on an abort. (Built here: Ray is imported only
+    when a sweep runs.)"""
     from ray import tune
 
-    class StopOnDiskFull(tune.Stopper):
+    class SweepStopper(tune.Stopper):
         def __init__(self) -> None:
             self.message: str | None = None
 
@@ -490,14 +514,31 @@ def _disk_full_stopper() -> Any:
             return bool(result.get("disk_full"))
 
         def stop_all(self) -> bool:
-            return self.message is not None
+            return self.message is not None or control.should_end(running)
 
-    return StopOnDiskFull()
+    return SweepStopper()
+
+
+def _signals_callback(control: StopControl) -> Any:
+    """A Tune callback whose ``setup`` (run after Tune installed its own SIGINT / SIGUSR1
+    handlers, which end its loop without letting trials checkpoint) puts the sweep's stop
+    handlers back (stopping.StopControl)."""
+    from ray import tune
+
+    class StopSignals(tune.Callback):
+        def setup(self, **info: Any) -> None:
+            control.reinstall()
+            control.in_tune = True
+
+        def __getstate__(self) -> dict[str, Any]:
+            return {}  # Tune pickles its callbacks with its state; the control stays here
+
+    return StopSignals()
 
 
 def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, store: Store,
               summary: RunSummary, tracker: Any, max_failures: int, progress: bool,
-              console: Any) -> None:
+              console: Any, control: StopControl) -> None:
     import ray
     from ray import tune
 
@@ -546,7 +587,7 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
     problem = None if _may_autoscale() else unschedulable(requests, ray.nodes())
     if problem:
         raise ConfigError(problem)
-    stopper = _disk_full_stopper()
+    stopper = _stopper(control, lambda: len(cb.running))
     tuner = tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search(requests), "ctx": ctx},
@@ -561,7 +602,8 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
             failure_config=tune.FailureConfig(max_failures=max_failures),
             stop=stopper,
             # the live MLflow view logs from here, the driver (tracking.py says why)
-            callbacks=[cb] + ([MlflowLiveCallback(tracker)] if tracker is not None else []),
+            callbacks=[_signals_callback(control), cb] +
+            ([MlflowLiveCallback(tracker)] if tracker is not None else []),
             verbose=0,
             log_to_file=False,
         ),
@@ -572,6 +614,7 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
     except ray.exceptions.RaySystemError as ex:  # pragma: no cover - cluster trouble
         raise RuntimeError(f"Ray failed: {ex}") from ex
     finally:
+        control.in_tune = False
         try:
             clear_tune_state(ctx["results"], sweep.name)
         except OSError as ex:  # scratch: the next run removes it; a full disk is said below
@@ -583,6 +626,7 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
     del grid  # the store, not Tune's result files, is the record
     summary.retries = cb.retries
     summary.failed = cb.failed + user_errors
+    summary.interrupted = cb.interrupted
     ids = {t.trial_id for t in todo}
     df, _ = store.latest()
     st = df[df["trial_id"].isin(ids)]["status"]

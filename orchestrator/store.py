@@ -121,7 +121,9 @@ HISTORY_SCHEMA = pa.schema([
 # integer milliseconds since the epoch (set by the trial, not by the worker)
 TIME_KEY = "measured_at_ms"
 HISTORY_NON_METRICS = frozenset({"step", "steps", TIME_KEY})
-STATUSES = ("completed", "diverged", "failed")
+# interrupted: the attempt stopped on a stop request (orchestrator/stopping.py) after writing
+# a checkpoint; like failed, not finished: a later attempt continues the trial
+STATUSES = ("completed", "diverged", "failed", "interrupted")
 DONE_STATUSES = ("completed", "diverged")  # a finished result; resume does not redo these
 COMPACT_PREFIX = "compacted-"  # never a part name: parse_part_name needs '-a<digits>-'
 PARTS_KEY = b"symsweep.parts"  # footer key of a compacted file: JSON list of folded parts

@@ -25,6 +25,7 @@ import numpy as np
 from orchestrator.cpus import claimed_cores, pin_threads
 from orchestrator.fsio import resolve_root, write_atomic
 from orchestrator.spec import SWEEP_MODULE_PREFIX
+from workers.errors import TrialInterrupted
 
 log = logging.getLogger("symsweep")
 
@@ -198,13 +199,18 @@ def _run_tile(fn: Callable, names: list[str], where: tuple[str, list[int]] | Non
 class TileMapper:
     """``map_tiles(fn, list_of_kwargs) -> list`` for the kernel engine: cached tiles are
     loaded, the others run as Ray tasks (at most ``inflight`` at a time; in-process when Ray
-    is not initialised) and each is stored as soon as it finishes, so a crash keeps them."""
+    is not initialised) and each is stored as soon as it finishes, so a crash keeps them.
+
+    ``should_stop`` (stopping.StopProbe): checked before each new tile; once true, the tiles
+    in flight are finished and stored, then `TrialInterrupted` is raised (a later attempt
+    finds every computed tile in the cache)."""
 
     cache: TileCache | None
     inflight: int = 1
     num_gpus: float = 0.0
     num_cpus: float = 1.0
     use_ray: bool = True
+    should_stop: Callable[[], bool] | None = None
     hits: int = 0
     computed: int = 0
     stats: dict[str, float] = field(default_factory=dict)
@@ -242,7 +248,9 @@ class TileMapper:
 
             ray_ok = ray.is_initialized()
         if not ray_ok:
-            for i in todo:
+            for n, i in enumerate(todo):
+                if self.should_stop is not None and self.should_stop():
+                    raise self._interrupted(len(todo) - n, len(todo))
                 v = fn(**kwargs_list[i])
                 self._store(keys[i], v)
                 deliver(i, v)
@@ -275,7 +283,10 @@ class TileMapper:
 
         pending: dict[Any, int] = {}
         queue = list(todo)
+        left = 0  # tiles not started because a stop was requested
         while queue or pending:
+            if queue and self.should_stop is not None and self.should_stop():
+                left, queue = len(queue), []  # those in flight are finished and stored below
             while queue and len(pending) < max(1, self.inflight):
                 i = queue.pop(0)
                 pending[submit(i)] = i
@@ -286,7 +297,14 @@ class TileMapper:
                 self._store(keys[i], v)
                 deliver(i, v)
                 del v
+        if left:
+            raise self._interrupted(left, len(todo))
         return out
+
+    def _interrupted(self, left: int, total: int) -> TrialInterrupted:
+        return TrialInterrupted(f"stopped on a stop request with {left} of {total} uncached "
+                                f"kernel tile(s) of a block left; the {self.computed} computed "
+                                "are cached for the next attempt")
 
     def _store(self, key: str, value: Any) -> None:
         self.computed += 1

@@ -607,8 +607,8 @@ class Tracker:
         client.log_batch(rid, tags=[RunTag("mlflow.note.content",
                                            f"symsweep part file {part}")])
         client.log_text(rid, json.dumps(cfg, indent=1, sort_keys=True), "config.json")
-        client.set_terminated(rid, status="FINISHED" if row["status"] != "failed" else "FAILED",
-                              end_time=ts)
+        client.set_terminated(rid, status={"failed": "FAILED", "interrupted": "KILLED"}.get(
+            row["status"], "FINISHED"), end_time=ts)
         client.set_tag(rid, MIRRORED_TAG, "1")  # last: everything above is logged
         self._done_keys.add(key)
         self._points.pop(rid, None)

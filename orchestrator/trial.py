@@ -33,9 +33,10 @@ from orchestrator.checkpoints import DEFAULT_KEEP, TrialCheckpoints
 from orchestrator.cpus import claim_cores
 from orchestrator.fsio import disk_full_error, write_atomic
 from orchestrator.spec import Trial
+from orchestrator.stopping import StopProbe
 from orchestrator.store import DONE_STATUSES, TIME_KEY, Store, now_utc
 from orchestrator.tiles import TileCache, TileMapper
-from workers.errors import UserError
+from workers.errors import TrialInterrupted, UserError
 
 log = logging.getLogger("symsweep")
 # result keys of a kernel cell that chose diag_reg on validation, stored as row columns
@@ -143,7 +144,12 @@ def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., di
 
     A finite trial continues from the latest complete checkpoint in the trial-keyed store
     (whichever attempt, run or driver wrote it); each checkpoint the worker reports is copied
-    there before the report returns (the worker may delete its own copy then)."""
+    there before the report returns (the worker may delete its own copy then).
+
+    A stop request for the driver (``ctx["driver_token"]``; orchestrator/stopping.py) ends the
+    attempt early as ``interrupted``: a worker taking ``should_stop`` checks it itself (a
+    trainer between steps: checkpoint, then return ``status="interrupted"``), a kernel cell's
+    tile mapper between tiles, any other worker at its next report (`TrialInterrupted`)."""
     store = Store(ctx["results"], ctx["sweep"])
     # an earlier attempt of this trial that died without its part (Tune retries after a lost
     # worker) gets its failed row first, so this one is numbered after it
@@ -181,6 +187,8 @@ def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., di
             log.info("trial %s attempt %d: resuming from step %d (%s)", trial.trial_id,
                      attempt, restored.step, restored.source)
 
+    should_stop = StopProbe(ctx["results"], ctx["sweep"], ctx.get("driver_token"))
+    takes_stop = "should_stop" in inspect.signature(worker).parameters
     last_ms = 0
 
     def report(metrics: dict, checkpoint_dir: str | None = None) -> None:
@@ -201,8 +209,11 @@ def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., di
             report_fn({**m, "attempt": attempt}, saved)
         if _fault_fires(fault, trial.trial_id, attempt, step):
             raise InjectedFault(f"injected crash at step {step} (attempt {attempt})")
+        if not takes_stop and should_stop():
+            kept = f"; its checkpoint of step {step} is kept" if saved else ""
+            raise TrialInterrupted(f"stopped on a stop request at step {step}{kept}")
 
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"should_stop": should_stop} if takes_stop else {}
     mapper = None
     if trial.kind == "kernel" and "map_tiles" in inspect.signature(worker).parameters:
         r = trial.resources
@@ -210,12 +221,21 @@ def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., di
                             inflight=max(1, int(r.get("cpu", 1) if not r.get("tile_gpu")
                                                 else r.get("tile_cpu", 1))),
                             num_gpus=float(r.get("tile_gpu", 0.0)),
-                            num_cpus=float(r.get("tile_cpu", 1.0)))
+                            num_cpus=float(r.get("tile_cpu", 1.0)), should_stop=should_stop)
         kwargs["map_tiles"] = mapper
     try:  # a failure while restoring is this attempt's failure too: it gets its row
         if trial.kind == "train":
             restore()
         result = dict(worker(wcfg, report, **kwargs) or {})
+    except TrialInterrupted as ex:  # a stop request: not a failure, the trial is not done
+        stopped = {"checkpoint_warnings": " | ".join(ckpt_warnings)} if ckpt_warnings else {}
+        if mapper is not None:
+            stopped.update(tiles_cached=mapper.hits, tiles_computed=mapper.computed)
+        store.write_attempt(_row(trial, ctx, attempt, started, stopped, "interrupted", str(ex),
+                                 time.time() - t0, start_step), history)
+        store.clear_inflight(trial.trial_id, attempt)
+        store.clear_running(trial.trial_id)
+        return {**stopped, "status": "interrupted", "error": str(ex)}
     except Exception as ex:
         root = root_cause(ex)
         # bad input (UserError: config / data) is stored as its own one-line message, which
@@ -250,7 +270,7 @@ def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., di
             result.setdefault("tiles_corrupt", mapper.cache.corrupt)
             result.setdefault("tiles_corrupt_note", " | ".join(mapper.cache.corrupt_notes))
     status = result.get("status") or "completed"
-    if status not in ("completed", "diverged"):
+    if status not in ("completed", "diverged", "interrupted"):
         status = "failed"
     store.write_attempt(_row(trial, ctx, attempt, started, result, status, result.get("error"),
                              float(result.get("wall_s") or (time.time() - t0)), start_step),
@@ -298,6 +318,11 @@ def tune_trainable(config: dict, workers: Mapping[str, Callable] | None = None) 
 
     trial = Trial.from_dict(config["trial"])
     ctx = config["ctx"]
+    if StopProbe(ctx["results"], ctx["sweep"], ctx.get("driver_token"))():
+        # the sweep is stopping: Tune may still start trials it had queued; they end at once,
+        # with no attempt (and no row), and run on resume
+        tune.report({"trial_finished": 1, "interrupted": 1, "not_started": 1})
+        return
     if trial.resources.get("gpu", 0) == 0 and trial.resources.get("tile_gpu", 0) == 0:
         # before the worker imports JAX: its CPU pool is sized from the cores pinned here,
         # so a 1-CPU trial runs one busy thread, not one per core of the machine (cpus.py)
@@ -328,6 +353,8 @@ def tune_trainable(config: dict, workers: Mapping[str, Callable] | None = None) 
         return
     final = {k: v for k, v in _scalars(result).items() if v is not None}
     final["trial_finished"] = 1
+    if result.get("status") == "interrupted":  # counted as such by the driver (progress.py)
+        final["interrupted"] = 1
     tune.report(final)
 
 

@@ -24,3 +24,9 @@ class DiskFullError(UserError):
     results root, the checkpoint folder or a temporary / Ray folder. Not bad input, but like it
     no retry can succeed until someone frees space: the run stops at once with one line naming
     the folder and its free space (exit code 2); `symsweep resume` continues afterwards."""
+
+
+class TrialInterrupted(Exception):  # noqa: N818 - the field's word for what happened
+    """Not an error: the sweep was asked to stop (orchestrator/stopping.py) while this attempt
+    ran. Raised between kernel tiles or at a report; the attempt is recorded as
+    ``interrupted``, its computed tiles and last checkpoint kept for the next attempt."""

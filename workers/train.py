@@ -36,7 +36,7 @@ import numpy as np
 import optax
 
 from workers.checkpoint import load_checkpoint, load_resume_meta, save_checkpoint
-from workers.errors import ConfigError
+from workers.errors import ConfigError, TrialInterrupted
 from workers.eta0 import estimate_eta0
 from workers.metrics import accuracy, mse
 from workers.models import count_params, init_params, make_model
@@ -370,11 +370,15 @@ def _jsonable(v: Any) -> Any:
 
 
 def train_arrays(config: dict, dataset: Any, report: Report | None = None, *,
-                 init: Any = None) -> dict:
+                 init: Any = None, should_stop: Callable[[], bool] | None = None) -> dict:
     """Train on an in-memory dataset (attributes x_/y_/labels_ train, val, test; x (N, H, W, C)
     float, y (N, K) one-hot minus 0.1, labels (N,) int).
 
     ``init`` optionally replaces the initial parameters drawn from the seed (Theorem 4.1 tests).
+    ``should_stop`` (the sweep was asked to stop; orchestrator/stopping.py) is checked after
+    each run of steps (at most eval_every / checkpoint_every steps): once true, a checkpoint
+    of the current step is saved and reported (when checkpointing) and training returns with
+    status ``interrupted``; resuming from that checkpoint gives the uninterrupted run's result.
     Returns the final metrics: status, success, best_test_acc, best_train_acc, best_step,
     test_acc, test_mse, val_acc, val_mse, train_acc, train_loss, steps, eta0, lr, l2, error,
     wall_s, n_params, eta0_seconds, history (list of the evaluation records) and checkpoint
@@ -495,8 +499,11 @@ def train_arrays(config: dict, dataset: Any, report: Report | None = None, *,
                 metrics = dict(last)
             stop = bool(last) and last.get("step") == step and \
                 last["train_acc"] >= cfg["early_stop_train_acc"]
+            # a stop request: this step gets a checkpoint (also off the schedule), then return
+            interrupted = not stop and step < cfg["max_steps"] and should_stop is not None \
+                and should_stop()
             ckpt_dir = None
-            if checkpointing and ck is not None and step % ck == 0:
+            if checkpointing and ck is not None and (step % ck == 0 or interrupted):
                 meta = {"step": step, "best": best, "history": history, "eta0": eta0,
                         "config": sci,
                         "data_key": np.asarray(jax.random.key_data(trainer.data_key)).tolist()}
@@ -512,6 +519,13 @@ def train_arrays(config: dict, dataset: Any, report: Report | None = None, *,
             while keep and len(written) > int(keep):
                 shutil.rmtree(written.pop(0), ignore_errors=True)
             if stop:
+                break
+            if interrupted:
+                status = "interrupted"
+                error = (f"stopped on a stop request at step {step}; " +
+                         (f"the next attempt continues from its checkpoint of step {step}"
+                          if checkpointing else "no checkpoint (checkpoint_every is None): "
+                          "the next attempt starts over"))
                 break
     finally:
         if own_dir:  # a temporary dir per run would otherwise fill a node's disk
@@ -543,18 +557,28 @@ def train_arrays(config: dict, dataset: Any, report: Report | None = None, *,
     return out
 
 
-def train(config: dict, report: Report | None = None) -> dict:
+def train(config: dict, report: Report | None = None,
+          should_stop: Callable[[], bool] | None = None) -> dict:
     """The worker entry point: build the dataset from config (workers.data.build_dataset) and
     train on it; see `train_arrays` for the returned metrics and DEFAULTS for config keys.
     ``dataset="imagenet"`` (an image folder, the recipe of Flax's ImageNet example) goes to
-    `workers.imagenet_train.train_imagenet`."""
+    `workers.imagenet_train.train_imagenet`, which stops at its next checkpointed report
+    once ``should_stop()`` (`TrialInterrupted`)."""
     if config.get("dataset") == "imagenet":
         from workers.imagenet_train import train_imagenet
 
-        return train_imagenet(config, report)
+        def report_or_stop(metrics: dict, checkpoint: str | None = None) -> None:
+            if report is not None:
+                report(metrics, checkpoint)
+            if should_stop is not None and checkpoint is not None and should_stop():
+                raise TrialInterrupted(f"stopped on a stop request at step "
+                                       f"{metrics.get('step')}; the next attempt continues "
+                                       "from its checkpoint of that step")
+
+        return train_imagenet(config, report_or_stop if report or should_stop else None)
     from workers.data import build_dataset
 
-    return train_arrays(config, build_dataset(config), report)
+    return train_arrays(config, build_dataset(config), report, should_stop=should_stop)
 
 
 __all__ = ["DEFAULTS", "INFERENCES", "Trainer", "resolve_config", "train", "train_arrays"]
