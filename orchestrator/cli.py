@@ -190,10 +190,10 @@ def _run(sweep, preset: str, results: str, address: str | None, mlflow_uri: str 
                         cache_dir=cache_dir, only=only, num_cpus=num_cpus,
                         progress=progress, console=console)
     _print_summary(summary, console)
-    # Tune stops on Ctrl-C (or SIGTERM) and returns normally: trials it had not finished
-    # have no row, so say so and fail, rather than print a partial table as if it were all.
-    # Tune's loop ends early only on such a signal (a lost lock raises), so the exit code is
-    # the shell's for an interrupt, 130, as for a Ctrl-C outside Tune (click's Abort).
+    # A stop (SIGINT, SIGTERM, SIGUSR1, `symsweep stop`: orchestrator/stopping.py) ends the run
+    # normally with trials unfinished: say so and fail with the shell's code for the signal
+    # (128 + signum; 130 for `symsweep stop`), rather than print a partial table as if it were
+    # all. A second signal raises instead (main: click's Abort, the same codes).
     unfinished = summary.launched - summary.completed - summary.diverged - summary.failed
     if unfinished > 0 and summary.stopped_by:
         console.print(f"stopped by {summary.stopped_by}: {unfinished} of {summary.launched} "

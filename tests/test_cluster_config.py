@@ -229,3 +229,37 @@ def test_sweep_file_takes_ray_submit_arguments():
     r = subprocess.run([sys.executable, "sweeps/fig2.py", "--", "--preset", "papr",
                         "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "papr" in r.stderr
+
+
+# ====================================================================== SLURM
+SBATCH = CLUSTER / "slurm.sbatch"
+
+
+def test_slurm_script_is_valid_bash_and_asks_for_a_signal_before_the_wall_time():
+    """The wall-time signal leaves room for the driver's clean stop: the script waits
+    STOP_WAIT_S for it, which covers the trials' grace (stopping.DEFAULT_GRACE_S). The whole
+    run is rehearsed in test_slurm_rehearsal.py."""
+    from orchestrator.stopping import DEFAULT_GRACE_S
+
+    subprocess.run(["bash", "-n", str(SBATCH)], check=True)
+    text = SBATCH.read_text()
+    opts = dict(re.findall(r"^#SBATCH --([\w-]+)(?:=(\S+))?", text, re.M))
+    lead = int(re.fullmatch(r"B:USR1@(\d+)", opts["signal"]).group(1))
+    wait = int(re.search(r"STOP_WAIT_S=\$\{SYMSWEEP_STOP_WAIT_S:-(\d+)\}", text).group(1))
+    assert DEFAULT_GRACE_S < wait < lead
+    assert "requeue" in opts and "exclusive" in opts  # symmetric-run's `ray stop` at the end
+    assert "export RAY_AUTH_MODE=token" in text and "secrets.token_hex" in text
+    assert "trap 'stop_sweep USR1' USR1" in text and "trap 'stop_sweep TERM' TERM" in text
+
+
+def test_ray_accepts_the_slurm_scripts_symmetric_run_arguments():
+    """The `ray symmetric-run` options of the script, as Ray's own parser reads them (it
+    refuses --head, --port, --node-ip-address and --block, and needs `--`)."""
+    from ray.scripts.symmetric_run import curate_and_validate_ray_start_args
+
+    text = SBATCH.read_text().replace("\\\n", " ")
+    line = re.search(r"ray symmetric-run (.*?) -- symsweep run", text).group(1)
+    args = line.replace('"', "").replace("${SYMSWEEP_RAY_START_ARGS:-}", "").split()
+    start_args = curate_and_validate_ray_start_args(args)
+    assert "--address" not in start_args and "--min-nodes" not in start_args
+    assert {"--num-cpus", "--num-gpus", "--temp-dir"} <= set(start_args)

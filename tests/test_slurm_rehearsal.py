@@ -1,0 +1,239 @@
+"""Rehearsal of cluster/slurm.sbatch on this machine (issue 29, item 4).
+
+The batch script runs as SLURM would run it, with stand-ins for what only a SLURM cluster has:
+
+* ``srun``: a multi-node step starts one local process per "node" with SLURM's per-task
+  variables (SLURM_NODEID, SLURM_PROCID, SLURMD_NODENAME), waits for all of them and exits with
+  the highest exit code, as srun does; a one-task step (``-w HEAD``) runs its command once.
+* ``scontrol``: ``show hostnames`` names node0..node<N-1>; ``requeue`` is recorded in a file.
+* ``ray`` (first on the tasks' PATH): Ray's real ``ray symmetric-run`` and ``ray start``, with
+  three changes for one machine standing in for two: a "node" other than the first has none of
+  the head's addresses (else both would start a head), other Rays on this machine are not on
+  "this node" (a real node runs only ours), each node gets its own ports, and ``ray stop`` stops
+  only this rehearsal's Ray processes (the real one stops every Ray of the user on the machine).
+
+The sweep is test_stop.py's held sweep (the real SGD and kernel workers on 8x8 data, one CPU
+each, one per node), held mid-way. SIGUSR1 to the batch shell, as ``--signal=B:USR1@600``
+sends it before the wall time: the script runs `symsweep stop --wait` and requeues the job;
+the driver exits 130 with both attempts recorded as interrupted. The "requeued" job (the same
+script, SLURM_RESTART_COUNT=1) finishes the sweep: each trial has one interrupted and one
+completed attempt, the SGD run continued from the checkpoint the stop wrote, and the rows equal
+those of an uninterrupted run.
+
+What only a real SLURM cluster confirms (README, "SLURM"): that SLURM delivers the signal at
+the lead time, requeues and restarts the job, that the nodes reach the head on the address
+``hostname -I`` gives first, node-local temp dirs, and GPUs per node.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from faults.test_stop import METRICS, write_held_sweep
+
+from orchestrator.store import Store
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+SCRIPT = REPO / "cluster" / "slurm.sbatch"
+
+SRUN = '''\
+#!{python}
+"""Stand-in srun: one local process per node, SLURM's per-task variables, the highest code."""
+import os, signal, subprocess, sys
+
+args, opts = sys.argv[1:], {{}}
+while args and args[0].startswith("-"):
+    a = args.pop(0)
+    if "=" in a:
+        k, v = a.split("=", 1)
+    elif a in ("-w", "-N", "-n", "--nodelist"):
+        k, v = a, args.pop(0)
+    else:
+        k, v = a, ""
+    opts[k] = v
+n = int(opts.get("--nodes", opts.get("-N", "1")))
+if opts.get("--ntasks", opts.get("-n")) == "1":
+    n = 1
+procs = []
+for node in range(n):
+    env = dict(os.environ, SLURM_NODEID=str(node), SLURM_PROCID=str(node), SLURM_LOCALID="0",
+               SLURMD_NODENAME=f"node{{node}}", SLURM_STEP_NUM_NODES=str(n),
+               PATH=os.environ["REHEARSAL_SHIM"] + ":" + os.environ["PATH"])
+    procs.append(subprocess.Popen(args, env=env))
+for s in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(s, lambda sig, frame: [p.send_signal(sig) for p in procs])
+codes = [p.wait() for p in procs]
+sys.exit(max(c if c >= 0 else 128 - c for c in codes))
+'''
+
+SCONTROL = '''\
+#!{python}
+"""Stand-in scontrol: the allocation's host names, and a recorded requeue."""
+import os, sys
+
+a = sys.argv[1:]
+if a[:2] == ["show", "hostnames"]:
+    print("\\n".join(f"node{{i}}" for i in range(int(os.environ["SLURM_JOB_NUM_NODES"]))))
+elif a[:1] == ["requeue"]:
+    with open(os.path.join(os.environ["REHEARSAL_DIR"], "requeued"), "a") as f:
+        f.write(a[1] + "\\n")
+else:
+    sys.exit(f"scontrol stand-in: {{a}} is not rehearsed")
+'''
+
+RAY = '''\
+#!{python}
+"""Stand-in ray: the real one, made to run two "nodes" on one machine (see the test)."""
+import json, os, sys
+
+REAL = {real!r}
+args = sys.argv[1:]
+node = os.environ.get("SLURM_NODEID", "0")
+if args[:1] == ["stop"]:  # only this "node's" Ray of this job: never another's, nor an ancestor
+    import psutil
+
+    me = psutil.Process()
+    keep = {{me.pid, *(p.pid for p in me.parents())}}
+    for p in psutil.process_iter():
+        try:
+            e = p.environ()
+            if p.pid not in keep and e.get("SLURM_NODEID") == node and \\
+                    e.get("RAY_AUTH_TOKEN") == os.environ["RAY_AUTH_TOKEN"]:
+                p.kill()
+        except psutil.Error:
+            pass
+    sys.exit(0)
+if args[:1] == ["start"]:  # every node its own ports (Ray's defaults collide on one machine)
+    import socket
+
+    extra = ["--resources", json.dumps({{f"node{{node}}": 1}}),
+             "--object-store-memory", str(256 * 1024 ** 2)]
+    for flag in ("--node-manager-port", "--object-manager-port", "--dashboard-agent-grpc-port",
+                 "--dashboard-agent-listen-port", "--metrics-export-port",
+                 "--runtime-env-agent-port"):
+        with socket.socket() as s:
+            s.bind(("", 0))
+            extra += [flag, str(s.getsockname()[1])]
+    os.execv(REAL, [REAL, *args, *extra])
+if args[:1] == ["symmetric-run"]:
+    import psutil
+    import ray.scripts.symmetric_run as sr
+
+    sr.check_ray_already_started = lambda: False  # other Rays here are not on "this node"
+    if node != "0":  # a node that is not the head has none of its addresses
+        psutil.net_if_addrs = lambda: {{}}
+    sr.symmetric_run.main(args=args[1:], prog_name="ray symmetric-run")
+os.execv(REAL, [REAL, *args])
+'''
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    path.chmod(0o755)
+
+
+def _kill_ours(rehearsal: str) -> None:
+    """Every process this rehearsal started (they carry REHEARSAL_DIR in their environment)."""
+    import psutil
+
+    for p in psutil.process_iter():
+        try:
+            if p.pid != os.getpid() and p.environ().get("REHEARSAL_DIR") == rehearsal:
+                p.kill()
+        except psutil.Error:
+            pass
+
+
+def _batch(env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(["bash", str(SCRIPT)], cwd=REPO, env=env, stdout=log.open("a"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def test_wall_time_signal_stops_the_sweep_and_the_requeued_job_finishes_it(tmp_path):
+    ips = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
+    if not ips:
+        pytest.skip("this machine has no non-loopback address for the head")
+    d = tmp_path
+    for name, text in (("bin/srun", SRUN), ("bin/scontrol", SCONTROL),
+                       ("shim/ray", RAY)):
+        _write(d / name, text.format(python=sys.executable, real=str(VENV_BIN / "ray")))
+    ray_root = tempfile.mkdtemp(prefix="ssr-", dir="/tmp")  # short: Ray's unix socket paths
+    job = str(90000 + os.getpid() % 10000)
+    sweep_file, hold = write_held_sweep(d)
+    res = d / "res"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "SLURM"))}
+    env.update(PATH=f"{d / 'bin'}:{os.environ['PATH']}", SLURM_JOB_ID=job,
+               SLURM_JOB_NUM_NODES="2", SLURM_NNODES="2", SLURM_JOB_NODELIST="node[0-1]",
+               SLURM_CPUS_ON_NODE="1", SLURM_GPUS_ON_NODE="0", SLURM_TMPDIR=ray_root,
+               SWEEP_FILE=str(sweep_file), PRESET="smoke", SYMSWEEP_RESULTS=str(res),
+               SYMSWEEP_VENV=str(VENV_BIN.parent), REHEARSAL_DIR=str(d),
+               REHEARSAL_SHIM=str(d / "shim"),
+               # a node's raylet gives up on a stopped head after this (Ray's default: 60 s;
+               # shorter here, so that srun, which waits for every node, ends sooner)
+               RAY_gcs_rpc_server_reconnect_timeout_s="5", PYTHONUNBUFFERED="1")
+    log = d / "job.log"
+    try:
+        # ---- the first job: held mid-way, then the wall-time signal
+        hold.write_text("hold")
+        proc = _batch(env, log)
+        reached = [Path(f"{hold}.train.reached"), Path(f"{hold}.kernel.reached")]
+        t0 = time.monotonic()
+        while not all(r.exists() for r in reached):
+            assert proc.poll() is None, log.read_text()[-5000:]
+            assert time.monotonic() - t0 < 300, log.read_text()[-5000:]
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGUSR1)  # --signal=B:USR1@600: to the batch shell only
+        code = proc.wait(timeout=300)
+        text = log.read_text()
+        assert code == 130, text[-5000:]
+        assert "SIGUSR1: stopping sweep held cleanly" in text and "the driver has stopped" in text
+        assert (d / "requeued").read_text().split() == [job]
+        st = Store(str(res), "held")
+        first = st.read_trials_all()[0].to_pandas()
+        assert sorted(first["status"]) == ["interrupted", "interrupted"], text[-5000:]
+        assert first["node"].nunique() == 2  # one trial on each node
+        assert not (res / "held" / "driver.lock").exists()
+
+        # ---- the requeued job: the same script continues the sweep
+        hold.unlink()
+        proc = _batch(dict(env, SLURM_RESTART_COUNT="1"), log)
+        code = proc.wait(timeout=300)
+        text = log.read_text()
+        assert code == 0, text[-5000:]
+        assert "(restart 1)" in text
+    finally:
+        _kill_ours(str(d))
+        shutil.rmtree(ray_root, ignore_errors=True)
+    rows = st.read_trials_all()[0].to_pandas().sort_values("attempt")
+    assert rows.groupby("kind")["status"].agg(list).to_dict() == {
+        "kernel": ["interrupted", "completed"], "train": ["interrupted", "completed"]}
+    df = st.latest()[0].set_index("kind")
+    assert df.loc["train", "start_step"] == 20  # the checkpoint the stop wrote
+    assert st.done_ids() == set(df["trial_id"])  # each counted once
+
+    # the same sweep uninterrupted (an embedded Ray, the same trial environment)
+    from orchestrator.runner import run_sweep
+    from orchestrator.spec import load_sweep
+
+    ref_dir = d / "ref"
+    ref_dir.mkdir()
+    ref_file, _ = write_held_sweep(ref_dir)
+    s = run_sweep(load_sweep(str(ref_file)), "smoke", results=str(ref_dir / "res"),
+                  progress=False, tracking=False, num_cpus=2)
+    assert s.completed == 2
+    ref = Store(str(ref_dir / "res"), "held").latest()[0].set_index("kind")
+    for m in METRICS:
+        assert df.loc["train", m] == ref.loc["train", m], m
+    for m in ("test_acc", "test_mse"):
+        assert df.loc["kernel", m] == ref.loc["kernel", m], m
