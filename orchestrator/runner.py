@@ -318,8 +318,10 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
             clear_stop(fs_root, sweep.name, lock["token"])
         except OSError as ex:  # it names this driver's token: no later driver obeys it
             log.info("could not remove the stop request of %s (%s)", sweep.name, ex)
-        if tracker is not None:
-            tracker.stop("FINISHED" if finished else "FAILED")
+        if tracker is not None:  # the invocation's parent run: KILLED when a stop cut it short
+            cut = control.requested and summary.launched > summary.completed + \
+                summary.diverged + summary.failed
+            tracker.stop("FAILED" if not finished else "KILLED" if cut else "FINISHED")
         if started_ray:
             import ray
 

@@ -761,11 +761,14 @@ class Store:
 
     def load_finished(self) -> tuple[pd.DataFrame, dict[str, Any]]:
         """(latest attempt per trial, manifest) for tables and figures: the one result loader.
-        Corrupt part files are named on stderr (`warn_corrupt`); ConfigError when the sweep is
-        absent or has no finished trial yet."""
+        A trial whose latest attempt was interrupted (a stop request) has no result yet and is
+        left out (it is neither finished nor failed; resume continues it). Corrupt part files
+        are named on stderr (`warn_corrupt`); ConfigError when the sweep is absent or has no
+        finished trial yet."""
         m = self.manifest_or_fail()
         df, corrupt = self.latest()
         warn_corrupt(corrupt)
+        df = df[df["status"] != "interrupted"].reset_index(drop=True)
         if df.empty:
             raise ConfigError(f"sweep '{self.sweep}' has no finished trials under {self.root} "
                               "yet")
