@@ -246,14 +246,15 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
             return
 
     hb = threading.Thread(target=heartbeat, daemon=True, name="driver-lock-heartbeat")
-    hb.start()
-    # attempts a dead driver left in flight get their failed rows (none runs now: the lock)
-    summary.notes.extend(store.salvage_dead_attempts())
     started_ray = False
     finished = False
     quiet = _DiskFullRecords(fs_root).__enter__()  # Tune's and MLflow's full-disk tracebacks
     disk_was_full = False
     try:
+        control.armed = True  # from here a lost lock may interrupt the main thread
+        hb.start()
+        # attempts a dead driver left in flight get their failed rows (none runs now: the lock)
+        summary.notes.extend(store.salvage_dead_attempts())
         store.write_manifest({
             "sweep": sweep.name, "preset": preset, "source": sweep.source, "dedupe": dedupe,
             # resume checks the sweep file it is given against this (it never loads `source`)
@@ -311,6 +312,7 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
         disk_was_full = True
         raise full from None
     finally:
+        control.armed = False  # the clean-up below runs to its end
         control.uninstall()
         if control.requested:
             summary.stopped_by, summary.exit_code = control.by, control.exit_code

@@ -145,9 +145,14 @@ def wait_stopped(results: str, sweep: str, token: str, timeout_s: float | None =
     lock_of = Store(results, sweep).driver_lock
     t_end = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
-        cur = lock_of.read()
-        if cur is None or cur.get("token") != token or not lock_is_live(cur):
-            return True
+        try:  # an unreadable lock (a flaky bucket) is not a released one: ask again
+            st = lock_of.state()
+        except OSError as ex:
+            log.warning("could not read the driver lock of %s (%s); still waiting", sweep, ex)
+        else:
+            cur = st.lock
+            if cur is None or cur.get("token") != token or not lock_is_live(cur):
+                return True
         if t_end is not None and time.monotonic() >= t_end:
             return False
         time.sleep(every_s)
@@ -197,6 +202,7 @@ class StopControl:
         self.requested_at: float | None = None
         self.aborted: str | None = None     # why the driver must stop at once
         self.in_tune = False
+        self.armed = False  # the driver's main block runs: an abort may interrupt it
         self._old: dict[int, Any] = {}
         self._next_poll = 0.0
 
@@ -229,7 +235,10 @@ class StopControl:
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.aborted is not None:  # the heartbeat's wake-up call (abort)
-            if not self.in_tune:  # Tune's loop polls `should_end`; elsewhere: stop now
+            # Tune's loop polls `should_end`; elsewhere in the driver's main block: stop now
+            # (once: never inside the clean-up that follows)
+            if self.armed and not self.in_tune:
+                self.armed = False
                 raise KeyboardInterrupt(self.aborted)
             return
         name = signal.Signals(signum).name

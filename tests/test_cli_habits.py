@@ -257,16 +257,17 @@ def test_status_counts_running_trials_only_under_a_live_driver(shown, capsys):
 
     # no driver: a marker is a leftover, the trial is missing
     assert main(["status", "fig2", "--results", str(root)]) == 0
-    assert row("train")[4] == "0"  # kind completed diverged failed RUNNING missing total
+    # kind completed diverged failed interrupted RUNNING missing total
+    assert row("train")[5] == "0"
     lock, _ = st.acquire_lock()  # a live driver (this process)
     try:
         assert main(["status", "fig2", "--results", str(root)]) == 0
         cells = row("train")
-        assert cells[1:5] == ["1", "0", "0", "1"], cells
+        assert cells[1:6] == ["1", "0", "0", "0", "1"], cells
         # an attempt newer than the last row of a failed trial counts as running too
         st.mark_running(tid, 3, {"started_at": "now"})
         assert main(["status", "fig2", "--results", str(root)]) == 0
-        assert row("train")[1:5] == ["0", "0", "0", "2"]
+        assert row("train")[1:6] == ["0", "0", "0", "0", "2"]
         assert main(["show", running, "--results", str(root)]) == 0
         assert "RUNNING attempt 1 since 2026-12-01T03:05:00+00:00" in capsys.readouterr().out
     finally:
