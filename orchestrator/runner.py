@@ -312,8 +312,9 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
         disk_was_full = True
         raise full from None
     finally:
-        control.armed = False  # the clean-up below runs to its end
-        control.uninstall()
+        # the clean-up below runs to its end: a signal now only logs (the handlers stay until
+        # the lock is released; the default action would leave it behind)
+        control.armed, control.closing = False, True
         if control.requested:
             summary.stopped_by, summary.exit_code = control.by, control.exit_code
         try:
@@ -329,6 +330,7 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
 
             ray.shutdown()
             stop_reaper()
+            control.reinstall()
         if finished:
             _compact_after_run(store, lock, summary)
         try:  # no attempt of this driver runs any more (Ray is shut down or never started)
@@ -345,6 +347,7 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
             log.error("could not release the driver lock %s (%s: %s); a later driver on this "
                       "host takes it over once this process has ended", store.lock_path,
                       type(ex).__name__, ex)
+        control.uninstall()
         quiet.__exit__()
         if quiet.count and finished:  # the disk filled and emptied again: the run is whole
             log.warning("Ray Tune / MLflow could not write %d time(s) for lack of space (their "

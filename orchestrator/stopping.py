@@ -194,6 +194,7 @@ class StopControl:
     raises `StopNow` (a KeyboardInterrupt) at once. `reinstall` puts the handlers back after
     Ray and Tune replaced them (ray.init: SIGTERM -> sys.exit; Tune: SIGINT / SIGUSR1 end its
     loop without letting trials checkpoint); runner.py calls it from a Tune callback's setup.
+    While `closing` (the driver's clean-up, until its lock is released) a signal only logs.
     `abort` (the heartbeat thread, on a lost lock) stops without waiting for trials."""
 
     def __init__(self, results: str, sweep: str, token: str, grace_s: float) -> None:
@@ -203,6 +204,7 @@ class StopControl:
         self.aborted: str | None = None     # why the driver must stop at once
         self.in_tune = False
         self.armed = False  # the driver's main block runs: an abort may interrupt it
+        self.closing = False  # the driver's clean-up runs: a signal must not cut it short
         self._old: dict[int, Any] = {}
         self._next_poll = 0.0
 
@@ -242,6 +244,11 @@ class StopControl:
                 raise KeyboardInterrupt(self.aborted)
             return
         name = signal.Signals(signum).name
+        if self.closing:  # cut short, the clean-up would leave the lock behind (stale for
+            # LOCK_STALE_S on another host: a requeued SLURM job could not take the sweep over)
+            log.warning("%s during the driver's clean-up: it finishes first (shutting Ray down, "
+                        "releasing the driver lock); SIGKILL ends it at once", name)
+            return
         if self.requested:
             log.warning("%s again: stopping at once; the trials in flight are recorded as "
                         "failed and continue from their last checkpoint on resume", name)

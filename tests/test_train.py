@@ -259,6 +259,43 @@ def test_killed_and_resumed_run_ends_with_the_metrics_of_an_uninterrupted_run(tm
     assert full["steps"] == 60
 
 
+def test_a_stop_between_evaluations_checkpoints_there_and_resumes_bit_for_bit(tmp_path,
+                                                                             monkeypatch):
+    """`should_stop` is read after each run of STOP_CHECK_STEPS steps, also inside an
+    evaluation interval (the paper preset evaluates every 10,000 steps, longer than the
+    driver's grace): a stop at step 15 of a 20-step interval checkpoints step 15, and the
+    resumed run ends with every number of the uninterrupted one, train_loss (a mean over the
+    whole interval, across the stop) and history included."""
+    import workers.train as train_mod
+
+    monkeypatch.setattr(train_mod, "STOP_CHECK_STEPS", 5)
+    ds = tiny_dataset()
+    cfg = {**BASE, "arch": "fcn", "width": 8, "eta0_samples": 16, "max_steps": 40,
+           "eval_every": 20, "checkpoint_every": 20, "early_stop_train_acc": 2.0}
+    full = train_arrays({**cfg, "work_dir": str(tmp_path / "a")}, ds,
+                        should_stop=lambda: False)
+    asked = []
+
+    def stop_at_third_check() -> bool:
+        asked.append(1)
+        return len(asked) == 3  # after steps 5, 10, 15
+
+    cut = train_arrays({**cfg, "work_dir": str(tmp_path / "b")}, ds,
+                       should_stop=stop_at_third_check)
+    assert cut["status"] == "interrupted" and cut["steps"] == 15
+    assert cut["checkpoint"].endswith("checkpoint_000000015")
+    resumed = train_arrays({**cfg, "work_dir": str(tmp_path / "c"),
+                            "resume_from": cut["checkpoint"]}, ds)
+    for key in ("status", "best_test_acc", "best_train_acc", "best_step", "test_acc",
+                "test_mse", "train_acc", "train_loss", "steps", "history"):
+        assert resumed[key] == full[key], key
+    # the cuts move no parameter: the run without them ends on the same model
+    monkeypatch.setattr(train_mod, "STOP_CHECK_STEPS", 500)
+    whole = train_arrays({**cfg, "work_dir": str(tmp_path / "d")}, ds)
+    assert whole["test_acc"] == full["test_acc"] and whole["test_mse"] == full["test_mse"]
+    np.testing.assert_allclose(whole["train_loss"], full["train_loss"], rtol=1e-6)
+
+
 def test_resume_with_a_different_config_is_refused(tmp_path):
     ds = tiny_dataset()
     cfg = {**BASE, "max_steps": 10, "eval_every": 10, "checkpoint_every": 10,

@@ -293,8 +293,9 @@ class Trainer:
     def run(self, state: dict, start_step: int, n_steps: int) -> tuple[dict, dict]:
         """Advance ``state`` (consumed: its buffers are donated) from start_step by n_steps.
 
-        Returns (new_state, info) with info = {"steps_done", "mean_loss", "bad_step" (-1 if
-        none), "bad_loss"}; after a bad step the loop stops and the state is not usable.
+        Returns (new_state, info) with info = {"steps_done", "loss_sum" and "mean_loss" (of the
+        data loss over the good steps), "bad_step" (-1 if none), "bad_loss"}; after a bad step
+        the loop stops and the state is not usable.
         """
         dt = self.x.dtype
         hp = {k: jnp.asarray(v, dt) for k, v in (("lr", self.lr), ("momentum", self.momentum),
@@ -306,7 +307,8 @@ class Trainer:
             state, self.x, self.y, self.data_key, hp, jnp.asarray(start_step, jnp.int32),
             jnp.asarray(n_steps, jnp.int32))
         done = int(i) - (1 if int(bad_step) >= 0 else 0)
-        return st, {"steps_done": done, "mean_loss": float(loss_sum) / max(done, 1),
+        return st, {"steps_done": done, "loss_sum": float(loss_sum),
+                    "mean_loss": float(loss_sum) / max(done, 1),
                     "bad_step": int(bad_step), "bad_loss": float(bad_loss)}
 
     # steps dispatched between two reads of the losses: reading a loss waits for its step, so
@@ -330,13 +332,14 @@ class Trainer:
             # steps after a bad one ran on a broken state; the caller discards it
             for loss in map(float, jax.device_get(pending)):
                 if not math.isfinite(loss) or loss > self.diverge_loss:
-                    return state, {"steps_done": done, "mean_loss": loss_sum / max(done, 1),
+                    return state, {"steps_done": done, "loss_sum": loss_sum,
+                                   "mean_loss": loss_sum / max(done, 1),
                                    "bad_step": start + done, "bad_loss": loss}
                 loss_sum += loss
                 done += 1
             pending = []
-        return state, {"steps_done": done, "mean_loss": loss_sum / max(done, 1),
-                       "bad_step": -1, "bad_loss": 0.0}
+        return state, {"steps_done": done, "loss_sum": loss_sum,
+                       "mean_loss": loss_sum / max(done, 1), "bad_step": -1, "bad_loss": 0.0}
 
     def predict(self, params: Any, x: np.ndarray, batch: int = 500) -> np.ndarray:
         """Logits (N, K) for x (N, H, W, C), in fixed-size padded batches (one compilation)."""
@@ -363,6 +366,13 @@ def _scores(logits: np.ndarray, y: np.ndarray, labels: np.ndarray) -> tuple[floa
 # ----------------------------------------------------------------------------- the worker
 
 
+# Steps in one run of the compiled loop at most, between two checks of a stop request: well
+# inside the driver's grace (stopping.DEFAULT_GRACE_S) at any preset's step time. The runs are
+# cut at its multiples whether or not a stop is asked for, and the training loss is summed over
+# them, so the numbers do not depend on it (one host sync per run: no cost worth measuring).
+STOP_CHECK_STEPS = 500
+
+
 def _jsonable(v: Any) -> Any:
     if isinstance(v, (np.floating, np.integer, np.bool_)):
         return v.item()
@@ -376,9 +386,11 @@ def train_arrays(config: dict, dataset: Any, report: Report | None = None, *,
 
     ``init`` optionally replaces the initial parameters drawn from the seed (Theorem 4.1 tests).
     ``should_stop`` (the sweep was asked to stop; orchestrator/stopping.py) is checked after
-    each run of steps (at most eval_every / checkpoint_every steps): once true, a checkpoint
-    of the current step is saved and reported (when checkpointing) and training returns with
-    status ``interrupted``; resuming from that checkpoint gives the uninterrupted run's result.
+    each run of steps (cut at the multiples of `STOP_CHECK_STEPS`, eval_every and
+    checkpoint_every, whether or not a stop comes): once true, a checkpoint of the current
+    step is saved and reported (when checkpointing) and training returns with status
+    ``interrupted``; resuming from that checkpoint gives the uninterrupted run's result, bit
+    for bit (train_loss included: the checkpoint carries the loss summed so far).
     Returns the final metrics: status, success, best_test_acc, best_train_acc, best_step,
     test_acc, test_mse, val_acc, val_mse, train_acc, train_loss, steps, eta0, lr, l2, error,
     wall_s, n_params, eta0_seconds, history (list of the evaluation records) and checkpoint
@@ -443,11 +455,14 @@ def train_arrays(config: dict, dataset: Any, report: Report | None = None, *,
         step = int(resume_meta["step"])
         best = resume_meta["best"]
         history = resume_meta["history"]
+        # the loss summed since the last evaluation (absent in checkpoints written before it)
+        loss_acc = [float(v) for v in resume_meta.get("loss_acc", (0.0, 0))]
         trainer.data_key = jax.random.wrap_key_data(
             jnp.asarray(np.asarray(resume_meta["data_key"], np.uint32)))
     else:
         state = trainer.init_state(params0)
         step = 0
+        loss_acc = [0.0, 0]  # data loss summed over the steps since the last evaluation, count
 
     work_dir = cfg["work_dir"]
     checkpointing = cfg["checkpoint_every"] is not None and (report is not None or work_dir)
@@ -482,6 +497,7 @@ def train_arrays(config: dict, dataset: Any, report: Report | None = None, *,
             nxt = min(cfg["max_steps"], (step // ev + 1) * ev)
             if ck is not None:
                 nxt = min(nxt, (step // ck + 1) * ck)
+            nxt = min(nxt, (step // STOP_CHECK_STEPS + 1) * STOP_CHECK_STEPS)
             state, info = trainer.run(state, step, nxt - step)
             if info["bad_step"] >= 0:
                 status = "diverged"
@@ -491,10 +507,12 @@ def train_arrays(config: dict, dataset: Any, report: Report | None = None, *,
                 step = info["bad_step"]
                 break
             step = nxt
-            train_loss = info["mean_loss"]
+            loss_acc = [loss_acc[0] + info["loss_sum"], loss_acc[1] + info["steps_done"]]
+            train_loss = loss_acc[0] / max(loss_acc[1], 1)
             metrics = None
             if step % ev == 0 or step == cfg["max_steps"]:
                 last = evaluate(state["params"], step, train_loss)
+                loss_acc = [0.0, 0]
                 history.append(last)
                 metrics = dict(last)
             stop = bool(last) and last.get("step") == step and \
@@ -505,7 +523,7 @@ def train_arrays(config: dict, dataset: Any, report: Report | None = None, *,
             ckpt_dir = None
             if checkpointing and ck is not None and (step % ck == 0 or interrupted):
                 meta = {"step": step, "best": best, "history": history, "eta0": eta0,
-                        "config": sci,
+                        "config": sci, "loss_acc": loss_acc,
                         "data_key": np.asarray(jax.random.key_data(trainer.data_key)).tolist()}
                 ckpt_dir = save_checkpoint(os.path.join(work_dir, f"checkpoint_{step:09d}"),
                                            state, meta)

@@ -151,7 +151,8 @@ def test_sgd_attempt_stopped_between_steps_continues_bit_for_bit(tmp_path):
     assert Store(str(root), "st").done_ids() == {"st0"}  # counted once
 
 
-def test_a_stale_request_of_an_earlier_driver_does_not_stop_a_new_run(tmp_path, capsys):
+def test_a_stale_request_of_an_earlier_driver_does_not_stop_a_new_run(tmp_path, capsys,
+                                                                     caplog):
     from orchestrator.runner import run_sweep
 
     sweep = Sweep(name="st", axes=dict(inference=["nngp"], arch=["fcn"], transform=["identity"]),
@@ -163,6 +164,27 @@ def test_a_stale_request_of_an_earlier_driver_does_not_stop_a_new_run(tmp_path, 
                   num_cpus=1)
     assert s.completed == 1 and s.stopped_by is None and s.exit_code == 0
     assert not (tmp_path / "st" / STOP_FILE).exists()
+
+    # signals during the driver's clean-up only log: it still releases its lock (the default
+    # action would have left it, stale for 10 minutes to a driver on another host)
+    orig = Store.release_lock
+    sent = []
+
+    def release_under_signals(self, lock):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+            os.kill(os.getpid(), sig)
+            sent.append(sig)
+        return orig(self, lock)
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Store, "release_lock", release_under_signals)
+        again = run_sweep(sweep, "smoke", results=str(tmp_path), progress=False,
+                          tracking=False, num_cpus=1)
+    assert len(sent) == 3 and again.skipped == 1 and again.exit_code == 0
+    assert not (tmp_path / "st" / "driver.lock").exists()
+    assert signal.getsignal(signal.SIGTERM) is before  # the driver's handlers are gone again
+    assert sum("during the driver's clean-up" in r.getMessage() for r in caplog.records) == 3
 
     # `status` says when the live driver was asked to stop (this process stands in for it)
     from orchestrator.cli import main
