@@ -159,15 +159,33 @@ def check_results_exist(results: str, sweeps: list[str] | None = None) -> None:
                                   f"{', '.join(have) or 'none'}")
 
 
+def check_sweep_folder(results: str, sweep: str) -> None:
+    """Refuse (`ConfigError`) a sweep with no folder under ``results`` (a typo), listing those
+    there. A folder without a manifest counts: a driver writes its lock before it."""
+    import pyarrow.fs as pafs
+
+    from orchestrator.fsio import resolve_root
+    from orchestrator.store import list_sweeps
+
+    fs, base = resolve_root(results)
+    if fs.get_file_info(f"{base}/{sweep}").type != pafs.FileType.Directory:
+        raise ConfigError(f"no sweep '{sweep}' under {results}; found: "
+                          f"{', '.join(list_sweeps(results)) or 'none'}")
+
+
 INTERRUPTED = 130  # exit code of a run stopped by Ctrl-C: 128 + SIGINT, the shell's convention
 
 
 def _print_summary(summary, console) -> None:
+    # after a stop, "launched" counts trials that never started: say how many
+    not_started = (summary.launched - summary.completed - summary.diverged - summary.failed -
+                   summary.interrupted) if summary.stopped_by else 0
     console.print(
         f"{summary.total} trials: {summary.skipped} already finished, "
         f"{summary.launched} launched ({summary.completed} completed, {summary.diverged} "
         f"diverged, {summary.failed} failed, "
         f"{f'{summary.interrupted} interrupted, ' if summary.interrupted else ''}"
+        f"{f'{not_started} not started, ' if not_started > 0 else ''}"
         f"{summary.retries} retries), "
         f"{summary.derived_written} derived rows written; kernel cells {summary.kernel_cells}, "
         f"computed {summary.kernel_computations}; wall {summary.wall_s:.1f} s")
@@ -337,7 +355,14 @@ def stop(
     job on another machine. When no driver runs the sweep, says so (exit code 2)."""
     from orchestrator.stopping import stop_driver, wait_stopped
 
+    if not sweep.isidentifier():
+        raise ConfigError(f"sweep name {sweep!r}: expected a name like fig2 (the sweep's "
+                          "name, not its file)")
+    if timeout is not None and (not wait or not timeout >= 0):
+        raise ConfigError(f"--timeout {timeout:g}: " + ("seconds >= 0" if wait else
+                          "only with --wait (how long to wait for the driver to stop)"))
     check_results_exist(results)
+    check_sweep_folder(results, sweep)
     lock = stop_driver(results, sweep)
     print(f"asked the driver of '{sweep}' (pid {lock.get('pid')} on host {lock.get('host')}) "
           "to stop: no new trial starts, the trials in flight checkpoint and stop (within the "

@@ -1,8 +1,10 @@
-"""Shared fixtures: an isolated data cache, and tiny CIFAR-10 copies in the official layouts."""
+"""Shared fixtures: an isolated data cache, tiny CIFAR-10 copies in the official layouts, and
+one Ray per test module for drivers to join."""
 
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import tarfile
 from pathlib import Path
@@ -113,3 +115,21 @@ def write_image_folder(root: Path, n_train: int = 10, n_test: int = 3, seed: int
                 (d / f"{i:04d}.png").write_bytes(buf.getvalue())
             out[split][cls] = imgs
     return out
+
+
+@pytest.fixture(scope="module")
+def ray_env():
+    """One Ray session for the module (its GCS address); every driver joins it (as on a
+    cluster, and faster than one Ray each), so every trial runs with the same environment
+    (single-threaded XLA: bit-identical numbers)."""
+    import ray
+
+    from orchestrator.runner import _ray_env
+    from orchestrator.spec import Trial
+
+    env = _ray_env([Trial("x", "train", {}, {"cpu": 1.0})])
+    os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             logging_level="WARNING", runtime_env={"env_vars": env})
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()

@@ -328,23 +328,6 @@ def _write_held(tmp: Path, name: str) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def ray_env():
-    """One Ray session for the module; every driver joins it (as on a cluster), so every
-    trial runs with the same environment (single-threaded XLA: bit-identical numbers)."""
-    import ray
-
-    from orchestrator.runner import _ray_env
-    from orchestrator.spec import Trial
-
-    env = _ray_env([Trial("x", "train", {}, {"cpu": 1.0})])
-    os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             logging_level="WARNING", runtime_env={"env_vars": env})
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def reference(ray_env, tmp_path_factory):
     """The same trials uninterrupted (no hold file), through the same Tune path."""
     from orchestrator.runner import run_sweep

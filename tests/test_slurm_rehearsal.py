@@ -5,7 +5,8 @@ The batch script runs as SLURM would run it, with stand-ins for what only a SLUR
 * ``srun``: a multi-node step starts one local process per "node" with SLURM's per-task
   variables (SLURM_NODEID, SLURM_PROCID, SLURMD_NODENAME), waits for all of them and exits with
   the highest exit code, as srun does; a one-task step (``-w HEAD``) runs its command once.
-* ``scontrol``: ``show hostnames`` names node0..node<N-1>; ``requeue`` is recorded in a file.
+* ``scontrol``: ``show hostnames`` names node0..node<N-1>; ``requeue`` is recorded in a file
+  and sends SIGTERM to the batch script, as SLURM does to a job it requeues.
 * ``ray`` (first on the tasks' PATH): Ray's real ``ray symmetric-run`` and ``ray start``, with
   three changes for one machine standing in for two: a "node" other than the first has none of
   the head's addresses (else both would start a head), other Rays on this machine are not on
@@ -78,8 +79,9 @@ sys.exit(max(c if c >= 0 else 128 - c for c in codes))
 
 SCONTROL = '''\
 #!{python}
-"""Stand-in scontrol: the allocation's host names, and a recorded requeue."""
-import os, sys
+"""Stand-in scontrol: the allocation's host names, and a recorded requeue (then SIGTERM to
+the batch script, as SLURM ends the job it requeues)."""
+import os, signal, sys
 
 a = sys.argv[1:]
 if a[:2] == ["show", "hostnames"]:
@@ -87,6 +89,7 @@ if a[:2] == ["show", "hostnames"]:
 elif a[:1] == ["requeue"]:
     with open(os.path.join(os.environ["REHEARSAL_DIR"], "requeued"), "a") as f:
         f.write(a[1] + "\\n")
+    os.kill(os.getppid(), signal.SIGTERM)
 else:
     sys.exit(f"scontrol stand-in: {{a}} is not rehearsed")
 '''
@@ -199,6 +202,10 @@ def test_wall_time_signal_stops_the_sweep_and_the_requeued_job_finishes_it(tmp_p
         assert code == 130, text[-5000:]
         assert "SIGUSR1: stopping sweep held cleanly" in text and "the driver has stopped" in text
         assert (d / "requeued").read_text().split() == [job]
+        # requeued only once the step (driver and Ray) had ended; SLURM's SIGTERM that
+        # follows a requeue ends the script with the step's code, saying so
+        assert text.index("srun ended with exit code 130") < text.index("requeueing job")
+        assert "SIGTERM after the requeue" in text
         st = Store(str(res), "held")
         first = st.read_trials_all()[0].to_pandas()
         assert sorted(first["status"]) == ["interrupted", "interrupted"], text[-5000:]

@@ -214,6 +214,20 @@ def test_interrupted_tune_run_exits_130_with_the_resume_command_on_one_line(
     assert len(cmd) > 80 and any(cmd in ln for ln in err.splitlines())
 
 
+def test_a_stopped_run_says_how_many_trials_never_started(tmp_path, monkeypatch, capsys):
+    from orchestrator.runner import RunSummary
+
+    # `symsweep stop` with 1 of 5 finished, 1 in flight (interrupted), 3 not yet started
+    _fake_run(monkeypatch, RunSummary(total=5, skipped=0, launched=5, derived_written=0,
+                                      completed=1, interrupted=1, stopped_by="symsweep stop",
+                                      exit_code=130))
+    argv = ["run", str(REPO / "sweeps" / "fig3.py"), "--results", str(tmp_path), "--no-report"]
+    assert main(argv) == 130
+    err = " ".join(capsys.readouterr().err.split())
+    assert "5 launched (1 completed, 0 diverged, 0 failed, 1 interrupted, 3 not started," in err
+    assert "stopped by symsweep stop: 4 of 5 trials did not finish" in err
+
+
 def test_ctrl_c_outside_tune_exits_130(tmp_path, monkeypatch, capsys):
     _fake_run(monkeypatch, KeyboardInterrupt())
     argv = ["run", str(REPO / "sweeps" / "fig2.py"), "--results", str(tmp_path), "--no-report"]

@@ -109,6 +109,16 @@ def test_stop_without_a_running_driver_is_one_line(tmp_path, capsys):
         {"host": os.uname().nodename, "pid": 2 ** 22 + 12345, "token": "t", "heartbeat": 0}))
     assert main(["stop", "fig2", "--results", str(tmp_path / "res")]) == 2
     assert "which has ended" in capsys.readouterr().err
+    # bad input: one line each, exit 2, nothing written
+    for argv, says in ((["stop", "fgi2"], "no sweep 'fgi2' under"),
+                       (["stop", "sweeps/fig2.py"], "expected a name like fig2"),
+                       (["stop", "fig2", "--timeout", "5"], "only with --wait"),
+                       (["stop", "fig2", "--wait", "--timeout", "-1"], "seconds >= 0")):
+        assert main([*argv, "--results", str(tmp_path / "res")]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and says in err, (argv, err)
+    assert not (tmp_path / "res" / "fig2" / STOP_FILE).exists()
+    assert sorted(p.name for p in (tmp_path / "res").iterdir()) == ["fig2"]
 
 
 def _ctx(root: Path, token: str | None) -> dict:
@@ -258,21 +268,6 @@ def write_held_sweep(tmp: Path) -> tuple[Path, Path]:
     p = tmp / "held.py"
     p.write_text(textwrap.dedent(HELD_SWEEP).format(hold=str(hold), tiny=TINY))
     return p, hold
-
-
-@pytest.fixture(scope="module")
-def ray_env():
-    """One Ray for the module, joined by every driver (as on a cluster; also faster)."""
-    import ray
-
-    from orchestrator.runner import _ray_env
-
-    env = _ray_env([Trial("x", "train", {}, {"cpu": 1.0})])
-    os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             logging_level="WARNING", runtime_env={"env_vars": env})
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
