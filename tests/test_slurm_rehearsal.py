@@ -244,3 +244,28 @@ def test_wall_time_signal_stops_the_sweep_and_the_requeued_job_finishes_it(tmp_p
         assert df.loc["train", m] == ref.loc["train", m], m
     for m in ("test_acc", "test_mse"):
         assert df.loc["kernel", m] == ref.loc["kernel", m], m
+
+
+@pytest.mark.parametrize("stand_in, says", [
+    # srun cannot start the lookup on the head (e.g. the venv is not on a shared file system)
+    (("bin/srun", "#!/bin/sh\necho 'srun: error: Unable to create step' >&2\nexit 1\n"),
+     "could not look up the head node node0 (srun failed)"),
+    # the head has no non-loopback address: 127.0.0.1 would strand the other node
+    (("bin/hostname", "#!/bin/sh\nexit 0\n"), "has no non-loopback address"),
+])
+def test_a_head_that_cannot_be_found_stops_the_job_with_one_line(tmp_path, stand_in, says):
+    d = tmp_path
+    for name, text in (("bin/srun", SRUN), ("bin/scontrol", SCONTROL), ("shim/ray", RAY)):
+        _write(d / name, text.format(python=sys.executable, real=str(VENV_BIN / "ray")))
+    _write(d / stand_in[0], stand_in[1])
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "SLURM"))}
+    env.update(PATH=f"{d / 'bin'}:{os.environ['PATH']}", SLURM_JOB_ID="1",
+               SLURM_JOB_NUM_NODES="2", SLURM_JOB_NODELIST="node[0-1]",
+               SYMSWEEP_VENV=str(VENV_BIN.parent), REHEARSAL_DIR=str(d),
+               REHEARSAL_SHIM=str(d / "shim"), SYMSWEEP_RESULTS=str(d / "res"))
+    out = subprocess.run(["bash", str(SCRIPT)], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 1, out.stdout + out.stderr
+    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("symsweep:")]
+    assert len(lines) == 1 and says in lines[0], out.stderr
+    assert not (d / "res").exists() and not (d / "requeued").exists()  # nothing started
