@@ -69,6 +69,37 @@ def test_tiny_run_and_resume(data: dict, tmp_path) -> None:
         train_imagenet({**cfg, "seed": 2, "resume_from": reports[0]["ckpt"]})
 
 
+def test_a_stop_inside_an_epoch_checkpoints_there_and_resumes_to_the_same_run(
+        data: dict, tmp_path) -> None:
+    """A stop request read after step 4 (inside epoch 2 of 3-step epochs: the paper's epochs
+    outlast the driver's grace) checkpoints step 4 and returns interrupted; resumed there, the
+    run ends with the uninterrupted run's history (the epoch's train loss and accuracy span
+    the stop) and weights."""
+    cfg = {**BASE, **data, "transform": "identity", "keep_checkpoints": 0}
+    full = train_imagenet({**cfg, "work_dir": str(tmp_path / "full")})
+    reports: list = []
+    asked: list = []
+
+    def stop_after_step_4() -> bool:
+        asked.append(1)
+        return len(asked) == 4
+
+    cut = train_imagenet({**cfg, "work_dir": str(tmp_path / "cut")},
+                         lambda m, ck: reports.append((m["step"], ck)), stop_after_step_4)
+    assert cut["status"] == "interrupted" and cut["steps"] == 4 and "step 4" in cut["error"]
+    assert [s for s, _ in reports] == [3, 4] and reports[-1][1].endswith("checkpoint_000000004")
+    again = train_imagenet({**cfg, "work_dir": str(tmp_path / "again"),
+                            "resume_from": reports[-1][1]}, should_stop=lambda: False)
+    assert again["status"] == "completed" and again["steps"] == 6
+    for k in ("train_loss", "train_acc", "test_acc"):
+        assert [h[k] for h in again["history"]] == pytest.approx(
+            [h[k] for h in full["history"]], rel=1e-6), k
+    a = np.load(os.path.join(tmp_path / "full", "checkpoint_000000006", "state.npz"))
+    b = np.load(os.path.join(tmp_path / "again", "checkpoint_000000006", "state.npz"))
+    for k in a.files:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
 def test_subset_and_bad_input(data: dict) -> None:
     with pytest.raises(ConfigError, match="not 'vec'"):
         train_imagenet({**BASE, **data, "arch": "vec"})

@@ -200,10 +200,16 @@ def pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
     return out
 
 
-def train_imagenet(config: dict, report: Report | None = None) -> dict:
+def train_imagenet(config: dict, report: Report | None = None,
+                   should_stop: Callable[[], bool] | None = None) -> dict:
     """Train one (arch, transform, subset, seed) cell with the recipe; report after each
     evaluation (step, epoch, train_loss, train_acc, test_acc, test_error, lr, best_test_acc)
-    and checkpoint. Returns the final metrics: status, best_test_acc, test_acc, test_error,
+    and checkpoint. ``should_stop`` (a stop request, orchestrator/stopping.py; cheap, read
+    after every step) once true: a checkpoint of the current step, also inside an epoch (an
+    epoch of the paper preset outlasts the driver's grace), is saved and reported, and the run
+    returns with status ``interrupted``; resumed from it, the run ends as an uninterrupted one
+    would (batch s is a function of (seed, s); the epoch's running train loss and accuracy are
+    in the checkpoint). Returns the final metrics: status, best_test_acc, test_acc, test_error,
     train_acc, train_loss, steps, epochs_done, train_size, test_size, batch_size, lr_peak,
     n_params, wall_s, images_per_s, history. Raises `ConfigError` / `DataError` for bad
     config or data (one line, naming the fix)."""
@@ -251,10 +257,14 @@ def train_imagenet(config: dict, report: Report | None = None) -> dict:
     sci["num_classes"] = num_classes
 
     step, best, history = 0, {"best_test_acc": float("nan"), "best_epoch": 0}, []
+    # the train loss, correct, seen and steps summed since the last evaluation: a checkpoint
+    # inside an epoch carries them (older checkpoints, all at evaluations, have none)
+    since_eval: list = [0.0, 0, 0, 0]
     if cfg["resume_from"]:
         load_resume_meta(str(cfg["resume_from"]), sci)
         state, meta = load_checkpoint(str(cfg["resume_from"]), state)
         step, best, history = int(meta["step"]), meta["best"], meta["history"]
+        since_eval = list(meta.get("since_eval", since_eval))
 
     mesh = Mesh(np.asarray(devices), ("batch",))
     data_sh = NamedSharding(mesh, PartitionSpec("batch"))
@@ -302,7 +312,9 @@ def train_imagenet(config: dict, report: Report | None = None) -> dict:
     own_dir = not cfg["work_dir"]
     written: list[str] = []
     status, error = "completed", None
-    ep_loss, ep_correct, ep_seen, ep_steps, images = 0.0, 0, 0, 0, 0
+    ep_loss, ep_correct, ep_seen, ep_steps = (float(since_eval[0]), int(since_eval[1]),
+                                              int(since_eval[2]), int(since_eval[3]))
+    images = 0
     last: dict[str, Any] = history[-1] if history else {}
     t_train = time.perf_counter()
     it = None
@@ -342,9 +354,12 @@ def train_imagenet(config: dict, report: Report | None = None) -> dict:
                 history.append(last)
                 metrics = dict(last)
                 ep_loss, ep_correct, ep_seen, ep_steps = 0.0, 0, 0, 0
+            # a stop request: this step gets a checkpoint (also inside an epoch), then return
+            interrupted = step < total and should_stop is not None and should_stop()
             ckpt = None
-            if do_ckpt and (report is not None or cfg["work_dir"]):
-                meta = {"step": step, "best": best, "history": history, "config": sci}
+            if (do_ckpt or interrupted) and (report is not None or cfg["work_dir"]):
+                meta = {"step": step, "best": best, "history": history, "config": sci,
+                        "since_eval": [ep_loss, ep_correct, ep_seen, ep_steps]}
                 ckpt = save_checkpoint(os.path.join(work_dir, f"checkpoint_{step:09d}"),
                                        jax.device_get(state), meta)
                 written.append(ckpt)
@@ -354,6 +369,13 @@ def train_imagenet(config: dict, report: Report | None = None) -> dict:
             keep = int(cfg["keep_checkpoints"] or 0)
             while keep and len(written) > keep:
                 shutil.rmtree(written.pop(0), ignore_errors=True)
+            if interrupted:
+                status = "interrupted"
+                error = (f"stopped on a stop request at step {step}; " +
+                         (f"the next attempt continues from its checkpoint of step {step}"
+                          if ckpt else "no checkpoint (no report, no work_dir): the next "
+                          "attempt starts over"))
+                break
     finally:
         if it is not None:
             it.close()  # stops the loader's threads or worker processes now, not at gc

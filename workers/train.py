@@ -36,7 +36,7 @@ import numpy as np
 import optax
 
 from workers.checkpoint import load_checkpoint, load_resume_meta, save_checkpoint
-from workers.errors import ConfigError, TrialInterrupted
+from workers.errors import ConfigError
 from workers.eta0 import estimate_eta0
 from workers.metrics import accuracy, mse
 from workers.models import count_params, init_params, make_model
@@ -580,20 +580,11 @@ def train(config: dict, report: Report | None = None,
     """The worker entry point: build the dataset from config (workers.data.build_dataset) and
     train on it; see `train_arrays` for the returned metrics and DEFAULTS for config keys.
     ``dataset="imagenet"`` (an image folder, the recipe of Flax's ImageNet example) goes to
-    `workers.imagenet_train.train_imagenet`, which stops at its next checkpointed report
-    once ``should_stop()`` (`TrialInterrupted`)."""
+    `workers.imagenet_train.train_imagenet`, which reads ``should_stop`` after every step."""
     if config.get("dataset") == "imagenet":
         from workers.imagenet_train import train_imagenet
 
-        def report_or_stop(metrics: dict, checkpoint: str | None = None) -> None:
-            if report is not None:
-                report(metrics, checkpoint)
-            if should_stop is not None and checkpoint is not None and should_stop():
-                raise TrialInterrupted(f"stopped on a stop request at step "
-                                       f"{metrics.get('step')}; the next attempt continues "
-                                       "from its checkpoint of that step")
-
-        return train_imagenet(config, report_or_stop if report or should_stop else None)
+        return train_imagenet(config, report, should_stop=should_stop)
     from workers.data import build_dataset
 
     return train_arrays(config, build_dataset(config), report, should_stop=should_stop)
