@@ -126,11 +126,10 @@ class DriverLock:
         return LockState(None) if raw is None else parse_lock(raw)
 
     def read(self) -> dict[str, Any] | None:
-        """The lock record, None when there is none or it cannot be read or parsed."""
-        try:
-            return self.state().lock
-        except OSError:
-            return None
+        """The lock record, None when there is none or it does not parse. An I/O error (no
+        permission, a failing disk or bucket) is raised: an unreadable lock is not an absent
+        one (`status` would report no driver, a compaction would name none)."""
+        return self.state().lock
 
     def acquire(self, *, stale_after_s: float = STALE_AFTER_S,
                 settle_s: float = 2.0) -> tuple[dict[str, Any], str | None]:

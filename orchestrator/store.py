@@ -713,7 +713,12 @@ class Store:
         """The trials with an attempt in flight: a marker newer than every row of the trial
         (``latest_attempt``: trial_id -> highest attempt with a row) while a live driver holds
         the sweep's lock. Empty without a live driver (its markers are leftovers)."""
-        lock = self.read_lock()
+        try:
+            lock = self.read_lock()
+        except OSError as ex:  # not "no driver": a live one may hold it
+            raise ConfigError(f"cannot read the driver lock {self.lock_path} ({type(ex).__name__}"
+                              f": {ex}), so whether a driver runs sweep '{self.sweep}' is "
+                              f"unknown; check access to {self.root}") from None
         if not lock or not lock_is_live(lock):
             return {}
         return {tid: m for tid, m in self.running_markers().items()
@@ -785,7 +790,8 @@ class Store:
         return self.driver_lock.path
 
     def read_lock(self) -> dict[str, Any] | None:
-        """The driver lock's record; None when there is none or it does not parse."""
+        """The driver lock's record; None when there is none or it does not parse (an I/O
+        error is raised, `DriverLock.read`)."""
         return self.driver_lock.read()
 
     def acquire_lock(self, *, stale_after_s: float = STALE_AFTER_S,

@@ -107,6 +107,30 @@ def test_a_damaged_lock_that_still_names_a_live_local_driver_is_refused(tmp_path
     assert os.path.exists(st.lock_path)
 
 
+def test_an_unreadable_lock_is_not_taken_for_no_driver(tmp_path, capsys, monkeypatch):
+    """A lock that exists but cannot be read (no permission, a failing disk or bucket) may
+    belong to a live driver: `status` says so in one line instead of reporting nothing in
+    flight, and no driver takes it over."""
+    from orchestrator.driver_lock import DriverLock
+
+    st, _ = _finished_fig2(tmp_path)
+    with open(st.lock_path, "w") as f:
+        json.dump({"host": "elsewhere", "pid": 1, "token": "t", "heartbeat": 0}, f)
+
+    def unreadable(self):
+        raise PermissionError(errno.EACCES, "Permission denied", self.path)
+
+    monkeypatch.setattr(DriverLock, "_raw", unreadable)
+    with pytest.raises(PermissionError):
+        st.read_lock()
+    assert main(["status", "fig2", "--results", str(tmp_path)]) == 2
+    one_line_error(capsys, "cannot read the driver lock", "Permission denied",
+                   "whether a driver runs sweep 'fig2' is unknown")
+    with pytest.raises(PermissionError):
+        st.acquire_lock()
+    assert os.path.exists(st.lock_path)  # never overwritten
+
+
 def test_a_lock_that_cannot_be_written_leaves_no_lock_file(tmp_path, monkeypatch):
     import orchestrator.driver_lock as dl
 
