@@ -2,7 +2,8 @@
 
 A kernel cell (workers/kernel_trial.py) asks the kernel engine for its NNGP/NTK blocks; the
 engine cuts them into tiles and calls ``map_tiles`` (`TileMapper`) on them. Each tile is keyed
-by its content (`tile_key`: the function's source and every argument), so equal tiles of
+by its content (`tile_key`: the source of the function's module and of the package modules it
+imports, and every argument), so equal tiles of
 different cells, attempts and sweeps are computed once and read from `TileCache` afterwards
 (docs/performance.md, "tile cache"). Uncached tiles run as Ray tasks when Ray is initialised,
 in-process otherwise.
@@ -10,10 +11,13 @@ in-process otherwise.
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
-import inspect
+import importlib.util
 import io
 import logging
+import marshal
 import socket
 import sys
 from collections.abc import Callable, Mapping
@@ -39,14 +43,86 @@ def _array_digest(a: Any) -> str:
     return h.hexdigest()
 
 
+def _own_imports(name: str, source: bytes, top: str) -> set[str]:
+    """The modules of package ``top`` that module ``name`` imports (absolute or relative),
+    read from its source: ``from top.x import y`` gives top.x, and top.x.y when that is a
+    module too."""
+    pkg = name if hasattr(sys.modules.get(name), "__path__") else name.rpartition(".")[0]
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.split(".")[0] == top}
+        elif isinstance(node, ast.ImportFrom):
+            base = (importlib.util.resolve_name("." * node.level + (node.module or ""), pkg)
+                    if node.level else node.module or "")
+            if base.split(".")[0] != top:
+                continue
+            out.add(base)
+            for a in node.names:
+                sub = f"{base}.{a.name}"
+                try:
+                    if importlib.util.find_spec(sub) is not None:
+                        out.add(sub)
+                except (ImportError, ValueError):  # a name in the module, not a module
+                    pass
+    return out
+
+
+@functools.cache
+def _code_digest(module: str) -> str:
+    """sha256 (16 hex) of the source of ``module`` and of every module of its own top-level
+    package that it imports, transitively (for the kernel tile: workers/kernels.py and the
+    workers modules it uses), by module name and bytes, so equal code in two checkouts gives
+    equal keys. Computed once per process: the code that runs is the code imported. Raises
+    OSError when a source file cannot be read."""
+    top = module.split(".")[0]
+    seen: dict[str, bytes] = {}
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        # a loaded module by its file (also a sweep file, imported under a private name)
+        path = getattr(sys.modules.get(name), "__file__", None)
+        if path is None:
+            try:
+                spec = importlib.util.find_spec(name)
+            except (ImportError, ValueError) as ex:
+                raise OSError(f"module {name}: {ex}") from None
+            path = spec.origin if spec is not None else None
+        if not path or not path.endswith(".py"):
+            raise OSError(f"module {name} has no Python source file ({path})")
+        with open(path, "rb") as f:
+            seen[name] = f.read()
+        todo.extend(_own_imports(name, seen[name], top) - set(seen))
+    h = hashlib.sha256()
+    for name in sorted(seen):
+        h.update(f"{name}\0{len(seen[name])}\0".encode())
+        h.update(seen[name])
+    return h.hexdigest()[:16]
+
+
+_bytecode_warned: set[str] = set()
+
+
 def _module_digest(fn: Callable) -> str:
-    """Hash of the source file defining fn: tiles computed by older code are not reused."""
+    """What a tile's key knows of the code computing it (`_code_digest` of fn's module):
+    tiles computed by other code are not reused. A function whose source cannot be read
+    (defined in ``python -c``, a notebook cell, a zip) is keyed by its own bytecode instead,
+    which misses changes in what it calls: said once per function, as a warning."""
     try:
-        path = inspect.getsourcefile(fn)
-        with open(path, "rb") as f:  # type: ignore[arg-type]
-            return hashlib.sha256(f.read()).hexdigest()[:16]
-    except (TypeError, OSError):
-        return "nosource"
+        return _code_digest(fn.__module__)
+    except (OSError, SyntaxError) as ex:
+        code = getattr(fn, "__code__", None)
+        if code is None:
+            raise TypeError(f"cannot key tiles of {fn!r}: no source and no bytecode") from None
+        name = f"{fn.__module__}.{fn.__qualname__}"
+        if name not in _bytecode_warned:
+            _bytecode_warned.add(name)
+            log.warning("tiles of %s are keyed by its bytecode only (%s): a change in the "
+                        "code it calls is not seen; clear the tile cache (<results>/tiles) "
+                        "after such a change", name, ex)
+        return "bytecode:" + hashlib.sha256(marshal.dumps(code)).hexdigest()[:16]
 
 
 def tile_key(fn: Callable, kwargs: Mapping[str, Any], _memo: dict[int, str] | None = None) -> str:

@@ -132,6 +132,56 @@ def test_tile_cache_is_content_addressed(tmp_path):
     assert m3.computed == 1 and m3.hits == 3
 
 
+
+def test_a_tile_key_sees_a_change_in_any_module_of_its_package_that_the_tile_imports(
+        tmp_path):
+    """The key digests the tile function's module and the modules of its own package that it
+    imports, transitively (workers/kernels.py and what it uses), not the one file alone:
+    cached tiles of other code are never served. Equal code elsewhere gives equal keys."""
+    def make(root):
+        pkg = root / "tilepkg"
+        pkg.mkdir(parents=True)
+        (pkg / "__init__.py").write_text("")
+        (pkg / "deep.py").write_text("SCALE = 2\n")
+        (pkg / "helper.py").write_text("from .deep import SCALE\n")
+        (pkg / "unrelated.py").write_text("X = 1\n")
+        (pkg / "tile.py").write_text("from tilepkg import helper\n\n\ndef tile(x):\n"
+                                     "    return x * helper.SCALE\n")
+        return pkg
+
+    def key(root):
+        code = (f"import sys; sys.path.insert(0, {str(root)!r}); "
+                "from orchestrator.tiles import tile_key; from tilepkg.tile import tile; "
+                "print(tile_key(tile, {'x': 1}))")
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    pkg = make(tmp_path / "a")
+    k0 = key(tmp_path / "a")
+    assert key(make(tmp_path / "b").parent) == k0  # another checkout of the same code
+    (pkg / "unrelated.py").write_text("X = 2\n")
+    assert key(tmp_path / "a") == k0
+    (pkg / "deep.py").write_text("SCALE = 3\n")  # imported by a module the tile imports
+    assert key(tmp_path / "a") != k0
+
+
+def test_a_tile_function_without_source_is_keyed_by_its_bytecode_and_says_so(caplog):
+    from orchestrator import tiles
+
+    def define(body):
+        ns = {"__name__": "symsweep_test_no_such_module"}
+        exec(f"def tile(x):\n    return {body}\n", ns)
+        return ns["tile"]
+
+    with caplog.at_level("WARNING", logger="symsweep"):
+        k1 = tile_key(define("x"), {"x": 1})
+        assert tile_key(define("x"), {"x": 1}) == k1
+        assert tile_key(define("x + 1"), {"x": 1}) != k1
+    said = [r.getMessage() for r in caplog.records if "keyed by its bytecode" in r.getMessage()]
+    assert len(said) == 1 and "symsweep_test_no_such_module.tile" in said[0]
+    tiles._bytecode_warned.clear()
+
+
 def test_derived_rows_copy_the_source(tmp_path):
     st = Store(str(tmp_path), "s")
     res = {"cpu": 1.0}
