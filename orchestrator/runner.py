@@ -325,6 +325,10 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
             cut = control.requested and summary.launched > summary.completed + \
                 summary.diverged + summary.failed
             tracker.stop("FAILED" if not finished else "KILLED" if cut else "FINISHED")
+            note = tracker.failure_note()
+            if note:
+                log.warning(note)
+                summary.notes.append(note)
         if started_ray:
             import ray
 

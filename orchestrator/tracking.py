@@ -75,6 +75,7 @@ EXPERIMENT_KIND = "custom_model_development"
 INIT_LOCK_TIMEOUT_S = 600.0  # waiting for another process's schema migration
 LIVE_FLUSH_S = 2.0  # live points reach MLflow within about this long
 SYNC_S = 15.0  # part files are looked for at least this often (and after every trial)
+FAIL_SAY_S = 300.0  # MLflow failures after the first are said at most this often
 
 
 class MlflowStoreError(RuntimeError):
@@ -199,7 +200,12 @@ class Tracker:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._warned = False
+        self.failures = 0  # MLflow calls that failed (each said, at most every FAIL_SAY_S)
+        self._first_failure: str | None = None
+        self._last_failure: str | None = None
+        self._said_at = float("-inf")
+        self._unsaid = 0  # failures since the last line about them
+        self._final_sync_failed = False
         self._client_obj: Any = None
         self.broken: str | None = None  # the one-line error once the store failed to open
         self.logged_runs = 0
@@ -234,8 +240,26 @@ class Tracker:
         if self._thread is not None:
             self._thread.join(timeout=600)
         self._guarded(self.flush_live)
+        before = self.failures
         self.sync()
         self._guarded(lambda: self._finish(status))
+        self._final_sync_failed = self.failures > before
+
+    def failure_note(self) -> str | None:
+        """After `stop`: one line on the MLflow failures of this run (None when there were
+        none), for the run's summary: how many, the first and last, and whether the final
+        mirror got everything in."""
+        if self.broken is not None:
+            return f"MLflow tracking stopped: {self.broken}; the results are in Parquet"
+        if not self.failures:
+            return None
+        first, last = self._first_failure, self._last_failure
+        return (f"MLflow at {self.uri}: {self.failures} call(s) failed during this run (first: "
+                f"{first}" + (f"; last: {last}" if last != first else "") + "); " +
+                ("the final mirror failed too: every result is in Parquet, and the next run "
+                 "or resume of this sweep mirrors what MLflow lacks" if self._final_sync_failed
+                 else "the final mirror succeeded: every finished attempt is in MLflow (live "
+                 "curve points logged while it failed are missing)"))
 
     def _loop(self) -> None:
         last_sync = float("-inf")
@@ -267,15 +291,29 @@ class Tracker:
             return 0
 
     def _mlflow_failed(self, ex: Exception) -> int:
-        """Say an MLflow failure (once); the sweep goes on, Parquet is the record."""
+        """Say an MLflow failure; the sweep goes on, Parquet is the record. Every failure is
+        counted: the first is said at once, later ones at most every `FAIL_SAY_S` (how many
+        since, the last one), and `failure_note` sums them up for the run's summary."""
         if isinstance(ex, MlflowStoreError):
             self.broken = str(ex)
             log.error("%s", ex)
             return 0
-        if not self._warned:
-            log.warning("MLflow tracking at %s failed (%s: %s); the sweep goes on, results "
-                        "are in Parquet", self.uri, type(ex).__name__, ex)
-            self._warned = True
+        what = " ".join(f"{type(ex).__name__}: {ex}".split())[:300]
+        self.failures += 1
+        self._unsaid += 1
+        self._first_failure = self._first_failure or what
+        self._last_failure = what
+        now = time.monotonic()
+        if self.failures == 1:
+            log.warning("MLflow tracking at %s failed (%s); the sweep goes on, results are in "
+                        "Parquet; later failures are counted and said every %.0f s", self.uri,
+                        what, FAIL_SAY_S)
+        elif now - self._said_at >= FAIL_SAY_S:
+            log.warning("MLflow tracking at %s: %d more failure(s) (%d in all), the last: %s",
+                        self.uri, self._unsaid, self.failures, what)
+        else:
+            return 0
+        self._said_at, self._unsaid = now, 0
         return 0
 
     def sync(self) -> int:

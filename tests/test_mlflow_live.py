@@ -358,3 +358,48 @@ def test_the_experiment_opens_on_the_runs_table_new_or_old_store(tmp_path):
     chosen.create_experiment("s", tags={EXPERIMENT_KIND_TAG: "genai_development"})
     Tracker(st, preset="smoke", mlflow_uri=uri).sync()
     assert chosen.get_experiment_by_name("s").tags[EXPERIMENT_KIND_TAG] == "genai_development"
+
+
+def test_every_mlflow_failure_is_counted_said_and_summed_up(tmp_path, caplog, monkeypatch):
+    """An MLflow outage never stops the sweep, and never goes unsaid after the first warning:
+    each failure is counted, said at most every FAIL_SAY_S, and the run's summary gets one
+    line saying how many failed and whether the final mirror got every attempt in."""
+    from mlflow.tracking import MlflowClient
+
+    import orchestrator.tracking as tracking
+
+    st = Store(str(tmp_path), "s")
+    st.write_attempt(_row("a", 1))
+    tr = tracking.Tracker(st, preset="smoke", invocation={"preset": "smoke"},
+                          source="sweeps/s.py", code_version="abc1234")
+    real, down = tr._sync, [3]
+
+    def flaky():
+        if down[0]:
+            down[0] -= 1
+            raise ConnectionError(f"tracking server unreachable ({down[0]})")
+        return real()
+
+    monkeypatch.setattr(tr, "_sync", flaky)
+    with caplog.at_level("WARNING", logger="symsweep"):
+        assert tr.sync() == 0 and tr.sync() == 0  # the second: counted, not said yet
+        monkeypatch.setattr(tracking, "FAIL_SAY_S", 0.0)
+        assert tr.sync() == 0  # said, with the count
+        tr.stop()  # the final mirror works again
+    said = [r.getMessage() for r in caplog.records if "MLflow tracking at" in r.getMessage()]
+    assert len(said) == 2 and "unreachable (2)" in said[0]
+    assert "2 more failure(s) (3 in all), the last: ConnectionError" in said[1]
+    note = tr.failure_note()
+    assert "3 call(s) failed" in note and "unreachable (2)" in note and "(0)" in note
+    assert "the final mirror succeeded" in note
+    assert [r.data.tags.get("trial_id") for r in _runs(MlflowClient(tr.uri))
+            if r.data.tags.get("trial_id")] == ["a"]
+
+    # still down at the end: the note says the next run mirrors the rest
+    st.write_attempt(_row("b", 1))
+    tr2 = tracking.Tracker(st, preset="smoke", invocation={"preset": "smoke"},
+                           source="sweeps/s.py", code_version="abc1234")
+    monkeypatch.setattr(tr2, "_sync", lambda: (_ for _ in ()).throw(OSError("read timeout")))
+    tr2.stop()
+    assert "the final mirror failed too" in tr2.failure_note()
+    assert tracking.Tracker(st, preset="smoke", invocation={}).failure_note() is None
