@@ -211,6 +211,26 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
     return enrich(pd.DataFrame(full), 0.0)
 
 
+def test_figS5_names_the_cells_it_cannot_draw(tmp_path, caplog):
+    """A cell with no successful run of one init is no point: the figure says which under
+    the axes ("not drawn: ...", in the SVG's text) and the log warns, instead of a scatter
+    with a point silently missing."""
+    from orchestrator.figures import figS5
+
+    rows = [dict(trial_id=f"{a}{i}", kind="train", arch=a, inference="nn",
+                 transform="identity", seed=0, status="completed", dataset="synthetic",
+                 best_test_acc=0.3, train_acc=1.0, config_json=json.dumps({"first_layer_init": i}))
+            for a, i in (("vec", "gaussian"), ("vec", "uniform"), ("gap", "gaussian"))]
+    svg = tmp_path / "figS5.svg"
+    with caplog.at_level("WARNING", logger="symsweep"):
+        figS5.figS5_plot(_frame(rows), {"preset": "smoke"}, svg)
+    said = [r.getMessage() for r in caplog.records if "not drawn" in r.getMessage()]
+    assert len(said) == 1 and "(no successful uniform run)" in said[0] and "VEC" not in said[0]
+    text = svg.read_text()
+    assert "not drawn" in text and "no successful uniform run" in text
+    assert ARCH_COLORS["vec"].lower() in _fills(svg)  # the complete cell is drawn
+
+
 def test_one_colour_per_arch_and_transform_across_figures(results, tmp_path):
     """VEC is drawn in ARCH_COLORS['vec'] in Fig. 4 and Fig. S5; each transform in its
     TRANSFORM_COLORS entry in Fig. 2 and Fig. S6; no figure uses another figure's palette."""

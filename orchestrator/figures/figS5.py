@@ -3,6 +3,8 @@ accuracy per (arch, transform)."""
 
 from __future__ import annotations
 
+import logging
+import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,8 @@ from orchestrator.figures.common import (
 )
 from orchestrator.figures.palette import ARCH_COLORS, KEY_COLOR, TRANSFORM_MARKERS
 from workers.vocab import ARCHS, TRANSFORMS
+
+log = logging.getLogger("symsweep")
 
 
 def figS5_cells(df: pd.DataFrame) -> pd.DataFrame:
@@ -75,7 +79,8 @@ def figS5_table(df: pd.DataFrame, m: Mapping[str, Any], fmt: str = "text", **_: 
 def figS5_plot(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path, **_: Any) -> Path:
     """Scatter of every (arch, transform) cell: Gaussian (x) against uniform (y) first-layer
     accuracy with std error bars, colour = arch, marker = transform (`palette`); the diagonal
-    is 'no change', dotted lines chance."""
+    is 'no change', dotted lines chance. A cell without a successful run of both inits is
+    no point: named under the figure ("not drawn: ...") and in a warning."""
     from matplotlib.lines import Line2D
 
     plt = pyplot()
@@ -86,13 +91,14 @@ def figS5_plot(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path, **_: Any
     fig, ax = plt.subplots(figsize=(5.4, 3.6))
     lo, hi = np.inf, -np.inf
     archs, trs = set(), set()
+    left_out = []  # cells that cannot be a point: said under the figure and in the log
     for (arch, tr), r in piv.iterrows():
-        try:
-            x, y = 100 * r[("mean", "gaussian")], 100 * r[("mean", "uniform")]
-            xe, ye = 100 * r[("std", "gaussian")], 100 * r[("std", "uniform")]
-        except KeyError:
-            continue
+        x, y = (100 * r.get(("mean", init), np.nan) for init in ("gaussian", "uniform"))
+        xe, ye = (100 * r.get(("std", init), np.nan) for init in ("gaussian", "uniform"))
         if not (np.isfinite(x) and np.isfinite(y)):
+            lacks = [init for init, v in (("Gaussian", x), ("uniform", y)) if not np.isfinite(v)]
+            left_out.append(f"{arch.upper()} {SHORT_T[tr]} (no successful "
+                            f"{' or '.join(lacks)} run)")
             continue
         ax.errorbar(x, y, xerr=np.nan_to_num(xe), yerr=np.nan_to_num(ye),
                     fmt=TRANSFORM_MARKERS[tr], color=ARCH_COLORS[arch], ms=5, capsize=2,
@@ -121,4 +127,8 @@ def figS5_plot(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path, **_: Any
     if chance is not None:
         handles += chance_handles(ax)
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    if left_out:
+        note = f"not drawn: {', '.join(left_out)}"
+        log.warning("figS5: %s", note)
+        fig.text(0.01, 0.0, textwrap.fill(note, 110), fontsize=6, ha="left", va="top")
     return finish(fig, out, title("figS5", m, "Gaussian vs uniform first-layer initialisation"))
