@@ -363,20 +363,29 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
 
 def trial_bundles(trial: Mapping[str, Any]) -> list[dict[str, float]]:
     """The resource bundles of one trial (a Trial dict): CPU, GPU and ``memory`` (bytes, from
-    `memory_requests`) in one bundle; a kernel trial with tile GPUs gets a second bundle for
-    its tiles."""
+    `memory_requests`) in one bundle. A kernel trial with tile GPUs holds only its CPU and
+    memory: its tiles are Ray tasks outside its placement group (`tile_task`)."""
     r = trial["resources"]
     if trial["kind"] == "kernel" and r.get("tile_gpu", 0) > 0:
         first = {"CPU": max(r.get("cpu", 1), 0.01)}
         if r.get("memory", 0) > 0:
             first["memory"] = r["memory"]
-        return [first, {"CPU": r.get("tile_cpu", 1), "GPU": r["tile_gpu"]}]
+        return [first]
     bundle = {"CPU": r.get("cpu", 1)}
     if r.get("gpu", 0) > 0:
         bundle["GPU"] = r["gpu"]
     if r.get("memory", 0) > 0:  # bytes of host RAM (see memory_requests)
         bundle["memory"] = r["memory"]
     return [bundle]
+
+
+def tile_task(trial: Mapping[str, Any]) -> dict[str, float] | None:
+    """What each GPU kernel tile of a trial asks Ray for (CPU, GPU), None for CPU tiles (they
+    run in the trial's own bundle)."""
+    r = trial["resources"]
+    if trial["kind"] == "kernel" and r.get("tile_gpu", 0) > 0:
+        return {"CPU": r.get("tile_cpu", 1), "GPU": r["tile_gpu"]}
+    return None
 
 
 def trial_resources(config: dict) -> Any:
@@ -393,19 +402,21 @@ def _resources_text(res: Mapping[str, float]) -> str:
 
 
 def unschedulable(trials: list[dict[str, Any]], nodes: list[dict[str, Any]]) -> str | None:
-    """None when each resource bundle of every trial (Trial dicts, `trial_bundles`) fits on
-    some alive node of ``nodes`` (``ray.nodes()`` entries: "Alive", "Resources"); else one
-    line naming how many trials cannot be placed, the first of them, what it asks for, the
-    most any node has, and the fixes. Such a trial's placement group stays pending: Tune
-    only warns about it once a minute and waits for an autoscaler (ray-project/ray issue
-    24259; docs/faults.md), so without one the sweep would hang."""
+    """None when each resource bundle of every trial (Trial dicts, `trial_bundles`) and each
+    of its GPU tile tasks (`tile_task`) fits on some alive node of ``nodes`` (``ray.nodes()``
+    entries: "Alive", "Resources"); else one line naming how many trials cannot be placed,
+    the first of them, what it asks for, the most any node has, and the fixes. Such a
+    trial's placement group stays pending: Tune only warns about it once a minute and waits
+    for an autoscaler (ray-project/ray issue 24259; docs/faults.md), so without one the sweep
+    would hang."""
     alive = [n.get("Resources", {}) for n in nodes if n.get("Alive")]
 
     def fits(bundle: Mapping[str, float]) -> bool:
         return any(all(res.get(k, 0.0) >= v * (1 - 1e-9) for k, v in bundle.items())
                    for res in alive)
 
-    bad = [(t, b) for t in trials for b in trial_bundles(t) if not fits(b)]
+    bad = [(t, b) for t in trials for b in [*trial_bundles(t), tile_task(t)]
+           if b is not None and not fits(b)]
     if not bad:
         return None
     n = len({t["trial_id"] for t, _ in bad})

@@ -73,8 +73,9 @@ CONFIG_RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
 
 AXIS_NAMES = ("inference", "arch", "transform")
 # memory: bytes of host RAM a trial requests from Ray (default: workers.memory's estimate)
+# tile_inflight: GPU kernel tiles one cell keeps in flight over the cluster (tiles.TileMapper)
 RESOURCE_KEYS = {"cpu": float, "gpu": float, "tile_cpu": float, "tile_gpu": float,
-                 "memory": float}
+                 "tile_inflight": float, "memory": float}
 
 
 
@@ -328,7 +329,8 @@ class Preset:
     seeds: seeds of finite-width runs (init and transform seed); kernel_seeds: of kernel runs.
     rules: `Rule`s (or ``(when, set)`` pairs) applied in order.
     resources: per trial kind ('train', 'kernel'): cpu, gpu (fractions allowed), and for
-      kernels tile_cpu / tile_gpu per tile task.
+      kernels tile_cpu / tile_gpu per tile task and tile_inflight, the GPU tiles one cell
+      keeps in flight anywhere in the cluster (default 1).
     success_train_acc: a finite run counts in tables when its train accuracy reaches this.
     """
 

@@ -1,25 +1,20 @@
-"""Kernel tiles: content keys, the checksummed tile cache, and the mapper that runs them.
+"""Kernel tiles: the mapper that runs them (`TileMapper`), over the cluster's GPUs or the
+trial's own CPUs.
 
 A kernel cell (workers/kernel_trial.py) asks the kernel engine for its NNGP/NTK blocks; the
 engine cuts them into tiles and calls ``map_tiles`` (`TileMapper`) on them. Each tile is keyed
-by its content (`tile_key`: the source of the function's module and of the package modules it
-imports, and every argument), so equal tiles of
-different cells, attempts and sweeps are computed once and read from `TileCache` afterwards
-(docs/performance.md, "tile cache"). Uncached tiles run as Ray tasks when Ray is initialised,
-in-process otherwise.
+by its content (tile_cache.py: `tile_key`), so equal tiles of different cells, attempts and
+sweeps are computed once (tile_claims.py: also when cells start together) and read from
+`TileCache` afterwards (docs/performance.md, "tile cache"). Uncached tiles run as Ray tasks
+when Ray is initialised, in-process otherwise.
 """
 
 from __future__ import annotations
 
-import ast
-import functools
-import hashlib
-import importlib.util
-import io
 import logging
-import marshal
 import socket
 import sys
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,228 +22,12 @@ from typing import Any
 import numpy as np
 
 from orchestrator.cpus import claimed_cores, pin_threads
-from orchestrator.fsio import resolve_root, write_atomic
 from orchestrator.spec import SWEEP_MODULE_PREFIX
+from orchestrator.tile_cache import TileCache, tile_key
+from orchestrator.tile_claims import TileClaims
 from workers.errors import TrialInterrupted
 
 log = logging.getLogger("symsweep")
-
-
-# ====================================================================== tile cache
-def _array_digest(a: Any) -> str:
-    arr = np.ascontiguousarray(np.asarray(a))
-    h = hashlib.sha256()
-    h.update(str((arr.dtype.str, arr.shape)).encode())
-    h.update(memoryview(arr).cast("B"))
-    return h.hexdigest()
-
-
-def _own_imports(name: str, source: bytes, top: str) -> set[str]:
-    """The modules of package ``top`` that module ``name`` imports (absolute or relative),
-    read from its source: ``from top.x import y`` gives top.x, and top.x.y when that is a
-    module too."""
-    pkg = name if hasattr(sys.modules.get(name), "__path__") else name.rpartition(".")[0]
-    out: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            out |= {a.name for a in node.names if a.name.split(".")[0] == top}
-        elif isinstance(node, ast.ImportFrom):
-            base = (importlib.util.resolve_name("." * node.level + (node.module or ""), pkg)
-                    if node.level else node.module or "")
-            if base.split(".")[0] != top:
-                continue
-            out.add(base)
-            for a in node.names:
-                sub = f"{base}.{a.name}"
-                try:
-                    if importlib.util.find_spec(sub) is not None:
-                        out.add(sub)
-                except (ImportError, ValueError):  # a name in the module, not a module
-                    pass
-    return out
-
-
-@functools.cache
-def _code_digest(module: str) -> str:
-    """sha256 (16 hex) of the source of ``module`` and of every module of its own top-level
-    package that it imports, transitively (for the kernel tile: workers/kernels.py and the
-    workers modules it uses), by module name and bytes, so equal code in two checkouts gives
-    equal keys. Computed once per process: the code that runs is the code imported. Raises
-    OSError when a source file cannot be read."""
-    top = module.split(".")[0]
-    seen: dict[str, bytes] = {}
-    todo = [module]
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        # a loaded module by its file (also a sweep file, imported under a private name)
-        path = getattr(sys.modules.get(name), "__file__", None)
-        if path is None:
-            try:
-                spec = importlib.util.find_spec(name)
-            except (ImportError, ValueError) as ex:
-                raise OSError(f"module {name}: {ex}") from None
-            path = spec.origin if spec is not None else None
-        if not path or not path.endswith(".py"):
-            raise OSError(f"module {name} has no Python source file ({path})")
-        with open(path, "rb") as f:
-            seen[name] = f.read()
-        todo.extend(_own_imports(name, seen[name], top) - set(seen))
-    h = hashlib.sha256()
-    for name in sorted(seen):
-        h.update(f"{name}\0{len(seen[name])}\0".encode())
-        h.update(seen[name])
-    return h.hexdigest()[:16]
-
-
-_bytecode_warned: set[str] = set()
-
-
-def _module_digest(fn: Callable) -> str:
-    """What a tile's key knows of the code computing it (`_code_digest` of fn's module):
-    tiles computed by other code are not reused. A function whose source cannot be read
-    (defined in ``python -c``, a notebook cell, a zip) is keyed by its own bytecode instead,
-    which misses changes in what it calls: said once per function, as a warning."""
-    try:
-        return _code_digest(fn.__module__)
-    except (OSError, SyntaxError) as ex:
-        code = getattr(fn, "__code__", None)
-        if code is None:
-            raise TypeError(f"cannot key tiles of {fn!r}: no source and no bytecode") from None
-        name = f"{fn.__module__}.{fn.__qualname__}"
-        if name not in _bytecode_warned:
-            _bytecode_warned.add(name)
-            log.warning("tiles of %s are keyed by its bytecode only (%s): a change in the "
-                        "code it calls is not seen; clear the tile cache (<results>/tiles) "
-                        "after such a change", name, ex)
-        return "bytecode:" + hashlib.sha256(marshal.dumps(code)).hexdigest()[:16]
-
-
-def tile_key(fn: Callable, kwargs: Mapping[str, Any], _memo: dict[int, str] | None = None) -> str:
-    """Content hash of one tile: the function (name and source), every argument, arrays by
-    their bytes. Equal inputs give equal keys in every process and every sweep."""
-    memo = {} if _memo is None else _memo
-    h = hashlib.sha256()
-    h.update(f"{fn.__module__}.{fn.__qualname__}:{_module_digest(fn)}".encode())
-    for k in sorted(kwargs):
-        v = kwargs[k]
-        if isinstance(v, type):  # e.g. dtype=np.float32: by name (a class has __array__ too)
-            h.update(f"|{k}=type:{v.__module__}.{v.__qualname__}".encode())
-        elif isinstance(v, np.ndarray) or hasattr(v, "__array__") and hasattr(v, "shape"):
-            d = memo.get(id(v))
-            if d is None:
-                d = memo[id(v)] = _array_digest(v)
-            h.update(f"|{k}=array:{d}".encode())
-        else:
-            h.update(f"|{k}={v!r}".encode())
-    return h.hexdigest()[:32]
-
-
-def _flatten(obj: Any, prefix: str = "") -> dict[str, np.ndarray]:
-    if isinstance(obj, Mapping):
-        out: dict[str, np.ndarray] = {}
-        for k, v in obj.items():
-            out.update(_flatten(v, f"{prefix}d:{k}/"))
-        return out
-    if isinstance(obj, list | tuple):
-        out = {}
-        for i, v in enumerate(obj):
-            out.update(_flatten(v, f"{prefix}{'t' if isinstance(obj, tuple) else 'l'}:{i}/"))
-        return out
-    return {prefix.rstrip("/") or "a:": np.asarray(obj)}
-
-
-def _unflatten(flat: Mapping[str, np.ndarray]) -> Any:
-    if list(flat) == ["a:"]:
-        return flat["a:"]
-    root: dict[str, Any] = {}
-    for key, arr in flat.items():
-        parts = key.split("/")
-        node = root
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = arr
-
-    def build(node: Any) -> Any:
-        if not isinstance(node, dict):
-            return node
-        kinds = {k.split(":", 1)[0] for k in node}
-        items = {k.split(":", 1)[1]: build(v) for k, v in node.items()}
-        if kinds == {"d"}:
-            return items
-        seq = [items[str(i)] for i in range(len(items))]
-        return tuple(seq) if kinds == {"t"} else seq
-
-    return build(root)
-
-
-_TILE_SUM = "__sha256__"  # name of the checksum entry inside a tile's .npz
-
-
-def _tile_checksum(key: str, flat: Mapping[str, np.ndarray]) -> str:
-    """sha256 over the tile's key and every array (name, dtype, shape, bytes): a tile is
-    valid only under its own key, so a valid .npz of another tile (or edited numbers) fails."""
-    h = hashlib.sha256(f"symsweep-tile:{key}".encode())
-    for name in sorted(flat):
-        arr = np.ascontiguousarray(flat[name])
-        h.update(f"|{name}:{arr.dtype.str}:{arr.shape}|".encode())
-        h.update(memoryview(arr).cast("B") if arr.size else b"")
-    return h.hexdigest()
-
-
-class TileCache:
-    """Content-addressed tile results under ``<results>/tiles/<key>.npz`` (local or URI).
-
-    Each tile stores a checksum of its arrays bound to its key (`_tile_checksum`), verified on
-    read: a truncated, edited or swapped tile (another tile's valid .npz under this name) is
-    recomputed, and said so: a warning in this process's log, and ``corrupt`` (count) /
-    ``corrupt_notes`` (messages) for the trial to report to the driver (``tiles_corrupt``),
-    since a trial's own log does not reach the driver's output.
-    """
-
-    def __init__(self, root: str):
-        self.fs, base = resolve_root(root)
-        self.dir = f"{base}/tiles"
-        self.corrupt = 0
-        self.corrupt_notes: list[str] = []
-
-    def _bad(self, key: str, why: str) -> None:
-        msg = f"kernel tile {self.dir}/{key}.npz {why}; recomputing it"
-        log.warning(msg)
-        self.corrupt += 1
-        if len(self.corrupt_notes) < 5:
-            self.corrupt_notes.append(msg)
-
-    def get(self, key: str) -> Any | None:
-        """The tile stored under ``key``, or None when absent or failing its checksum."""
-        try:
-            with self.fs.open_input_file(f"{self.dir}/{key}.npz") as f:
-                data = f.read()
-        except (FileNotFoundError, OSError):
-            return None  # not computed yet
-        try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as z:
-                flat = {k: z[k] for k in z.files}
-        except Exception as ex:  # a truncated tile is recomputed, and said so
-            self._bad(key, f"is unreadable ({type(ex).__name__}: {ex})")
-            return None
-        stored = flat.pop(_TILE_SUM, None)
-        if stored is None:
-            self._bad(key, "has no checksum")
-            return None
-        if str(stored) != _tile_checksum(key, flat):
-            self._bad(key, "fails its checksum (its content is not this tile's)")
-            return None
-        return _unflatten(flat)
-
-    def put(self, key: str, value: Any) -> None:
-        """Store ``value`` (arrays in nested dicts / lists / tuples) under ``key`` with its
-        checksum: temporary name, then rename, so a reader never sees half a tile."""
-        flat = _flatten(value)
-        buf = io.BytesIO()
-        np.savez(buf, **flat, **{_TILE_SUM: np.array(_tile_checksum(key, flat))})
-        write_atomic(self.fs, f"{self.dir}/{key}.npz", buf.getvalue())
 
 
 def ship_by_value(fn: Callable) -> None:
@@ -263,12 +42,61 @@ def ship_by_value(fn: Callable) -> None:
 
 
 def _run_tile(fn: Callable, names: list[str], where: tuple[str, list[int]] | None,
-              *values: Any) -> Any:
+              rows: list[tuple[int, int] | None], *values: Any) -> Any:
     # a CPU tile runs on its trial's cores (``where``: the trial's host and claimed cores,
     # orchestrator.cpus): its CPUs are the trial's bundle, so it must not spread beyond them
     if where is not None and where[0] == socket.gethostname():
         pin_threads(set(where[1]))
-    return fn(**dict(zip(names, values, strict=True)))
+    # an argument shipped as the block of rows all tiles share (`_shared_blocks`): its slice
+    vals = [v if r is None else v[r[0]:r[1]] for v, r in zip(values, rows, strict=True)]
+    return fn(**dict(zip(names, vals, strict=True)))
+
+
+# Seconds between looks at the tiles another cell is computing (are they cached yet?)
+WAIT_POLL_S = 2.0
+
+# Arrays below this many bytes go inline with each tile's task; larger ones through the
+# object store (a row block shared by the tiles is put once per map call).
+_INLINE_BYTES = 100_000
+
+
+def _row_slice_of(v: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """(base, first row) when ``v`` is a contiguous block of rows of the C-contiguous array
+    ``base`` (``base[r0:r0 + len(v)]``, what the kernel engine's tiles hold), else None."""
+    b = v.base
+    if not (isinstance(b, np.ndarray) and b.flags.c_contiguous and v.flags.c_contiguous
+            and b.ndim >= 1 and b.ndim == v.ndim and b.dtype == v.dtype
+            and b.shape[1:] == v.shape[1:] and b.strides[0] > 0):
+        return None
+    off = v.__array_interface__["data"][0] - b.__array_interface__["data"][0]
+    r0, rem = divmod(off, b.strides[0])
+    if rem or r0 < 0 or r0 + v.shape[0] > b.shape[0]:
+        return None
+    return b, int(r0)
+
+
+def _shared_blocks(kwargs_list: list[Mapping[str, Any]], todo: list[int]
+                   ) -> dict[int, tuple[np.ndarray, int, int]]:
+    """For each base array whose row slices the tiles ``todo`` take (`_row_slice_of`):
+    id(base) -> (base, lo, hi), the rows they span together, where those rows are more than
+    `_INLINE_BYTES`. These blocks are put in the object store once per map call, instead of
+    every tile carrying its slices (the blocks of a paper gap cell: tens of MB, against about
+    3 MB of slices per tile over 10^5 tiles)."""
+    spans: dict[int, tuple[np.ndarray, int, int]] = {}
+    for i in todo:
+        for v in kwargs_list[i].values():
+            if not isinstance(v, np.ndarray):
+                continue
+            hit = _row_slice_of(v)
+            if hit is None:
+                continue
+            b, r0 = hit
+            old = spans.get(id(b))
+            lo, hi = (r0, r0 + v.shape[0]) if old is None else \
+                (min(old[1], r0), max(old[2], r0 + v.shape[0]))
+            spans[id(b)] = (b, lo, hi)
+    return {k: (b, lo, hi) for k, (b, lo, hi) in spans.items()
+            if b[lo:hi].nbytes > _INLINE_BYTES}
 
 
 @dataclass
@@ -276,6 +104,21 @@ class TileMapper:
     """``map_tiles(fn, list_of_kwargs) -> list`` for the kernel engine: cached tiles are
     loaded, the others run as Ray tasks (at most ``inflight`` at a time; in-process when Ray
     is not initialised) and each is stored as soon as it finishes, so a crash keeps them.
+
+    Where tiles run: CPU tiles (``num_gpus`` 0) inside the trial's own CPU bundle, on the
+    cores it claimed. GPU tiles anywhere in the cluster (`placement_group=None`: not confined
+    to the trial's placement group, which holds only the trial's CPU and memory), each asking
+    Ray for ``num_gpus`` / ``num_cpus``, up to ``inflight`` at once per cell: a cell spreads
+    over every free GPU, and tiles beyond the free GPUs wait in Ray's queue (an autoscaler
+    sees them as demand). The preset bounds the GPUs kernel tiles take (`tile_inflight` x the
+    cells in flight); the finite runs' placement groups compete for the rest.
+
+    Object store: each block of rows the tiles slice (the cell's images: x1, x2) is put once
+    per call, and a tile's own other large inputs once per tile, released when it ends; so the
+    bytes this mapper holds there are the blocks plus O(``inflight``) tiles (``stats``:
+    ``put_bytes``, ``peak_tile_bytes`` for the largest tile in flight, ``blocks``). Results are
+    written to the cache by ``writers`` threads while the next tiles run (at most ``inflight``
+    results waiting to be written).
 
     ``should_stop`` (stopping.StopProbe): checked before each new tile; once true, the tiles
     in flight are finished and stored, then `TrialInterrupted` is raised (a later attempt
@@ -287,6 +130,7 @@ class TileMapper:
     num_cpus: float = 1.0
     use_ray: bool = True
     should_stop: Callable[[], bool] | None = None
+    writers: int = 2
     hits: int = 0
     computed: int = 0
     stats: dict[str, float] = field(default_factory=dict)
@@ -332,50 +176,135 @@ class TileMapper:
                 deliver(i, v)
                 del v
             return out
+        self._map_ray(fn, kwargs_list, keys, todo, deliver)
+        return out
+
+    def _map_ray(self, fn: Callable, kwargs_list: list[Mapping[str, Any]], keys: list[str],
+                 todo: list[int], deliver: Callable[[int, Any], None]) -> None:
+        import concurrent.futures as cf
+
         import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        # CPU-only: the trial's own CPU bundle covers its tiles (num_cpus=0, at most
-        # `inflight` at a time), so a trial never waits on CPUs it holds itself. GPU tiles
-        # run in the trial's tile bundle (placement-group capture).
         ship_by_value(fn)
-        remote = ray.remote(_run_tile).options(
-            num_cpus=0 if self.num_gpus == 0 else self.num_cpus, num_gpus=self.num_gpus,
-            max_retries=2)
-        refs_by_id: dict[int, Any] = {}
-        cores = claimed_cores() if self.num_gpus == 0 else None
-        where = (socket.gethostname(), cores) if cores else None
+        if self.num_gpus == 0:
+            # CPU-only: the trial's own CPU bundle covers its tiles (num_cpus=0, at most
+            # `inflight` at a time), so a trial never waits on CPUs it holds itself
+            remote = ray.remote(_run_tile).options(num_cpus=0, max_retries=2)
+            cores = claimed_cores()
+            where = (socket.gethostname(), cores) if cores else None
+        else:  # GPU tiles: the cluster's free GPUs, not the trial's placement group
+            remote = ray.remote(_run_tile).options(
+                num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=2,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
+            where = None
+        spans = _shared_blocks(kwargs_list, todo)
+        blocks = {bid: (ray.put(b[lo:hi]), lo) for bid, (b, lo, hi) in spans.items()}
+        put_bytes = sum(b[lo:hi].nbytes for b, lo, hi in spans.values())
+        del spans
+        self.stats["blocks"] = self.stats.get("blocks", 0) + len(blocks)
+        peak = 0
 
-        def submit(i: int) -> Any:
+        def submit(i: int) -> tuple[Any, int]:
             kw = kwargs_list[i]
-            names, vals = list(kw), []
+            names, vals, rows, own = list(kw), [], [], 0
             for n in names:
-                v = kw[n]
-                if isinstance(v, np.ndarray) and v.nbytes > 100_000:
-                    if id(v) not in refs_by_id:
-                        refs_by_id[id(v)] = ray.put(v)
-                    v = refs_by_id[id(v)]
+                v, r = kw[n], None
+                hit = _row_slice_of(v) if isinstance(v, np.ndarray) else None
+                if hit is not None and id(hit[0]) in blocks:
+                    ref, lo = blocks[id(hit[0])]
+                    v, r = ref, (hit[1] - lo, hit[1] - lo + kw[n].shape[0])
+                elif isinstance(v, np.ndarray) and v.nbytes > _INLINE_BYTES:
+                    own += v.nbytes  # this tile's own: put now, released when it ends
+                    v = ray.put(v)
                 vals.append(v)
-            return remote.remote(fn, names, where, *vals)
+                rows.append(r)
+            return remote.remote(fn, names, where, rows, *vals), own
 
         pending: dict[Any, int] = {}
+        writes: set[cf.Future] = set()
         queue = list(todo)
+        waiting: list[int] = []  # tiles another live cell has claimed: read when cached
+        next_look = 0.0
         left = 0  # tiles not started because a stop was requested
-        while queue or pending:
-            if queue and self.should_stop is not None and self.should_stop():
-                left, queue = len(queue), []  # those in flight are finished and stored below
-            while queue and len(pending) < max(1, self.inflight):
-                i = queue.pop(0)
-                pending[submit(i)] = i
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            for r in ready:
-                i = pending.pop(r)
-                v = ray.get(r)
-                self._store(keys[i], v)
-                deliver(i, v)
+        claims = TileClaims(self.cache.fs, self.cache.dir) if self.cache is not None else None
+
+        def put(key: str, value: Any) -> None:
+            assert self.cache is not None and claims is not None
+            self.cache.put(key, value)
+            claims.release(key)
+
+        def look_at_waiting() -> None:  # cached by their holder now, or free to take over
+            nonlocal waiting
+            still = []
+            for i in waiting:
+                v = self.cache.get(keys[i]) if self.cache is not None else None
+                if v is not None:
+                    self.hits += 1
+                    self.stats["waited"] = self.stats.get("waited", 0) + 1
+                    deliver(i, v)
+                elif claims is not None and claims.claim(keys[i]):
+                    queue.append(i)
+                else:
+                    still.append(i)
                 del v
+            waiting = still
+
+        def settle(until: int) -> None:  # at most `until` writes outstanding; raise failures
+            nonlocal writes
+            while len(writes) > until:
+                done, writes = cf.wait(writes, return_when=cf.FIRST_COMPLETED)
+                for f in done:
+                    f.result()
+
+        with cf.ThreadPoolExecutor(max_workers=max(1, self.writers),
+                                   thread_name_prefix="tile-cache-write") as pool:
+            try:
+                while queue or pending or waiting:
+                    if (queue or waiting) and self.should_stop is not None and \
+                            self.should_stop():  # those in flight are finished below
+                        left, queue, waiting = len(queue) + len(waiting), [], []
+                    if waiting and time.monotonic() >= next_look:
+                        look_at_waiting()
+                        next_look = time.monotonic() + WAIT_POLL_S
+                    while queue and len(pending) < max(1, self.inflight):
+                        i = queue.pop(0)
+                        if claims is not None and not claims.claim(keys[i]):
+                            waiting.append(i)  # another cell computes it
+                            continue
+                        ref, own = submit(i)
+                        pending[ref] = i
+                        put_bytes += own
+                        peak = max(peak, own)
+                    if claims is not None:
+                        claims.refresh()
+                    if not pending:
+                        if waiting:
+                            time.sleep(WAIT_POLL_S)
+                        continue
+                    ready, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_POLL_S)
+                    for r in ready:
+                        i = pending.pop(r)
+                        v = ray.get(r)
+                        del r
+                        self.computed += 1
+                        deliver(i, v)
+                        if self.cache is not None:
+                            settle(max(1, self.inflight) - 1)
+                            writes.add(pool.submit(put, keys[i], v))
+                        del v
+                    del ready
+                settle(0)
+            finally:  # every computed tile is in the cache before this returns or raises
+                cf.wait(list(writes))
+                if claims is not None:  # tiles not computed here are free for others
+                    claims.release_all()
+                    self.stats["claims_taken_over"] = (self.stats.get("claims_taken_over", 0)
+                                                       + claims.taken_over)
+                self.stats["put_bytes"] = self.stats.get("put_bytes", 0) + put_bytes
+                self.stats["peak_tile_bytes"] = max(self.stats.get("peak_tile_bytes", 0), peak)
         if left:
             raise self._interrupted(left, len(todo))
-        return out
 
     def _interrupted(self, left: int, total: int) -> TrialInterrupted:
         return TrialInterrupted(f"stopped on a stop request with {left} of {total} uncached "
@@ -386,3 +315,6 @@ class TileMapper:
         self.computed += 1
         if self.cache is not None:
             self.cache.put(key, value)
+
+
+__all__ = ["TileCache", "TileMapper", "ship_by_value", "tile_key"]

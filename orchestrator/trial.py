@@ -218,8 +218,10 @@ def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., di
     if trial.kind == "kernel" and "map_tiles" in inspect.signature(worker).parameters:
         r = trial.resources
         mapper = TileMapper(TileCache(ctx["tiles_root"]) if ctx.get("tiles_root") else None,
+                            # CPU tiles: one per CPU of the trial's bundle; GPU tiles: the
+                            # preset's bound on the cluster's GPUs one cell takes
                             inflight=max(1, int(r.get("cpu", 1) if not r.get("tile_gpu")
-                                                else r.get("tile_cpu", 1))),
+                                                else r.get("tile_inflight", 1))),
                             num_gpus=float(r.get("tile_gpu", 0.0)),
                             num_cpus=float(r.get("tile_cpu", 1.0)), should_stop=should_stop)
         kwargs["map_tiles"] = mapper

@@ -249,7 +249,9 @@ def test_slurm_script_is_valid_bash_and_asks_for_a_signal_before_the_wall_time()
     assert DEFAULT_GRACE_S < wait < lead
     assert "requeue" in opts and "exclusive" in opts  # symmetric-run's `ray stop` at the end
     assert "export RAY_AUTH_MODE=token" in text and "secrets.token_hex" in text
-    assert "trap 'stop_sweep USR1' USR1" in text and "trap 'stop_sweep TERM' TERM" in text
+    assert "trap 'on_signal USR1' USR1" in text and "trap 'on_signal TERM' TERM" in text
+    # the traps come before the first command that can take time (the head lookup's srun)
+    assert text.index("trap 'on_signal USR1' USR1") < text.index("srun --nodes=1")
 
 
 def test_ray_accepts_the_slurm_scripts_symmetric_run_arguments():
@@ -258,8 +260,16 @@ def test_ray_accepts_the_slurm_scripts_symmetric_run_arguments():
     from ray.scripts.symmetric_run import curate_and_validate_ray_start_args
 
     text = SBATCH.read_text().replace("\\\n", " ")
-    line = re.search(r"ray symmetric-run (.*?) -- symsweep run", text).group(1)
+    line = re.search(r'ray symmetric-run (.*?) -- "\$\{@:3\}"', text).group(1)
+    # as the bash on a node expands it: each node's own CPUs and GPUs
+    for var, flag, n in (("SLURM_CPUS_ON_NODE", "--num-cpus", "32"),
+                         ("SLURM_GPUS_ON_NODE", "--num-gpus", "8")):
+        line = line.replace(f'${{{var}:+{flag} "${var}"}}', f"{flag} {n}")
+    line = line.replace('"$0"', "10.0.0.1:6379").replace('"$1"', "2").replace('"$2"', "/tmp/r")
     args = line.replace('"', "").replace("${SYMSWEEP_RAY_START_ARGS:-}", "").split()
     start_args = curate_and_validate_ray_start_args(args)
     assert "--address" not in start_args and "--min-nodes" not in start_args
     assert {"--num-cpus", "--num-gpus", "--temp-dir"} <= set(start_args)
+    # the node command gets the address, node count and temp dir, then `symsweep run ...`
+    assert re.search(r'bash -c "\$node_cmd" "\$address" "\$nodes" "\$ray_tmp" +symsweep run',
+                     text)

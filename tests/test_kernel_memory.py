@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import workers.kernels as K
-from orchestrator.runner import memory_requests, trial_resources
+from orchestrator.runner import memory_requests, tile_task, trial_resources
 from orchestrator.spec import Trial
 from orchestrator.tiles import TileCache, TileMapper
 from workers.kernel_trial import kernel_metrics
@@ -258,7 +258,10 @@ def test_ray_resource_request_contains_memory(caplog):
         assert d["resources"]["memory"] > 0
         pgf = trial_resources({"trial": d})
         assert pgf.bundles[0]["memory"] == d["resources"]["memory"]
-    assert "GPU" in trial_resources({"trial": dicts[2]}).bundles[1]
+    # GPU tiles run outside the trial's placement group: it holds only its CPU and memory
+    assert trial_resources({"trial": dicts[2]}).bundles == [
+        {"CPU": 1.0, "memory": dicts[2]["resources"]["memory"]}]
+    assert tile_task(dicts[2]) == {"CPU": 1.0, "GPU": 1.0} and tile_task(dicts[0]) is None
     # a preset's own value wins; a request above the largest node is capped, loudly
     over = memory_requests([_trial("train", "vec", memory=5e9)], node_memory=64e9)
     assert over[0]["resources"]["memory"] == 5e9

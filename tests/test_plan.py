@@ -104,6 +104,12 @@ def test_wall_time_closed_forms():
     w = wall_time([_cost(400.0, "kernel", pieces=1000, cpu_s=7.0)], 4, 2.0)
     assert w["wall_s"] == pytest.approx(400.0 / 2 / 4 + 7.0)
     assert w["longest_piece_s"] == pytest.approx(50.0)
+    # ... but over at most tile_inflight GPUs at once (what the runner keeps in flight):
+    # one cell of 400 s with 8 in flight takes 50 s on 64 GPUs, not 400 / 64
+    spread = _cost(400.0, "kernel", pieces=1000)
+    spread.spread = 8
+    assert wall_time([spread], 64, 1.0)["wall_s"] == pytest.approx(50.0)
+    assert wall_time([spread, spread], 64, 1.0)["wall_s"] == pytest.approx(50.0)  # side by side
     # copies cost nothing; longest-first on {5,4,3,3,3} over 2 GPUs: A 5+3, B 4+3+3 = 10
     # (the textbook case where LPT misses the optimum 9, within its 4/3 bound)
     w = wall_time([_cost(x) for x in (3, 3, 5, 4, 3)] + [_cost(99, derived=True)], 2, 1.0)

@@ -166,7 +166,7 @@ def test_a_tile_key_sees_a_change_in_any_module_of_its_package_that_the_tile_imp
 
 
 def test_a_tile_function_without_source_is_keyed_by_its_bytecode_and_says_so(caplog):
-    from orchestrator import tiles
+    from orchestrator import tile_cache
 
     def define(body):
         ns = {"__name__": "symsweep_test_no_such_module"}
@@ -179,7 +179,7 @@ def test_a_tile_function_without_source_is_keyed_by_its_bytecode_and_says_so(cap
         assert tile_key(define("x + 1"), {"x": 1}) != k1
     said = [r.getMessage() for r in caplog.records if "keyed by its bytecode" in r.getMessage()]
     assert len(said) == 1 and "symsweep_test_no_such_module.tile" in said[0]
-    tiles._bytecode_warned.clear()
+    tile_cache._bytecode_warned.clear()
 
 
 def test_derived_rows_copy_the_source(tmp_path):

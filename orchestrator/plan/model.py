@@ -163,6 +163,7 @@ class TrialCost:
     pieces: int             # how many independent pieces (kernel tiles; 1 for a finite run)
     detail: dict[str, float]
     mem_bytes: int = 0      # estimated peak host memory of the trial (workers.memory)
+    spread: int = 0         # GPUs its pieces may use at once (tile_inflight); 0: any number
 
 
 def trial_cost(t: Trial, units: Mapping[tuple, Unit]) -> TrialCost:
@@ -176,10 +177,13 @@ def trial_cost(t: Trial, units: Mapping[tuple, Unit]) -> TrialCost:
         u = units[kernel_key(c)]
         pairs, tiles = kernel_pairs(c)
         solve = 2.0 * u.solve_s * (n["train"] / u.solve_n) ** 3 if n["train"] else 0.0
+        # GPU tiles: at most tile_inflight at once (orchestrator.tiles.TileMapper)
+        spread = int(t.resources.get("tile_inflight", 1)) if t.resources.get("tile_gpu") else 0
         return TrialCost(t.trial_id, t.kind, c["inference"], c["arch"], False,
                          pairs * u.pair_s, solve, max(tiles, 1),
                          {"pairs": float(pairs), "tiles": float(tiles),
-                          "kernel_s": pairs * u.pair_s, "solve_s": solve}, mem)
+                          "kernel_s": pairs * u.pair_s, "solve_s": solve}, mem,
+                         spread=max(spread, 0))
     u = units[train_key(c)]
     steps = int(c.get("max_steps", 1_000_000))
     every = max(1, int(c.get("eval_every", 1000)))
@@ -228,8 +232,9 @@ def share_propagations(trials: list[Trial], costs: list[TrialCost]) -> list[Tria
 
 def wall_time(costs: Iterable[TrialCost], gpus: int, device_factor: float) -> dict[str, float]:
     """Wall seconds on ``gpus`` devices: longest-first list scheduling of the GPU pieces
-    (finite runs whole, kernel cells cut into min(tiles, gpus) equal parts), plus the largest
-    CPU solve as a tail. Also the lower bound total / gpus."""
+    (finite runs whole, kernel cells cut into min(tiles, tile_inflight, gpus) equal parts: the
+    runner keeps at most tile_inflight tiles of a cell in flight), plus the largest CPU solve
+    as a tail. Also the lower bound total / gpus."""
     if gpus < 1:
         raise ConfigError(f"--gpus must be >= 1, got {gpus}")
     items: list[float] = []
@@ -238,7 +243,7 @@ def wall_time(costs: Iterable[TrialCost], gpus: int, device_factor: float) -> di
         if c.derived:
             continue
         d = c.gpu_s / device_factor
-        parts = 1 if c.kind == "train" else max(1, min(c.pieces, gpus))
+        parts = 1 if c.kind == "train" else max(1, min(c.pieces, c.spread or gpus, gpus))
         items.extend([d / parts] * parts)
         tail = max(tail, c.cpu_s)
     total = sum(items)

@@ -314,7 +314,7 @@ def test_a_request_no_node_can_hold_is_named_before_tune_waits_on_it():
     msg = unschedulable(fits + [_trial_dict("c", cpu=3), _trial_dict("d", gpu=1)], [NODE])
     assert msg is not None and "\n" not in msg
     assert "2 trial(s)" in msg and "trial c" in msg and "CPU 3" in msg and "CPU 2" in msg
-    # the second bundle of a kernel trial with tile GPUs counts too; a dead node does not
+    # the tile task of a kernel trial with tile GPUs counts too; a dead node does not
     tiles = _trial_dict("k", kind="kernel", tile_gpu=0.5, tile_cpu=1)
     assert "trial k" in unschedulable([tiles], [NODE])
     gpu_node = {"Alive": True, "Resources": {"CPU": 4.0, "GPU": 1.0}}
