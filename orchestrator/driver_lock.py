@@ -80,6 +80,38 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
+def slurm_run() -> dict[str, Any]:
+    """This driver's SLURM job and run (``slurm_job``: SLURM_JOB_ID, ``slurm_restart``:
+    SLURM_RESTART_COUNT, 0 before any requeue), {} outside SLURM."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return {}
+    try:
+        restart = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    except ValueError:
+        restart = 0
+    return {"slurm_job": job, "slurm_restart": restart}
+
+
+def earlier_run_of_this_job(old: Mapping[str, Any]) -> str | None:
+    """A note when lock ``old`` is held by an earlier run of this driver's own SLURM job (the
+    same job id, a lower restart count), else None. SLURM ends a run before it starts the
+    next, so that holder is gone, even when its heartbeat is fresh: its run was killed (srun
+    turns the SIGTERM of scancel, a preemption or a time limit into SIGKILL of its tasks) on
+    a node this driver cannot see into."""
+    me = slurm_run()
+    try:
+        ours = me and old.get("slurm_job") == me["slurm_job"] and \
+            int(old.get("slurm_restart", 0)) < me["slurm_restart"]
+    except (TypeError, ValueError):
+        return None
+    if not ours:
+        return None
+    return (f"took over the lock of an earlier run of SLURM job {me['slurm_job']} (restart "
+            f"{old.get('slurm_restart')}, pid {old.get('pid')} on {old.get('host')}): SLURM "
+            "has ended that run")
+
+
 def lock_is_live(lock: Mapping[str, Any], stale_after_s: float = STALE_AFTER_S) -> bool:
     """Same host: the pid decides. Other host: a heartbeat newer than ``stale_after_s``."""
     if lock.get("host") == socket.gethostname():
@@ -149,7 +181,8 @@ class DriverLock:
         self.fs.create_dir(self.dir, recursive=True)
         me = {"host": socket.gethostname(), "pid": os.getpid(),
               "started_at": now_utc().isoformat(timespec="seconds"),
-              "heartbeat": now_utc().timestamp(), "token": uuid.uuid4().hex}
+              "heartbeat": now_utc().timestamp(), "token": uuid.uuid4().hex,
+              **slurm_run()}
         if is_local(self.fs):
             from filelock import FileLock
 
@@ -206,6 +239,10 @@ class DriverLock:
             return (f"took over a damaged driver lock ({st.damaged}: {raw[:60]!r}); it names "
                     "no live driver")
         old = st.lock
+        earlier = earlier_run_of_this_job(old)
+        if earlier:
+            self.fs.delete_file(self.path)
+            return earlier
         if lock_is_live(old, stale_after_s):
             raise ConfigError(
                 f"sweep '{self.sweep}' is already running under {self.root}: driver pid "

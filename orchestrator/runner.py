@@ -174,24 +174,28 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
     # the lock, the manifest and MLflow (whose mirror would report it as its own failure)
     store.attempt_index()
     p = sweep.preset(preset)
+    fs_root = results if "://" in results else os.path.abspath(results)
+    # the handlers first: a signal while the lock is taken only asks for a stop (the default
+    # action would end the driver holding a lock); the token is known once it is ours
+    control = StopControl(fs_root, sweep.name, None, grace_s)
+    control.install()
     try:
         lock, note = store.acquire_lock()
-    except OSError as ex:  # e.g. no room for the lock file itself: none is left behind
-        full = disk_full_error(ex, results if "://" in results else os.path.abspath(results),
-                               sweep.name)
+    except BaseException as ex:  # e.g. no room for the lock file itself: none is left behind
+        control.uninstall()
+        full = disk_full_error(ex, fs_root, sweep.name) if isinstance(ex, OSError) else None
         if full is None:
             raise
         raise full from None
+    control.token = lock["token"]
     summary = RunSummary(total=len(trials), skipped=0, launched=0, derived_written=0,
                          kernel_cells=cells, kernel_computations=comps)
     if note:
         summary.notes.append(note)
         log.warning(note)
-    fs_root = results if "://" in results else os.path.abspath(results)
-    # a stop request left by an earlier driver is for none that runs now (our token is new)
-    clear_stop(fs_root, sweep.name)
-    control = StopControl(fs_root, sweep.name, lock["token"], grace_s)
-    control.install()
+    # a stop request left by an earlier driver is for none that runs now (our token is new;
+    # one naming it came from a `symsweep stop` that already saw our lock, and stands)
+    clear_stop(fs_root, sweep.name, keep=lock["token"])
     if fault is None and os.environ.get("SYMSWEEP_CRASH_AT_STEP"):
         ids = [s for s in os.environ.get("SYMSWEEP_CRASH_TRIALS", "").split(",") if s]
         fault = {"crash_at_step": int(os.environ["SYMSWEEP_CRASH_AT_STEP"]), "trials": ids}
@@ -345,6 +349,8 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
             say("could not record the attempts that died under %s (%s: %s); the next run or "
                 "resume does", store.running_dir, type(ex).__name__, ex)
         stop_hb.set()
+        if hb.is_alive():  # a heartbeat that read the lock could write it back after release
+            hb.join(timeout=2 * HEARTBEAT_S)
         try:
             store.release_lock(lock)
         except Exception as ex:  # e.g. the access the heartbeat lost: the error above stands

@@ -106,12 +106,15 @@ def read_stop(results: str, sweep: str) -> dict[str, Any] | None:
         return {"token": None}
 
 
-def clear_stop(results: str, sweep: str, token: str | None = None) -> bool:
-    """Remove the stop request (only if it is for ``token``, when given). True if removed."""
+def clear_stop(results: str, sweep: str, token: str | None = None,
+               keep: str | None = None) -> bool:
+    """Remove the stop request: only if it is for ``token``, when given; never one for
+    ``keep``. True if removed."""
     fs, path = _paths(results, sweep)
-    if token is not None:
+    if token is not None or keep is not None:
         rec = read_stop(results, sweep)
-        if rec is None or rec.get("token") not in (token, None):
+        if rec is None or (token is not None and rec.get("token") not in (token, None)) or \
+                (keep is not None and rec.get("token") == keep):
             return False
     try:
         fs.delete_file(path)
@@ -197,7 +200,7 @@ class StopControl:
     While `closing` (the driver's clean-up, until its lock is released) a signal only logs.
     `abort` (the heartbeat thread, on a lost lock) stops without waiting for trials."""
 
-    def __init__(self, results: str, sweep: str, token: str, grace_s: float) -> None:
+    def __init__(self, results: str, sweep: str, token: str | None, grace_s: float) -> None:
         self.results, self.sweep, self.token, self.grace_s = results, sweep, token, grace_s
         self.by: str | None = None          # what asked to stop: a signal name or BY_COMMAND
         self.requested_at: float | None = None
@@ -263,7 +266,7 @@ class StopControl:
         log.warning("stop requested (%s): no new trials start; the trials in flight write a "
                     "checkpoint and stop (within %.0f s), then the driver exits; send it again "
                     "to stop at once", by, self.grace_s)
-        if by != BY_COMMAND:
+        if by != BY_COMMAND and self.token is not None:  # (no token: no trial runs yet)
             try:
                 request_stop(self.results, self.sweep, self.token, by)
             except OSError as ex:  # the trials cannot learn of it: they run until the grace

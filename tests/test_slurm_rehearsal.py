@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -269,3 +270,90 @@ def test_a_head_that_cannot_be_found_stops_the_job_with_one_line(tmp_path, stand
     lines = [ln for ln in out.stderr.splitlines() if ln.startswith("symsweep:")]
     assert len(lines) == 1 and says in lines[0], out.stderr
     assert not (d / "res").exists() and not (d / "requeued").exists()  # nothing started
+
+
+FAKE_SRUN = '''\
+#!{python}
+"""Stand-in srun for the signal paths: a one-task step (the head lookup) runs its command; the
+sweep's step runs FAKE_STEP in a shell instead of Ray and the driver."""
+import os, subprocess, sys
+
+args = sys.argv[1:]
+if "--ntasks=1" in args:
+    while args[0].startswith("-"):
+        args = args[2:] if args[0] == "-w" else args[1:]
+    sys.exit(subprocess.call(args))
+sys.exit(subprocess.call(["bash", "-c", os.environ["FAKE_STEP"]]))
+'''
+
+
+def _signal_env(d: Path, step: str, stop_rc: int) -> dict[str, str]:
+    """Stand-ins: srun (FAKE_SRUN), scontrol, and a venv whose `symsweep` records its
+    arguments and exits ``stop_rc`` (as `symsweep stop` would) and whose `python` is ours."""
+    _write(d / "bin/srun", FAKE_SRUN.format(python=sys.executable))
+    _write(d / "bin/scontrol", SCONTROL.format(python=sys.executable))
+    _write(d / "venv/bin/python", f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    _write(d / "venv/bin/symsweep", f'#!/bin/sh\necho "$@" >> {d}/stop-calls\nexit {stop_rc}\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "SLURM"))}
+    env.update(PATH=f"{d / 'bin'}:{os.environ['PATH']}", SLURM_JOB_ID="5",
+               SLURM_JOB_NUM_NODES="1", SLURM_JOB_NODELIST="node0", SYMSWEEP_VENV=str(d / "venv"),
+               REHEARSAL_DIR=str(d), SYMSWEEP_RESULTS=str(d / "res"), SYMSWEEP_END_WAIT_S="2",
+               FAKE_STEP=step, SWEEP_FILE=str(REPO / "sweeps" / "fig2.py"))
+    return env
+
+
+def _usr1_once_the_step_runs(env: dict[str, str], d: Path) -> subprocess.CompletedProcess:
+    log = d / "job.log"  # a file: a step left running would hold a pipe open
+    with log.open("w") as f:
+        proc = subprocess.Popen(["bash", str(SCRIPT)], cwd=REPO, env=env, stdout=f,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        t_end = time.monotonic() + 60
+        while not (d / "step").exists():
+            assert proc.poll() is None and time.monotonic() < t_end, log.read_text()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGUSR1)
+        proc.wait(timeout=120)
+    finally:
+        _kill_ours(str(d))
+    return subprocess.CompletedProcess(proc.args, proc.returncode, log.read_text())
+
+
+def test_the_wall_time_signal_after_the_driver_finished_does_not_requeue(tmp_path):
+    """SIGUSR1 while Ray winds down after a finished sweep (`symsweep stop`: no driver, exit
+    2): the step is left to end by itself, the job ends with its code 0, and no requeue
+    runs a finished sweep again."""
+    d = tmp_path
+    out = _usr1_once_the_step_runs(_signal_env(d, f"touch {d}/step; sleep 1; exit 0", 2), d)
+    assert out.returncode == 0, out.stdout
+    assert "srun ended with exit code 0" in out.stdout and "ending the step" not in out.stdout
+    assert not (d / "requeued").exists()
+    assert (d / "stop-calls").read_text().split()[:2] == ["stop", "fig2"]
+
+
+def test_a_driver_that_does_not_stop_gets_sigterm_itself_then_the_job_is_requeued(tmp_path):
+    """`symsweep stop --wait` times out (exit 1): the driver named by the lock (here a
+    stand-in process on this host) gets SIGTERM to its own pid, never through srun (which
+    would SIGKILL it); a step still running END_WAIT_S later no longer holds the requeue up."""
+    d = tmp_path
+    driver = subprocess.Popen(["sleep", "300"], env=dict(os.environ, REHEARSAL_DIR=str(d)))
+    (d / "res" / "fig2").mkdir(parents=True)
+    (d / "res" / "fig2" / "driver.lock").write_text(
+        f'{{"host": "{socket.gethostname()}", "pid": {driver.pid}, "token": "t"}}')
+    out = _usr1_once_the_step_runs(_signal_env(d, f"touch {d}/step; sleep 300", 1), d)
+    assert driver.wait(timeout=10) == -signal.SIGTERM
+    assert f"SIGTERM to it (pid {driver.pid})" in out.stdout
+    assert "the step still runs after 2 s: requeueing now" in out.stdout
+    assert (d / "requeued").read_text().split() == ["5"] and out.returncode == 1
+
+
+@pytest.mark.parametrize("extra, env_over, says", [
+    (["--results", "/elsewhere"], {}, "pass the results root as SYMSWEEP_RESULTS"),
+    ([], {"SWEEP_FILE": "sweeps/no_such.py"}, "SWEEP_FILE=sweeps/no_such.py:"),
+])
+def test_bad_input_to_the_script_is_one_line_exit_2(tmp_path, extra, env_over, says):
+    env = {**_signal_env(tmp_path, "exit 0", 0), **env_over}
+    out = subprocess.run(["bash", str(SCRIPT), *extra], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=120)
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert out.returncode == 2 and len(lines) == 1 and says in lines[0], out.stderr

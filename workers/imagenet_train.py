@@ -257,8 +257,10 @@ def train_imagenet(config: dict, report: Report | None = None,
     sci["num_classes"] = num_classes
 
     step, best, history = 0, {"best_test_acc": float("nan"), "best_epoch": 0}, []
-    # the train loss, correct, seen and steps summed since the last evaluation: a checkpoint
-    # inside an epoch carries them (older checkpoints, all at evaluations, have none)
+    # the train loss, correct, seen and steps summed since the last evaluation, in every
+    # checkpoint; one written before they were kept has none: the first train_loss and
+    # train_acc after such a resume cover only the steps since. (One process: several would
+    # each read the stop on their own and could stop at different steps; see the docstring.)
     since_eval: list = [0.0, 0, 0, 0]
     if cfg["resume_from"]:
         load_resume_meta(str(cfg["resume_from"]), sci)

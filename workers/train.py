@@ -455,7 +455,8 @@ def train_arrays(config: dict, dataset: Any, report: Report | None = None, *,
         step = int(resume_meta["step"])
         best = resume_meta["best"]
         history = resume_meta["history"]
-        # the loss summed since the last evaluation (absent in checkpoints written before it)
+        # the loss summed since the last evaluation; a checkpoint written before it was kept
+        # has none: the first train_loss after such a resume covers only the steps since
         loss_acc = [float(v) for v in resume_meta.get("loss_acc", (0.0, 0))]
         trainer.data_key = jax.random.wrap_key_data(
             jnp.asarray(np.asarray(resume_meta["data_key"], np.uint32)))

@@ -318,3 +318,36 @@ def test_a_full_disk_is_named_in_one_line_with_its_folder(ex, folder, what, tmp_
     assert "symsweep resume fig2 --results /x/r" in str(err)
     assert fsio.disk_full_error(ValueError("other"), "/x/r", "fig2") is None
     assert fsio.disk_full_error(OSError(errno.EACCES, "denied"), "/x/r", "fig2") is None
+
+
+def test_a_requeued_slurm_job_takes_over_the_lock_its_killed_earlier_run_left(tmp_path,
+                                                                              monkeypatch):
+    """srun turns scancel's / a preemption's SIGTERM into SIGKILL of the driver, so its lock
+    stays with a fresh heartbeat; the head of the requeued run may be another host, where it
+    would wait out the stale time. A later run of the same SLURM job takes it over at once
+    (SLURM ends a run before the next starts); another job, or the same run, does not."""
+    import time as _time
+
+    st = Store(str(tmp_path), "s")
+    os.makedirs(st.dir)
+
+    def left_by(job, restart):
+        with open(st.lock_path, "w") as f:
+            json.dump({"host": "node0-old-head", "pid": 1, "token": "old",
+                       "heartbeat": _time.time(), "slurm_job": job, "slurm_restart": restart}, f)
+
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    left_by("77", 0)
+    lock, note = st.acquire_lock()
+    assert "earlier run of SLURM job 77 (restart 0" in note
+    assert lock["slurm_job"] == "77" and lock["slurm_restart"] == 1
+    st.release_lock(lock)
+    for job, restart in (("78", 0), ("77", 1)):  # another job; this same run
+        left_by(job, restart)
+        with pytest.raises(ConfigError, match="already running"):
+            st.acquire_lock()
+    monkeypatch.delenv("SLURM_JOB_ID")
+    left_by("77", 0)
+    with pytest.raises(ConfigError, match="already running"):  # outside SLURM: the heartbeat
+        st.acquire_lock()
