@@ -211,6 +211,11 @@ class StopControl:
         self._old: dict[int, Any] = {}
         self._next_poll = 0.0
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its run config, stopper included: the saved handlers are this
+        # process's own (they may hold locks: e.g. one an in-process Ray cluster installed)
+        return {**self.__dict__, "_old": {}}
+
     @property
     def requested(self) -> bool:
         return self.by is not None

@@ -4,7 +4,8 @@ The gap, lap4 and lap8 cells of one transform (and any cells whose tiles have eq
 tiles.tile_key) share their tiles through the tile cache. When Tune starts them together, each
 would find the cache empty and compute every tile itself: three propagations where one is
 needed. Before computing a tile, a mapper claims it: the file ``<tiles>/<key>.claim``, created
-only if absent (O_EXCL on a local or NFS file system; on an object store a write read back
+only if absent (link() of a written file on a local or NFS file system; on an object store a
+write read back
 after ``settle_s``, a best effort like the driver lock's, driver_lock.py). A mapper that finds
 a tile claimed waits for it to appear in the cache instead of computing it.
 
@@ -74,16 +75,22 @@ class TileClaims:
         path = self._path(key)
         for _ in range(2):
             if is_local(self.fs):
+                # created whole or not at all: the record goes to a private file first, then
+                # link() makes it the claim only if none exists (an O_EXCL file would be empty
+                # for an instant, and read as a damaged claim to take over)
                 os.makedirs(self.dir, exist_ok=True)
+                tmp = f"{path}.{self.token}.tmp"
+                with open(tmp, "wb") as f:
+                    f.write(self._record())
                 try:
-                    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                    os.link(tmp, path)
                 except FileExistsError:
                     pass
                 else:
-                    with os.fdopen(fd, "wb") as f:
-                        f.write(self._record())
                     self.mine.add(key)
                     return True
+                finally:
+                    os.unlink(tmp)
             else:
                 if self.holder(key) is None:
                     write_atomic(self.fs, path, self._record())

@@ -49,7 +49,11 @@ def _run_tile(fn: Callable, names: list[str], where: tuple[str, list[int]] | Non
         pin_threads(set(where[1]))
     # an argument shipped as the block of rows all tiles share (`_shared_blocks`): its slice
     vals = [v if r is None else v[r[0]:r[1]] for v, r in zip(values, rows, strict=True)]
-    return fn(**dict(zip(names, vals, strict=True)))
+    import ray  # where it ran and how long, for the mapper's statistics (``stats``)
+
+    t0 = time.perf_counter()
+    value = fn(**dict(zip(names, vals, strict=True)))
+    return ray.get_runtime_context().get_node_id(), time.perf_counter() - t0, value
 
 
 # Seconds between looks at the tiles another cell is computing (are they cached yet?)
@@ -116,7 +120,10 @@ class TileMapper:
     Object store: each block of rows the tiles slice (the cell's images: x1, x2) is put once
     per call, and a tile's own other large inputs once per tile, released when it ends; so the
     bytes this mapper holds there are the blocks plus O(``inflight``) tiles (``stats``:
-    ``put_bytes``, ``peak_tile_bytes`` for the largest tile in flight, ``blocks``). Results are
+    ``put_bytes`` in all, ``peak_held_bytes`` its references pinned at most at once,
+    ``peak_tile_bytes`` for the largest tile's own, ``blocks``; ``nodes``: Ray node id -> tiles
+    computed there; ``tile_s``: seconds the computed tiles took, summed; ``waited``: tiles read
+    after another cell computed them). Results are
     written to the cache by ``writers`` threads while the next tiles run (at most ``inflight``
     results waiting to be written).
 
@@ -133,7 +140,7 @@ class TileMapper:
     writers: int = 2
     hits: int = 0
     computed: int = 0
-    stats: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
 
     def __call__(self, fn: Callable, kwargs_list: list[Mapping[str, Any]], *,
                  on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
@@ -200,7 +207,9 @@ class TileMapper:
             where = None
         spans = _shared_blocks(kwargs_list, todo)
         blocks = {bid: (ray.put(b[lo:hi]), lo) for bid, (b, lo, hi) in spans.items()}
-        put_bytes = sum(b[lo:hi].nbytes for b, lo, hi in spans.values())
+        put_bytes = block_bytes = sum(b[lo:hi].nbytes for b, lo, hi in spans.values())
+        owns: dict[Any, int] = {}  # a tile in flight -> bytes of its own inputs put for it
+        nodes: dict[str, int] = self.stats.setdefault("nodes", {})  # node id -> tiles run
         del spans
         self.stats["blocks"] = self.stats.get("blocks", 0) + len(blocks)
         peak = 0
@@ -234,20 +243,36 @@ class TileMapper:
             self.cache.put(key, value)
             claims.release(key)
 
+        def cached_meanwhile(i: int) -> bool:  # another cell stored it (and let it go)
+            v = self.cache.get(keys[i]) if self.cache is not None else None
+            if v is None:
+                return False
+            self.hits += 1
+            self.stats["waited"] = self.stats.get("waited", 0) + 1
+            deliver(i, v)
+            return True
+
+        def claim(i: int) -> bool | None:  # True: ours to compute; None: cached meanwhile
+            if claims is None:
+                return True
+            if not claims.claim(keys[i]):
+                return False
+            if cached_meanwhile(i):  # stored and released just before our claim
+                claims.release(keys[i])
+                return None
+            return True
+
         def look_at_waiting() -> None:  # cached by their holder now, or free to take over
             nonlocal waiting
             still = []
             for i in waiting:
-                v = self.cache.get(keys[i]) if self.cache is not None else None
-                if v is not None:
-                    self.hits += 1
-                    self.stats["waited"] = self.stats.get("waited", 0) + 1
-                    deliver(i, v)
-                elif claims is not None and claims.claim(keys[i]):
+                if cached_meanwhile(i):
+                    continue
+                got = claim(i)
+                if got:
                     queue.append(i)
-                else:
+                elif got is False:
                     still.append(i)
-                del v
             waiting = still
 
         def settle(until: int) -> None:  # at most `until` writes outstanding; raise failures
@@ -269,13 +294,19 @@ class TileMapper:
                         next_look = time.monotonic() + WAIT_POLL_S
                     while queue and len(pending) < max(1, self.inflight):
                         i = queue.pop(0)
-                        if claims is not None and not claims.claim(keys[i]):
-                            waiting.append(i)  # another cell computes it
+                        got = claim(i)
+                        if not got:
+                            if got is False:
+                                waiting.append(i)  # another cell computes it
                             continue
                         ref, own = submit(i)
                         pending[ref] = i
+                        owns[ref] = own
                         put_bytes += own
                         peak = max(peak, own)
+                        held = block_bytes + sum(owns.values())
+                        self.stats["peak_held_bytes"] = max(
+                            self.stats.get("peak_held_bytes", 0), held)
                     if claims is not None:
                         claims.refresh()
                     if not pending:
@@ -285,7 +316,10 @@ class TileMapper:
                     ready, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_POLL_S)
                     for r in ready:
                         i = pending.pop(r)
-                        v = ray.get(r)
+                        owns.pop(r, None)
+                        node, secs, v = ray.get(r)
+                        nodes[node] = nodes.get(node, 0) + 1
+                        self.stats["tile_s"] = self.stats.get("tile_s", 0.0) + secs
                         del r
                         self.computed += 1
                         deliver(i, v)

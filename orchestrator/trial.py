@@ -268,6 +268,12 @@ def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., di
     if mapper is not None:
         result.setdefault("tiles_cached", mapper.hits)
         result.setdefault("tiles_computed", mapper.computed)
+        st = mapper.stats  # where the tiles ran and what they held (metrics_json)
+        for k in ("waited", "peak_held_bytes", "put_bytes", "tile_s"):
+            if k in st:
+                result.setdefault(f"tiles_{k}", st[k])
+        if st.get("nodes"):
+            result.setdefault("tiles_nodes_json", json.dumps(st["nodes"], sort_keys=True))
         if mapper.cache is not None and mapper.cache.corrupt:  # shown by the driver
             result.setdefault("tiles_corrupt", mapper.cache.corrupt)
             result.setdefault("tiles_corrupt_note", " | ".join(mapper.cache.corrupt_notes))

@@ -59,6 +59,10 @@ QUICK: dict[str, tuple[list[str], list[str], bool]] = {
                      [r"accuracy fcn: max rel err .* \(ok\)", r"accuracy gap: .* \(ok\)",
                       r"kernel gap\+lap4\+lap8 8x8: .* pairs/s", r"trainer gap width 4: ",
                       r"gpu_check finished in \d+ s \(exit 0\)"], False),
+    # a three-node Ray cluster of this machine, one node removed half-way: about 40 s
+    "cluster_kernels.py": ([], [r"^\| cell \| tiles computed \| waited for \|",
+                                r'"propagations": 2', r'"tiles_computed_twice": 0',
+                                r'"killed_node_tiles_lost": 0', r'"nodes_used": 2'], False),
     # two Ray start-ups and a SIGKILLed driver: about a minute on a quiet machine
     "rehearsal.py": ([], [r'"trials_lost": 0', r'"trials_run_twice": 0',
                           r'"exit_code_resubmission": 0'], False),
@@ -88,7 +92,8 @@ def _run_quick(script: str, tmp_path: Path) -> str:
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    if script != "rehearsal.py":  # Ray's socket paths under pytest's tmp_path can be too long
+    if script not in ("rehearsal.py", "cluster_kernels.py"):  # Ray's socket paths under
+        # pytest's tmp_path can be too long
         env["TMPDIR"] = str(tmp_path)
     before = _results_digest()
     r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)

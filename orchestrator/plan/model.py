@@ -212,21 +212,28 @@ def share_propagations(trials: list[Trial], costs: list[TrialCost]) -> list[Tria
     """Price each propagation once: of the computed kernel cells with one `propagation_key`
     (e.g. gap, lap4 and lap8 of one transform and seed), the first in the runner's order
     (gap before lap4 before lap8) keeps the tiles' cost, the others keep only their
-    regression solves (they read the tiles from the cache; ``detail['shared']`` = 1)."""
+    regression solves (they read the tiles from the cache; ``detail['shared']`` = 1). Started
+    together, the cells of a group split its tiles (orchestrator/tile_claims.py), so the
+    keeper's tiles may run on all their ``tile_inflight`` GPUs at once (``spread`` summed)."""
     order = sorted(range(len(trials)), key=lambda i: (trials[i].config.get("arch") not in
                                                       FULL_COV_ARCHS, trials[i].config.get("arch")))
-    seen: set[str] = set()
+    seen: dict[str, TrialCost] = {}
     for i in order:
         t, c = trials[i], costs[i]
         if t.kind != "kernel" or c.derived:
             continue
         key = propagation_key(t)
-        if key in seen:
+        keeper = seen.get(key)
+        if keeper is not None:
+            if keeper.spread and c.spread:
+                keeper.spread += c.spread
             c.gpu_s = 0.0
             c.pieces = 1
+            c.spread = 0
             c.detail["kernel_s"] = 0.0
             c.detail["shared"] = 1.0
-        seen.add(key)
+        else:
+            seen[key] = c
     return costs
 
 
