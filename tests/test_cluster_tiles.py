@@ -223,3 +223,33 @@ def test_a_dead_holders_claim_is_taken_over_and_a_released_one_too(ray_gpus, tmp
         np.testing.assert_allclose(o["k"], np.outer(kw["x_rows"].sum(axis=(1, 2, 3)),
                                                     x.sum(axis=(1, 2, 3))), rtol=1e-6)
     assert not list((tmp_path / "tiles").glob("*.claim"))
+
+
+def test_a_cell_never_runs_more_tiles_at_once_than_the_planner_assumes(ray_gpus, tmp_path):
+    """The planner cuts a kernel cell into min(tiles, tile_inflight, GPUs) parts
+    (plan.model.wall_time); the runner's mapper keeps at most tile_inflight of the cell's tiles
+    in flight, whatever GPUs are free (here 3 GPUs, tile_inflight 2, 6 tiles: each tile counts
+    the tiles running when it starts)."""
+    from orchestrator.plan.model import Unit, kernel_key, trial_cost
+    from orchestrator.spec import Trial
+
+    run = tmp_path / "running"
+    run.mkdir()
+
+    def tile(x_rows, x_cols):
+        me = run / f"{os.getpid()}-{time.monotonic_ns()}"
+        me.touch()
+        seen = len(list(run.iterdir()))
+        time.sleep(0.3)
+        me.unlink()
+        return np.asarray(seen)
+
+    x = np.ones((12, 4, 4, 3), np.float32)
+    m = TileMapper(None, inflight=2, num_gpus=1, num_cpus=0)
+    seen = m(tile, [dict(x_rows=x[r:r + 2], x_cols=x) for r in range(0, 12, 2)])
+    assert max(int(s) for s in seen) <= 2 and m.computed == 6
+    cfg = dict(dataset="synthetic", image_size=4, train_size=12, val_size=0, test_size=4,
+               depth=2, inference="nngp", arch="gap", transform="identity", seed=0)
+    t = Trial("k", "kernel", cfg, {"cpu": 1, "tile_gpu": 1, "tile_cpu": 0, "tile_inflight": 2})
+    u = Unit(kernel_key(cfg), "kernel", pair_s=1e-3, solve_s=0.0, solve_n=1)
+    assert trial_cost(t, {u.key: u}).spread == 2  # the same bound, read from the trial
