@@ -436,19 +436,43 @@ def unschedulable(trials: list[dict[str, Any]], nodes: list[dict[str, Any]]) -> 
             f"give Ray more CPUs (--num-cpus) or run on a cluster with such nodes (--address)")
 
 
+BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # the cluster launcher's, on the head
+
+
 def _may_autoscale() -> bool:
     """True on a Ray cluster started by the cluster launcher, whose autoscaler may still add
     the nodes a pending trial needs: the test Ray Tune itself makes
     (ray.tune.execution.cluster_info: the launcher's bootstrap config exists)."""
-    return os.path.exists(os.path.expanduser("~/ray_bootstrap_config.yaml"))
+    return os.path.exists(os.path.expanduser(BOOTSTRAP_CONFIG))
+
+
+def node_type_memory(config_path: str) -> list[float]:
+    """The ``memory`` (bytes) each node type of a cluster-launcher config declares (its
+    ``available_node_types``); [] when it declares none or cannot be read."""
+    import yaml
+
+    try:
+        with open(os.path.expanduser(config_path)) as f:
+            cfg = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as ex:
+        log.warning("could not read the cluster config %s (%s); memory requests are capped at "
+                    "the nodes alive now", config_path, ex)
+        return []
+    types = cfg.get("available_node_types") or {}
+    return [float((t.get("resources") or {}).get("memory", 0)) for t in types.values()
+            if isinstance(t, dict) and float((t.get("resources") or {}).get("memory", 0)) > 0]
 
 
 def _node_memory() -> float | None:
-    """Largest ``memory`` resource (bytes) of an alive Ray node, None when Ray reports none."""
+    """Largest ``memory`` resource (bytes) of a node this Ray can have, None when none says.
+    On a cluster the launcher started, of the node types it may launch (at driver start only
+    the head is up: capping at it would pack kernel cells that need 41 GB several to a node);
+    elsewhere of the alive nodes."""
     import ray
 
-    sizes = [float(n.get("Resources", {}).get("memory", 0)) for n in ray.nodes()
-             if n.get("Alive")]
+    sizes = node_type_memory(BOOTSTRAP_CONFIG) if _may_autoscale() else []
+    sizes += [float(n.get("Resources", {}).get("memory", 0)) for n in ray.nodes()
+              if n.get("Alive")]
     return max(sizes) if sizes and max(sizes) > 0 else None
 
 
