@@ -318,3 +318,31 @@ def test_every_paper_bundle_can_start_a_node_by_rays_own_bin_packing(name, monke
     stuck = [dict(s) for s in shapes
              if all(get_bin_pack_residual([dict(r)], [dict(s)])[0] for r in types.values())]
     assert not stuck, f"{len(stuck)} of {len(shapes)} shapes start no node: {stuck}"
+
+
+def test_aws_workers_get_a_bucket_only_role_that_the_head_may_pass():
+    """The GPU node types launch with the instance profile `symsweep-worker`; its policy reads
+    and writes the results bucket of the config and nothing else; the head's extra policy is
+    iam:PassRole on exactly that role, to EC2 (ray-project/ray issue 3190: Ray's head role
+    lacks it, so the first worker launch failed with UnauthorizedOperation)."""
+    import json
+
+    cfg = _load("gpu.yaml")
+    workers = [t for k, t in cfg["available_node_types"].items() if k != cfg["head_node_type"]]
+    assert {w["node_config"]["IamInstanceProfile"]["Name"] for w in workers} == \
+        {"symsweep-worker"}
+    bucket = re.search(r"SYMSWEEP_RESULTS=s3://([^/']+)", " ".join(cfg["setup_commands"]))[1]
+    aws = ROOT / "cluster" / "aws"
+    worker = json.loads((aws / "worker-role-policy.json").read_text())["Statement"]
+    assert {r for st in worker for r in [st["Resource"]]} == \
+        {f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"}
+    assert all(a.startswith("s3:") for st in worker for a in st["Action"])
+    (pass_role,) = json.loads((aws / "head-pass-role-policy.json").read_text())["Statement"]
+    assert pass_role["Action"] == "iam:PassRole"
+    assert pass_role["Resource"].endswith(":role/symsweep-worker")
+    assert pass_role["Condition"]["StringEquals"]["iam:PassedToService"] == "ec2.amazonaws.com"
+    trust = json.loads((aws / "ec2-trust.json").read_text())["Statement"][0]
+    assert trust["Principal"] == {"Service": "ec2.amazonaws.com"}
+    readme = (ROOT / "cluster" / "README.md").read_text()
+    for f in ("ec2-trust.json", "worker-role-policy.json", "head-pass-role-policy.json"):
+        assert f"file://cluster/aws/{f}" in readme
