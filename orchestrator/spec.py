@@ -22,6 +22,7 @@ import copy
 import hashlib
 import importlib.util
 import json
+import math
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -499,8 +500,18 @@ class Sweep:
                 if k not in RESOURCE_KEYS:
                     raise ConfigError(f"{where}.resources.{kind}: unknown resource '{k}'; "
                                       f"use {', '.join(RESOURCE_KEYS)}")
-                if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
-                    raise ConfigError(f"{where}.resources.{kind}.{k}: expected a number >= 0")
+                if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < math.inf:
+                    raise ConfigError(f"{where}.resources.{kind}.{k}: expected a finite "
+                                      "number >= 0")
+                if k == "tile_inflight" and (v < 1 or v != int(v)):
+                    raise ConfigError(f"{where}.resources.{kind}.tile_inflight: expected a whole "
+                                      f"number >= 1 (kernel tiles in flight per cell), got {v!r}")
+            if float(res.get("tile_gpu", 0)) > 0 and float(res.get("tile_cpu", 0)) > 0:
+                raise ConfigError(
+                    f"{where}.resources.{kind}: tile_cpu must be 0 when tile_gpu > 0 (GPU tiles "
+                    "run outside the trial's bundle, which holds its CPU: tiles that also ask "
+                    "for CPUs can wait for ever once the kernel cells hold every CPU); set "
+                    "tile_cpu=0")
         if isinstance(p.max_failures, bool) or not isinstance(p.max_failures, int) or \
                 p.max_failures < 0:
             raise ConfigError(f"{where}.max_failures: expected an integer >= 0 (retries per "
@@ -558,6 +569,8 @@ class Sweep:
                                                                          seed)))
                     res = {"cpu": 1.0, "gpu": 0.0, "tile_cpu": 1.0, "tile_gpu": 0.0}
                     res.update({k: float(v) for k, v in p.resources.get(kind, {}).items()})
+                    if res["tile_gpu"] > 0:  # GPU tiles reserve no CPU (validate: deadlock)
+                        res["tile_cpu"] = 0.0
                     trials.append(Trial(trial_id_of(cfg), kind, cfg, res))
         check_ranges(trials, f"sweep '{self.name}' preset {preset}")
         ids = [t.trial_id for t in trials]

@@ -24,7 +24,7 @@ import numpy as np
 from orchestrator.cpus import claimed_cores, pin_threads
 from orchestrator.spec import SWEEP_MODULE_PREFIX
 from orchestrator.tile_cache import TileCache, tile_key
-from orchestrator.tile_claims import TileClaims
+from orchestrator.tile_claims import STALE_S, TileClaims
 from workers.errors import TrialInterrupted
 
 log = logging.getLogger("symsweep")
@@ -56,8 +56,10 @@ def _run_tile(fn: Callable, names: list[str], where: tuple[str, list[int]] | Non
     return ray.get_runtime_context().get_node_id(), time.perf_counter() - t0, value
 
 
-# Seconds between looks at the tiles another cell is computing (are they cached yet?)
+# Seconds between looks at the tiles another cell is computing (are they cached yet?), and
+# between the lines that say a cell is waiting for them
 WAIT_POLL_S = 2.0
+WAIT_SAY_S = 300.0
 
 # Arrays below this many bytes go inline with each tile's task; larger ones through the
 # object store (a row block shared by the tiles is put once per map call).
@@ -262,8 +264,18 @@ class TileMapper:
                 return None
             return True
 
+        said_waiting = [time.monotonic()]
+
         def look_at_waiting() -> None:  # cached by their holder now, or free to take over
             nonlocal waiting
+            if waiting and claims is not None and \
+                    time.monotonic() - said_waiting[0] >= WAIT_SAY_S:
+                said_waiting[0] = time.monotonic()
+                h = claims.holder(keys[waiting[0]]) or {}
+                log.warning("%d kernel tile(s) wait for the cells that claimed them (e.g. pid "
+                            "%s on %s, heartbeat %.0f s ago); a claim without a heartbeat for "
+                            "%.0f s is taken over", len(waiting), h.get("pid"), h.get("host"),
+                            time.time() - float(h.get("heartbeat") or 0), STALE_S)
             still = []
             for i in waiting:
                 if cached_meanwhile(i):
@@ -282,6 +294,7 @@ class TileMapper:
                 for f in done:
                     f.result()
 
+        finished = False
         with cf.ThreadPoolExecutor(max_workers=max(1, self.writers),
                                    thread_name_prefix="tile-cache-write") as pool:
             try:
@@ -329,7 +342,11 @@ class TileMapper:
                         del v
                     del ready
                 settle(0)
+                finished = True
             finally:  # every computed tile is in the cache before this returns or raises
+                if not finished:  # a failure: the tiles in flight would only hold GPUs
+                    for r in pending:
+                        ray.cancel(r)
                 cf.wait(list(writes))
                 if claims is not None:  # tiles not computed here are free for others
                     claims.release_all()

@@ -37,7 +37,7 @@ PAPER_CONFIG: dict[str, Any] = dict(
 # tiles on whole GPUs anywhere in the cluster, up to 8 at a time (so kernel cells take at most
 # 8 GPUs each: the finite runs keep the rest).
 GPU_RESOURCES: dict[str, dict[str, float]] = dict(
-    train=dict(cpu=1, gpu=0.25), kernel=dict(cpu=1, tile_cpu=1, tile_gpu=1, tile_inflight=8))
+    train=dict(cpu=1, gpu=0.25), kernel=dict(cpu=1, tile_cpu=0, tile_gpu=1, tile_inflight=8))
 # A workstation: one CPU per trial (the driver limits each trial's XLA threads to it).
 CPU_RESOURCES: dict[str, dict[str, float]] = dict(train=dict(cpu=1), kernel=dict(cpu=1))
 

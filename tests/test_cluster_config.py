@@ -346,3 +346,14 @@ def test_aws_workers_get_a_bucket_only_role_that_the_head_may_pass():
     readme = (ROOT / "cluster" / "README.md").read_text()
     for f in ("ec2-trust.json", "worker-role-policy.json", "head-pass-role-policy.json"):
         assert f"file://cluster/aws/{f}" in readme
+
+
+@pytest.mark.parametrize("name", ["gpu.yaml", "gcp-gpu.yaml"])
+def test_gpu_workers_request_the_nvidia_runtime_explicitly(name):
+    """Ray's automatic runtime detection adds --runtime=nvidia only when nvidia-smi works at
+    container start and otherwise starts a GPU-less container (a warning; jax then runs on the
+    CPU); the configs turn it off and ask for the GPUs on the workers, never on the head."""
+    d = _prepared(name)["docker"]
+    assert d.get("disable_automatic_runtime_detection") is True
+    assert "--gpus all" in d.get("worker_run_options", [])
+    assert not any("gpus" in o for o in d.get("head_run_options", []) + d.get("run_options", []))
