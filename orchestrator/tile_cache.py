@@ -15,14 +15,15 @@ import hashlib
 import importlib.util
 import io
 import logging
-import marshal
 import sys
+import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from orchestrator.fsio import resolve_root, write_atomic
+from orchestrator.spec import SWEEP_MODULE_PREFIX
 
 log = logging.getLogger("symsweep")
 
@@ -101,7 +102,12 @@ def _module_digest(fn: Callable) -> str:
     """What a tile's key knows of the code computing it (`_code_digest` of fn's module):
     tiles computed by other code are not reused. A function whose source cannot be read
     (defined in ``python -c``, a notebook cell, a zip) is keyed by its own bytecode instead,
-    which misses changes in what it calls: said once per function, as a warning."""
+    which misses changes in what it calls: said once per function, as a warning. A function of
+    a sweep file (shipped to the trials by value) is always keyed by its bytecode."""
+    if str(fn.__module__).startswith(SWEEP_MODULE_PREFIX):
+        # a sweep file's function, shipped to the trials by value: some processes have its
+        # module, others not, and all must give one key
+        return _bytecode_digest(fn)
     try:
         return _code_digest(fn.__module__)
     except (OSError, SyntaxError) as ex:
@@ -114,7 +120,32 @@ def _module_digest(fn: Callable) -> str:
             log.warning("tiles of %s are keyed by its bytecode only (%s): a change in the "
                         "code it calls is not seen; clear the tile cache (<results>/tiles) "
                         "after such a change", name, ex)
-        return "bytecode:" + hashlib.sha256(marshal.dumps(code)).hexdigest()[:16]
+        return _bytecode_digest(fn)
+
+
+def _code_fingerprint(code: types.CodeType) -> bytes:
+    """A digest of what a code object does: its bytecode, names and constants, nested code
+    objects (inner functions) recursively. Not `marshal.dumps`, whose bytes for equal code
+    depend on reference counts (its reference flags): two unpickled copies of one function
+    in one process gave different keys."""
+    h = hashlib.sha256(code.co_code)
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            h.update(_code_fingerprint(c))
+        elif isinstance(c, frozenset):  # its order follows string hashing, per process
+            h.update(repr(sorted(map(repr, c))).encode())
+        else:
+            h.update(repr(c).encode())
+    h.update(repr((code.co_name, code.co_names, code.co_varnames, code.co_freevars,
+                   code.co_cellvars, code.co_argcount, code.co_kwonlyargcount)).encode())
+    return h.digest()
+
+
+def _bytecode_digest(fn: Callable) -> str:
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        raise TypeError(f"cannot key tiles of {fn!r}: no bytecode")
+    return "bytecode:" + _code_fingerprint(code).hex()[:16]
 
 
 def tile_key(fn: Callable, kwargs: Mapping[str, Any], _memo: dict[int, str] | None = None) -> str:

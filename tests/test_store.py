@@ -177,6 +177,13 @@ def test_a_tile_function_without_source_is_keyed_by_its_bytecode_and_says_so(cap
         k1 = tile_key(define("x"), {"x": 1})
         assert tile_key(define("x"), {"x": 1}) == k1
         assert tile_key(define("x + 1"), {"x": 1}) != k1
+        # copies unpickled by value, as Ray ships a sweep file's tile function to each trial
+        # (marshal's bytes for them differed with reference counts: one tile per trial)
+        from ray import cloudpickle
+
+        copies = [cloudpickle.loads(cloudpickle.dumps(define("x"))) for _ in range(3)]
+        held = [c.__code__ for c in copies[:2]]  # other reference counts
+        assert {tile_key(c, {"x": 1}) for c in copies} == {k1} and held
     said = [r.getMessage() for r in caplog.records if "keyed by its bytecode" in r.getMessage()]
     assert len(said) == 1 and "symsweep_test_no_such_module.tile" in said[0]
     tile_cache._bytecode_warned.clear()
