@@ -291,7 +291,7 @@ def test_every_paper_bundle_can_start_a_node_by_rays_own_bin_packing(name, monke
     start."""
     from ray.autoscaler._private.resource_demand_scheduler import get_bin_pack_residual
 
-    from orchestrator import runner
+    from orchestrator import resources
     from orchestrator.spec import load_sweep
 
     cfg = _prepared(name)
@@ -300,8 +300,8 @@ def test_every_paper_bundle_can_start_a_node_by_rays_own_bin_packing(name, monke
     boot = Path(os.environ.get("TMPDIR", "/tmp")) / f"bootstrap-{os.getpid()}-{name}"
     boot.write_text(yaml.safe_dump(cfg))
     try:
-        monkeypatch.setattr(runner, "BOOTSTRAP_CONFIG", str(boot))
-        node_memory = max(runner.node_type_memory(str(boot)))
+        monkeypatch.setattr(resources, "BOOTSTRAP_CONFIG", str(boot))
+        node_memory = max(resources.node_type_memory(str(boot)))
     finally:
         boot.unlink()
     assert node_memory == max(t["memory"] for t in types.values())
@@ -310,8 +310,8 @@ def test_every_paper_bundle_can_start_a_node_by_rays_own_bin_packing(name, monke
         sw = load_sweep(str(path))
         if "paper" not in sw.presets:
             continue
-        for d in runner.memory_requests(sw.expand("paper"), node_memory):
-            for b in [*runner.trial_bundles(d), runner.tile_task(d)]:
+        for d in resources.memory_requests(sw.expand("paper"), node_memory):
+            for b in [*resources.trial_bundles(d), resources.tile_task(d)]:
                 if b is not None:
                     shapes.add(tuple(sorted(b.items())))
     assert len(shapes) >= 5

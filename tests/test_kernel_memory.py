@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import workers.kernels as K
-from orchestrator.runner import memory_requests, tile_task, trial_resources
+from orchestrator.resources import memory_requests, tile_task, trial_resources
 from orchestrator.spec import Trial
 from orchestrator.tiles import TileCache, TileMapper
 from workers.kernel_trial import kernel_metrics

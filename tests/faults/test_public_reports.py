@@ -307,7 +307,7 @@ def test_a_request_no_node_can_hold_is_named_before_tune_waits_on_it():
     resource bundle fits on no node stays PENDING; without an autoscaler Tune only warns
     (every 60 s, through a logger symsweep silences) and waits forever. `unschedulable` names
     the first such trial, what it asks for and what the largest node has."""
-    from orchestrator.runner import unschedulable
+    from orchestrator.resources import unschedulable
 
     fits = [_trial_dict("a"), _trial_dict("b", cpu=2, memory=4e9)]
     assert unschedulable(fits, [NODE]) is None
