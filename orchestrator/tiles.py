@@ -59,6 +59,7 @@ def _run_tile(fn: Callable, names: list[str], where: tuple[str, list[int]] | Non
 # Seconds between looks at the tiles another cell is computing (are they cached yet?), and
 # between the lines that say a cell is waiting for them
 WAIT_POLL_S = 2.0
+WAIT_LOOK_MAX = 64  # waiting tiles looked at per poll (in turn)
 WAIT_SAY_S = 300.0
 
 # Arrays below this many bytes go inline with each tile's task; larger ones through the
@@ -276,8 +277,11 @@ class TileMapper:
                             "%s on %s, heartbeat %.0f s ago); a claim without a heartbeat for "
                             "%.0f s is taken over", len(waiting), h.get("pid"), h.get("host"),
                             time.time() - float(h.get("heartbeat") or 0), STALE_S)
+            # a bounded look, in turn: a cell can wait on 10^4 tiles of a sibling, and reading
+            # them all every WAIT_POLL_S would be most of what it does (on a bucket, too)
+            look, rest = waiting[:WAIT_LOOK_MAX], waiting[WAIT_LOOK_MAX:]
             still = []
-            for i in waiting:
+            for i in look:
                 if cached_meanwhile(i):
                     continue
                 got = claim(i)
@@ -285,7 +289,7 @@ class TileMapper:
                     queue.append(i)
                 elif got is False:
                     still.append(i)
-            waiting = still
+            waiting = rest + still
 
         def settle(until: int) -> None:  # at most `until` writes outstanding; raise failures
             nonlocal writes

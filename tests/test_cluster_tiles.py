@@ -194,7 +194,8 @@ def test_cells_that_start_together_compute_each_shared_tile_once(ray_gpus, tmp_p
     assert not list((tmp_path / "tiles").glob("*.claim"))  # every claim released
 
 
-def test_a_dead_holders_claim_is_taken_over_and_a_released_one_too(ray_gpus, tmp_path):
+def test_a_dead_holders_claim_is_taken_over_and_a_released_one_too(ray_gpus, tmp_path,
+                                                                    monkeypatch):
     """A claim whose holder died (its pid on this host has ended) is taken over at once; a
     claim of a live holder is waited on, and once released without a result (its holder
     failed or was stopped) the waiting cell computes the tile itself: none is lost."""
@@ -215,6 +216,9 @@ def test_a_dead_holders_claim_is_taken_over_and_a_released_one_too(ray_gpus, tmp
     live.write_text(f'{{"host": "{host}", "pid": {os.getpid()}, "token": "live", '
                     f'"heartbeat": {time.time()}}}')
     threading.Timer(3.0, live.unlink).start()  # the live holder gives up its tile
+    import orchestrator.tiles as tiles_mod
+
+    monkeypatch.setattr(tiles_mod, "WAIT_LOOK_MAX", 1)  # looked at in turn, one per poll
     m = TileMapper(TileCache(str(tmp_path)), inflight=2, num_gpus=1, num_cpus=0)
     out = m(tile, kws)
     assert m.computed == 2 and m.stats["claims_taken_over"] == 1
