@@ -75,7 +75,12 @@ for node in range(n):
 for s in (signal.SIGTERM, signal.SIGINT):
     signal.signal(s, lambda sig, frame: [p.send_signal(sig) for p in procs])
 codes = [p.wait() for p in procs]
-sys.exit(max(c if c >= 0 else 128 - c for c in codes))
+codes = [c if c >= 0 else 128 - c for c in codes]
+for node, c in enumerate(codes):  # as srun reports a task that failed
+    if c:
+        print(f"srun: error: node{{node}}: task {{node}}: Exited with exit code {{c}}",
+              file=sys.stderr, flush=True)
+sys.exit(max(codes))
 '''
 
 SCONTROL = '''\
