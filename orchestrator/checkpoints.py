@@ -36,7 +36,8 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
-from orchestrator.fsio import resolve_root, sync_written, write_atomic
+from orchestrator.fsio import sync_written, write_atomic
+from orchestrator.layout import ResultsLayout
 
 log = logging.getLogger("symsweep")
 
@@ -70,16 +71,17 @@ def _step_of(name: str) -> int | None:
 
 
 class TrialCheckpoints:
-    """The checkpoints of one trial: ``<root>/<sweep>/checkpoints/<trial_id>/``.
+    """The checkpoints of one trial, under `ResultsLayout.checkpoints`
+    (``<root>/<sweep>/checkpoints/<trial_id>/``).
 
     ``keep``: complete checkpoints kept while the trial runs (the newest ``keep``; 0 keeps all).
     One attempt of a trial writes at a time (the sweep's driver lock); readers never see a
     half checkpoint whatever happens to the writer.
     """
 
-    def __init__(self, root: str, sweep: str, trial_id: str, keep: int = DEFAULT_KEEP):
-        self.fs, base = resolve_root(root)
-        self.dir = f"{base}/{sweep}/checkpoints/{trial_id}"
+    def __init__(self, layout: ResultsLayout, trial_id: str, keep: int = DEFAULT_KEEP):
+        self.fs = layout.fs
+        self.dir = layout.checkpoints(trial_id)
         self.trial_id = trial_id
         self.keep = int(keep)
 
@@ -241,17 +243,11 @@ class TrialCheckpoints:
         return None, warnings
 
 
-def tune_state_dir(root: str, sweep: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path) of the sweep's Ray Tune state: ``<root>/<sweep>/_tune``."""
-    fs, base = resolve_root(root)
-    return fs, f"{base}/{sweep}/_tune"
-
-
-def clear_tune_state(root: str, sweep: str) -> int:
+def clear_tune_state(layout: ResultsLayout) -> int:
     """Delete every experiment directory under ``<root>/<sweep>/_tune`` (call it while holding
     the sweep's driver lock: no other driver of the sweep is running, so they are leftovers of
     finished or killed runs; checkpoints no longer live there). Returns how many it removed."""
-    fs, d = tune_state_dir(root, sweep)
+    fs, d = layout.fs, layout.tune
     n = 0
     for i in fs.get_file_info(pafs.FileSelector(d, allow_not_found=True)):
         try:

@@ -353,6 +353,7 @@ def stop(
 
     Works wherever the results root is seen: a driver in a tmux session, a Ray Job or a SLURM
     job on another machine. When no driver runs the sweep, says so (exit code 2)."""
+    from orchestrator.layout import ResultsLayout
     from orchestrator.stopping import stop_driver, wait_stopped
 
     if not sweep.isidentifier():
@@ -363,13 +364,14 @@ def stop(
                           "only with --wait (how long to wait for the driver to stop)"))
     check_results_exist(results)
     check_sweep_folder(results, sweep)
-    lock = stop_driver(results, sweep)
+    layout = ResultsLayout(results, sweep)
+    lock = stop_driver(layout)
     print(f"asked the driver of '{sweep}' (pid {lock.get('pid')} on host {lock.get('host')}) "
           "to stop: no new trial starts, the trials in flight checkpoint and stop (within the "
           "driver's SYMSWEEP_STOP_GRACE_S, default 120 s), then it exits with code 130; "
           f"`symsweep resume {sweep} --results {results}` continues")
     if wait:
-        if not wait_stopped(results, sweep, str(lock["token"]), timeout):
+        if not wait_stopped(layout, str(lock["token"]), timeout):
             print(f"the driver still runs after {timeout:g} s", file=sys.stderr)
             raise typer.Exit(1)
         print("the driver has stopped")
@@ -508,7 +510,7 @@ def status(
                   f"{lock.get('started_at')} ({'LIVE' if live else 'stale: dead driver'})")
         from orchestrator.stopping import read_stop
 
-        req = read_stop(results, sweep)
+        req = read_stop(store.layout)
         if live and req and req.get("token") == lock.get("token"):
             ago = time.time() - float(req.get("requested_at") or time.time())
             con.print(f"stopping: asked by {req.get('by')} {ago:.0f} s ago; the trials in "
@@ -666,7 +668,7 @@ def show(
             steps = sorted({x["step"] for x in pts})
             out.append(f"history of attempt {a}: {len(steps)} points, steps {steps[0]}.."
                        f"{steps[-1]}; {', '.join(sorted({x['metric'] for x in pts}))}")
-    ck = TrialCheckpoints(results, name, tid)
+    ck = TrialCheckpoints(st.layout, tid)
     entries = ck.entries()
     out.append(f"checkpoints on disk ({ck.dir}): {len(entries) or 'none'}")
     out += [f"  step {step}: {path}{'' if ok else ' (incomplete: no manifest, never loaded)'}"

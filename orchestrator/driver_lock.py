@@ -26,9 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import pyarrow.fs as pafs
-
 from orchestrator.fsio import is_local, write_atomic
+from orchestrator.layout import ResultsLayout
 from workers.durable import fsync_dir
 from workers.errors import ConfigError
 
@@ -137,12 +136,11 @@ def _live_pid_in_damaged(raw: bytes) -> int | None:
 
 
 class DriverLock:
-    """The lock of one sweep directory ``dir`` on ``fs`` (``sweep``/``root`` name it in
-    messages)."""
+    """The lock of one sweep's folder (`ResultsLayout.driver_lock`)."""
 
-    def __init__(self, fs: pafs.FileSystem, directory: str, sweep: str, root: str):
-        self.fs, self.dir, self.sweep, self.root = fs, directory, sweep, root
-        self.path = f"{directory}/driver.lock"
+    def __init__(self, layout: ResultsLayout):
+        self.fs, self.dir, self.sweep, self.root = layout.fs, layout.dir, layout.sweep, layout.root
+        self.path = layout.driver_lock
 
     def _raw(self) -> bytes | None:
         try:

@@ -33,8 +33,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.checkpoints import clear_tune_state
+from orchestrator.context import RunContext
 from orchestrator.driver_lock import STALE_AFTER_S
 from orchestrator.fsio import disk_full_error
+from orchestrator.layout import ResultsLayout
 from orchestrator.raynode import check_address, ensure_ray, stop_reaper
 from orchestrator.resources import (
     may_autoscale,
@@ -176,15 +178,16 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
     except ValueError as ex:
         raise ConfigError(str(ex)) from None
     cells, comps = count_kernel_computations(trials)
-    store = Store(results, sweep.name)
+    fs_root = results if "://" in results else os.path.abspath(results)
+    layout = ResultsLayout(fs_root, sweep.name)  # the trials' (absolute: another cwd)
+    store = Store(results, sweep.name)  # the driver's own, named as the user gave it
     # a compacted file that does not parse is a ConfigError naming it: raised here, before
     # the lock, the manifest and MLflow (whose mirror would report it as its own failure)
     store.attempt_index()
     p = sweep.preset(preset)
-    fs_root = results if "://" in results else os.path.abspath(results)
     # the handlers first: a signal while the lock is taken only asks for a stop (the default
     # action would end the driver holding a lock); the token is known once it is ours
-    control = StopControl(fs_root, sweep.name, None, grace_s)
+    control = StopControl(layout, None, grace_s)
     control.install()
     try:
         lock, note = store.acquire_lock()
@@ -202,19 +205,21 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
         log.warning(note)
     # a stop request left by an earlier driver is for none that runs now (our token is new;
     # one naming it came from a `symsweep stop` that already saw our lock, and stands)
-    clear_stop(fs_root, sweep.name, keep=lock["token"])
+    clear_stop(layout, keep=lock["token"])
     if fault is None and os.environ.get("SYMSWEEP_CRASH_AT_STEP"):
         ids = [s for s in os.environ.get("SYMSWEEP_CRASH_TRIALS", "").split(",") if s]
         fault = {"crash_at_step": int(os.environ["SYMSWEEP_CRASH_AT_STEP"]), "trials": ids}
-    ctx = {"results": fs_root, "sweep": sweep.name, "preset": preset,
-           "code_version": code_version(), "tiles_root": fs_root,
-           # a URL stays a URL (abspath would make gs://b/x the local ./gs:/b/x)
-           "data_dir": (data_dir if "://" in data_dir else os.path.abspath(data_dir))
-           if data_dir else None,
-           "cache_dir": os.path.abspath(cache_dir) if cache_dir else None,
-           "fault": dict(fault) if fault else None,
-           # the trials poll the stop request naming this driver (stopping.StopProbe)
-           "driver_token": lock["token"]}
+    ctx = RunContext(
+        sweep=sweep.name, preset=preset, results=fs_root, code_version=code_version(),
+        # a URL stays a URL (abspath would make gs://b/x the local ./gs:/b/x)
+        data_dir=(data_dir if "://" in data_dir else os.path.abspath(data_dir))
+        if data_dir else None,
+        cache_dir=os.path.abspath(cache_dir) if cache_dir else None,
+        fault=dict(fault) if fault else None,
+        # the trials poll the stop request naming this driver (stopping.StopProbe)
+        driver_token=lock["token"], only=dict(only) if only else None,
+        overrides=dict(getattr(sweep, "overrides", {}) or {}), mlflow_uri=mlflow_uri,
+        address=address)
     tracker = None
     stop_hb = threading.Event()
     lost: list[str] = []  # set by the heartbeat when the sweep must stop
@@ -274,8 +279,8 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
             "only": dict(only) if only else None, "results": fs_root,
             # --set: resume applies them again, so it continues the same trials
             "overrides": dict(getattr(sweep, "overrides", {}) or {}) or None,
-            "success_train_acc": p.success_train_acc, "data_dir": ctx["data_dir"],
-            "cache_dir": ctx["cache_dir"], "written_at": now_utc().isoformat(),
+            "success_train_acc": p.success_train_acc, "data_dir": ctx.data_dir,
+            "cache_dir": ctx.cache_dir, "written_at": now_utc().isoformat(),
             "trials": [t.to_dict() for t in trials],
         })
         if tracking:
@@ -285,7 +290,7 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
 
             # one parent MLflow run per invocation, the attempt runs nested under it
             tracker = Tracker(store, mlflow_uri=mlflow_uri, preset=preset,
-                              source=sweep.source, code_version=ctx["code_version"],
+                              source=sweep.source, code_version=ctx.code_version,
                               invocation={"preset": preset, "results": fs_root,
                                           "only": json.dumps(only) if only else None,
                                           "overrides": json.dumps(sweep.overrides)
@@ -329,7 +334,7 @@ def run_sweep(sweep: Sweep, preset: str, *, results: str = "results", address: s
         if control.requested:
             summary.stopped_by, summary.exit_code = control.by, control.exit_code
         try:
-            clear_stop(fs_root, sweep.name, lock["token"])
+            clear_stop(layout, lock["token"])
         except OSError as ex:  # it names this driver's token: no later driver obeys it
             log.info("could not remove the stop request of %s (%s)", sweep.name, ex)
         if tracker is not None:  # the invocation's parent run: KILLED when a stop cut it short
@@ -463,7 +468,8 @@ def _signals_callback(control: StopControl) -> Any:
     return StopSignals()
 
 
-def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, store: Store,
+def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: RunContext,
+              store: Store,
               summary: RunSummary, tracker: Any, max_failures: int, progress: bool,
               console: Any, control: StopControl) -> None:
     import ray
@@ -492,12 +498,12 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
         if tracker is not None:
             tracker.poke()
 
-    cb = ProgressCallback(total=len(todo), title=f"{sweep.name} [{ctx['preset']}]",
+    cb = ProgressCallback(total=len(todo), title=f"{sweep.name} [{ctx.preset}]",
                           on_attempt_end=on_complete, enabled=progress, console=console)
     for fn in (sweep.workers or {}).values():
         ship_by_value(fn)
     trainable = tune.with_resources(
-        tune.with_parameters(tune_trainable, workers=dict(sweep.workers or {})),
+        tune.with_parameters(tune_trainable, ctx=ctx, workers=dict(sweep.workers or {})),
         trial_resources)
     # Tune's experiment state is scratch: the store (parts, trial-keyed checkpoints) is the
     # record and nothing reads Tune's state again (no Tuner.restore). So each run deletes the
@@ -505,9 +511,8 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
     # lock, none of them is running) before it starts, and its own experiment dir when it
     # ends. Deleting rather than reusing one experiment name: Tune would mix the trial dirs
     # and experiment-state files of different runs in one directory.
-    storage = os.path.join(ctx["results"], sweep.name, "_tune") if "://" not in ctx["results"] \
-        else f"{ctx['results']}/{sweep.name}/_tune"
-    n_old = clear_tune_state(ctx["results"], sweep.name)
+    storage = ctx.layout.tune_storage
+    n_old = clear_tune_state(ctx.layout)
     if n_old:
         log.info("removed %d Ray Tune state dir(s) of earlier runs under %s", n_old, storage)
     requests = memory_requests(order, node_memory())
@@ -517,14 +522,14 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
     stopper = _stopper(control, lambda: len(cb.running))
     tuner = tune.Tuner(
         trainable,
-        param_space={"trial": tune.grid_search(requests), "ctx": ctx},
+        param_space={"trial": tune.grid_search(requests)},
         tune_config=tune.TuneConfig(
             reuse_actors=True,
             trial_name_creator=lambda t: t.config["trial"]["trial_id"],
             trial_dirname_creator=lambda t: t.config["trial"]["trial_id"],
         ),
         run_config=tune.RunConfig(
-            name=f"{ctx['preset']}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+            name=f"{ctx.preset}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
             storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=max_failures),
             stop=stopper,
@@ -543,7 +548,7 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: dict, s
     finally:
         control.in_tune = False
         try:
-            clear_tune_state(ctx["results"], sweep.name)
+            clear_tune_state(ctx.layout)
         except OSError as ex:  # scratch: the next run removes it; a full disk is said below
             log.info("could not remove Ray Tune's state dir under %s (%s)", storage, ex)
     if stopper.message:
@@ -576,10 +581,10 @@ def run_local(sweep: Sweep, preset: str, *, results: str, dedupe: bool = True,
     """Run every unfinished trial in this process without Ray (debugging aid, also used by
     tests to compare with the Ray path). Returns the workers' results."""
     trials = select_trials(sweep.expand(preset, dedupe=dedupe), only)
-    store = Store(results, sweep.name)
     fs_root = results if "://" in results else os.path.abspath(results)
-    ctx = {"results": fs_root, "sweep": sweep.name, "preset": preset,
-           "code_version": code_version(), "tiles_root": fs_root, "fault": None}
+    ctx = RunContext(sweep=sweep.name, preset=preset, results=fs_root,
+                     code_version=code_version(), only=dict(only) if only else None)
+    store = Store(ctx.layout)
     done = store.done_ids()
     out = []
     for t in trials:

@@ -31,16 +31,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import pyarrow.fs as pafs
-
 from orchestrator.driver_lock import lock_is_live
-from orchestrator.fsio import resolve_root, write_atomic
+from orchestrator.fsio import write_atomic
+from orchestrator.layout import STOP_REQUEST, ResultsLayout
 from orchestrator.store import Store
 from workers.errors import ConfigError, TrialInterrupted
 
 log = logging.getLogger("symsweep")
 
-STOP_FILE = "stop_requested.json"
+STOP_FILE = STOP_REQUEST  # <root>/<sweep>/stop_requested.json (layout.py)
 # Seconds the trials in flight get to checkpoint and stop after a request, before the driver
 # ends them (their attempts are then recorded as failed). SLURM's --signal lead time
 # (cluster/slurm.sbatch) must leave room for this and for the driver's own wrap-up.
@@ -76,24 +75,19 @@ def grace_seconds() -> float:
     return v
 
 
-def _paths(results: str, sweep: str) -> tuple[pafs.FileSystem, str]:
-    fs, base = resolve_root(results)
-    return fs, f"{base}/{sweep}/{STOP_FILE}"
-
-
-def request_stop(results: str, sweep: str, token: str, by: str) -> dict[str, Any]:
+def request_stop(layout: ResultsLayout, token: str, by: str) -> dict[str, Any]:
     """Write the stop request for the driver holding lock ``token`` (atomically); returns it."""
-    fs, path = _paths(results, sweep)
+    fs, path = layout.fs, layout.stop_request
     rec = {"token": token, "by": by, "requested_at": time.time(),
            "host": socket.gethostname(), "pid": os.getpid()}
     write_atomic(fs, path, json.dumps(rec).encode())
     return rec
 
 
-def read_stop(results: str, sweep: str) -> dict[str, Any] | None:
+def read_stop(layout: ResultsLayout) -> dict[str, Any] | None:
     """The stop request of ``sweep``, None when there is none. A file that does not parse
     (cut short) counts as a request for no driver in particular (token None)."""
-    fs, path = _paths(results, sweep)
+    fs, path = layout.fs, layout.stop_request
     try:
         with fs.open_input_stream(path) as f:
             raw = f.read()
@@ -106,13 +100,13 @@ def read_stop(results: str, sweep: str) -> dict[str, Any] | None:
         return {"token": None}
 
 
-def clear_stop(results: str, sweep: str, token: str | None = None,
+def clear_stop(layout: ResultsLayout, token: str | None = None,
                keep: str | None = None) -> bool:
     """Remove the stop request: only if it is for ``token``, when given; never one for
     ``keep``. True if removed."""
-    fs, path = _paths(results, sweep)
+    fs, path = layout.fs, layout.stop_request
     if token is not None or keep is not None:
-        rec = read_stop(results, sweep)
+        rec = read_stop(layout)
         if rec is None or (token is not None and rec.get("token") not in (token, None)) or \
                 (keep is not None and rec.get("token") == keep):
             return False
@@ -123,11 +117,12 @@ def clear_stop(results: str, sweep: str, token: str | None = None,
         return False
 
 
-def stop_driver(results: str, sweep: str) -> dict[str, Any]:
-    """Ask the live driver of ``sweep`` under ``results`` to stop (`symsweep stop`): write
-    the stop request naming its lock; returns the lock record (host, pid, token). Raises
+def stop_driver(layout: ResultsLayout) -> dict[str, Any]:
+    """Ask the live driver of the sweep of ``layout`` to stop (`symsweep stop`): write the
+    stop request naming its lock; returns the lock record (host, pid, token). Raises
     ConfigError (one line) when no driver runs the sweep."""
-    st = Store(results, sweep).driver_lock.state()
+    results, sweep = layout.root, layout.sweep
+    st = Store(layout).driver_lock.state()
     lock = st.lock
     if lock is None or not lock_is_live(lock):
         why = (f"its driver lock is damaged ({st.damaged})" if st.damaged else
@@ -137,21 +132,22 @@ def stop_driver(results: str, sweep: str) -> dict[str, Any]:
         raise ConfigError(f"sweep '{sweep}' has no running driver under {results} ({why}): "
                           f"nothing to stop; `symsweep resume {sweep} --results {results}` "
                           "continues it")
-    request_stop(results, sweep, str(lock["token"]), BY_COMMAND)
+    request_stop(layout, str(lock["token"]), BY_COMMAND)
     return lock
 
 
-def wait_stopped(results: str, sweep: str, token: str, timeout_s: float | None = None,
+def wait_stopped(layout: ResultsLayout, token: str, timeout_s: float | None = None,
                  every_s: float = 1.0) -> bool:
     """Wait until the driver holding lock ``token`` has released it or died; False when
     ``timeout_s`` passed first."""
-    lock_of = Store(results, sweep).driver_lock
+    lock_of = Store(layout).driver_lock
     t_end = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
         try:  # an unreadable lock (a flaky bucket) is not a released one: ask again
             st = lock_of.state()
         except OSError as ex:
-            log.warning("could not read the driver lock of %s (%s); still waiting", sweep, ex)
+            log.warning("could not read the driver lock of %s (%s); still waiting",
+                        layout.sweep, ex)
         else:
             cur = st.lock
             if cur is None or cur.get("token") != token or not lock_is_live(cur):
@@ -166,10 +162,11 @@ class StopProbe:
     lock ``token`` was asked to stop. Reads the request file at most every ``every_s``
     seconds (local disk 1 s, object stores 10 s), so workers may call it every step."""
 
-    def __init__(self, results: str, sweep: str, token: str | None,
+    def __init__(self, layout: ResultsLayout, token: str | None,
                  every_s: float | None = None) -> None:
-        self.results, self.sweep, self.token = results, sweep, token
-        self.every_s = every_s if every_s is not None else (10.0 if "://" in results else 1.0)
+        self.layout, self.token = layout, token
+        self.every_s = every_s if every_s is not None else \
+            (10.0 if "://" in layout.root else 1.0)
         self._next = 0.0
         self._stopped = False
 
@@ -181,9 +178,9 @@ class StopProbe:
             return False
         self._next = now + self.every_s
         try:
-            rec = read_stop(self.results, self.sweep)
+            rec = read_stop(self.layout)
         except OSError as ex:  # a flaky read is no stop; said once per poll
-            log.warning("could not read the stop request of %s (%s)", self.sweep, ex)
+            log.warning("could not read the stop request of %s (%s)", self.layout.sweep, ex)
             return False
         self._stopped = rec is not None and rec.get("token") in (self.token, None)
         return self._stopped
@@ -200,8 +197,9 @@ class StopControl:
     While `closing` (the driver's clean-up, until its lock is released) a signal only logs.
     `abort` (the heartbeat thread, on a lost lock) stops without waiting for trials."""
 
-    def __init__(self, results: str, sweep: str, token: str | None, grace_s: float) -> None:
-        self.results, self.sweep, self.token, self.grace_s = results, sweep, token, grace_s
+    def __init__(self, layout: ResultsLayout, token: str | None, grace_s: float) -> None:
+        self.layout, self.token, self.grace_s = layout, token, grace_s
+        self.sweep = layout.sweep
         self.by: str | None = None          # what asked to stop: a signal name or BY_COMMAND
         self.requested_at: float | None = None
         self.aborted: str | None = None     # why the driver must stop at once
@@ -273,7 +271,7 @@ class StopControl:
                     "to stop at once", by, self.grace_s)
         if by != BY_COMMAND and self.token is not None:  # (no token: no trial runs yet)
             try:
-                request_stop(self.results, self.sweep, self.token, by)
+                request_stop(self.layout, self.token, by)
             except OSError as ex:  # the trials cannot learn of it: they run until the grace
                 log.error("could not write the stop request for the trials (%s: %s); the "
                           "trials in flight are ended after %.0f s", type(ex).__name__, ex,
@@ -289,7 +287,7 @@ class StopControl:
             return False
         self._next_poll = now + 1.0
         try:
-            rec = read_stop(self.results, self.sweep)
+            rec = read_stop(self.layout)
         except OSError:
             return False
         if rec is not None and rec.get("token") == self.token:

@@ -54,7 +54,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from orchestrator.driver_lock import STALE_AFTER_S, DriverLock, lock_is_live
-from orchestrator.fsio import resolve_root, write_atomic
+from orchestrator.fsio import write_atomic
+from orchestrator.layout import ResultsLayout
 from workers.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -193,13 +194,16 @@ def parse_part_name(name: str) -> PartInfo | None:
 class Store:
     """The Parquet datasets of one sweep under a results root."""
 
-    def __init__(self, root: str, sweep: str):
-        self.root = root
-        self.sweep = sweep
-        self.fs, self.base = resolve_root(root)
-        self.dir = f"{self.base}/{sweep}"
-        self.trials_dir = f"{self.dir}/trials"
-        self.history_dir = f"{self.dir}/history"
+    def __init__(self, root: str | ResultsLayout, sweep: str | None = None):
+        """``Store(layout)``, or ``Store(root, sweep)`` for `ResultsLayout` (root, sweep)."""
+        self.layout = root if isinstance(root, ResultsLayout) else ResultsLayout(root, sweep)
+        if sweep is not None and sweep != self.layout.sweep:
+            raise ValueError(f"Store: layout of sweep {self.layout.sweep!r}, asked for {sweep!r}")
+        self.root, self.sweep = self.layout.root, self.layout.sweep
+        self.fs, self.base = self.layout.fs, self.layout.base
+        self.dir = self.layout.dir
+        self.trials_dir = self.layout.trials
+        self.history_dir = self.layout.history
         self._folded_cache: dict[str, list[str]] = {}
 
     # ------------------------------------------------------------------ listing
@@ -508,7 +512,7 @@ class Store:
     # the driver lock is live and the trial has no row of that attempt (`running_trials`).
     @property
     def running_dir(self) -> str:
-        return f"{self.dir}/running"
+        return self.layout.running
 
     def mark_running(self, trial_id: str, attempt: int, info: Mapping[str, Any]) -> None:
         """Record (atomically) that ``attempt`` of ``trial_id`` runs now; called again to
@@ -538,7 +542,7 @@ class Store:
     # (`salvage_dead_attempts`).
     @property
     def inflight_dir(self) -> str:
-        return f"{self.dir}/inflight"
+        return self.layout.inflight
 
     def write_inflight(self, trial_id: str, attempt: int, seq: int,
                        point: Mapping[str, Any]) -> None:
@@ -731,7 +735,7 @@ class Store:
 
     @property
     def manifest_path(self) -> str:
-        return f"{self.dir}/sweep.json"
+        return self.layout.manifest
 
     def read_manifest(self) -> dict[str, Any] | None:
         """The manifest (what the last `run` expanded), None when this sweep has none.
@@ -783,7 +787,7 @@ class Store:
     # (orchestrator.driver_lock: one driver per sweep; these delegate to it)
     @property
     def driver_lock(self) -> DriverLock:
-        return DriverLock(self.fs, self.dir, self.sweep, self.root)
+        return DriverLock(self.layout)
 
     @property
     def lock_path(self) -> str:
@@ -828,13 +832,14 @@ def list_sweeps(root: str) -> list[str]:
     """The sweeps under ``root``: folders with a manifest (``sweep.json``, written before the
     first trial starts, so a sweep interrupted before its first part is listed) or a
     ``trials/`` folder."""
-    fs, base = resolve_root(root)
-    infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+    here = ResultsLayout(root)
+    fs = here.fs
+    infos = fs.get_file_info(pafs.FileSelector(here.base, allow_not_found=True))
     out = []
     for i in infos:
         if i.type == pafs.FileType.Directory:
-            marks = fs.get_file_info([f"{base}/{i.base_name}/trials",
-                                      f"{base}/{i.base_name}/sweep.json"])
+            sweep = here.sweep_named(i.base_name)
+            marks = fs.get_file_info([sweep.trials, sweep.manifest])
             if marks[0].type == pafs.FileType.Directory or marks[1].type == pafs.FileType.File:
                 out.append(i.base_name)
     return sorted(out)

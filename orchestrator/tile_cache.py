@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.fsio import resolve_root, write_atomic
+from orchestrator.fsio import write_atomic
+from orchestrator.layout import ResultsLayout
 from orchestrator.spec import SWEEP_MODULE_PREFIX
 
 log = logging.getLogger("symsweep")
@@ -221,7 +222,8 @@ def _tile_checksum(key: str, flat: Mapping[str, np.ndarray]) -> str:
 
 
 class TileCache:
-    """Content-addressed tile results under ``<results>/tiles/<key>.npz`` (local or URI).
+    """Content-addressed tile results under `ResultsLayout.tiles` (``<results>/tiles/<key>.npz``,
+    local or URI).
 
     Each tile stores a checksum of its arrays bound to its key (`_tile_checksum`), verified on
     read: a truncated, edited or swapped tile (another tile's valid .npz under this name) is
@@ -230,9 +232,8 @@ class TileCache:
     since a trial's own log does not reach the driver's output.
     """
 
-    def __init__(self, root: str):
-        self.fs, base = resolve_root(root)
-        self.dir = f"{base}/tiles"
+    def __init__(self, layout: ResultsLayout):
+        self.fs, self.dir = layout.fs, layout.tiles
         self.corrupt = 0
         self.corrupt_notes: list[str] = []
 

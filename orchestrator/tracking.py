@@ -132,7 +132,7 @@ def default_mlflow_uri(store: Store) -> str:
 
     if isinstance(store.fs, pafs.LocalFileSystem):
         Path(store.base).mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{store.base}/mlflow.db"
+        return f"sqlite:///{store.layout.mlflow_db}"
     return f"sqlite:///{Path('mlflow.db').resolve()}"
 
 
@@ -345,7 +345,7 @@ class Tracker:
             if exp is None:
                 art = None
                 if self.uri.startswith("sqlite:///"):
-                    art = (Path(self.store.base) / "mlartifacts").resolve().as_uri()
+                    art = Path(self.store.layout.mlflow_artifacts).resolve().as_uri()
                 self._exp_id = client.create_experiment(
                     self.store.sweep, artifact_location=art,
                     tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})

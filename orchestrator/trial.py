@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from orchestrator.checkpoints import DEFAULT_KEEP, TrialCheckpoints
+from orchestrator.context import RunContext
 from orchestrator.cpus import claim_cores
 from orchestrator.fsio import disk_full_error, write_atomic
 from orchestrator.spec import Trial
@@ -62,7 +63,7 @@ def _scalars(d: Mapping[str, Any]) -> dict[str, float | int | str | None]:
     return out
 
 
-def _row(trial: Trial, ctx: Mapping[str, Any], attempt: int, started, result: Mapping[str, Any],
+def _row(trial: Trial, ctx: RunContext, attempt: int, started, result: Mapping[str, Any],
          status: str, error: str | None, wall_s: float,
          start_step: int | None = None) -> dict[str, Any]:
     """The store row of one attempt. ``start_step``: the checkpoint step a finite trial's
@@ -79,8 +80,8 @@ def _row(trial: Trial, ctx: Mapping[str, Any], attempt: int, started, result: Ma
     except Exception:
         node = None
     return {
-        "sweep": ctx["sweep"], "trial_id": trial.trial_id, "attempt": attempt,
-        "preset": ctx["preset"], "kind": trial.kind, "arch": c.get("arch"),
+        "sweep": ctx.sweep, "trial_id": trial.trial_id, "attempt": attempt,
+        "preset": ctx.preset, "kind": trial.kind, "arch": c.get("arch"),
         "inference": c.get("inference"), "transform": c.get("transform"), "seed": c.get("seed"),
         "width": c.get("width"), "depth": c.get("depth"), "dataset": c.get("dataset"),
         "image_size": c.get("image_size"), "train_size": result.get("train_size",
@@ -94,7 +95,7 @@ def _row(trial: Trial, ctx: Mapping[str, Any], attempt: int, started, result: Ma
         "eta0": result.get("eta0"), "wall_s": wall_s, "error": error,
         **{k: result.get(k) for k in SELECTION_COLUMNS},
         "derived_from": trial.derived_from, "started_at": started, "finished_at": now_utc(),
-        "code_version": ctx.get("code_version"), "node": node, "host": socket.gethostname(),
+        "code_version": ctx.code_version, "node": node, "host": socket.gethostname(),
         "config_json": json.dumps(c, sort_keys=True),
         "metrics_json": json.dumps(_scalars(result), sort_keys=True, default=str),
     }
@@ -121,7 +122,7 @@ def _fault_fires(fault: Mapping[str, Any] | None, trial_id: str, attempt: int, s
     return attempt in fault.get("attempts", [1]) and step >= int(fault["crash_at_step"])
 
 
-def _trial_checkpoints(trial: Trial, ctx: Mapping[str, Any]) -> TrialCheckpoints:
+def _trial_checkpoints(trial: Trial, ctx: RunContext) -> TrialCheckpoints:
     """The trial-keyed checkpoint store of a finite trial. Config ``keep_checkpoints``: N >= 1
     keeps the newest N while the trial runs and removes them all when it finishes (completed
     or diverged); 0 keeps every checkpoint, also after it finished."""
@@ -132,10 +133,10 @@ def _trial_checkpoints(trial: Trial, ctx: Mapping[str, Any]) -> TrialCheckpoints
 
         raise ConfigError(f"keep_checkpoints={keep}: use N >= 1 (keep the newest N while the "
                           "trial runs, remove them when it finishes) or 0 (keep all)")
-    return TrialCheckpoints(ctx["results"], ctx["sweep"], trial.trial_id, keep=keep)
+    return TrialCheckpoints(ctx.layout, trial.trial_id, keep=keep)
 
 
-def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., dict], *,
+def execute_trial(trial: Trial, ctx: RunContext, worker: Callable[..., dict], *,
                   report_fn: Callable[[dict, str | None], None] | None = None) -> dict[str, Any]:
     """Run one attempt of ``trial`` with ``worker`` and write its part file (also when it
     fails, then re-raise). ``report_fn(metrics, checkpoint_path)`` receives every report
@@ -146,11 +147,11 @@ def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., di
     (whichever attempt, run or driver wrote it); each checkpoint the worker reports is copied
     there before the report returns (the worker may delete its own copy then).
 
-    A stop request for the driver (``ctx["driver_token"]``; orchestrator/stopping.py) ends the
+    A stop request for the driver (``ctx.driver_token``; orchestrator/stopping.py) ends the
     attempt early as ``interrupted``: a worker taking ``should_stop`` checks it itself (a
     trainer between steps: checkpoint, then return ``status="interrupted"``), a kernel cell's
     tile mapper between tiles, any other worker at its next report (`TrialInterrupted`)."""
-    store = Store(ctx["results"], ctx["sweep"])
+    store = Store(ctx.layout)
     # an earlier attempt of this trial that died without its part (Tune retries after a lost
     # worker) gets its failed row first, so this one is numbered after it
     store.salvage_dead_attempts(trial.trial_id)
@@ -161,16 +162,13 @@ def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., di
     # It carries what a failed row needs, should this attempt die without writing one.
     c = trial.config
     store.mark_running(trial.trial_id, attempt, {
-        "started_at": started.isoformat(), "preset": ctx["preset"], "kind": trial.kind,
+        "started_at": started.isoformat(), "preset": ctx.preset, "kind": trial.kind,
         "arch": c.get("arch"), "inference": c.get("inference"),
         "transform": c.get("transform"), "seed": c.get("seed"),
-        "config_json": json.dumps(c, sort_keys=True), "code_version": ctx.get("code_version")})
-    wcfg = dict(trial.config)
-    for k in ("data_dir", "cache_dir"):
-        if ctx.get(k):
-            wcfg[k] = ctx[k]
+        "config_json": json.dumps(c, sort_keys=True), "code_version": ctx.code_version})
+    wcfg = {**trial.config, **ctx.worker_paths()}
     history: list[dict[str, Any]] = []
-    fault = ctx.get("fault")
+    fault = ctx.fault
     ckpts: TrialCheckpoints | None = None
     restore_dir: str | None = None
     start_step: int | None = None
@@ -187,7 +185,7 @@ def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., di
             log.info("trial %s attempt %d: resuming from step %d (%s)", trial.trial_id,
                      attempt, restored.step, restored.source)
 
-    should_stop = StopProbe(ctx["results"], ctx["sweep"], ctx.get("driver_token"))
+    should_stop = StopProbe(ctx.layout, ctx.driver_token)
     takes_stop = "should_stop" in inspect.signature(worker).parameters
     last_ms = 0
 
@@ -217,7 +215,7 @@ def execute_trial(trial: Trial, ctx: Mapping[str, Any], worker: Callable[..., di
     mapper = None
     if trial.kind == "kernel" and "map_tiles" in inspect.signature(worker).parameters:
         r = trial.resources
-        mapper = TileMapper(TileCache(ctx["tiles_root"]) if ctx.get("tiles_root") else None,
+        mapper = TileMapper(TileCache(ctx.layout) if ctx.tiles else None,
                             # CPU tiles: one per CPU of the trial's bundle; GPU tiles: the
                             # preset's bound on the cluster's GPUs one cell takes
                             inflight=max(1, int(r.get("cpu", 1) if not r.get("tile_gpu")
@@ -305,7 +303,7 @@ def root_cause(ex: BaseException) -> BaseException:
 
 def predictions_path(store: Store, trial_id: str, attempt: int) -> str:
     """Where an attempt's test predictions live: <root>/<sweep>/predictions/<id>-a<n>.npy."""
-    return f"{store.dir}/predictions/{trial_id}-a{attempt}.npy"
+    return store.layout.predictions(trial_id, attempt)
 
 
 def save_predictions(store: Store, trial_id: str, attempt: int, preds: Any) -> str:
@@ -316,8 +314,10 @@ def save_predictions(store: Store, trial_id: str, attempt: int, preds: Any) -> s
     return write_atomic(store.fs, predictions_path(store, trial_id, attempt), buf.getvalue())
 
 
-def tune_trainable(config: dict, workers: Mapping[str, Callable] | None = None) -> None:
-    """The Tune function trainable: config = {"trial": Trial dict, "ctx": run context}.
+def tune_trainable(config: dict, ctx: RunContext,
+                   workers: Mapping[str, Callable] | None = None) -> None:
+    """The Tune function trainable: config = {"trial": Trial dict}; ``ctx`` and ``workers``
+    come through ``tune.with_parameters`` (the same for every trial of the run).
 
     No checkpoint is reported to Tune: a retry of the trial (a new call of this function)
     finds the trial's checkpoints in the trial-keyed store like any later attempt does
@@ -325,8 +325,7 @@ def tune_trainable(config: dict, workers: Mapping[str, Callable] | None = None) 
     from ray import tune
 
     trial = Trial.from_dict(config["trial"])
-    ctx = config["ctx"]
-    if StopProbe(ctx["results"], ctx["sweep"], ctx.get("driver_token"))():
+    if StopProbe(ctx.layout, ctx.driver_token)():
         # the sweep is stopping: Tune may still start trials it had queued; they end at once,
         # with no attempt (and no row), and run on resume
         tune.report({"trial_finished": 1, "interrupted": 1, "not_started": 1})
@@ -343,7 +342,7 @@ def tune_trainable(config: dict, workers: Mapping[str, Callable] | None = None) 
     try:
         result = execute_trial(trial, ctx, worker, report_fn=report_fn)
     except Exception as ex:
-        full = disk_full_error(ex, ctx["results"], ctx["sweep"])
+        full = disk_full_error(ex, ctx.results, ctx.sweep)
         if full is None and not isinstance(ex, UserError):
             raise  # a crash: Tune retries it from the trial's last checkpoint
         # A full disk (or quota) fails every retry and every other trial alike: end normally
@@ -367,7 +366,7 @@ def tune_trainable(config: dict, workers: Mapping[str, Callable] | None = None) 
 
 
 # ====================================================================== derived rows
-def materialize_derived(store: Store, trials: list[Trial], ctx: Mapping[str, Any],
+def materialize_derived(store: Store, trials: list[Trial], ctx: RunContext,
                         only_source: str | None = None) -> int:
     """Write a row for every derived trial whose source has a finished attempt and which has
     none itself; metrics are copied from the source's latest row. Returns rows written."""

@@ -10,6 +10,7 @@ import pytest
 from faults.fault_helpers import one_line_error  # the one check of a one-line CLI error
 
 from orchestrator.cli import main
+from orchestrator.layout import ResultsLayout
 from orchestrator.spec import load_sweep, parse_overrides, parse_set_value
 from workers.errors import ConfigError
 
@@ -197,7 +198,7 @@ def shown(tmp_path):
     src = tmp_path / "ck"
     src.mkdir()
     (src / "state.json").write_text("{}")
-    TrialCheckpoints(str(tmp_path), "fig2", t.trial_id, keep=0).save(str(src), 20)
+    TrialCheckpoints(ResultsLayout(str(tmp_path), "fig2"), t.trial_id, keep=0).save(str(src), 20)
     st.mark_running(other.trial_id, 1, {"started_at": "2026-12-01T03:05:00+00:00"})
     return tmp_path, t.trial_id, other.trial_id, [x.trial_id for x in trials]
 

@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pytest
 
+from orchestrator.layout import ResultsLayout
 from orchestrator.tiles import TileCache, TileMapper, tile_key
 
 GPUS = 3
@@ -69,7 +70,7 @@ def test_gpu_tiles_leave_the_trials_placement_group_and_use_every_gpu(ray_gpus, 
 
     @ray.remote
     def trial(cache_dir: str):
-        m = TileMapper(TileCache(cache_dir), inflight=GPUS, num_gpus=1, num_cpus=0)
+        m = TileMapper(TileCache(ResultsLayout(cache_dir)), inflight=GPUS, num_gpus=1, num_cpus=0)
         return m(tile, kws), m.computed, ray.get_runtime_context().get_placement_group_id()
 
     pg = placement_group([{"CPU": 1}])
@@ -114,7 +115,7 @@ def test_each_block_of_rows_is_put_once_and_a_tiles_own_inputs_only_while_it_run
         return real_put(value, *a, **k)
 
     monkeypatch.setattr(ray, "put", counting_put)
-    m = TileMapper(TileCache(str(tmp_path)), inflight=2, num_gpus=1, num_cpus=0)
+    m = TileMapper(TileCache(ResultsLayout(str(tmp_path))), inflight=2, num_gpus=1, num_cpus=0)
     out = m(tile, kws)
     assert sorted(puts[:2]) == [x1.nbytes, x2.nbytes]  # the two blocks, once each
     assert puts[2:] == [w.nbytes] * 16  # then one own input per tile
@@ -181,7 +182,7 @@ def test_cells_that_start_together_compute_each_shared_tile_once(ray_gpus, tmp_p
         open(f"{meet}/{name}", "w").close()
         while len(os.listdir(meet)) < 2:  # both cells start their maps together
             time.sleep(0.02)
-        m = TileMapper(TileCache(cache_dir), inflight=2, num_gpus=1, num_cpus=0)
+        m = TileMapper(TileCache(ResultsLayout(cache_dir)), inflight=2, num_gpus=1, num_cpus=0)
         return m(tile, kws), m.computed, m.stats.get("waited", 0)
 
     (a, ca, wa), (b, cb, wb) = ray.get([cell.options(num_cpus=1).remote(n, str(tmp_path))
@@ -219,7 +220,7 @@ def test_a_dead_holders_claim_is_taken_over_and_a_released_one_too(ray_gpus, tmp
     import orchestrator.tiles as tiles_mod
 
     monkeypatch.setattr(tiles_mod, "WAIT_LOOK_MAX", 1)  # looked at in turn, one per poll
-    m = TileMapper(TileCache(str(tmp_path)), inflight=2, num_gpus=1, num_cpus=0)
+    m = TileMapper(TileCache(ResultsLayout(str(tmp_path))), inflight=2, num_gpus=1, num_cpus=0)
     out = m(tile, kws)
     assert m.computed == 2 and m.stats["claims_taken_over"] == 1
     assert len(list(logs.iterdir())) == 2

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from smoke_helpers import run_smoke_through_cli
 
+from orchestrator.context import RunContext
 from orchestrator.figures import figure_plot, figure_table, load
 from orchestrator.runner import code_version
 from orchestrator.spec import Sweep, load_sweep
@@ -77,8 +78,8 @@ def _run(sweep: Sweep, trials: list, results: Path, fault: dict | None = None) -
     Store(str(results), sweep.name).write_manifest({
         "sweep": sweep.name, "preset": "smoke", "source": sweep.source,
         "success_train_acc": 0.0, "data_dir": None, "trials": [t.to_dict() for t in trials]})
-    ctx = {"results": str(results), "sweep": sweep.name, "preset": "smoke",
-           "code_version": code_version(), "fault": fault}
+    ctx = RunContext(sweep=sweep.name, preset="smoke", results=str(results),
+                     code_version=code_version(), fault=fault)
     for t in trials:
         execute_trial(t, ctx, train)
 

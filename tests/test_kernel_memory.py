@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import workers.kernels as K
+from orchestrator.layout import ResultsLayout
 from orchestrator.resources import memory_requests, tile_task, trial_resources
 from orchestrator.spec import Trial
 from orchestrator.tiles import TileCache, TileMapper
@@ -100,7 +101,7 @@ def test_every_map_tiles_interface_gives_the_same_matrix(images, tmp_path):
             on_result(i, fn(**kws[i]))
         return [None] * len(kws)
 
-    mapper = TileMapper(TileCache(str(tmp_path)), use_ray=False)
+    mapper = TileMapper(TileCache(ResultsLayout(str(tmp_path))), use_ray=False)
     for m in (list_map, reversed_stream, mapper, mapper):  # mapper twice: from the cache
         got = K.kernel_matrices(["fcn", "vec"], x1, depth=2, max_side=4, map_tiles=m)
         for a in ref:
@@ -113,9 +114,9 @@ def test_tile_cache_keeps_every_readout_for_sibling_cells(images, tmp_path):
     """A gap cell assembles only gap, but its tiles (all three readouts) are cached whole, so
     the lap4 cell computes nothing."""
     x1, _ = images
-    first = TileMapper(TileCache(str(tmp_path)), use_ray=False)
+    first = TileMapper(TileCache(ResultsLayout(str(tmp_path))), use_ray=False)
     K.kernel_matrices(TRIO, x1, depth=2, max_side=5, map_tiles=first, assemble=["gap"])
-    second = TileMapper(TileCache(str(tmp_path)), use_ray=False)
+    second = TileMapper(TileCache(ResultsLayout(str(tmp_path))), use_ray=False)
     lap4 = K.kernel_matrices(TRIO, x1, depth=2, max_side=5, map_tiles=second,
                              assemble=["lap4"])
     assert second.computed == 0 and second.hits == first.computed

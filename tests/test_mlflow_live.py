@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 
+from orchestrator.context import RunContext
 from orchestrator.store import TIME_KEY, Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -256,7 +257,7 @@ def test_every_live_point_is_in_the_results_root_first_and_a_dead_attempt_is_sal
 
     st = Store(str(tmp_path), "s")
     trial = Trial("t1", "train", dict(CFG), {"cpu": 1.0})
-    ctx = {"results": str(tmp_path), "sweep": "s", "preset": "smoke", "code_version": "x"}
+    ctx = RunContext(sweep="s", preset="smoke", results=str(tmp_path), code_version="x")
     seen: list[tuple[int, int]] = []
 
     class Killed(BaseException):  # like SIGKILL: nothing in execute_trial handles it

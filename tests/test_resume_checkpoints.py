@@ -28,6 +28,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.checkpoints import MANIFEST, TrialCheckpoints, clear_tune_state
+from orchestrator.context import RunContext
+from orchestrator.layout import ResultsLayout
 from orchestrator.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,13 +46,13 @@ def _write_dir(d: Path, step: int, payload: bytes = b"") -> Path:
 
 
 def _ck(tmp_path: Path, keep: int = 2) -> TrialCheckpoints:
-    return TrialCheckpoints(str(tmp_path / "res"), "sw", "t0", keep=keep)
+    return TrialCheckpoints(ResultsLayout(str(tmp_path / "res"), "sw"), "t0", keep=keep)
 
 
 @pytest.mark.parametrize("uri", [False, True], ids=["path", "file-uri"])
 def test_save_and_restore_round_trip_keeps_the_newest(tmp_path, uri):
     """Also through a URI root (pyarrow's filesystem from the URI, as for s3:// / gs://)."""
-    ck = (TrialCheckpoints(f"file://{tmp_path}/res", "sw", "t0", keep=2) if uri
+    ck = (TrialCheckpoints(ResultsLayout(f"file://{tmp_path}/res", "sw"), "t0", keep=2) if uri
           else _ck(tmp_path, keep=2))
     for s in (10, 20, 30):
         ck.save(str(_write_dir(tmp_path / f"w{s}", s)), s)
@@ -63,8 +65,8 @@ def test_save_and_restore_round_trip_keeps_the_newest(tmp_path, uri):
     assert (dest / "sub" / "extra.txt").read_text() == "nested 30"
     assert not (dest / MANIFEST).exists()
     # a trial without checkpoints: nothing, quietly
-    none, warns = TrialCheckpoints(str(tmp_path / "res"), "sw", "other").restore_latest(
-        str(dest))
+    other = TrialCheckpoints(ResultsLayout(str(tmp_path / "res"), "sw"), "other")
+    none, warns = other.restore_latest(str(dest))
     assert none is None and warns == []
 
 
@@ -177,11 +179,11 @@ def test_finished_trial_checkpoints_removed_unless_keep_checkpoints_0(tmp_path, 
     sw = load_sweep(str(p))
     (trial,) = sw.expand("smoke")
     res = tmp_path / "res"
-    ctx = {"results": str(res), "sweep": "ft", "preset": "smoke", "tiles_root": str(res),
-           "fault": {"crash_at_step": 20, "trials": None}}
+    ctx = RunContext(sweep="ft", preset="smoke", results=str(res),
+                     fault={"crash_at_step": 20, "trials": None})
     with pytest.raises(Exception, match="injected crash at step 20"):
         execute_trial(trial, ctx, sw.workers["train"])
-    ck = TrialCheckpoints(str(res), "ft", trial.trial_id, keep=0)
+    ck = TrialCheckpoints(ResultsLayout(str(res), "ft"), trial.trial_id, keep=0)
     assert ck.complete_steps() == [10, 20]  # the failed attempt keeps them
     run_local(sw, "smoke", results=str(res))
     rows = Store(str(res), "ft").read_trials_all()[0].to_pylist()
@@ -205,11 +207,11 @@ def test_attempt_after_a_corrupt_latest_checkpoint_resumes_from_the_previous(tmp
     sw = load_sweep(str(p))
     (trial,) = sw.expand("smoke")
     res = tmp_path / "res"
-    ctx = {"results": str(res), "sweep": "ft", "preset": "smoke", "tiles_root": str(res),
-           "fault": {"crash_at_step": 20, "trials": None}}
+    ctx = RunContext(sweep="ft", preset="smoke", results=str(res),
+                     fault={"crash_at_step": 20, "trials": None})
     with pytest.raises(Exception, match="injected crash"):
         execute_trial(trial, ctx, sw.workers["train"])
-    ck = TrialCheckpoints(str(res), "ft", trial.trial_id)
+    ck = TrialCheckpoints(ResultsLayout(str(res), "ft"), trial.trial_id)
     latest = sorted(Path(ck.dir).iterdir())[-1]
     (latest / "s.json").write_text('{"step": 99}')  # same size class, wrong content
     run_local(sw, "smoke", results=str(res))
@@ -239,7 +241,7 @@ def test_negative_keep_checkpoints_is_refused(tmp_path):
     trial = Trial(good.trial_id, good.kind, {**good.config, "keep_checkpoints": -1},
                   good.resources)
     res = tmp_path / "res"
-    ctx = {"results": str(res), "sweep": "ft", "preset": "smoke", "tiles_root": str(res)}
+    ctx = RunContext(sweep="ft", preset="smoke", results=str(res))
     with pytest.raises(ConfigError, match="keep_checkpoints=-1: use N >= 1"):
         execute_trial(trial, ctx, sw.workers["train"])
     (row,) = Store(str(res), "ft").read_trials_all()[0].to_pylist()
@@ -251,9 +253,9 @@ def test_clear_tune_state(tmp_path):
     (d / "smoke-1-2" / "t").mkdir(parents=True)
     (d / "smoke-3-4").mkdir()
     (d / "stray.json").write_text("{}")
-    assert clear_tune_state(str(tmp_path / "res"), "sw") == 3
+    assert clear_tune_state(ResultsLayout(str(tmp_path / "res"), "sw")) == 3
     assert list(d.iterdir()) == []
-    assert clear_tune_state(str(tmp_path / "nothing"), "sw") == 0
+    assert clear_tune_state(ResultsLayout(str(tmp_path / "nothing"), "sw")) == 0
 
 
 # ====================================================================== end to end
@@ -391,7 +393,7 @@ def test_killed_driver_trial_continues_from_its_checkpoint(ray_env, reference, t
     sweep_file, hold = _write_held(tmp_path, "held")
     res = tmp_path / "res"
     tid = _kill_held_driver(sweep_file, hold, res, ray_env)
-    ck = TrialCheckpoints(str(res), "held", tid)
+    ck = TrialCheckpoints(ResultsLayout(str(res), "held"), tid)
     assert ck.complete_steps()[-1] >= 40
     # the dead run's Tune state is left behind by the kill; the next run clears it
     assert any((res / "held" / "_tune").iterdir())

@@ -14,7 +14,9 @@ import sys
 import numpy as np
 import pytest
 
+from orchestrator.context import RunContext
 from orchestrator.figures.fig2 import fig2_cells, fig2_layout, plot_fig2
+from orchestrator.layout import ResultsLayout
 from orchestrator.spec import Trial
 from orchestrator.store import Store, connect
 from orchestrator.tiles import TileCache, TileMapper, tile_key
@@ -114,11 +116,11 @@ def test_tile_cache_is_content_addressed(tmp_path):
     keys = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            check=True).stdout for _ in range(2)}
     assert len(keys) == 1 and len(keys.pop().strip()) == 32
-    m = TileMapper(TileCache(str(tmp_path)), use_ray=False)
+    m = TileMapper(TileCache(ResultsLayout(str(tmp_path))), use_ray=False)
     kws = [dict(x=x + i, y=y, scale=2.0) for i in range(4)]
     first = m(tile, kws)
     assert len(calls) == 4 and len(list((tmp_path / "tiles").glob("*.npz"))) == 4
-    m2 = TileMapper(TileCache(str(tmp_path)), use_ray=False)
+    m2 = TileMapper(TileCache(ResultsLayout(str(tmp_path))), use_ray=False)
     again = m2(tile, kws)
     assert len(calls) == 4 and m2.hits == 4 and m2.computed == 0
     for a, b in zip(first, again, strict=True):
@@ -127,7 +129,7 @@ def test_tile_cache_is_content_addressed(tmp_path):
     # a corrupt tile is recomputed, not trusted
     victim = sorted((tmp_path / "tiles").glob("*.npz"))[0]
     victim.write_bytes(b"garbage")
-    m3 = TileMapper(TileCache(str(tmp_path)), use_ray=False)
+    m3 = TileMapper(TileCache(ResultsLayout(str(tmp_path))), use_ray=False)
     m3(tile, kws)
     assert m3.computed == 1 and m3.hits == 3
 
@@ -196,7 +198,7 @@ def test_derived_rows_copy_the_source(tmp_path):
                                   "seed": 0}, res)
     der = Trial("der", "kernel", {"arch": "fcn", "inference": "ntk", "transform": "permutation",
                                   "seed": 0}, res, derived_from="src")
-    ctx = {"sweep": "s", "preset": "smoke", "code_version": "x"}
+    ctx = RunContext(sweep="s", preset="smoke", results=st.root, code_version="x")
     assert materialize_derived(st, [src, der], ctx) == 0  # source not finished yet
     st.write_attempt(row("src", kind="kernel", arch="fcn", inference="ntk", acc=0.37,
                          test_mse=0.08))
@@ -276,11 +278,11 @@ def test_crashed_kernel_computation_keeps_finished_tiles(tmp_path):
 
     kws = [dict(i=i, crash_at=3) for i in range(5)]
     with pytest.raises(RuntimeError):
-        TileMapper(TileCache(str(tmp_path)), use_ray=False)(tile, kws)
+        TileMapper(TileCache(ResultsLayout(str(tmp_path))), use_ray=False)(tile, kws)
     assert calls == [0, 1, 2]
     # the retry (here: same tiles, no crash) computes only the missing ones
     calls.clear()
-    m = TileMapper(TileCache(str(tmp_path)), use_ray=False)
+    m = TileMapper(TileCache(ResultsLayout(str(tmp_path))), use_ray=False)
 
     def tile_ok(i, crash_at):
         calls.append(i)
@@ -516,10 +518,11 @@ def test_non_local_filesystem_paths(monkeypatch):
     then read back after a settle time) on pyarrow's in-memory mock filesystem."""
     import pyarrow.fs as pafs
 
+    from orchestrator import layout as layout_mod
     from orchestrator import store as store_mod
 
     fs = pafs._MockFileSystem()
-    monkeypatch.setattr(store_mod, "resolve_root", lambda root: (fs, "/bucket"))
+    monkeypatch.setattr(layout_mod, "resolve_root", lambda root: (fs, "/bucket"))
     st = Store("mock://bucket", "s")
     assert not isinstance(st.fs, pafs.LocalFileSystem)
     p = st.write_attempt(row("a", 1, "failed", acc=None), [{"step": 1, "test_acc": 0.1}])
@@ -551,7 +554,7 @@ def test_derived_rows_list_the_store_a_fixed_number_of_times(tmp_path, monkeypat
     calls = []
     real = Store._list
     monkeypatch.setattr(Store, "_list", lambda self, d: calls.append(d) or real(self, d))
-    ctx = {"sweep": "s", "preset": "smoke", "code_version": "x"}
+    ctx = RunContext(sweep="s", preset="smoke", results=st.root, code_version="x")
     assert materialize_derived(st, [src, *ders], ctx) == 8
     assert len(calls) <= 3  # latest (trials) + attempt index (trials, history)
     df = st.latest()[0].set_index("trial_id")

@@ -16,7 +16,9 @@ import pandas as pd
 import pytest
 from smoke_helpers import run_smoke_through_cli
 
+from orchestrator.context import RunContext
 from orchestrator.figures import FIGURES, figure_plot, figure_table, load
+from orchestrator.layout import ResultsLayout
 from orchestrator.runner import code_version
 from orchestrator.spec import CompositeSweep, Preset, Sweep, load_sweep, undo_orphan_derivations
 from orchestrator.store import Store
@@ -43,8 +45,8 @@ def run_subset(sweep: Sweep, preset: str, results: Path, keep=lambda t: True,
     store.write_manifest({"sweep": sweep.name, "preset": preset, "source": sweep.source,
                           "success_train_acc": p.success_train_acc, "data_dir": None,
                           "trials": [t.to_dict() for t in trials]})
-    ctx = {"results": str(results), "sweep": sweep.name, "preset": preset,
-           "code_version": code_version(), "tiles_root": str(results), "fault": None}
+    ctx = RunContext(sweep=sweep.name, preset=preset, results=str(results),
+                     code_version=code_version())
     out = []
     for t in trials:
         if t.derived_from is None:
@@ -126,7 +128,7 @@ def test_larger_m_computes_only_the_new_tiles(tmp_path):
 
     base = dict(arch="vec", inference="ntk", dataset="synthetic", image_size=8, val_size=0,
                 test_size=20, depth=2, tile_side=20)
-    mapper = TileMapper(TileCache(str(tmp_path)), use_ray=False)
+    mapper = TileMapper(TileCache(ResultsLayout(str(tmp_path))), use_ray=False)
     r40 = run_kernel_trial({**base, "train_size": 40}, map_tiles=mapper)
     assert (mapper.hits, mapper.computed) == (0, 3 + 2)  # train: 3 upper tiles; test: 1 x 2
     r80 = run_kernel_trial({**base, "train_size": 80}, map_tiles=mapper)

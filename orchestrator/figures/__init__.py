@@ -46,6 +46,7 @@ from orchestrator.figures.fig3 import fig3_cells
 from orchestrator.figures.fig4 import curve_fits, curve_points
 from orchestrator.figures.figS1 import figS1_cells
 from orchestrator.figures.figS5 import figS5_cells
+from orchestrator.layout import ResultsLayout
 from orchestrator.results import NoSuchTrial
 from workers.errors import ConfigError
 
@@ -98,7 +99,7 @@ def figure_plot(sweep: str, results: str = "results", out: str | Path | None = N
     if out is not None:
         outputs(out)
     df, m = load(sweep, results)
-    path = out or f"{results.rstrip('/')}/{sweep}/{sweep}.png"
+    path = out or ResultsLayout(results, sweep).figure()
     return figure_of(sweep).plot(df, m, path, sweep=sweep, metric=metric, first=first,
                                  last=last, results=results)
 

@@ -26,6 +26,7 @@ from orchestrator.figures.common import (
     pyplot,
 )
 from orchestrator.figures.palette import SPLIT_COLORS
+from orchestrator.layout import ResultsLayout
 from orchestrator.results import NoSuchTrial
 from workers.errors import ConfigError
 
@@ -108,7 +109,7 @@ def trial_curves(results: str, trial_id: str, sweep: str | None = None,
         ax.set_xlabel("Training step")
         ax.grid(alpha=0.3, lw=0.5)
         ax.legend()
-    return finish(fig, out or f"{results.rstrip('/')}/{sw}/curves/{tid}.png", _describe(row))
+    return finish(fig, out or ResultsLayout(results, sw).curves(tid), _describe(row))
 
 
 def _describe(row: Any) -> str:

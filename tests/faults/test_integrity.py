@@ -10,6 +10,8 @@ import os
 import numpy as np
 from conftest import write_image_folder
 
+from orchestrator.context import RunContext
+from orchestrator.layout import ResultsLayout
 from workers.cifar10 import load_cifar10
 
 
@@ -47,7 +49,7 @@ def _two_tiles(root: str) -> tuple[list[dict], list[str]]:
         return {"nngp": np.full((2, 2), float(i)), "ntk": np.full((2, 2), 10.0 + i)}
 
     kws = [dict(i=0), dict(i=1)]
-    TileMapper(TileCache(root), use_ray=False)(tile, kws)
+    TileMapper(TileCache(ResultsLayout(root)), use_ray=False)(tile, kws)
     return kws, [tile_key(tile, kw) for kw in kws], tile
 
 
@@ -59,7 +61,7 @@ def test_swapped_tile_is_recomputed_and_reported(tmp_path, caplog):
     kws, keys, tile = _two_tiles(str(tmp_path))
     tiles = tmp_path / "tiles"
     (tiles / f"{keys[0]}.npz").write_bytes((tiles / f"{keys[1]}.npz").read_bytes())
-    cache = TileCache(str(tmp_path))
+    cache = TileCache(ResultsLayout(str(tmp_path)))
     m = TileMapper(cache, use_ray=False)
     with caplog.at_level(logging.WARNING, logger="symsweep"):
         out = m(tile, kws)
@@ -69,7 +71,7 @@ def test_swapped_tile_is_recomputed_and_reported(tmp_path, caplog):
     assert "fails its checksum" in caplog.text and keys[0] in caplog.text
     assert keys[0] in cache.corrupt_notes[0]
     # the recomputed tile was stored again, valid: a fresh reader trusts it
-    again = TileCache(str(tmp_path))
+    again = TileCache(ResultsLayout(str(tmp_path)))
     np.testing.assert_array_equal(again.get(keys[0])["nngp"], np.zeros((2, 2)))
     assert again.corrupt == 0
 
@@ -83,7 +85,7 @@ def test_edited_and_truncated_tiles_are_recomputed(tmp_path):
         flat = {k: z[k] for k in z.files}
     flat["d:nngp"] = flat["d:nngp"] + 1.0
     np.savez(path, **flat)
-    c = TileCache(str(tmp_path))
+    c = TileCache(ResultsLayout(str(tmp_path)))
     assert c.get(keys[0]) is None and c.corrupt == 1
     path.write_bytes(path.read_bytes()[:40])
     assert c.get(keys[0]) is None and c.corrupt == 2 and "unreadable" in c.corrupt_notes[1]
@@ -106,7 +108,7 @@ def test_corrupt_tile_count_reaches_the_driver(tmp_path, caplog):
         return {"status": "completed", "test_acc": float(res[1]["ntk"][0, 0])}
 
     trial = Trial("k-1", "kernel", {"arch": "fcn", "seed": 0}, {"cpu": 1}, None)
-    ctx = {"results": str(tmp_path), "sweep": "s", "preset": "p", "tiles_root": str(tmp_path)}
+    ctx = RunContext(sweep="s", preset="p", results=str(tmp_path))
     res = execute_trial(trial, ctx, worker)
     assert res["test_acc"] == 11.0 and res["tiles_corrupt"] == 1
     assert keys[1] in res["tiles_corrupt_note"]

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.context import RunContext
+from orchestrator.layout import ResultsLayout
 from orchestrator.spec import Preset, Sweep, Trial
 from orchestrator.stopping import (
     STOP_FILE,
@@ -58,40 +60,40 @@ def test_exit_codes_are_the_shells_for_each_signal():
 
 def test_first_signal_requests_a_stop_the_second_stops_at_once(tmp_path):
     (tmp_path / "s").mkdir()
-    c = StopControl(str(tmp_path), "s", "tok", grace_s=5)
+    c = StopControl(ResultsLayout(str(tmp_path), "s"), "tok", grace_s=5)
     c._on_signal(signal.SIGTERM, None)
     assert c.requested and c.by == "SIGTERM" and c.exit_code == 143
-    assert read_stop(str(tmp_path), "s")["token"] == "tok"  # the trials see it
-    assert StopProbe(str(tmp_path), "s", "tok")() is True
-    assert StopProbe(str(tmp_path), "s", "another driver")() is False
+    assert read_stop(ResultsLayout(str(tmp_path), "s"))["token"] == "tok"  # the trials see it
+    assert StopProbe(ResultsLayout(str(tmp_path), "s"), "tok")() is True
+    assert StopProbe(ResultsLayout(str(tmp_path), "s"), "another driver")() is False
     with pytest.raises(StopNow) as ex:
         c._on_signal(signal.SIGINT, None)
     assert ex.value.exit_code == 130
 
 
 def test_should_end_waits_for_the_trials_in_flight_then_the_grace(tmp_path):
-    c = StopControl(str(tmp_path), "s", "tok", grace_s=0.3)
+    c = StopControl(ResultsLayout(str(tmp_path), "s"), "tok", grace_s=0.3)
     running = [2]
     assert not c.should_end(lambda: running[0])  # nothing requested
     c.request("SIGUSR1")
     assert not c.should_end(lambda: running[0])  # two trials still checkpointing
     running[0] = 0
     assert c.should_end(lambda: running[0])
-    c2 = StopControl(str(tmp_path), "s", "tok", grace_s=0.3)
+    c2 = StopControl(ResultsLayout(str(tmp_path), "s"), "tok", grace_s=0.3)
     c2.request("SIGTERM")
     time.sleep(0.4)
     assert c2.should_end(lambda: 1)  # the grace is over: the driver ends them
-    c3 = StopControl(str(tmp_path), "s", "tok", grace_s=99)
+    c3 = StopControl(ResultsLayout(str(tmp_path), "s"), "tok", grace_s=99)
     c3.aborted = "lock lost"
     assert c3.should_end(lambda: 5)  # a lost lock never waits
 
 
 def test_stop_command_picks_up_a_request_naming_this_driver_only(tmp_path):
     (tmp_path / "s").mkdir()
-    c = StopControl(str(tmp_path), "s", "mine", grace_s=5)
-    request_stop(str(tmp_path), "s", "an earlier driver's", "symsweep stop")
+    c = StopControl(ResultsLayout(str(tmp_path), "s"), "mine", grace_s=5)
+    request_stop(ResultsLayout(str(tmp_path), "s"), "an earlier driver's", "symsweep stop")
     assert not c.poll()
-    request_stop(str(tmp_path), "s", "mine", "symsweep stop")
+    request_stop(ResultsLayout(str(tmp_path), "s"), "mine", "symsweep stop")
     c._next_poll = 0.0
     assert c.poll() and c.by == "symsweep stop" and c.exit_code == 130
 
@@ -121,9 +123,9 @@ def test_stop_without_a_running_driver_is_one_line(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "res").iterdir()) == ["fig2"]
 
 
-def _ctx(root: Path, token: str | None) -> dict:
-    return {"results": str(root), "sweep": "st", "preset": "smoke", "code_version": "test",
-            "tiles_root": str(root), "fault": None, "driver_token": token}
+def _ctx(root: Path, token: str | None) -> RunContext:
+    return RunContext(sweep="st", preset="smoke", results=str(root), code_version="test",
+                      driver_token=token)
 
 
 def test_sgd_attempt_stopped_between_steps_continues_bit_for_bit(tmp_path):
@@ -145,9 +147,10 @@ def test_sgd_attempt_stopped_between_steps_continues_bit_for_bit(tmp_path):
         def rep(metrics, ckpt=None):
             report(metrics, ckpt)
             if metrics.get("step") == 10:  # as `symsweep stop` would, mid-run
-                request_stop(str(root), "st", "tok", "symsweep stop")
+                request_stop(ResultsLayout(str(root), "st"), "tok", "symsweep stop")
         # the same probe without its once-a-second rate limit (this run takes less)
-        return train(config, rep, should_stop=StopProbe(str(root), "st", "tok", every_s=0))
+        probe = StopProbe(ResultsLayout(str(root), "st"), "tok", every_s=0)
+        return train(config, rep, should_stop=probe)
 
     first = execute_trial(trial, _ctx(root, "tok"), stop_at_first_report)
     assert first["status"] == "interrupted" and "step 20" in first["error"]
@@ -169,7 +172,7 @@ def test_a_stale_request_of_an_earlier_driver_does_not_stop_a_new_run(tmp_path, 
                   presets=dict(smoke=Preset(config=TINY, width=dict(fcn=16), seeds=(0,),
                                             resources=dict(kernel=dict(cpu=1)))))
     (tmp_path / "st").mkdir()
-    request_stop(str(tmp_path), "st", "a driver long gone", "SIGTERM")
+    request_stop(ResultsLayout(str(tmp_path), "st"), "a driver long gone", "SIGTERM")
     s = run_sweep(sweep, "smoke", results=str(tmp_path), progress=False, tracking=False,
                   num_cpus=1)
     assert s.completed == 1 and s.stopped_by is None and s.exit_code == 0
@@ -201,7 +204,7 @@ def test_a_stale_request_of_an_earlier_driver_does_not_stop_a_new_run(tmp_path, 
 
     (tmp_path / "st" / "driver.lock").write_text(json.dumps(
         {"host": socket.gethostname(), "pid": os.getpid(), "token": "live", "heartbeat": 0}))
-    request_stop(str(tmp_path), "st", "live", "symsweep stop")
+    request_stop(ResultsLayout(str(tmp_path), "st"), "live", "symsweep stop")
     capsys.readouterr()
     assert main(["status", "st", "--results", str(tmp_path)]) == 0
     assert "stopping: asked by symsweep stop" in capsys.readouterr().out
