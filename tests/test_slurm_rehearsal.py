@@ -345,6 +345,25 @@ def test_the_wall_time_signal_after_the_driver_finished_does_not_requeue(tmp_pat
     assert (d / "stop-calls").read_text().split()[:2] == ["stop", "fig2"]
 
 
+@pytest.mark.parametrize("step, code, says", [
+    # the sweep finished (driver 0); Ray's symmetric-run on the head then exited 1 as its
+    # `ray stop` ended the raylet it was still connected to (seen in CI, Ray 2.60)
+    ('echo 0 > "$SYMSWEEP_DRIVER_RC"; exit 1', 0, "the driver ended with exit code 0"),
+    # the driver never ran (Ray did not start): srun's code stands
+    ("exit 1", 1, None),
+])
+def test_the_job_ends_with_the_drivers_exit_code_not_srun_s(tmp_path, step, code, says):
+    env = _signal_env(tmp_path, step, 0)
+    env["SLURM_TMPDIR"] = str(tmp_path)
+    out = subprocess.run(["bash", str(SCRIPT)], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == code, out.stdout + out.stderr
+    assert "srun ended with exit code 1" in out.stdout
+    assert (says in out.stdout) if says else "the driver ended" not in out.stdout
+    assert not list(tmp_path.glob("*.driver-rc"))  # read and removed
+    assert not (tmp_path / "requeued").exists()
+
+
 def test_a_driver_that_does_not_stop_gets_sigterm_itself_then_the_job_is_requeued(tmp_path):
     """`symsweep stop --wait` times out (exit 1): the driver named by the lock (here a
     stand-in process on this host) gets SIGTERM to its own pid, never through srun (which
