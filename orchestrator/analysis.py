@@ -13,6 +13,8 @@ from typing import Any
 
 import pandas as pd
 
+from workers.vocab import Status
+
 DEFAULT_SUCCESS_TRAIN_ACC = 0.95  # the paper's; a manifest always records the preset's own
 
 
@@ -28,7 +30,7 @@ def successful(df: pd.DataFrame, success_train_acc: float) -> pd.Series:
     """Boolean mask of successful runs (see module docstring); shape (len(df),)."""
     if df.empty:
         return pd.Series([], dtype=bool)
-    ok = df["status"].eq("completed")
+    ok = df["status"].eq(Status.COMPLETED)
     finite = df["kind"].eq("train")
     best_train = df["best_train_acc"] if "best_train_acc" in df else df["train_acc"]
     train_ok = best_train.fillna(df["train_acc"]).fillna(-1.0) >= success_train_acc

@@ -21,6 +21,7 @@ import typer
 
 from orchestrator.data_cli import app as data_app
 from workers.errors import ConfigError, UserError
+from workers.vocab import STATUSES, TRIAL_KINDS, Status
 
 if TYPE_CHECKING:
     from orchestrator.spec import Sweep
@@ -277,7 +278,7 @@ def run(
     trials = select_trials(sweep.expand(preset, dedupe=not no_dedupe), sel)
     if dry_run:
         cells, comps = count_kernel_computations(trials)
-        kinds = {k: sum(t.kind == k for t in trials) for k in ("kernel", "train")}
+        kinds = {k: sum(t.kind == k for t in trials) for k in sorted(TRIAL_KINDS)}
         sets = "".join(f" --set {k}={v!r}" for k, v in sweep.overrides.items())
         print(f"{sweep.name} [{preset}]{sets}: {len(trials)} trials ({kinds['kernel']} kernel "
               f"cells, {kinds['train']} finite runs); kernel computations {comps} of {cells}")
@@ -419,7 +420,7 @@ def ls_sweeps(
         print(f"no sweeps under {results} yet; start one with `symsweep run sweeps/fig2.py`")
         return
     # every sweep read before anything is printed: an unreadable one is an error alone
-    lines = [f"{'sweep':<12} {'preset':<7} {'trials':>7} {'finished':>9} {'failed':>7} "
+    lines = [f"{'sweep':<12} {'preset':<7} {'trials':>7} {'finished':>9} {Status.FAILED:>7} "
              f"{'missing':>8}  driver"]
     for name in names:
         store = Store(results, name)
@@ -433,7 +434,7 @@ def ls_sweeps(
         warn_corrupt(corrupt)
         df = df[df["trial_id"].isin(ids)] if ids else df
         done = int(df["status"].isin(DONE_STATUSES).sum())
-        failed = int((df["status"] == "failed").sum())
+        failed = int((df["status"] == Status.FAILED).sum())
         lock_state = store.driver_lock.state()
         lock = lock_state.lock
         drv = "-" if not lock else ("LIVE pid {pid} on {host}" if lock_is_live(lock)
@@ -477,8 +478,7 @@ def status(
     # driver), whatever an earlier attempt ended as
     running = store.running_trials(dict(zip(df["trial_id"], df["attempt"], strict=True)))
     status_of.update(dict.fromkeys(running, "running"))
-    counts = {"completed": 0, "diverged": 0, "failed": 0, "interrupted": 0, "running": 0,
-              "missing": 0}
+    counts = {**dict.fromkeys(STATUSES, 0), "running": 0, "missing": 0}
     per_kind: dict[str, dict[str, int]] = {}
     derived = 0
     for t in m["trials"]:
@@ -521,7 +521,7 @@ def status(
     for path, why in store.damaged_inflight():
         con.print(f"damaged in-flight file {path} ({why}): not counted; the next `symsweep "
                   "resume` records its attempt as failed without it and removes it")
-    failed = df[(df["status"] == "failed") & ~df["trial_id"].isin(list(running))]
+    failed = df[(df["status"] == Status.FAILED) & ~df["trial_id"].isin(list(running))]
     for r in failed.head(10).itertuples():
         con.print(f"failed {r.trial_id} ({r.inference} {r.arch} {r.transform} s{r.seed}) "
                   f"attempt {r.attempt}: {r.error}")

@@ -15,6 +15,8 @@ from typing import Any
 
 from ray.tune import Callback
 
+from workers.vocab import Status
+
 log = logging.getLogger("symsweep")
 
 PROGRESS_LINE_S = 60.0  # a plain progress line at most this often (not a terminal)
@@ -69,9 +71,9 @@ class ProgressCallback(Callback):  # type: ignore[misc]
         el = time.time() - self.t0 if self.t0 else 0.0
         eta = _hms((self.total - finished) * el / finished) if finished and el > 0 else "?"
         out: dict[str, Any] = {"done": self.done, "running": len(self.running),
-                               "failed": self.failed}
+                               Status.FAILED: self.failed}
         if self.interrupted:
-            out["interrupted"] = self.interrupted
+            out[Status.INTERRUPTED] = self.interrupted
         out.update(pending=self.total - finished - self.interrupted - len(self.running),
                    retries=self.retries, elapsed=_hms(el), ETA=eta)
         return out
@@ -91,8 +93,9 @@ class ProgressCallback(Callback):  # type: ignore[misc]
         """One plain progress line: ``<UTC time> <title>: 3/10 done, 2 running, ...``."""
         c = self.counts()
         return (f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} {self.title}: "
-                f"{c['done']}/{self.total} done, {c['running']} running, {c['failed']} failed, "
-                f"{str(c['interrupted']) + ' interrupted, ' if self.interrupted else ''}"
+                f"{c['done']}/{self.total} done, {c['running']} running, "
+                f"{c[Status.FAILED]} failed, "
+                f"{str(c[Status.INTERRUPTED]) + ' interrupted, ' if self.interrupted else ''}"
                 f"{c['pending']} pending, {c['retries']} retries; elapsed {c['elapsed']}, "
                 f"ETA {c['ETA']}")
 
@@ -142,7 +145,7 @@ class ProgressCallback(Callback):  # type: ignore[misc]
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running.discard(self._id(trial))
         last = getattr(trial, "last_result", None) or {}
-        if last.get("interrupted"):  # on a stop request: checkpointed, or never started
+        if last.get(Status.INTERRUPTED):  # on a stop request: checkpointed, or never started
             self.interrupted += 0 if last.get("not_started") else 1
         else:
             self.done += 1

@@ -58,7 +58,7 @@ from orchestrator.tiles import ship_by_value
 from orchestrator.trial import default_worker, execute_trial, materialize_derived, tune_trainable
 from workers.durable import disk_full
 from workers.errors import ConfigError, DiskFullError, UserError
-from workers.vocab import FULL_COV_ARCHS
+from workers.vocab import FULL_COV_ARCHS, Status
 
 log = logging.getLogger("symsweep")
 
@@ -562,8 +562,8 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: RunCont
     ids = {t.trial_id for t in todo}
     df, _ = store.latest()
     st = df[df["trial_id"].isin(ids)]["status"]
-    summary.completed = int((st == "completed").sum())
-    summary.diverged = int((st == "diverged").sum())
+    summary.completed = int((st == Status.COMPLETED).sum())
+    summary.diverged = int((st == Status.DIVERGED).sum())
     # a corrupt checkpoint was skipped inside a trial (logged there, in the Ray worker's
     # log): say it here too, where the user looks
     import json

@@ -57,6 +57,7 @@ from orchestrator.driver_lock import STALE_AFTER_S, DriverLock, lock_is_live
 from orchestrator.fsio import write_atomic
 from orchestrator.layout import ResultsLayout
 from workers.errors import ConfigError
+from workers.vocab import DONE_STATUSES, STATUSES, Status
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +125,8 @@ TIME_KEY = "measured_at_ms"
 HISTORY_NON_METRICS = frozenset({"step", "steps", TIME_KEY})
 # interrupted: the attempt stopped on a stop request (orchestrator/stopping.py) after writing
 # a checkpoint; like failed, not finished: a later attempt continues the trial
-STATUSES = ("completed", "diverged", "failed", "interrupted")
-DONE_STATUSES = ("completed", "diverged")  # a finished result; resume does not redo these
+# the status column's values (workers/vocab.py); DONE_STATUSES: a finished result, which
+# resume does not run again
 COMPACT_PREFIX = "compacted-"  # never a part name: parse_part_name needs '-a<digits>-'
 PARTS_KEY = b"symsweep.parts"  # footer key of a compacted file: JSON list of folded parts
 PART_COL = "part"  # the part name of each row inside a compacted file
@@ -296,7 +297,7 @@ class Store:
         in ms since the epoch). History first, so a row never lacks it."""
         rec = _to_record({"sweep": self.sweep, **row})
         if rec["status"] not in STATUSES:
-            raise ValueError(f"status must be one of {STATUSES}, got {rec['status']!r}")
+            raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {rec['status']!r}")
         name = f"{rec['trial_id']}-a{rec['attempt']:03d}-{uuid.uuid4().hex[:8]}.parquet"
         if isinstance(history, pa.Table):  # rows already in HISTORY_SCHEMA (salvaged)
             table = history
@@ -615,7 +616,7 @@ class Store:
                 self.write_attempt({
                     **{k: m.get(k) for k in ("preset", "kind", "arch", "inference", "transform",
                                              "seed", "config_json", "code_version")},
-                    "trial_id": tid, "attempt": att, "status": "failed", "error": why,
+                    "trial_id": tid, "attempt": att, "status": Status.FAILED, "error": why,
                     "host": m.get("host"), "started_at": dt.datetime.fromisoformat(started)
                     if isinstance(started, str) else None, "finished_at": now_utc()}, hist)
                 notes.append(f"trial {tid}: {why}")
@@ -777,7 +778,7 @@ class Store:
         m = self.manifest_or_fail()
         df, corrupt = self.latest()
         warn_corrupt(corrupt)
-        df = df[df["status"] != "interrupted"].reset_index(drop=True)
+        df = df[df["status"] != Status.INTERRUPTED].reset_index(drop=True)
         if df.empty:
             raise ConfigError(f"sweep '{self.sweep}' has no finished trials under {self.root} "
                               "yet")

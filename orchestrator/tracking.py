@@ -60,6 +60,7 @@ from typing import Any
 
 from orchestrator.store import TIME_KEY, Store, history_metrics, parse_part_name
 from workers.durable import disk_full
+from workers.vocab import Status
 
 log = logging.getLogger("symsweep")
 
@@ -645,7 +646,8 @@ class Tracker:
         client.log_batch(rid, tags=[RunTag("mlflow.note.content",
                                            f"symsweep part file {part}")])
         client.log_text(rid, json.dumps(cfg, indent=1, sort_keys=True), "config.json")
-        client.set_terminated(rid, status={"failed": "FAILED", "interrupted": "KILLED"}.get(
+        client.set_terminated(rid, status={Status.FAILED: "FAILED",
+                                           Status.INTERRUPTED: "KILLED"}.get(
             row["status"], "FINISHED"), end_time=ts)
         client.set_tag(rid, MIRRORED_TAG, "1")  # last: everything above is logged
         self._done_keys.add(key)

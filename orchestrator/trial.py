@@ -35,9 +35,10 @@ from orchestrator.cpus import claim_cores
 from orchestrator.fsio import disk_full_error, write_atomic
 from orchestrator.spec import Trial
 from orchestrator.stopping import StopProbe
-from orchestrator.store import DONE_STATUSES, TIME_KEY, Store, now_utc
+from orchestrator.store import TIME_KEY, Store, now_utc
 from orchestrator.tiles import TileCache, TileMapper
 from workers.errors import TrialInterrupted, UserError
+from workers.vocab import DONE_STATUSES, Status
 
 log = logging.getLogger("symsweep")
 # result keys of a kernel cell that chose diag_reg on validation, stored as row columns
@@ -231,11 +232,12 @@ def execute_trial(trial: Trial, ctx: RunContext, worker: Callable[..., dict], *,
         stopped = {"checkpoint_warnings": " | ".join(ckpt_warnings)} if ckpt_warnings else {}
         if mapper is not None:
             stopped.update(tiles_cached=mapper.hits, tiles_computed=mapper.computed)
-        store.write_attempt(_row(trial, ctx, attempt, started, stopped, "interrupted", str(ex),
+        store.write_attempt(_row(trial, ctx, attempt, started, stopped, Status.INTERRUPTED,
+                                 str(ex),
                                  time.time() - t0, start_step), history)
         store.clear_inflight(trial.trial_id, attempt)
         store.clear_running(trial.trial_id)
-        return {**stopped, "status": "interrupted", "error": str(ex)}
+        return {**stopped, "status": Status.INTERRUPTED, "error": str(ex)}
     except Exception as ex:
         root = root_cause(ex)
         # bad input (UserError: config / data) is stored as its own one-line message, which
@@ -245,7 +247,7 @@ def execute_trial(trial: Trial, ctx: RunContext, worker: Callable[..., dict], *,
                else f"{type(root).__name__}: {root}").strip()
         msg = (msg.splitlines() or [type(root).__name__])[0][:500]
         failed = {"checkpoint_warnings": " | ".join(ckpt_warnings)} if ckpt_warnings else {}
-        row = _row(trial, ctx, attempt, started, failed, "failed", msg, time.time() - t0,
+        row = _row(trial, ctx, attempt, started, failed, Status.FAILED, msg, time.time() - t0,
                    start_step)
         # the whole traceback next to the one-line message (`symsweep show` prints it)
         row["traceback"] = "".join(traceback.format_exception(root))[-20000:]
@@ -275,9 +277,9 @@ def execute_trial(trial: Trial, ctx: RunContext, worker: Callable[..., dict], *,
         if mapper.cache is not None and mapper.cache.corrupt:  # shown by the driver
             result.setdefault("tiles_corrupt", mapper.cache.corrupt)
             result.setdefault("tiles_corrupt_note", " | ".join(mapper.cache.corrupt_notes))
-    status = result.get("status") or "completed"
-    if status not in ("completed", "diverged", "interrupted"):
-        status = "failed"
+    status = result.get("status") or Status.COMPLETED
+    if status not in (*DONE_STATUSES, Status.INTERRUPTED):
+        status = Status.FAILED
     store.write_attempt(_row(trial, ctx, attempt, started, result, status, result.get("error"),
                              float(result.get("wall_s") or (time.time() - t0)), start_step),
                         history)
@@ -328,7 +330,7 @@ def tune_trainable(config: dict, ctx: RunContext,
     if StopProbe(ctx.layout, ctx.driver_token)():
         # the sweep is stopping: Tune may still start trials it had queued; they end at once,
         # with no attempt (and no row), and run on resume
-        tune.report({"trial_finished": 1, "interrupted": 1, "not_started": 1})
+        tune.report({"trial_finished": 1, Status.INTERRUPTED: 1, "not_started": 1})
         return
     if trial.resources.get("gpu", 0) == 0 and trial.resources.get("tile_gpu", 0) == 0:
         # before the worker imports JAX: its CPU pool is sized from the cores pinned here,
@@ -360,8 +362,8 @@ def tune_trainable(config: dict, ctx: RunContext,
         return
     final = {k: v for k, v in _scalars(result).items() if v is not None}
     final["trial_finished"] = 1
-    if result.get("status") == "interrupted":  # counted as such by the driver (progress.py)
-        final["interrupted"] = 1
+    if result.get("status") == Status.INTERRUPTED:  # counted so by the driver (progress.py)
+        final[Status.INTERRUPTED] = 1
     tune.report(final)
 
 

@@ -19,6 +19,7 @@ Presets:
 
 from orchestrator.spec import CompositeSweep, Preset, Sweep
 from sweeps.common import CPU_RESOURCES, paper_preset, smoke_config
+from workers.vocab import FINITE_INFERENCES
 
 TRANSFORMS = ["shared_rotation", "pixel_rotation"]
 WIDTHS = {"smoke": [2, 4, 8, 16], "cpu": [4, 8, 16, 32, 64],
@@ -45,7 +46,7 @@ PAPER = paper_preset(
 PRESETS = dict(smoke=SMOKE, cpu=CPU, paper=PAPER)
 
 FINITE = Sweep(name="fig3", presets=PRESETS, axes=dict(
-    inference=["nn", "nn_plus"], arch=["vec"], transform=TRANSFORMS, width=WIDTHS["paper"]))
+    inference=list(FINITE_INFERENCES), arch=["vec"], transform=TRANSFORMS, width=WIDTHS["paper"]))
 KERNEL = Sweep(name="fig3", presets=PRESETS, axes=dict(
     inference=["ntk"], arch=["vec"], transform=TRANSFORMS))
 

@@ -18,7 +18,7 @@ Presets:
 
 from orchestrator.spec import CompositeSweep, Preset, Sweep
 from sweeps.common import GPU_RESOURCES, PAPER_WIDTHS, paper_preset, smoke_config
-from workers.vocab import ARCHS, TRANSFORMS
+from workers.vocab import ARCHS, FIRST_LAYER_INITS, TRANSFORMS
 
 SMOKE = Preset(
     description="synthetic 8x8, depth 2, 4 archs x 3 transforms, 2 seeds, 300 steps",
@@ -42,7 +42,7 @@ PRESETS = dict(smoke=SMOKE, cpu=CPU, paper=PAPER)
 
 GRID = Sweep(name="figS5", presets=PRESETS, axes=dict(
     inference=["nn"], arch=list(ARCHS), transform=list(TRANSFORMS),
-    first_layer_init=["gaussian", "uniform"]))
+    first_layer_init=list(FIRST_LAYER_INITS)))
 
 SWEEP = CompositeSweep(
     "figS5", [GRID], description=__doc__.splitlines()[0],

@@ -73,7 +73,7 @@ from workers.imagenet import (
 )
 from workers.imagenet_models import init_variables, make_imagenet_model
 from workers.transforms import make_transform
-from workers.vocab import IMAGENET_ARCHS
+from workers.vocab import IMAGENET_ARCHS, Status
 
 Report = Callable[[dict, "str | None"], None]
 
@@ -313,7 +313,7 @@ def train_imagenet(config: dict, report: Report | None = None,
     work_dir = cfg["work_dir"] or tempfile.mkdtemp(prefix="symsweep-imagenet-")
     own_dir = not cfg["work_dir"]
     written: list[str] = []
-    status, error = "completed", None
+    status, error = Status.COMPLETED, None
     ep_loss, ep_correct, ep_seen, ep_steps = (float(since_eval[0]), int(since_eval[1]),
                                               int(since_eval[2]), int(since_eval[3]))
     images = 0
@@ -332,7 +332,7 @@ def train_imagenet(config: dict, report: Report | None = None,
             images += batch
             loss = float(out["loss"])
             if not math.isfinite(loss):
-                status, error = "diverged", f"non-finite training loss at step {step}; stopped"
+                status, error = Status.DIVERGED, f"non-finite training loss at step {step}; stopped"
                 break
             ep_loss += float(out["ce"])
             ep_correct += int(out["correct"])
@@ -372,7 +372,7 @@ def train_imagenet(config: dict, report: Report | None = None,
             while keep and len(written) > keep:
                 shutil.rmtree(written.pop(0), ignore_errors=True)
             if interrupted:
-                status = "interrupted"
+                status = Status.INTERRUPTED
                 error = (f"stopped on a stop request at step {step}; " +
                          (f"the next attempt continues from its checkpoint of step {step}"
                           if ckpt else "no checkpoint (no report, no work_dir): the next "

@@ -42,9 +42,8 @@ import numpy as np
 
 from workers.errors import ConfigError
 from workers.metrics import accuracy, mse
-from workers.vocab import FULL_COV_ARCHS
+from workers.vocab import FULL_COV_ARCHS, KERNEL_INFERENCES, Status
 
-KERNEL_INFERENCES = ("ntk", "nngp")
 # what a trial with ``diag_reg_grid`` adds to its result (`kernel_metrics`); the other kernel's
 # come under its ``nngp_`` / ``ntk_`` prefix like its other metrics
 SELECTION_KEYS = ("chosen_diag_reg", "fixed_reg_test_acc", "fixed_reg_test_mse",
@@ -128,7 +127,7 @@ def kernel_metrics(k_train: Mapping[str, np.ndarray], k_test: Mapping[str, np.nd
     kw = {} if diag_reg is None else {"diag_reg": diag_reg}
     grid = None if diag_reg_grid is None else check_diag_reg_grid(diag_reg_grid)
     out: dict[str, dict[str, float]] = {}
-    for kind in ("nngp", "ntk"):
+    for kind in KERNEL_INFERENCES:
         if kind not in k_train:
             continue
         kv = k_val[kind] if k_val is not None and kind in k_val else None
@@ -209,7 +208,7 @@ def run_kernel_trial(config: Mapping[str, Any],
     main = ms[inference]
     other = "nngp" if inference == "ntk" else "ntk"
     result: dict[str, Any] = {
-        "status": "completed" if main["finite"] == 1.0 else "diverged",
+        "status": Status.COMPLETED if main["finite"] == 1.0 else Status.DIVERGED,
         "error": None if main["finite"] == 1.0 else "non-finite kernel predictions",
         "best_test_acc": main["test_acc"], "test_acc": main["test_acc"],
         "test_mse": main["test_mse"], "train_acc": main["train_acc"],

@@ -55,7 +55,7 @@ import numpy as np
 from jax import lax
 
 from workers.errors import ConfigError, DataError
-from workers.vocab import ARCHS, DIAG_COV_ARCHS, FULL_COV_ARCHS
+from workers.vocab import ARCHS, DIAG_COV_ARCHS, FULL_COV_ARCHS, KERNEL_INFERENCES
 
 _DIAG = DIAG_COV_ARCHS
 _FULL = FULL_COV_ARCHS
@@ -862,7 +862,7 @@ def kernel_matrices(
                        max_side=max_side)
     kwargs = [dict(archs=archs, x_rows=x1[r0:r1], x_cols=x2a[c0:c1], depth=depth, w_var=w_var,
                    b_var=b_var, dtype=dtype) for r0, r1, c0, c1 in tiles]
-    out = {a: {k: np.zeros((n1, n2), np.dtype(dtype)) for k in ("nngp", "ntk")} for a in keep}
+    out = {a: {k: np.zeros((n1, n2), np.dtype(dtype)) for k in KERNEL_INFERENCES} for a in keep}
     placed = [False] * len(tiles)
 
     def place(i: int, res: Mapping[str, Mapping[str, np.ndarray]]) -> None:
@@ -871,7 +871,7 @@ def kernel_matrices(
             raise RuntimeError(f"map_tiles delivered tile {i} twice")
         placed[i] = True
         for a in keep:
-            for k in ("nngp", "ntk"):
+            for k in KERNEL_INFERENCES:
                 m = out[a][k]
                 m[r0:r1, c0:c1] = res[a][k]
                 if not symmetric:

@@ -38,7 +38,7 @@ import numpy as np
 
 from workers.errors import ConfigError
 from workers.theorem41 import is_invariant
-from workers.vocab import ARCHS, FIRST_LAYER_INITS, TRANSFORMS
+from workers.vocab import ARCHS, DIAG_COV_ARCHS, FIRST_LAYER_INITS, TRANSFORMS
 
 Array = jax.Array
 
@@ -264,7 +264,8 @@ def precompose_first_layer(params: dict, arch: str, transform: Any,
                           f"re-parameterisation absorbing {name!r}; only identity and "
                           "shared_rotation are symmetries of this model class")
     per_pixel = _tau_matrices_per_pixel(transform, h, w, c)
-    if arch == "fcn" or (first == "readout" and arch in ("vec", "lcn")):
+    # vec and lcn read out densely from the flattened features, as fcn's first layer does
+    if arch == "fcn" or (first == "readout" and arch in DIAG_COV_ARCHS):
         # dense on the flattened image: y_flat = M x_flat, x_flat @ M^T W  ->  W' = M^T W
         if getattr(transform, "O", None) is not None:
             new = jnp.asarray(transform.O).T @ kern

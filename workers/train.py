@@ -40,7 +40,7 @@ from workers.errors import ConfigError
 from workers.eta0 import estimate_eta0
 from workers.metrics import accuracy, mse
 from workers.models import count_params, init_params, make_model
-from workers.vocab import FINITE_INFERENCES, INFERENCE_DEFAULTS, PAPER_WIDTHS
+from workers.vocab import FINITE_INFERENCES, INFERENCE_DEFAULTS, PAPER_WIDTHS, Status
 
 Report = Callable[[dict, "str | None"], None]
 
@@ -471,7 +471,7 @@ def train_arrays(config: dict, dataset: Any, report: Report | None = None, *,
     if own_dir:  # only the report callback sees these checkpoints (the runner copies them)
         work_dir = tempfile.mkdtemp(prefix="symsweep-train-")
     written: list[str] = []
-    status, error, last_ckpt = "completed", None, None
+    status, error, last_ckpt = Status.COMPLETED, None, None
     last = history[-1] if history else {}
     train_loss = float("nan")
     ev, ck = cfg["eval_every"], cfg["checkpoint_every"]
@@ -501,7 +501,7 @@ def train_arrays(config: dict, dataset: Any, report: Report | None = None, *,
             nxt = min(nxt, (step // STOP_CHECK_STEPS + 1) * STOP_CHECK_STEPS)
             state, info = trainer.run(state, step, nxt - step)
             if info["bad_step"] >= 0:
-                status = "diverged"
+                status = Status.DIVERGED
                 kind = "non-finite" if not math.isfinite(info["bad_loss"]) else "exploding"
                 error = (f"{kind} training loss {info['bad_loss']:.4g} at step {info['bad_step']} "
                          f"(lr {lr:.4g}); stopped")
@@ -540,7 +540,7 @@ def train_arrays(config: dict, dataset: Any, report: Report | None = None, *,
             if stop:
                 break
             if interrupted:
-                status = "interrupted"
+                status = Status.INTERRUPTED
                 error = (f"stopped on a stop request at step {step}; " +
                          (f"the next attempt continues from its checkpoint of step {step}"
                           if checkpointing else "no checkpoint (checkpoint_every is None): "

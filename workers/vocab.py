@@ -8,6 +8,7 @@ inference algorithms ("I"). No imports beyond the standard library, so the data 
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
 # ----------------------------------------------------------------------------- the axes
@@ -36,6 +37,22 @@ KERNEL_INFERENCES: tuple[str, ...] = ("ntk", "nngp")  # infinite width: kernel r
 FINITE_INFERENCES: tuple[str, ...] = ("nn", "nn_plus")  # finite width: SGD
 
 PRESETS: tuple[str, ...] = ("smoke", "cpu", "paper")
+
+
+class Status(StrEnum):
+    """The outcome of one attempt of a trial: the ``status`` column of every row
+    (orchestrator.store.TRIAL_SCHEMA; docs/results.md, "Statuses"). A str, so rows, Parquet
+    and SQL hold the plain value."""
+
+    COMPLETED = "completed"  # ran to its end (finite nets: max_steps, early stop or plateau)
+    DIVERGED = "diverged"  # a non-finite loss or kernel prediction: a finished result
+    FAILED = "failed"  # raised, crashed or was lost with its worker: a later attempt retries
+    INTERRUPTED = "interrupted"  # a stop request: checkpointed, continued by the next attempt
+
+
+STATUSES: tuple[Status, ...] = tuple(Status)
+# A finished result: resume does not run these again, tables and figures read them.
+DONE_STATUSES: tuple[Status, ...] = (Status.COMPLETED, Status.DIVERGED)
 TRIAL_KINDS: tuple[str, ...] = ("train", "kernel")
 FIRST_LAYER_INITS: tuple[str, ...] = ("gaussian", "uniform")
 

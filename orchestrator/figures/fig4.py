@@ -36,10 +36,11 @@ from orchestrator.figures.common import (
 )
 from orchestrator.figures.palette import ARCH_COLORS, INFERENCE_MARKERS, TRANSFORM_LINESTYLES
 from orchestrator.fits import PowerLawFit, segment_fits
+from workers.vocab import KERNEL_INFERENCES
 
 
 def curve_label(inference: str, arch: str, transform: str) -> str:
-    inf_w = "inf" if inference in ("ntk", "nngp") else "n"
+    inf_w = "inf" if inference in KERNEL_INFERENCES else "n"
     return f"{ARCH_LABEL[arch]}_{inf_w} {LABELS[inference]}, {SHORT_T[transform]}"
 
 

@@ -39,7 +39,7 @@ from orchestrator.figures.palette import (
     TRANSFORM_LINESTYLES,
 )
 from orchestrator.fits import PowerLawFit, segment_fits
-from workers.vocab import IMAGENET_ARCHS
+from workers.vocab import DONE_STATUSES, IMAGENET_ARCHS
 
 TRANSFORM_LABEL = {"identity": "clean", "pixel_rotation": "O(3)^d rotated",
                    "permutation": "P(3d) permuted"}
@@ -303,7 +303,7 @@ def with_subsets(df: pd.DataFrame) -> pd.DataFrame:
 def finished(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """The rows of trials that ran to the end (completed or diverged) and, when some failed,
     a line saying how many and where their errors are."""
-    ok = df[df["status"].isin(["completed", "diverged"])]
+    ok = df[df["status"].isin(DONE_STATUSES)]
     n_bad = len(df) - len(ok)
     note = (f"({n_bad} failed trial(s) left out: `symsweep status {df['sweep'].iloc[0]}` "
             "shows their errors)\n") if n_bad else ""

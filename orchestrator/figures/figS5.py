@@ -27,7 +27,7 @@ from orchestrator.figures.common import (
     title,
 )
 from orchestrator.figures.palette import ARCH_COLORS, KEY_COLOR, TRANSFORM_MARKERS
-from workers.vocab import ARCHS, TRANSFORMS
+from workers.vocab import ARCHS, FIRST_LAYER_INITS, TRANSFORMS
 
 log = logging.getLogger("symsweep")
 
@@ -53,7 +53,7 @@ def figS5_table(df: pd.DataFrame, m: Mapping[str, Any], fmt: str = "text", **_: 
     trs = order(cells["transform"].unique(), TRANSFORMS)
     rows, index = [], []
     for arch in order(cells["arch"].unique(), ARCHS):
-        for init in ("gaussian", "uniform"):
+        for init in FIRST_LAYER_INITS:
             s = cells[(cells["arch"] == arch) & (cells["first_layer_init"] == init)]
             by_t = {r.transform: r for r in s.itertuples()}
             rows.append([format_cell(by_t[t].mean, by_t[t].std, by_t[t].n_success,
@@ -63,7 +63,7 @@ def figS5_table(df: pd.DataFrame, m: Mapping[str, Any], fmt: str = "text", **_: 
                                                         columns="first_layer_init",
                                                         values="mean", dropna=False)
         diff = [f"{100 * (g.loc[t, 'uniform'] - g.loc[t, 'gaussian']):+.1f}"
-                if t in g.index and {"uniform", "gaussian"} <= set(g.columns)
+                if t in g.index and set(FIRST_LAYER_INITS) <= set(g.columns)
                 and np.isfinite(g.loc[t, "uniform"] - g.loc[t, "gaussian"]) else ""
                 for t in trs]
         rows.append(diff)
@@ -93,8 +93,8 @@ def figS5_plot(df: pd.DataFrame, m: Mapping[str, Any], out: str | Path, **_: Any
     archs, trs = set(), set()
     left_out = []  # cells that cannot be a point: said under the figure and in the log
     for (arch, tr), r in piv.iterrows():
-        x, y = (100 * r.get(("mean", init), np.nan) for init in ("gaussian", "uniform"))
-        xe, ye = (100 * r.get(("std", init), np.nan) for init in ("gaussian", "uniform"))
+        x, y = (100 * r.get(("mean", init), np.nan) for init in FIRST_LAYER_INITS)
+        xe, ye = (100 * r.get(("std", init), np.nan) for init in FIRST_LAYER_INITS)
         if not (np.isfinite(x) and np.isfinite(y)):
             lacks = [init for init, v in (("Gaussian", x), ("uniform", y)) if not np.isfinite(v)]
             left_out.append(f"{arch.upper()} {SHORT_T[tr]} (no successful "
