@@ -102,6 +102,16 @@ def _row(trial: Trial, ctx: RunContext, attempt: int, started, result: Mapping[s
     }
 
 
+def _best_so_far(history: list[dict[str, Any]]) -> dict[str, float]:
+    """best_test_acc / best_train_acc of the last report that has them (a finite trainer's
+    reports carry the running bests); {} when no report had them."""
+    for m in reversed(history):
+        best = {k: float(m[k]) for k in ("best_test_acc", "best_train_acc") if k in m}
+        if best:
+            return best
+    return {}
+
+
 def default_worker(kind: str) -> Callable[..., dict]:
     """The worker of a trial kind a sweep file does not override: ``train`` ->
     ``workers.train.train``, otherwise (``kernel``) ``workers.kernel_trial.run_kernel_trial``."""
@@ -247,6 +257,10 @@ def execute_trial(trial: Trial, ctx: RunContext, worker: Callable[..., dict], *,
                else f"{type(root).__name__}: {root}").strip()
         msg = (msg.splitlines() or [type(root).__name__])[0][:500]
         failed = {"checkpoint_warnings": " | ".join(ckpt_warnings)} if ckpt_warnings else {}
+        # the best accuracies reached so far (the trainers report them cumulatively, across a
+        # resume too), so a run that reached 95% before it crashed still counts, as App. B.1
+        # counts it (`orchestrator.analysis.successful`); its status stays "failed"
+        failed.update(_best_so_far(history))
         row = _row(trial, ctx, attempt, started, failed, Status.FAILED, msg, time.time() - t0,
                    start_step)
         # the whole traceback next to the one-line message (`symsweep show` prints it)

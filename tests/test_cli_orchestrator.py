@@ -37,7 +37,9 @@ def results(tmp_path):
         st.write_attempt(dict(trial_id=t.trial_id, attempt=1, preset="smoke", kind=t.kind,
                               arch=c["arch"], inference=c["inference"],
                               transform=c["transform"], seed=c["seed"], status=status,
-                              best_test_acc=acc, test_acc=acc, train_acc=1.0,
+                              best_test_acc=acc, test_acc=acc,
+                              # the diverged run never trained (no accuracy): not a success
+                              train_acc=None if status == "diverged" else 1.0,
                               derived_from=t.derived_from, started_at=t0, finished_at=t0))
         n += 1
     assert n == 2 * 2 * (1 + 5 + 5)

@@ -215,7 +215,7 @@ def test_fig2_cells_mean_std_counts_and_success(tmp_path):
 
     rows = [row(f"n{i}", acc=a, seed=i, best_train_acc=bt) for i, (a, bt) in
             enumerate([(0.5, 1.0), (0.7, 0.99), (0.9, 0.5)])]  # the third did not train
-    rows.append(row("d", status="diverged", acc=0.1, seed=4))
+    rows.append(row("d", status="diverged", acc=0.1, seed=4, best_train_acc=0.3))
     rows.append(row("k", kind="kernel", inference="ntk", acc=0.4, best_train_acc=None,
                     train_acc=None))
     cells = fig2_cells(pd.DataFrame(rows), success_train_acc=0.95)
@@ -235,6 +235,64 @@ def test_fig2_cells_mean_std_counts_and_success(tmp_path):
     im = Image.open(out)
     assert im.size[0] > 2 * im.size[1] * 0.9  # two panels side by side
     assert math.isnan(fig2_cells(pd.DataFrame([row("x", best_train_acc=0.1)]), 0.95)["mean"][0])
+
+
+def test_success_is_best_train_acc_whatever_the_final_status():
+    """App. B.1: among runs whose best training accuracy reached 95%, the best test accuracy
+    along training, so a run that reached 95% and then diverged or failed counts, with its
+    status said in the cell; an interrupted attempt, a run below 95% and a failed kernel cell
+    do not; only each trial's latest attempt is read."""
+    import pandas as pd
+
+    from orchestrator.analysis import successful
+
+    st_rows = [row("c", acc=0.60),                                         # completed
+               row("d", status="diverged", acc=0.70, seed=1),              # 95%, then diverged
+               row("f", status="failed", acc=0.65, seed=2, train_acc=None),  # 95%, then crashed
+               row("low", status="diverged", acc=0.9, seed=3, best_train_acc=0.5),
+               row("i", status="interrupted", acc=0.99, seed=4),
+               row("kf", status="failed", kind="kernel", inference="ntk", acc=0.3,
+                   best_train_acc=None, train_acc=None)]
+    df = pd.DataFrame(st_rows)
+    assert successful(df, 0.95).tolist() == [True, True, True, False, False, False]
+    cells = fig2_cells(df[df["status"] != "interrupted"], success_train_acc=0.95)
+    nn = cells[cells["inference"] == "nn"].iloc[0]
+    assert (nn["n_success"], nn["n_finished"], nn["n_success_not_completed"]) == (3, 4, 2)
+    assert nn["mean"] == pytest.approx(0.65)
+    assert fig2_layout(cells).loc[("NN", "vec"), "identity"] == \
+        "65.0 ± 5.0 (3/4, 2 diverged/failed)"
+
+
+def test_a_run_that_reached_95_then_crashed_counts_from_its_latest_attempt(tmp_path):
+    """A trial whose last attempt crashed after reaching 95% (its retries spent): the failed
+    row keeps the running bests its reports carried, so the table counts it; an earlier
+    attempt's better row does not count once a later attempt exists."""
+    from orchestrator.figures import load
+    from orchestrator.spec import Trial
+    from orchestrator.trial import execute_trial
+
+    st = Store(str(tmp_path), "s")
+    st.write_manifest({"sweep": "s", "preset": "smoke", "success_train_acc": 0.95,
+                       "trials": []})
+    st.write_attempt(row("t", 1, "completed", acc=0.9, config_json="{}"))  # superseded
+
+    def worker(cfg, report):
+        report({"step": 10, "train_acc": 0.97, "test_acc": 0.61, "best_train_acc": 0.97,
+                "best_test_acc": 0.62})
+        raise RuntimeError("lost the node")
+
+    trial = Trial("t", "train", {"arch": "vec", "inference": "nn", "transform": "identity",
+                                 "seed": 0}, {})
+    ctx = {"results": str(tmp_path), "sweep": "s", "preset": "smoke"}
+    with pytest.raises(RuntimeError, match="lost the node"):
+        execute_trial(trial, ctx, worker)
+    latest = st.latest()[0].set_index("trial_id").loc["t"]
+    assert latest["attempt"] == 2 and latest["status"] == "failed"
+    assert latest["best_train_acc"] == pytest.approx(0.97)
+    assert latest["best_test_acc"] == pytest.approx(0.62)
+    df, _ = load("s", str(tmp_path))
+    cells = fig2_cells(df, success_train_acc=0.95)
+    assert cells["n_success"].tolist() == [1] and cells["mean"].tolist() == [0.62]
 
 
 def test_mlflow_mirror_once_per_attempt_and_never_fatal(tmp_path, caplog):

@@ -4,9 +4,9 @@ need (`enrich`: ok, m, flip, path_t, first_layer_init, predictions_path, config)
 the tables print, the cell format, and the matplotlib plumbing (Agg backend, log-log axes,
 writing the file).
 
-A run is *successful* when it completed and, for finite networks, its best training accuracy
-reached the preset's ``success_train_acc`` (`orchestrator.analysis.successful`; 0.95 in the
-paper, Sec. 3).
+A run is *successful* (`orchestrator.analysis.successful`): a kernel cell when it completed,
+a finite network when its best training accuracy reached the preset's ``success_train_acc``
+(0.95 in the paper, Sec. 3 and App. B.1), whatever its final status.
 """
 
 from __future__ import annotations
@@ -338,15 +338,19 @@ def plain_log_labels(axis: Any, lo: float, hi: float) -> None:
     axis.set_minor_formatter(FuncFormatter(minor) if span < 30 else NullFormatter())
 
 
-def format_cell(mean: float, std: float, n: int, total: int, percent: bool = True) -> str:
+def format_cell(mean: float, std: float, n: int, total: int, percent: bool = True,
+                not_completed: int = 0) -> str:
     """'mean ± std (n/total)' of a table cell: an accuracy (``percent``) x100 with one
-    decimal, any other metric as stored with 4 significant digits (seconds, steps, MSE)."""
+    decimal, any other metric as stored with 4 significant digits (seconds, steps, MSE).
+    ``not_completed``: how many of the n successes then diverged or failed, said in the
+    counts ('(5/5, 1 diverged/failed)')."""
+    counts = f"{n}/{total}" + (f", {not_completed} diverged/failed" if not_completed else "")
     if n == 0:
-        return f"- ({n}/{total})"
+        return f"- ({counts})"
     if percent:
         m, s = f"{mean * 100:.1f}", f"{std * 100:.1f}"
     else:
         m, s = f"{mean:.4g}", f"{std:.4g}"
     if n == 1:
-        return f"{m} ({n}/{total})"
-    return f"{m} ± {s} ({n}/{total})"
+        return f"{m} ({counts})"
+    return f"{m} ± {s} ({counts})"

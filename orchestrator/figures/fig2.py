@@ -2,9 +2,11 @@
 
 `fig2_cells` aggregates the latest attempt of every trial into cells: mean and sample std of
 a metric (default ``best_test_acc``) over *successful* runs, with counts (successful /
-finished). `fig2_layout` lays the cells out like the paper's Fig. 2 (rows = inference x arch,
-columns = transforms), `plot_fig2` draws its panels (NTK, NN, NN+). `table` / `plot` are the
-registry's entry points; a sweep without a figure of its own is tabulated the same way.
+finished; the successes that diverged or failed after reaching the threshold are said beside
+them, `orchestrator.analysis`). `fig2_layout` lays the cells out like the paper's Fig. 2
+(rows = inference x arch, columns = transforms), `plot_fig2` draws its panels (NTK, NN, NN+).
+`table` / `plot` are the registry's entry points; a sweep without a figure of its own is
+tabulated the same way.
 """
 
 from __future__ import annotations
@@ -17,7 +19,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from orchestrator.analysis import DEFAULT_SUCCESS_TRAIN_ACC, success_threshold, successful
+from orchestrator.analysis import (
+    DEFAULT_SUCCESS_TRAIN_ACC,
+    failed_successes,
+    success_threshold,
+    successful,
+)
 from orchestrator.figures.common import (
     LABELS,
     SHORT_T,
@@ -42,20 +49,24 @@ def fig2_cells(df: pd.DataFrame, success_train_acc: float = DEFAULT_SUCCESS_TRAI
                metric: str = "best_test_acc") -> pd.DataFrame:
     """One row per (inference, arch, transform): mean, std (ddof=1; 0 for one run),
     n_success, n_finished (completed + diverged + failed), has_metric (False when no attempt
-    of the cell has the metric at all, e.g. eta0 for a kernel cell: the table says n/a)."""
+    of the cell has the metric at all, e.g. eta0 for a kernel cell: the table says n/a),
+    n_success_not_completed (successes whose run then diverged or failed; the text table says
+    them, the csv leaves the column out)."""
     cols = ["inference", "arch", "transform", "mean", "std", "n_success", "n_finished",
-            "has_metric"]
+            "has_metric", "n_success_not_completed"]
     if df.empty:
         return pd.DataFrame(columns=cols)
     d = df.copy()
     d["_ok"] = successful(d, success_train_acc).to_numpy()
+    d["_bad_ok"] = failed_successes(d, success_train_acc).to_numpy()
     out = []
     for (inf, arch, tr), g in d.groupby(["inference", "arch", "transform"], sort=False):
-        vals = g.loc[g["_ok"], metric].astype(float).dropna().to_numpy()
+        ok = g["_ok"] & g[metric].notna()
+        vals = g.loc[ok, metric].astype(float).to_numpy()
         mean = float(vals.mean()) if len(vals) else math.nan
         std = float(vals.std(ddof=1)) if len(vals) > 1 else (0.0 if len(vals) else math.nan)
         out.append((inf, arch, tr, mean, std, len(vals), len(g),
-                    bool(g[metric].notna().any())))
+                    bool(g[metric].notna().any()), int((ok & g["_bad_ok"]).sum())))
     cells = pd.DataFrame(out, columns=cols)
     order_i = {k: i for i, k in enumerate(INFERENCES)}
     order_a = {k: i for i, k in enumerate(ARCHS)}
@@ -77,7 +88,9 @@ def fig2_layout(cells: pd.DataFrame, percent: bool = True) -> pd.DataFrame:
         rows.append([("" if t not in by_t else
                       "n/a" if not getattr(by_t[t], "has_metric", True) else
                       format_cell(by_t[t].mean, by_t[t].std, by_t[t].n_success,
-                                  by_t[t].n_finished, percent=percent))
+                                  by_t[t].n_finished, percent=percent,
+                                  not_completed=getattr(by_t[t], "n_success_not_completed",
+                                                        0)))
                      for t in transforms])
         index.append((LABELS.get(inf, inf), arch))
     return pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(index, names=["inference", "arch"]),
@@ -151,11 +164,13 @@ def table(df: pd.DataFrame, m: dict[str, Any], fmt: str = "text", *, sweep: str 
     metrics as stored with their unit in the header; csv: one row per cell, as stored)."""
     cells = fig2_cells(df, success_threshold(m), metric)
     if fmt == "csv":  # the columns scripts read, unchanged (a cell without the metric: no mean)
-        return cells.drop(columns=["has_metric"]).to_csv(index=False)
+        return cells.drop(columns=["has_metric", "n_success_not_completed"]).to_csv(
+            index=False)
     unit = metric_unit(metric)
     head = (f"{sweep} [{m['preset']}]: {metric} in {unit}, mean ± std over successful runs "
-            f"(successful/finished; success = completed, finite nets with train acc >= "
-            f"{m.get('success_train_acc')})")
+            f"(successful/finished; success = a completed kernel cell, a finite net whose "
+            f"best train acc reached {m.get('success_train_acc')} whatever its final status; "
+            "'n diverged/failed' = successes that did not complete)")
     with pd.option_context("display.width", 250, "display.max_columns", 20):
         return head + "\n" + fig2_layout(cells, percent=unit == "%").to_string() + "\n"
 
