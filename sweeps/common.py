@@ -89,8 +89,10 @@ def paper_preset(description: str, *, width: Mapping[str, int] | None = None,
 # ----------------------------------------------------------------------------- ImageNet
 # Sec. 6.2 / App. B.2, B.3, F.2 (docs/protocol.md, "ImageNet"): Flax's ImageNet example recipe
 # (workers/imagenet_train.py) with 150 epochs, batch 1024, at 224x224; subsets m_i = 2^(-i/2) m
-# for i = 1..12 (``subset`` = i; 0 = all of ImageNet).
-IMAGENET_SUBSETS: list[int] = list(range(1, 13))
+# for i in [12] = {0, ..., 11} (``subset`` = i; 0 = all of ImageNet): the paper counts [d] from
+# 0 (A_0 ... A_{d-1}, App. E) and fits "the first/last six points (i.e., i >= 6 / i < 6)"
+# (Sec. 6.2), six points on each side of i = 6 (docs/protocol.md, "ImageNet").
+IMAGENET_SUBSETS: list[int] = list(range(12))
 IMAGENET_PAPER_WIDTHS: dict[str, int] = dict(
     resnet18=64, resnet34=64, resnet50=64, resnet101=64, resnet152=64, resnet200=64,
     mixer_s16=512)
@@ -119,14 +121,16 @@ def imagenet_preset(description: str, config: Mapping[str, Any], width: Mapping[
                     resources: Mapping[str, Mapping[str, float]] | None = None,
                     mixer: Mapping[str, int] | None = None,
                     rules: tuple[tuple[Mapping[str, Any], Mapping[str, Any]], ...] = (),
-                    **overrides: Any) -> Preset:
-    """A preset of the ImageNet sweeps: ``config`` plus ``overrides``, one seed, every finished
-    run counts (no 95% training-accuracy criterion on ImageNet), two retries (a retry resumes
-    from the last epoch's checkpoint). ``resources``: default `CPU_RESOURCES`. ``mixer``:
-    depth (blocks) and patch_size of the Mixer when not Mixer-S/16's (8 blocks, 16x16).
-    ``rules``: further (when, set) pairs (`orchestrator.spec.Rule`), applied after the Mixer's."""
+                    seeds: tuple[int, ...] = (0,), **overrides: Any) -> Preset:
+    """A preset of the ImageNet sweeps: ``config`` plus ``overrides``, every finished run counts
+    (no 95% training-accuracy criterion on ImageNet), two retries (a retry resumes from the
+    last epoch's checkpoint). ``seeds``: the runs per cell (init, data order and tau; default
+    one, Fig. 5; Fig. S4's paper preset has the caption's three); the description says how
+    many. ``resources``: default `CPU_RESOURCES`. ``mixer``: depth (blocks) and patch_size of
+    the Mixer when not Mixer-S/16's (8 blocks, 16x16). ``rules``: further (when, set) pairs
+    (`orchestrator.spec.Rule`), applied after the Mixer's."""
     rules = ((({"arch": "mixer_s16"}, dict(mixer)),) if mixer else ()) + tuple(rules)
     return Preset(description=description, config={**config, **overrides},
-                  width=dict(width), seeds=(0,), rules=rules,
+                  width=dict(width), seeds=tuple(seeds), rules=rules,
                   resources=dict(resources if resources is not None else CPU_RESOURCES),
                   success_train_acc=0.0, max_failures=2)

@@ -295,7 +295,7 @@ def train_imagenet(config: dict, report: Report | None = None,
                            tau=tau, process_index=pidx, process_count=pcount)
         hits, seen = 0, 0
         # with loader processes, evaluation decodes in them too (it is all decoding: 50,000
-        # val images an epoch against m_12 = 20,000 training images at the smallest subset)
+        # val images an epoch against m_11 = 28,310 training images at the smallest subset)
         batches = iter(in_processes(ev, procs) if procs else ev.to_iter_dataset(opts))
         try:
             for b in batches:

@@ -2,10 +2,13 @@
 (sweeps/fig5.py; paper Sec. 6.2, App. B.2/B.3).
 
 - Fig. 5, top-1 error (1 - best test accuracy) against the training-set size m on
-  log-log axes, one curve per (arch, transform) of the subsets i >= 1, power-law slopes on the
-  first and the last points (`orchestrator.fits.segment_fits`, the Fig. 4 code; six and six
-  in the sweep's ``analysis``); and Fig. 4 (right), rotated against clean top-1 accuracy on
-  the full training set (subset 0), one point per ResNet depth, with the gap in points.
+  log-log axes, one curve per (model, transform) over the subsets i = 0..11 (i = 0, all
+  images, ends the curve), power-law slopes on the first and the last points
+  (`orchestrator.fits.segment_fits`, the Fig. 4 code; six and six in the sweep's
+  ``analysis``: i = 11..6 and i = 5..0, the paper's "i >= 6 / i < 6"); and Fig. 4 (right),
+  rotated against clean top-1 accuracy on the full training set (subset 0), one point per
+  ResNet depth, with the gap in points. A full-data trial is read by both panels where its
+  model has a curve (ResNet-101 in the paper preset): one trial, never run twice.
 
 The ImageNet labels (`arch_label`, `TRANSFORM_LABEL`) and the paper's numbers (`PAPER_NOTE`)
 are here; `orchestrator.figures.figS4` uses them too.
@@ -79,11 +82,14 @@ def first_config(df: pd.DataFrame, arch: str) -> Mapping[str, Any]:
 
 
 def curve_points(df: pd.DataFrame) -> pd.DataFrame:
-    """Fig. 5 points: one row per (model, transform, m) of the subsets i >= 1, with the mean
-    best test accuracy over finished runs (acc), its error (err = 1 - acc) and the runs (n).
-    ``model`` is the arch's label with its own rows' width (`with_subsets`), so one arch at
-    two widths makes two curves, never one averaged curve."""
-    d = df[df["subset_i"] > 0]
+    """Fig. 5 points: one row per (model, transform, m) of the models trained on subsets
+    (i >= 1), their full-data runs (i = 0) included, with the mean best test accuracy over
+    finished runs (acc), its error (err = 1 - acc) and the runs (n). A model with only
+    full-data runs (a scatter-only ResNet depth) makes no curve. ``model`` is the arch's label
+    with its own rows' width (`with_subsets`), so one arch at two widths makes two curves,
+    never one averaged curve."""
+    curved = set(df.loc[df["subset_i"] > 0, "model"])
+    d = df[df["model"].isin(curved)]
     rows = []
     for (arch, model, tr, mm), g in d.groupby(["arch", "model", "transform", "m"], sort=False):
         acc = pd.to_numeric(g["best_test_acc"], errors="coerce").dropna()
@@ -111,9 +117,18 @@ def curve_fits(pts: pd.DataFrame, first: int, last: int
 
 def scatter_points(df: pd.DataFrame) -> pd.DataFrame:
     """Fig. 4 (right): per ResNet model trained on all images (subset 0), the mean best test
-    accuracy clean and rotated and the gap (clean - rotated, in points). ``model`` is labelled
-    from these rows' own config (the cpu preset's scatter is narrower than its curves)."""
+    accuracy clean and rotated and the gap (clean - rotated, in points). The depths are
+    compared at one width, the one most of the depths have: the cpu preset's scatter is
+    narrower (w8) than its curves, whose ResNet-18 w16 full-data point ends its curve only;
+    in the paper preset every depth is w64 and ResNet-101's full-data runs are the curve's.
+    ``model`` is labelled from these rows' own config."""
     d = df[(df["subset_i"] == 0) & df["arch"].str.startswith("resnet")]
+    widths = pd.Series([(c or {}).get("width") for c in d["config"]] if "config" in d
+                       else [None] * len(d), index=d.index, dtype=object)
+    depths = pd.DataFrame({"w": widths.astype(str), "arch": d["arch"]}).drop_duplicates()
+    if depths["w"].nunique() > 1:
+        counts = depths["w"].value_counts()
+        d = d[widths.astype(str) == counts.index[0]]
     rows = []
     for (arch, model), g in d.groupby(["arch", "model"], sort=False):
         accs = {t: pd.to_numeric(g[g["transform"] == t]["best_test_acc"],

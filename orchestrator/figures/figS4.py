@@ -1,7 +1,9 @@
 """Fig. S4: ImageNet training dynamics of the ResNet family under identity, O(3)^d and P(3d)
 (sweeps/figS4.py; paper App. F.2): test top-1 accuracy against the epoch, per depth and
 transform, from every trial's per-epoch history (all attempts: a resumed trial's curve
-continues where its checkpoint left off), and a table of the final and best accuracy.
+continues where its checkpoint left off), the mean over the runs (seeds; the paper preset has
+the caption's 3) with their range shaded, and a table of the final and best accuracy (means
+over the runs, with the runs per cell).
 """
 
 from __future__ import annotations
@@ -27,7 +29,12 @@ from orchestrator.figures.fig5 import (
     order_key,
     stand_in,
 )
-from orchestrator.figures.palette import CHANCE_COLOR, TRANSFORM_COLORS, TRANSFORM_MARKERS
+from orchestrator.figures.palette import (
+    CHANCE_COLOR,
+    KEY_COLOR,
+    TRANSFORM_COLORS,
+    TRANSFORM_MARKERS,
+)
 
 
 def epoch_curves(df: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
@@ -55,15 +62,15 @@ def figS4_text(df: pd.DataFrame, m: Mapping[str, Any], history: pd.DataFrame,
         c = cur[(cur["arch"] == a) & (cur["transform"] == t)]
         rows.append((a, t, float(pd.to_numeric(g["test_acc"], errors="coerce").mean()),
                      float(pd.to_numeric(g["best_test_acc"], errors="coerce").mean()),
-                     float(c["epoch"].max()) if len(c) else math.nan))
-    t = pd.DataFrame(rows, columns=["arch", "transform", "final", "best", "epochs"])
+                     float(c["epoch"].max()) if len(c) else math.nan, len(g)))
+    t = pd.DataFrame(rows, columns=["arch", "transform", "final", "best", "epochs", "runs"])
     if fmt == "csv":
         return t.to_csv(index=False) + "\n" + cur.to_csv(index=False)
     t["_a"] = t["arch"].map(lambda a: order_key(a)[0])
     t = t.sort_values("_a")
     out = io.StringIO()
     out.write(f"figS4 [{m.get('preset')}]: test top-1 accuracy (%), final / best over "
-              "training, per depth and transform\n")
+              "training, per depth and transform (means over the runs)\n")
     wide = {}
     for r in t.itertuples():
         key = arch_label(r.arch, first_config(df, r.arch))
@@ -76,9 +83,11 @@ def figS4_text(df: pd.DataFrame, m: Mapping[str, Any], history: pd.DataFrame,
     cols = [TRANSFORM_LABEL[x] for x in TRANSFORM_ORDER if TRANSFORM_LABEL[x] in frame]
     with pd.option_context("display.width", 300):
         out.write(frame[cols].fillna("-").to_string() + "\n")
-    ep = t["epochs"].dropna()
+    ep, runs = t["epochs"].dropna(), t["runs"]
     out.write(f"epochs run: {int(ep.min()) if len(ep) else 0}"
               f"{'' if ep.nunique() <= 1 else f'..{int(ep.max())}'}; "
+              f"runs per cell: {int(runs.min())}"
+              f"{'' if runs.nunique() <= 1 else f'..{int(runs.max())}'}; "
               f"{PAPER_NOTE['figS4']}\n")
     return out.getvalue()
 
@@ -86,8 +95,11 @@ def figS4_text(df: pd.DataFrame, m: Mapping[str, Any], history: pd.DataFrame,
 def figS4_figure(df: pd.DataFrame, m: Mapping[str, Any], history: pd.DataFrame,
                  out: str | Path) -> Path | str:
     """One panel per ResNet depth: test accuracy against the epoch, one line per transform
-    (`palette.TRANSFORM_COLORS`), the chance level and the paper's 35% bound for P(3d)."""
+    (`palette.TRANSFORM_COLORS`): the mean over the runs (seeds) at each epoch, their range
+    (min to max) shaded where a cell has more than one run; the chance level and the paper's
+    35% bound for P(3d)."""
     from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
     from matplotlib.ticker import MaxNLocator
 
     plt = pyplot()
@@ -100,14 +112,20 @@ def figS4_figure(df: pd.DataFrame, m: Mapping[str, Any], history: pd.DataFrame,
                              squeeze=False, sharey=True)
     lvl = chance(df)
     shown: list[str] = []
+    spread = False
     for k, a in enumerate(archs):
         ax = axes[k // cols][k % cols]
         for t in TRANSFORM_ORDER:
             c = cur[(cur["arch"] == a) & (cur["transform"] == t)]
             if len(c):
-                g = c.groupby("epoch")["test_acc"].mean()
-                ax.plot(g.index, 100 * g.to_numpy(), color=TRANSFORM_COLORS[t],
+                g = c.groupby("epoch")["test_acc"].agg(["mean", "min", "max", "count"])
+                ax.plot(g.index, 100 * g["mean"].to_numpy(), color=TRANSFORM_COLORS[t],
                         marker=TRANSFORM_MARKERS[t], ms=3, lw=1.3)
+                if c["trial_id"].nunique() > 1:
+                    ax.fill_between(g.index, 100 * g["min"].to_numpy(),
+                                    100 * g["max"].to_numpy(), color=TRANSFORM_COLORS[t],
+                                    alpha=0.2, lw=0)
+                    spread = True
                 shown += [t] if t not in shown else []
         ax.axhline(35, color=CHANCE_COLOR, ls="--", lw=0.8, zorder=0.5)
         draw_chance(ax, None if lvl is None else 100 * lvl)
@@ -120,6 +138,10 @@ def figS4_figure(df: pd.DataFrame, m: Mapping[str, Any], history: pd.DataFrame,
         axes[k // cols][k % cols].axis("off")
     handles = [Line2D([], [], color=TRANSFORM_COLORS[t], marker=TRANSFORM_MARKERS[t], ms=3,
                       label=PLOT_TRANSFORM_LABEL[t]) for t in shown]
+    if spread:
+        runs = int(df.groupby(["arch", "transform"]).size().max())
+        handles.append(Patch(facecolor=KEY_COLOR, alpha=0.2, lw=0,
+                             label=f"range over runs (up to {runs}); line: mean"))
     handles.append(Line2D([], [], color=CHANCE_COLOR, ls="--", lw=0.8,
                           label="paper: $P(3d)$ < 35% on ImageNet"))
     handles += chance_handles(axes[0][0])
