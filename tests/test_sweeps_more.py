@@ -221,8 +221,14 @@ def test_figS1_predictions_ensembles_and_s_dist(tmp_path):
 
     from orchestrator.figures import figS1_cells
 
+    # one A for the ensemble (App. E, eq. S16): the two initialisations at t = 1 trained on
+    # the same rotated data set, read from the stored transform seeds
+    vec1 = df[(df["arch"] == "vec") & (df["kind"] == "train") & (df["path_t"] == 1.0)]
+    assert sorted(vec1["seed"]) == [0, 1]
+    assert {c["transform_seed"] for c in vec1["config"]} == {0}
     cells = figS1_cells(df, str(tmp_path))
     assert cells["t"].tolist() == [0.0, 1.0] and (cells["members"] == 2).all()
+    assert (cells["paths"] == 1).all()
     vec0 = np.stack([np.load(x) for x in df[(df["arch"] == "vec") & (df["kind"] == "train") &
                                              (df["path_t"] == 0.0)]["predictions_path"]])
     gap = np.stack([np.load(x) for x in df[df["arch"] == "gap"]["predictions_path"]])
@@ -234,6 +240,56 @@ def test_figS1_predictions_ensembles_and_s_dist(tmp_path):
     text = figure_table("figS1", str(tmp_path))
     assert "S-Dist(VEC_n^tau_t, GAP_n)" in text and "t=1" in text
     assert figure_plot("figS1", str(tmp_path)).stat().st_size > 10_000
+
+
+def test_figS1_one_path_A_across_the_ensemble_at_every_preset():
+    """Every VEC_n run of a preset draws the same A (transform_seed), the initialisations vary
+    (seed); GAP_n and VEC_inf keep their trial ids (transform_seed = seed, as before)."""
+    sw = load_sweep(SWEEPS["figS1"])
+    for preset in ("smoke", "cpu", "paper"):
+        trials = sw.expand(preset)
+        vec = [t for t in trials if t.kind == "train" and t.config["arch"] == "vec"]
+        assert {t.config["transform_seed"] for t in vec} == {0}
+        assert len({t.config["seed"] for t in vec}) == len(sw.preset(preset).seeds) > 1
+        others = [t for t in trials if t not in vec]
+        assert all(t.config["transform_seed"] == t.config["seed"] for t in others)
+    assert len({t.config["seed"] for t in sw.expand("paper")}) == 10
+
+
+def test_figS1_cells_average_per_A_never_across_data_sets(tmp_path):
+    """A store whose runs drew different A's at t > 0 (the earlier per-seed A): each A is its
+    own ensemble and the cell is the mean of the per-A numbers (paths = 2); at t = 0 the A does
+    not matter and the runs make one ensemble."""
+    import pandas as pd
+
+    from orchestrator.figures.figS1 import figS1_cells
+    from orchestrator.fits import ensemble_accuracy
+
+    rng = np.random.default_rng(0)
+    base = {"dataset": "synthetic", "image_size": 8, "train_size": 16, "test_size": 32,
+            "val_size": 0}
+    rows, arrays = [], {}
+    for k, (arch, kind, t, seed, ts) in enumerate([
+            ("vec", "train", 1.0, 0, 0), ("vec", "train", 1.0, 1, 1),
+            ("vec", "train", 0.0, 0, 0), ("vec", "train", 0.0, 1, 1),
+            ("gap", "train", None, 0, 0)]):
+        path = str(tmp_path / f"p{k}.npy")
+        arrays[path] = rng.normal(size=(32, 10)).astype(np.float32)
+        np.save(path, arrays[path])
+        rows.append({"arch": arch, "kind": kind, "ok": True, "width": 4, "seed": seed,
+                     "path_t": t, "predictions_path": path,
+                     "config": {**base, "seed": seed, "transform_seed": ts, "path_t": t}})
+    df = pd.DataFrame(rows)
+    cells = figS1_cells(df, str(tmp_path)).set_index("t")
+    assert cells.loc[1.0, "paths"] == 2 and cells.loc[0.0, "paths"] == 1
+    from orchestrator.figures.figS1 import _test_labels
+
+    labels = _test_labels(rows[0]["config"], None)
+    per_a = [ensemble_accuracy(arrays[rows[i]["predictions_path"]][None], labels)
+             for i in (0, 1)]
+    assert cells.loc[1.0, "ens_acc"] == pytest.approx(np.mean(per_a))
+    both = np.stack([arrays[rows[i]["predictions_path"]] for i in (2, 3)])
+    assert cells.loc[0.0, "ens_acc"] == pytest.approx(ensemble_accuracy(both, labels))
 
 
 def test_figS5_and_figS6_reduced_smoke_runs(tmp_path):

@@ -1,6 +1,13 @@
 """Fig. S1: along the rotation path tau_t, per width n: ensemble accuracy of VEC_n^tau_t,
 S-Dist(VEC_n^tau_t, GAP_n) and S-Dist(VEC_n^tau_t, VEC_inf) from the stored per-trial test
-predictions, the ensemble mean over initialisations taken before the distance."""
+predictions, the ensemble mean over initialisations taken before the distance (App. E,
+eq. S16: E_theta0 VEC_n^tau_t for one path A).
+
+An ensemble is the runs of one (width, t) that share one A (their stored ``transform_seed``;
+at t = 0 every A gives the identity, so all runs of t = 0 are one ensemble). The sweep draws
+one A for all its runs (sweeps/figS1.py, `ONE_PATH`); a store with several A's per cell (the
+sweep's earlier per-seed A) gets, per cell, the mean over its A's of the per-A numbers
+(``paths`` says how many), never the accuracy of one ensemble mixing different data sets."""
 
 from __future__ import annotations
 
@@ -37,8 +44,9 @@ def _test_labels(cfg: Mapping[str, Any], data_dir: str | None) -> np.ndarray:
 
 
 def figS1_cells(df: pd.DataFrame, results: str, data_dir: str | None = None) -> pd.DataFrame:
-    """One row per (width, t): ensemble members, ensemble test accuracy and MSE of
-    VEC_n^tau_t, S-Dist to GAP_n (same width, t = 0) and to VEC_inf, from stored predictions."""
+    """One row per (width, t): ensemble members, paths (the A's among them; 1 for this
+    sweep), ensemble test accuracy and MSE of VEC_n^tau_t, S-Dist to GAP_n (same width,
+    untransformed data) and to VEC_inf, from stored predictions (module docstring)."""
     have = df[df["ok"] & df["predictions_path"].notna()]
     if not len(have):
         raise DataError("no successful trial stored test predictions; run the figS1 sweep "
@@ -59,16 +67,34 @@ def figS1_cells(df: pd.DataFrame, results: str, data_dir: str | None = None) -> 
     vec_inf = preds(inf[inf["arch"] == "vec"]) if len(inf[inf["arch"] == "vec"]) else None
     gap = have[(have["kind"] == "train") & (have["arch"] == "gap")]
     vec = have[(have["kind"] == "train") & (have["arch"] == "vec")]
+    t_col = vec["path_t"].fillna(0.0)
+    path_a = pd.Series([path_seed(c, t) for c, t in zip(vec["config"], t_col, strict=True)],
+                       index=vec.index)
     rows = []
-    for (w, t), g in vec.groupby(["width", vec["path_t"].fillna(0.0)], sort=True):
-        ens = preds(g)
+    for (w, t), g in vec.groupby(["width", t_col], sort=True):
         gw = gap[gap["width"] == w]
-        d_gap = s_dist(ens, preds(gw)) if len(gw) else math.nan
-        d_inf = s_dist(ens, vec_inf) if vec_inf is not None else math.nan
-        rows.append((int(w), float(t), len(g), ensemble_accuracy(ens, labels),
-                     ensemble_mse(ens, y), d_gap, d_inf, len(gw)))
-    return pd.DataFrame(rows, columns=["width", "t", "members", "ens_acc", "ens_mse",
+        gap_ens = preds(gw) if len(gw) else None
+        per_a = []
+        for _, ga in g.groupby(path_a[g.index], sort=True):
+            ens = preds(ga)  # (members, N_test, classes): one A, the initialisations
+            per_a.append((ensemble_accuracy(ens, labels), ensemble_mse(ens, y),
+                          s_dist(ens, gap_ens) if gap_ens is not None else math.nan,
+                          s_dist(ens, vec_inf) if vec_inf is not None else math.nan))
+        acc, mse, d_gap, d_inf = np.mean(np.asarray(per_a, dtype=float), axis=0)
+        rows.append((int(w), float(t), len(g), len(per_a), float(acc), float(mse),
+                     float(d_gap), float(d_inf), len(gw)))
+    return pd.DataFrame(rows, columns=["width", "t", "members", "paths", "ens_acc", "ens_mse",
                                        "sdist_gap", "sdist_vec_inf", "gap_members"])
+
+
+def path_seed(cfg: Mapping[str, Any], t: float) -> int:
+    """The seed of the path's A a run trained on: its config's transform_seed (the seed when
+    absent, as `workers.data.build_dataset` reads it); 0 for every run at t = 0 (tau_0 is the
+    identity whatever A is)."""
+    if not t:
+        return 0
+    ts = cfg.get("transform_seed")
+    return int(ts if ts is not None else cfg.get("seed") or 0)
 
 
 def figS1_table(df: pd.DataFrame, m: Mapping[str, Any], fmt: str = "text",
@@ -83,7 +109,10 @@ def figS1_table(df: pd.DataFrame, m: Mapping[str, Any], fmt: str = "text",
                           ("sdist_gap", "S-Dist(VEC_n^tau_t, GAP_n)", lambda v: f"{v:.4f}"),
                           ("sdist_vec_inf", "S-Dist(VEC_n^tau_t, VEC_inf)",
                            lambda v: f"{v:.4f}"),
-                          ("members", "ensemble members", lambda v: f"{int(v)}")):
+                          ("members", "ensemble members (initialisations)",
+                           lambda v: f"{int(v)}"),
+                          ("paths", "paths A among them (1: the paper's estimator)",
+                           lambda v: f"{int(v)}")):
         piv = cells.pivot(index="width", columns="t", values=col)
         piv.columns = [f"t={c:g}" for c in piv.columns]
         body = piv.map(lambda v, f=f: f(v) if np.isfinite(v) else "-").to_string()
