@@ -276,7 +276,8 @@ def test_figS1_cells_average_per_A_never_across_data_sets(tmp_path):
         path = str(tmp_path / f"p{k}.npy")
         arrays[path] = rng.normal(size=(32, 10)).astype(np.float32)
         np.save(path, arrays[path])
-        rows.append({"arch": arch, "kind": kind, "ok": True, "width": 4, "seed": seed,
+        rows.append({"arch": arch, "kind": kind, "ok": True, "status": "completed",
+                     "width": 4, "seed": seed,
                      "path_t": t, "predictions_path": path,
                      "config": {**base, "seed": seed, "transform_seed": ts, "path_t": t}})
     df = pd.DataFrame(rows)

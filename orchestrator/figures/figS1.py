@@ -7,7 +7,9 @@ An ensemble is the runs of one (width, t) that share one A (their stored ``trans
 at t = 0 every A gives the identity, so all runs of t = 0 are one ensemble). The sweep draws
 one A for all its runs (sweeps/figS1.py, `ONE_PATH`); a store with several A's per cell (the
 sweep's earlier per-seed A) gets, per cell, the mean over its A's of the per-A numbers
-(``paths`` says how many), never the accuracy of one ensemble mixing different data sets."""
+(``paths`` says how many), never the accuracy of one ensemble mixing different data sets.
+The members are the successful runs that completed: the stored predictions are the final
+model's, which a run that diverged after reaching the threshold does not have in usable form."""
 
 from __future__ import annotations
 
@@ -47,7 +49,9 @@ def figS1_cells(df: pd.DataFrame, results: str, data_dir: str | None = None) -> 
     """One row per (width, t): ensemble members, paths (the A's among them; 1 for this
     sweep), ensemble test accuracy and MSE of VEC_n^tau_t, S-Dist to GAP_n (same width,
     untransformed data) and to VEC_inf, from stored predictions (module docstring)."""
-    have = df[df["ok"] & df["predictions_path"].notna()]
+    # the stored predictions are the final model's: a run that diverged (or failed) after it
+    # succeeded has none worth averaging, so the ensembles take the completed successes only
+    have = df[df["ok"] & df["status"].eq("completed") & df["predictions_path"].notna()]
     if not len(have):
         raise DataError("no successful trial stored test predictions; run the figS1 sweep "
                         "(its workers set store_predictions)")
