@@ -25,6 +25,7 @@ import pandas as pd
 from orchestrator.figures.common import chance_accuracy, draw_chance, finish, pyplot, title
 from orchestrator.fits import ensemble_accuracy, ensemble_mse, s_dist
 from workers.errors import DataError
+from workers.vocab import Status
 
 
 def _read_npy(results: str, path: str) -> np.ndarray:
@@ -51,7 +52,7 @@ def figS1_cells(df: pd.DataFrame, results: str, data_dir: str | None = None) -> 
     untransformed data) and to VEC_inf, from stored predictions (module docstring)."""
     # the stored predictions are the final model's: a run that diverged (or failed) after it
     # succeeded has none worth averaging, so the ensembles take the completed successes only
-    have = df[df["ok"] & df["status"].eq("completed") & df["predictions_path"].notna()]
+    have = df[df["ok"] & df["status"].eq(Status.COMPLETED) & df["predictions_path"].notna()]
     if not len(have):
         raise DataError("no successful trial stored test predictions; run the figS1 sweep "
                         "(its workers set store_predictions)")
