@@ -103,6 +103,11 @@ TRIAL_SCHEMA = pa.schema([
     ("code_version", pa.string()),
     ("node", pa.string()),
     ("host", pa.string()),
+    # what the attempt computed on (workers.devices.device_info; GPU kernel tiles: the
+    # device most of them ran on): JAX's backend, the device kind, the local device count
+    ("backend", pa.string()),
+    ("device_kind", pa.string()),
+    ("device_count", pa.int64()),
     ("config_json", pa.string()),
     ("metrics_json", pa.string()),
     # a failed attempt's Python traceback (`error` is its one-line message); `symsweep show`

@@ -25,6 +25,7 @@ from orchestrator.cpus import claimed_cores, pin_threads
 from orchestrator.spec import SWEEP_MODULE_PREFIX
 from orchestrator.tile_cache import TileCache, tile_key
 from orchestrator.tile_claims import STALE_S, TileClaims
+from workers.devices import check_gpus, describe
 from workers.errors import TrialInterrupted
 
 log = logging.getLogger("symsweep")
@@ -42,7 +43,7 @@ def ship_by_value(fn: Callable) -> None:
 
 
 def _run_tile(fn: Callable, names: list[str], where: tuple[str, list[int]] | None,
-              rows: list[tuple[int, int] | None], *values: Any) -> Any:
+              gpus: float, rows: list[tuple[int, int] | None], *values: Any) -> Any:
     # a CPU tile runs on its trial's cores (``where``: the trial's host and claimed cores,
     # orchestrator.cpus): its CPUs are the trial's bundle, so it must not spread beyond them
     if where is not None and where[0] == socket.gethostname():
@@ -51,9 +52,11 @@ def _run_tile(fn: Callable, names: list[str], where: tuple[str, list[int]] | Non
     vals = [v if r is None else v[r[0]:r[1]] for v, r in zip(values, rows, strict=True)]
     import ray  # where it ran and how long, for the mapper's statistics (``stats``)
 
+    # a GPU tile whose JAX has no GPU fails here (DeviceError), never computes on the CPU
+    info = check_gpus(gpus) if gpus > 0 else None
     t0 = time.perf_counter()
     value = fn(**dict(zip(names, vals, strict=True)))
-    return ray.get_runtime_context().get_node_id(), time.perf_counter() - t0, value
+    return ray.get_runtime_context().get_node_id(), info, time.perf_counter() - t0, value
 
 
 # Seconds between looks at the tiles another cell is computing (are they cached yet?), and
@@ -231,7 +234,7 @@ class TileMapper:
                     v = ray.put(v)
                 vals.append(v)
                 rows.append(r)
-            return remote.remote(fn, names, where, rows, *vals), own
+            return remote.remote(fn, names, where, self.num_gpus, rows, *vals), own
 
         pending: dict[Any, int] = {}
         writes: set[cf.Future] = set()
@@ -334,8 +337,12 @@ class TileMapper:
                     for r in ready:
                         i = pending.pop(r)
                         owns.pop(r, None)
-                        node, secs, v = ray.get(r)
+                        node, info, secs, v = ray.get(r)
                         nodes[node] = nodes.get(node, 0) + 1
+                        if info is not None:  # GPU tiles: the devices they computed on
+                            seen = self.stats.setdefault("devices", {})
+                            seen[describe(info)] = seen.get(describe(info), 0) + 1
+                            self.stats.setdefault("device_info", {})[describe(info)] = info
                         self.stats["tile_s"] = self.stats.get("tile_s", 0.0) + secs
                         del r
                         self.computed += 1

@@ -21,6 +21,7 @@ import json
 import logging
 import shutil
 import socket
+import sys
 import tempfile
 import time
 import traceback
@@ -37,6 +38,7 @@ from orchestrator.spec import Trial
 from orchestrator.stopping import StopProbe
 from orchestrator.store import TIME_KEY, Store, now_utc
 from orchestrator.tiles import TileCache, TileMapper
+from workers.devices import check_gpus, describe, device_info
 from workers.errors import TrialInterrupted, UserError
 from workers.vocab import DONE_STATUSES, Status
 
@@ -97,6 +99,8 @@ def _row(trial: Trial, ctx: RunContext, attempt: int, started, result: Mapping[s
         **{k: result.get(k) for k in SELECTION_COLUMNS},
         "derived_from": trial.derived_from, "started_at": started, "finished_at": now_utc(),
         "code_version": ctx.code_version, "node": node, "host": socket.gethostname(),
+        "backend": result.get("backend"), "device_kind": result.get("device_kind"),
+        "device_count": result.get("device_count"),
         "config_json": json.dumps(c, sort_keys=True),
         "metrics_json": json.dumps(_scalars(result), sort_keys=True, default=str),
     }
@@ -234,7 +238,11 @@ def execute_trial(trial: Trial, ctx: RunContext, worker: Callable[..., dict], *,
                             num_gpus=float(r.get("tile_gpu", 0.0)),
                             num_cpus=float(r.get("tile_cpu", 1.0)), should_stop=should_stop)
         kwargs["map_tiles"] = mapper
+    gpus = float(trial.resources.get("gpu", 0) or 0)
+    devices: dict[str, Any] = {}  # what the attempt computed on: the row's device columns
     try:  # a failure while restoring is this attempt's failure too: it gets its row
+        if gpus > 0:  # a GPU trial whose JAX has no GPU stops here, never runs on the CPU
+            devices = check_gpus(gpus)
         if trial.kind == "train":
             restore()
         result = dict(worker(wcfg, report, **kwargs) or {})
@@ -257,6 +265,7 @@ def execute_trial(trial: Trial, ctx: RunContext, worker: Callable[..., dict], *,
                else f"{type(root).__name__}: {root}").strip()
         msg = (msg.splitlines() or [type(root).__name__])[0][:500]
         failed = {"checkpoint_warnings": " | ".join(ckpt_warnings)} if ckpt_warnings else {}
+        failed.update(devices or (device_info() if "jax" in sys.modules else {}))
         # the best accuracies reached so far (the trainers report them cumulatively, across a
         # resume too), so a run that reached 95% before it crashed still counts, as App. B.1
         # counts it (`orchestrator.analysis.successful`); its status stays "failed"
@@ -288,9 +297,17 @@ def execute_trial(trial: Trial, ctx: RunContext, worker: Callable[..., dict], *,
                 result.setdefault(f"tiles_{k}", st[k])
         if st.get("nodes"):
             result.setdefault("tiles_nodes_json", json.dumps(st["nodes"], sort_keys=True))
+        if st.get("devices"):  # GPU tiles: the cell computed there, not in this process
+            result.setdefault("tiles_devices_json", json.dumps(st["devices"], sort_keys=True))
+            if mapper.num_gpus > 0:
+                devices = max(st["device_info"].values(), key=lambda d: st["devices"][
+                    describe(d)])
         if mapper.cache is not None and mapper.cache.corrupt:  # shown by the driver
             result.setdefault("tiles_corrupt", mapper.cache.corrupt)
             result.setdefault("tiles_corrupt_note", " | ".join(mapper.cache.corrupt_notes))
+    if not devices and "jax" in sys.modules:  # the worker computed here, with JAX
+        devices = device_info()
+    result.update(devices)
     status = result.get("status") or Status.COMPLETED
     if status not in (*DONE_STATUSES, Status.INTERRUPTED):
         status = Status.FAILED

@@ -17,6 +17,7 @@ import pytest
 
 from orchestrator.layout import ResultsLayout
 from orchestrator.tiles import TileCache, TileMapper, tile_key
+from workers.devices import CPU_REHEARSAL
 
 GPUS = 3
 
@@ -28,7 +29,8 @@ def ray_gpus():
     import ray
 
     ray.init(num_cpus=4, num_gpus=GPUS, include_dashboard=False, log_to_driver=False,
-             logging_level="WARNING", runtime_env={"env_vars": {"JAX_PLATFORMS": "cpu"}})
+             logging_level="WARNING", runtime_env={"env_vars": {"JAX_PLATFORMS": "cpu",
+                                                    CPU_REHEARSAL: "1"}})
     yield
     ray.shutdown()
 
@@ -121,6 +123,9 @@ def test_each_block_of_rows_is_put_once_and_a_tiles_own_inputs_only_while_it_run
     assert puts[2:] == [w.nbytes] * 16  # then one own input per tile
     assert m.stats["blocks"] == 2 and m.stats["peak_tile_bytes"] == w.nbytes
     assert m.stats["put_bytes"] == x1.nbytes + x2.nbytes + 16 * w.nbytes
+    # each GPU tile checked and named the devices it computed on (CPU here: the rehearsal)
+    (dev, n), = m.stats["devices"].items()
+    assert dev.startswith("cpu ") and n == 16
     for kw, o in zip(kws, out, strict=True):
         np.testing.assert_allclose(o, tile(**kw), rtol=1e-6)
     # a tile that reads only a part of a block: the block put is only the rows used

@@ -51,9 +51,9 @@ def test_every_file_a_run_writes_is_a_path_the_layout_names(tmp_path):
     lock, _ = st.acquire_lock()
     ctx = RunContext(sweep="sw", preset="smoke", results=root, code_version="x",
                      driver_token=lock["token"])
-    train = Trial("t-train", "train", {"arch": "fcn", "seed": 0, "keep_checkpoints": 0},
+    train = Trial("ttrain", "train", {"arch": "fcn", "seed": 0, "keep_checkpoints": 0},
                   {"cpu": 1})
-    kernel = Trial("t-kernel", "kernel", {"arch": "fcn", "seed": 0}, {"cpu": 1})
+    kernel = Trial("tkernel", "kernel", {"arch": "fcn", "seed": 0}, {"cpu": 1})
     assert execute_trial(train, ctx, _train_worker)["status"] == "completed"
     assert execute_trial(kernel, ctx, _kernel_worker)["test_acc"] == 1.0
     request_stop(lay, lock["token"], "symsweep stop")
@@ -61,8 +61,8 @@ def test_every_file_a_run_writes_is_a_path_the_layout_names(tmp_path):
     files = sorted(os.path.join(d, f).replace(os.sep, "/")
                    for d, _, fs in os.walk(root) for f in fs if not f.startswith("."))
     named_files = {lay.manifest, lay.driver_lock, lay.stop_request,
-                   lay.predictions("t-kernel", 1)}
-    named_dirs = (lay.trials, lay.history, lay.tiles, lay.checkpoints("t-train"))
+                   lay.predictions("tkernel", 1)}
+    named_dirs = (lay.trials, lay.history, lay.tiles, lay.checkpoints("ttrain"))
     stray = [f for f in files if f not in named_files and
              not any(f.startswith(d + "/") for d in named_dirs)]
     assert stray == []

@@ -26,6 +26,12 @@ class DiskFullError(UserError):
     the folder and its free space (exit code 2); `symsweep resume` continues afterwards."""
 
 
+class DeviceError(RuntimeError):
+    """A trial (or kernel tile) granted GPUs whose JAX has none, or fewer (workers.devices):
+    a node's fault, not the config's, so not a UserError; a retry may land on a sound node.
+    The message names what JAX saw and how to check the node."""
+
+
 class TrialInterrupted(Exception):  # noqa: N818 - the field's word for what happened
     """Not an error: the sweep was asked to stop (orchestrator/stopping.py) while this attempt
     ran. Raised between kernel tiles or at a report; the attempt is recorded as
