@@ -539,6 +539,7 @@ def status(
         raise typer.Exit(1)
 
 
+SHOW_LOG_LINES = 20  # `show`: the end of the latest attempt's log
 _ROW_METRICS = ("best_test_acc", "test_acc", "test_mse", "val_acc", "train_acc",
                 "best_train_acc", "eta0")
 
@@ -594,6 +595,8 @@ def show(
     traceback), its metrics history and the checkpoints on disk."""
     import json
 
+    import pyarrow.fs as pafs
+
     from orchestrator.checkpoints import TrialCheckpoints
     from orchestrator.results import resolve_trial
     from orchestrator.store import ManifestDamagedError, Store, parse_part_name
@@ -636,6 +639,7 @@ def show(
     out.append(f"attempts: {len(rows) or ('none readable' if damaged else 'none yet')}")
     out += [f"  DAMAGED part {st.trials_dir}/{n} ({e}): not read; delete it and `symsweep "
             f"resume {name}` re-runs that attempt" for n, e in damaged]
+    last_log = None
     for r in rows:
         facts = [f"{label} {_fmt(r[k])}{unit}" for label, k, unit in (
             ("start_step", "start_step", ""), ("steps", "steps", ""),
@@ -658,6 +662,10 @@ def show(
         if r.get("traceback"):
             out.append("     traceback:")
             out += [f"       {line}" for line in r["traceback"].rstrip().splitlines()]
+        log_path = st.layout.log(tid, int(r["attempt"]))
+        if st.fs.get_file_info(log_path).type == pafs.FileType.File:
+            out.append(f"     log: {log_path}")
+            last_log = log_path
     hist = st.read_history()[0]
     if hist.num_rows:
         import pyarrow.compute as pc
@@ -668,6 +676,12 @@ def show(
             steps = sorted({x["step"] for x in pts})
             out.append(f"history of attempt {a}: {len(steps)} points, steps {steps[0]}.."
                        f"{steps[-1]}; {', '.join(sorted({x['metric'] for x in pts}))}")
+    if last_log is not None:  # the latest attempt's own words: why it failed, what it skipped
+        with st.fs.open_input_stream(last_log) as f:
+            lines = f.read().decode("utf-8", errors="replace").rstrip().splitlines()
+        out.append(f"log of the latest attempt ({len(lines)} lines; the last "
+                   f"{min(len(lines), SHOW_LOG_LINES)}):")
+        out += [f"  {line}" for line in lines[-SHOW_LOG_LINES:]]
     ck = TrialCheckpoints(st.layout, tid)
     entries = ck.entries()
     out.append(f"checkpoints on disk ({ck.dir}): {len(entries) or 'none'}")

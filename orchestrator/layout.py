@@ -14,6 +14,7 @@ path below is on its file system (`fsio.resolve_root`), joined with "/"::
     <root>/<sweep>/running/<trial_id>.json              attempts in flight
     <root>/<sweep>/inflight/<trial_id>-a<n>-<seq>.parquet  history points not yet in a part
     <root>/<sweep>/predictions/<trial_id>-a<n>.npy      test predictions (N_test, K) float32
+    <root>/<sweep>/logs/<trial_id>-a<n>.log             an attempt's log (attempt_log.py)
     <root>/<sweep>/checkpoints/<trial_id>/<step>-<nonce>/  trial-keyed checkpoints
     <root>/<sweep>/_tune/                               Ray Tune's scratch state
     <root>/<sweep>/<sweep>.png, curves/<trial_id>.png   figures (beside them: .pdf, .svg)
@@ -129,6 +130,9 @@ class ResultsLayout:
 
     def predictions(self, trial_id: str, attempt: int) -> str:
         return f"{self.dir}/predictions/{trial_id}-a{attempt}.npy"
+
+    def log(self, trial_id: str, attempt: int) -> str:
+        return f"{self.dir}/logs/{trial_id}-a{attempt}.log"
 
     def figure(self) -> str:
         """The sweep's figure (PNG; the PDF and SVG go beside it), under ``root`` as given."""

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from orchestrator.attempt_log import AttemptLog
 from orchestrator.checkpoints import DEFAULT_KEEP, TrialCheckpoints
 from orchestrator.context import RunContext
 from orchestrator.cpus import claim_cores
@@ -165,7 +166,24 @@ def execute_trial(trial: Trial, ctx: RunContext, worker: Callable[..., dict], *,
     A stop request for the driver (``ctx.driver_token``; orchestrator/stopping.py) ends the
     attempt early as ``interrupted``: a worker taking ``should_stop`` checks it itself (a
     trainer between steps: checkpoint, then return ``status="interrupted"``), a kernel cell's
-    tile mapper between tiles, any other worker at its next report (`TrialInterrupted`)."""
+    tile mapper between tiles, any other worker at its next report (`TrialInterrupted`).
+
+    What the attempt logs and prints is kept beside its row (`ResultsLayout.log`; bounded,
+    orchestrator/attempt_log.py), written just before the row, whatever the outcome."""
+    with AttemptLog() as alog:  # a copy of what the attempt logs and prints, beside its row
+        return _attempt(trial, ctx, worker, report_fn, alog)
+
+
+def _write_attempt(store: Store, alog: AttemptLog, row: dict[str, Any],
+                   history: list[dict[str, Any]]) -> None:
+    """The attempt's log (so far), then its row and history: a row always has its log."""
+    alog.save(store.fs, store.layout.log(row["trial_id"], row["attempt"]))
+    store.write_attempt(row, history)
+
+
+def _attempt(trial: Trial, ctx: RunContext, worker: Callable[..., dict],
+             report_fn: Callable[[dict, str | None], None] | None,
+             alog: AttemptLog) -> dict[str, Any]:
     store = Store(ctx.layout)
     # an earlier attempt of this trial that died without its part (Tune retries after a lost
     # worker) gets its failed row first, so this one is numbered after it
@@ -250,9 +268,9 @@ def execute_trial(trial: Trial, ctx: RunContext, worker: Callable[..., dict], *,
         stopped = {"checkpoint_warnings": " | ".join(ckpt_warnings)} if ckpt_warnings else {}
         if mapper is not None:
             stopped.update(tiles_cached=mapper.hits, tiles_computed=mapper.computed)
-        store.write_attempt(_row(trial, ctx, attempt, started, stopped, Status.INTERRUPTED,
-                                 str(ex),
-                                 time.time() - t0, start_step), history)
+        _write_attempt(store, alog, _row(trial, ctx, attempt, started, stopped,
+                                         Status.INTERRUPTED, str(ex), time.time() - t0,
+                                         start_step), history)
         store.clear_inflight(trial.trial_id, attempt)
         store.clear_running(trial.trial_id)
         return {**stopped, "status": Status.INTERRUPTED, "error": str(ex)}
@@ -274,7 +292,7 @@ def execute_trial(trial: Trial, ctx: RunContext, worker: Callable[..., dict], *,
                    start_step)
         # the whole traceback next to the one-line message (`symsweep show` prints it)
         row["traceback"] = "".join(traceback.format_exception(root))[-20000:]
-        store.write_attempt(row, history)
+        _write_attempt(store, alog, row, history)
         store.clear_inflight(trial.trial_id, attempt)
         store.clear_running(trial.trial_id)
         if isinstance(root, UserError) and root is not ex:
@@ -311,9 +329,9 @@ def execute_trial(trial: Trial, ctx: RunContext, worker: Callable[..., dict], *,
     status = result.get("status") or Status.COMPLETED
     if status not in (*DONE_STATUSES, Status.INTERRUPTED):
         status = Status.FAILED
-    store.write_attempt(_row(trial, ctx, attempt, started, result, status, result.get("error"),
-                             float(result.get("wall_s") or (time.time() - t0)), start_step),
-                        history)
+    row = _row(trial, ctx, attempt, started, result, status, result.get("error"),
+               float(result.get("wall_s") or (time.time() - t0)), start_step)
+    _write_attempt(store, alog, row, history)
     store.clear_inflight(trial.trial_id, attempt)
     store.clear_running(trial.trial_id)
     # a finished trial is never run again: its checkpoints only take space (the row is

@@ -42,7 +42,7 @@ def _kernel_worker(cfg, report, map_tiles):
 
 def test_every_file_a_run_writes_is_a_path_the_layout_names(tmp_path):
     """A manifest, the driver lock, a stop request, a finite attempt (checkpoints, history,
-    row) and a kernel cell (tiles, predictions): each file lands under a path of
+    row, log) and a kernel cell (tiles, predictions, log): each file lands under a path of
     `ResultsLayout`, so no component joins paths of its own."""
     root = str(tmp_path / "res")
     lay = ResultsLayout(root, "sw")
@@ -61,7 +61,7 @@ def test_every_file_a_run_writes_is_a_path_the_layout_names(tmp_path):
     files = sorted(os.path.join(d, f).replace(os.sep, "/")
                    for d, _, fs in os.walk(root) for f in fs if not f.startswith("."))
     named_files = {lay.manifest, lay.driver_lock, lay.stop_request,
-                   lay.predictions("tkernel", 1)}
+                   lay.predictions("tkernel", 1), lay.log("ttrain", 1), lay.log("tkernel", 1)}
     named_dirs = (lay.trials, lay.history, lay.tiles, lay.checkpoints("ttrain"))
     stray = [f for f in files if f not in named_files and
              not any(f.startswith(d + "/") for d in named_dirs)]
