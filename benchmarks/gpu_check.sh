@@ -47,6 +47,11 @@ echo "== $("$PY" -c 'import jax; print("jax", jax.__version__, "backend", jax.de
 if [ ${#DRY[@]} -eq 0 ] && command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 fi
+if [ ${#DRY[@]} -eq 0 ]; then  # the check every GPU trial and GPU tile runs first
+  dev=$(cd "$ROOT" && "$PY" -c 'from workers.devices import check_gpus, describe
+print(describe(check_gpus(1)))') || { echo "gpu_check.sh: the trial device check failed" >&2; exit 2; }
+  echo "== trial device check: $dev"
+fi
 cd "$ROOT"
 # one trial per GPU here: let jax take the memory it needs as it goes (no 75% preallocation),
 # so memory_stats() reports the device's real free memory to the work-item sizing

@@ -55,9 +55,10 @@ from orchestrator.spec import (
 from orchestrator.stopping import StopControl, clear_stop, grace_seconds
 from orchestrator.store import Store, now_utc
 from orchestrator.tiles import ship_by_value
-from orchestrator.trial import default_worker, execute_trial, materialize_derived, tune_trainable
+from orchestrator.trial import execute_trial, materialize_derived, tune_trainable
 from workers.durable import disk_full
 from workers.errors import ConfigError, DiskFullError, UserError
+from workers.registry import worker_for
 from workers.vocab import FULL_COV_ARCHS, Status
 
 log = logging.getLogger("symsweep")
@@ -469,9 +470,8 @@ def _signals_callback(control: StopControl) -> Any:
 
 
 def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: RunContext,
-              store: Store,
-              summary: RunSummary, tracker: Any, max_failures: int, progress: bool,
-              console: Any, control: StopControl) -> None:
+              store: Store, summary: RunSummary, tracker: Any, max_failures: int,
+              progress: bool, console: Any, control: StopControl) -> None:
     import ray
     from ray import tune
 
@@ -500,8 +500,8 @@ def _run_tune(sweep: Sweep, todo: list[Trial], trials: list[Trial], ctx: RunCont
 
     cb = ProgressCallback(total=len(todo), title=f"{sweep.name} [{ctx.preset}]",
                           on_attempt_end=on_complete, enabled=progress, console=console)
-    for fn in (sweep.workers or {}).values():
-        ship_by_value(fn)
+    for w in (sweep.workers or {}).values():
+        ship_by_value(w.fn)
     trainable = tune.with_resources(
         tune.with_parameters(tune_trainable, ctx=ctx, workers=dict(sweep.workers or {})),
         trial_resources)
@@ -589,7 +589,6 @@ def run_local(sweep: Sweep, preset: str, *, results: str, dedupe: bool = True,
     out = []
     for t in trials:
         if t.derived_from is None and t.trial_id not in done:
-            worker = (sweep.workers or {}).get(t.kind) or default_worker(t.kind)
-            out.append(execute_trial(t, ctx, worker))
+            out.append(execute_trial(t, ctx, worker_for(t.kind, sweep.workers)))
     materialize_derived(store, trials, ctx)
     return out

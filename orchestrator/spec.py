@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from workers.errors import ConfigError
+from workers.registry import Worker, check_workers
 from workers.theorem41 import equivalence_key
 from workers.vocab import (
     ALL_ARCHS,
@@ -396,12 +397,14 @@ class Sweep:
     axes: Mapping[str, list[Any]]
     presets: Mapping[str, Preset]
     description: str = ""
-    workers: Mapping[str, Callable[..., dict]] | None = None
+    # kind -> the worker replacing the built-in one (workers.registry; a function or a Worker)
+    workers: Mapping[str, Worker] | None = None
     source: str | None = None
     # config set on every trial after the preset and its rules (`--set KEY=VALUE`)
     overrides: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.workers = check_workers(self.workers)
         self.validate()
 
     def with_overrides(self, overrides: Mapping[str, Any] | None) -> Sweep:

@@ -15,7 +15,6 @@ the worker reports step >= N (after that step's checkpoint is saved).
 
 from __future__ import annotations
 
-import inspect
 import io
 import json
 import logging
@@ -41,6 +40,7 @@ from orchestrator.store import TIME_KEY, Store, now_utc
 from orchestrator.tiles import TileCache, TileMapper
 from workers.devices import check_gpus, describe, device_info
 from workers.errors import TrialInterrupted, UserError
+from workers.registry import Worker, worker_for
 from workers.vocab import DONE_STATUSES, Status
 
 log = logging.getLogger("symsweep")
@@ -117,16 +117,9 @@ def _best_so_far(history: list[dict[str, Any]]) -> dict[str, float]:
     return {}
 
 
-def default_worker(kind: str) -> Callable[..., dict]:
-    """The worker of a trial kind a sweep file does not override: ``train`` ->
-    ``workers.train.train``, otherwise (``kernel``) ``workers.kernel_trial.run_kernel_trial``."""
-    if kind == "train":
-        from workers.train import train
-
-        return train
-    from workers.kernel_trial import run_kernel_trial
-
-    return run_kernel_trial
+def default_worker(kind: str) -> Worker:
+    """The worker of a trial kind a sweep file does not override (`workers.registry`)."""
+    return worker_for(kind)
 
 
 def _fault_fires(fault: Mapping[str, Any] | None, trial_id: str, attempt: int, step: int) -> bool:
@@ -152,7 +145,7 @@ def _trial_checkpoints(trial: Trial, ctx: RunContext) -> TrialCheckpoints:
     return TrialCheckpoints(ctx.layout, trial.trial_id, keep=keep)
 
 
-def execute_trial(trial: Trial, ctx: RunContext, worker: Callable[..., dict], *,
+def execute_trial(trial: Trial, ctx: RunContext, worker: Worker | Callable[..., dict], *,
                   report_fn: Callable[[dict, str | None], None] | None = None) -> dict[str, Any]:
     """Run one attempt of ``trial`` with ``worker`` and write its part file (also when it
     fails, then re-raise). ``report_fn(metrics, checkpoint_path)`` receives every report
@@ -171,7 +164,7 @@ def execute_trial(trial: Trial, ctx: RunContext, worker: Callable[..., dict], *,
     What the attempt logs and prints is kept beside its row (`ResultsLayout.log`; bounded,
     orchestrator/attempt_log.py), written just before the row, whatever the outcome."""
     with AttemptLog() as alog:  # a copy of what the attempt logs and prints, beside its row
-        return _attempt(trial, ctx, worker, report_fn, alog)
+        return _attempt(trial, ctx, Worker.of(worker), report_fn, alog)
 
 
 def _write_attempt(store: Store, alog: AttemptLog, row: dict[str, Any],
@@ -181,7 +174,7 @@ def _write_attempt(store: Store, alog: AttemptLog, row: dict[str, Any],
     store.write_attempt(row, history)
 
 
-def _attempt(trial: Trial, ctx: RunContext, worker: Callable[..., dict],
+def _attempt(trial: Trial, ctx: RunContext, worker: Worker,
              report_fn: Callable[[dict, str | None], None] | None,
              alog: AttemptLog) -> dict[str, Any]:
     store = Store(ctx.layout)
@@ -219,7 +212,7 @@ def _attempt(trial: Trial, ctx: RunContext, worker: Callable[..., dict],
                      attempt, restored.step, restored.source)
 
     should_stop = StopProbe(ctx.layout, ctx.driver_token)
-    takes_stop = "should_stop" in inspect.signature(worker).parameters
+    takes_stop = worker.takes_stop
     last_ms = 0
 
     def report(metrics: dict, checkpoint_dir: str | None = None) -> None:
@@ -244,9 +237,9 @@ def _attempt(trial: Trial, ctx: RunContext, worker: Callable[..., dict],
             kept = f"; its checkpoint of step {step} is kept" if saved else ""
             raise TrialInterrupted(f"stopped on a stop request at step {step}{kept}")
 
-    kwargs: dict[str, Any] = {"should_stop": should_stop} if takes_stop else {}
+    kwargs: dict[str, Any] = {"should_stop": should_stop}
     mapper = None
-    if trial.kind == "kernel" and "map_tiles" in inspect.signature(worker).parameters:
+    if trial.kind == "kernel" and worker.takes_tiles:
         r = trial.resources
         mapper = TileMapper(TileCache(ctx.layout) if ctx.tiles else None,
                             # CPU tiles: one per CPU of the trial's bundle; GPU tiles: the
@@ -366,7 +359,7 @@ def save_predictions(store: Store, trial_id: str, attempt: int, preds: Any) -> s
 
 
 def tune_trainable(config: dict, ctx: RunContext,
-                   workers: Mapping[str, Callable] | None = None) -> None:
+                   workers: Mapping[str, Worker] | None = None) -> None:
     """The Tune function trainable: config = {"trial": Trial dict}; ``ctx`` and ``workers``
     come through ``tune.with_parameters`` (the same for every trial of the run).
 
@@ -385,7 +378,7 @@ def tune_trainable(config: dict, ctx: RunContext,
         # before the worker imports JAX: its CPU pool is sized from the cores pinned here,
         # so a 1-CPU trial runs one busy thread, not one per core of the machine (cpus.py)
         claim_cores(trial.resources.get("cpu", 1))
-    worker = (workers or {}).get(trial.kind) or default_worker(trial.kind)
+    worker = worker_for(trial.kind, workers)
 
     def report_fn(metrics: dict, checkpoint_path: str | None) -> None:
         tune.report({k: v for k, v in metrics.items() if v is not None})
