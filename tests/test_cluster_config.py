@@ -275,9 +275,10 @@ def test_ray_accepts_the_slurm_scripts_symmetric_run_arguments():
     start_args = curate_and_validate_ray_start_args(args)
     assert "--address" not in start_args and "--min-nodes" not in start_args
     assert {"--num-cpus", "--num-gpus", "--temp-dir"} <= set(start_args)
-    # the node command gets the address, node count and temp dir, then `symsweep run ...`
-    assert re.search(r'bash -c "\$node_cmd" "\$address" "\$nodes" "\$ray_tmp" +symsweep run',
-                     text)
+    # the node command gets the address, node count and temp dir, then `symsweep run ...`,
+    # which the head runs inside the wrapper recording the driver's exit code for the job
+    assert re.search(r'bash -c "\$node_cmd" "\$address" "\$nodes" "\$ray_tmp" +bash -c '
+                     r'"\$driver_cmd" symsweep-driver +symsweep run', text)
 
 
 @pytest.mark.parametrize("name", ["gpu.yaml", "gcp-gpu.yaml"])
