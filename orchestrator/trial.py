@@ -117,6 +117,12 @@ def _best_so_far(history: list[dict[str, Any]]) -> dict[str, float]:
     return {}
 
 
+def _ran_on(devices: dict[str, Any]) -> dict[str, Any]:
+    """The row's device columns: ``devices`` when known (a GPU trial's check, GPU tiles),
+    else this process's JAX devices if the worker computed with JAX here (not imported: {})."""
+    return devices or (device_info() if "jax" in sys.modules else {})
+
+
 def default_worker(kind: str) -> Worker:
     """The worker of a trial kind a sweep file does not override (`workers.registry`)."""
     return worker_for(kind)
@@ -261,6 +267,7 @@ def _attempt(trial: Trial, ctx: RunContext, worker: Worker,
         stopped = {"checkpoint_warnings": " | ".join(ckpt_warnings)} if ckpt_warnings else {}
         if mapper is not None:
             stopped.update(tiles_cached=mapper.hits, tiles_computed=mapper.computed)
+        stopped.update(_ran_on(devices))
         _write_attempt(store, alog, _row(trial, ctx, attempt, started, stopped,
                                          Status.INTERRUPTED, str(ex), time.time() - t0,
                                          start_step), history)
@@ -276,7 +283,7 @@ def _attempt(trial: Trial, ctx: RunContext, worker: Worker,
                else f"{type(root).__name__}: {root}").strip()
         msg = (msg.splitlines() or [type(root).__name__])[0][:500]
         failed = {"checkpoint_warnings": " | ".join(ckpt_warnings)} if ckpt_warnings else {}
-        failed.update(devices or (device_info() if "jax" in sys.modules else {}))
+        failed.update(_ran_on(devices))
         # the best accuracies reached so far (the trainers report them cumulatively, across a
         # resume too), so a run that reached 95% before it crashed still counts, as App. B.1
         # counts it (`orchestrator.analysis.successful`); its status stays "failed"
@@ -316,9 +323,7 @@ def _attempt(trial: Trial, ctx: RunContext, worker: Worker,
         if mapper.cache is not None and mapper.cache.corrupt:  # shown by the driver
             result.setdefault("tiles_corrupt", mapper.cache.corrupt)
             result.setdefault("tiles_corrupt_note", " | ".join(mapper.cache.corrupt_notes))
-    if not devices and "jax" in sys.modules:  # the worker computed here, with JAX
-        devices = device_info()
-    result.update(devices)
+    result.update(_ran_on(devices))
     status = result.get("status") or Status.COMPLETED
     if status not in (*DONE_STATUSES, Status.INTERRUPTED):
         status = Status.FAILED
