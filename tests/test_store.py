@@ -283,7 +283,7 @@ def test_a_run_that_reached_95_then_crashed_counts_from_its_latest_attempt(tmp_p
 
     trial = Trial("t", "train", {"arch": "vec", "inference": "nn", "transform": "identity",
                                  "seed": 0}, {})
-    ctx = {"results": str(tmp_path), "sweep": "s", "preset": "smoke"}
+    ctx = RunContext(sweep="s", preset="smoke", results=str(tmp_path))
     with pytest.raises(RuntimeError, match="lost the node"):
         execute_trial(trial, ctx, worker)
     latest = st.latest()[0].set_index("trial_id").loc["t"]
