@@ -67,9 +67,13 @@ def main() -> int:
     from orchestrator.runner import run_sweep
     from orchestrator.spec import Preset, Sweep
     from orchestrator.store import Store
+    from workers.devices import CPU_REHEARSAL
 
     work = Path(tempfile.mkdtemp(prefix="symsweep-cluster-kernels-"))
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # the nodes' GPUs are Ray's logical ones: the tiles compute on JAX's CPU backend, which a
+    # GPU tile otherwise refuses (workers/devices.py); the nodes inherit this environment
+    os.environ[CPU_REHEARSAL] = "1"
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 4, "num_gpus": 0, "object_store_memory": 100 * 2 ** 20,
         "include_dashboard": False})
